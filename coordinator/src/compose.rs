@@ -1,0 +1,1 @@
+//! File-system and git adapters for composition.

@@ -1,0 +1,1 @@
+//! The hyperloop wire contract.

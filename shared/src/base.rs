@@ -1,0 +1,1 @@
+//! The default agents and process (the `base/` folder), embedded at compile time.

@@ -1,0 +1,1 @@
+//! kustomize-semantics composition of `kind: Agent` and `kind: Process` resources.

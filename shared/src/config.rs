@@ -1,0 +1,1 @@
+//! `.hyperloop.yaml`: parsing, environment overrides, defaults and validation.

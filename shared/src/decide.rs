@@ -1,0 +1,1 @@
+//! `decide()`: the pure choice of which tasks get a worker now.

@@ -1,0 +1,20 @@
+//! hyperloop's pure core. Nothing in this crate performs I/O: callers pass in file contents,
+//! snapshots of state and the current time, and get back values and decisions.
+//!
+//! - [`model`]: the domain vocabulary (tasks, spec refs, verdicts, reviews, proposals).
+//! - [`config`]: `.hyperloop.yaml` parsing, environment overrides and validation.
+//! - [`pipeline`]: the `kind: Process` DSL, its validation and the pure step executor.
+//! - [`decide`]: which tasks to dispatch now, given capacity and dependencies.
+//! - [`compose`]: kustomize-semantics resolution of `kind: Agent` / `kind: Process` resources.
+//! - [`base`]: the default agents and process shipped inside the binaries.
+//! - [`result_file`]: parsing and validating an agent's `.hyperloop/result.md`.
+//! - [`prompt`]: assembling the prompt an agent receives.
+
+pub mod base;
+pub mod compose;
+pub mod config;
+pub mod decide;
+pub mod model;
+pub mod pipeline;
+pub mod prompt;
+pub mod result_file;

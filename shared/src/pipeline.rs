@@ -1,0 +1,1 @@
+//! The pipeline DSL (`kind: Process`), its validation and the pure executor.

@@ -1,0 +1,1 @@
+//! Assembly of the prompt an agent receives at spawn time.

@@ -1,0 +1,1 @@
+//! Parsing and validation of the agent result file, `.hyperloop/result.md`.

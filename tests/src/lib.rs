@@ -1,0 +1,1 @@
+//! Shared helpers for hyperloop end-to-end tests.
