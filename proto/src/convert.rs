@@ -292,3 +292,315 @@ impl TryFrom<v1::Task> for Task {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_ref() -> SpecRef {
+        "specs/auth.md@0123abcd".parse().unwrap()
+    }
+
+    fn task() -> Task {
+        Task {
+            id: TaskId(7),
+            title: "Add login".into(),
+            spec_ref: spec_ref(),
+            status: TaskStatus::InProgress,
+            deps: vec![TaskId(3), TaskId(12)],
+            round: 2,
+            branch: Some("hyperloop/task-007".into()),
+            pr: None,
+        }
+    }
+
+    fn review() -> Review {
+        Review {
+            task_id: TaskId(7),
+            round: 1,
+            role: "verifier".into(),
+            verdict: Verdict::Fail,
+            detail: "tests missing".into(),
+        }
+    }
+
+    /// Asserts that converting `wire` fails with a missing-field error naming `field`, and
+    /// that it reaches a gRPC peer as INVALID_ARGUMENT naming the field too.
+    fn check_missing<W, D>(wire: W, field: &str)
+    where
+        D: TryFrom<W, Error = ConversionError> + std::fmt::Debug,
+    {
+        let err = D::try_from(wire).expect_err(field);
+        assert_eq!(err, ConversionError::missing(field), "{field}");
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains(&format!("`{field}`")),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn domain_values_round_trip_through_the_wire() {
+        for v in [Verdict::Pass, Verdict::Fail] {
+            assert_eq!(Verdict::try_from(v1::Verdict::from(v)), Ok(v));
+        }
+        for s in [
+            TaskStatus::NotStarted,
+            TaskStatus::InProgress,
+            TaskStatus::Complete,
+            TaskStatus::Failed,
+        ] {
+            assert_eq!(TaskStatus::try_from(v1::TaskStatus::from(s)), Ok(s));
+            assert_eq!(
+                parse_task_status("status", v1::TaskStatus::from(s).into()),
+                Ok(s)
+            );
+        }
+        assert_eq!(
+            SpecRef::try_from(v1::SpecRef::from(spec_ref())),
+            Ok(spec_ref())
+        );
+        let result = WorkerResult::fail("no tests");
+        assert_eq!(
+            WorkerResult::try_from(v1::WorkerResult::from(result.clone())),
+            Ok(result)
+        );
+        assert_eq!(Review::try_from(v1::Review::from(review())), Ok(review()));
+        assert_eq!(Task::try_from(v1::Task::from(task())), Ok(task()));
+        let proposal = Proposal {
+            key: Some("a".into()),
+            title: "Do it".into(),
+            spec: "specs/x.md".into(),
+            deps: vec!["b".into(), "task-001".into()],
+        };
+        assert_eq!(
+            Proposal::try_from(v1::Proposal::from(proposal.clone())),
+            Ok(proposal)
+        );
+    }
+
+    #[test]
+    fn domain_values_survive_protobuf_encoding() {
+        use prost::Message as _;
+        let wire = v1::Task::from(task());
+        let decoded = v1::Task::decode(wire.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(Task::try_from(decoded), Ok(task()));
+    }
+
+    #[test]
+    fn every_missing_required_field_is_invalid_argument_naming_it() {
+        let spec = v1::SpecRef::from(spec_ref());
+        check_missing::<_, SpecRef>(
+            v1::SpecRef {
+                path: String::new(),
+                ..spec.clone()
+            },
+            "path",
+        );
+        check_missing::<_, SpecRef>(
+            v1::SpecRef {
+                commit: String::new(),
+                ..spec
+            },
+            "commit",
+        );
+
+        check_missing::<_, WorkerResult>(v1::WorkerResult::default(), "verdict");
+
+        let r = v1::Review::from(review());
+        check_missing::<_, Review>(
+            v1::Review {
+                task_id: String::new(),
+                ..r.clone()
+            },
+            "task_id",
+        );
+        check_missing::<_, Review>(
+            v1::Review {
+                role: String::new(),
+                ..r.clone()
+            },
+            "role",
+        );
+        check_missing::<_, Review>(v1::Review { verdict: 0, ..r }, "verdict");
+
+        let p = v1::Proposal {
+            key: None,
+            title: "t".into(),
+            spec: "specs/x.md".into(),
+            deps: vec![],
+        };
+        check_missing::<_, Proposal>(
+            v1::Proposal {
+                title: String::new(),
+                ..p.clone()
+            },
+            "title",
+        );
+        check_missing::<_, Proposal>(
+            v1::Proposal {
+                spec: String::new(),
+                ..p
+            },
+            "spec",
+        );
+
+        let t = v1::Task::from(task());
+        check_missing::<_, Task>(
+            v1::Task {
+                id: String::new(),
+                ..t.clone()
+            },
+            "id",
+        );
+        check_missing::<_, Task>(
+            v1::Task {
+                title: String::new(),
+                ..t.clone()
+            },
+            "title",
+        );
+        check_missing::<_, Task>(
+            v1::Task {
+                spec_ref: None,
+                ..t.clone()
+            },
+            "spec_ref",
+        );
+        check_missing::<_, Task>(
+            v1::Task {
+                status: 0,
+                ..t.clone()
+            },
+            "status",
+        );
+        // Nested messages report the full path.
+        let nested = v1::Task {
+            spec_ref: Some(v1::SpecRef {
+                commit: String::new(),
+                path: "specs/a.md".into(),
+            }),
+            ..t.clone()
+        };
+        check_missing::<_, Task>(nested, "spec_ref.commit");
+        check_missing::<_, Task>(
+            v1::Task {
+                deps: vec![String::new()],
+                ..t
+            },
+            "deps[0]",
+        );
+    }
+
+    #[test]
+    fn unknown_enum_numbers_are_rejected_naming_the_field() {
+        let err = WorkerResult::try_from(v1::WorkerResult {
+            verdict: 42,
+            detail: String::new(),
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ConversionError::UnknownEnumValue {
+                field: "verdict".into(),
+                value: 42
+            }
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
+        );
+        let t = v1::Task {
+            status: -1,
+            ..v1::Task::from(task())
+        };
+        assert_eq!(Task::try_from(t).unwrap_err().field(), "status");
+    }
+
+    #[test]
+    fn bad_task_ids_are_rejected() {
+        for bad in ["7", "task-", "task-../1", "TASK-1", "task-1a", "task-1/.."] {
+            let err = parse_task_id("task_id", bad).unwrap_err();
+            assert!(
+                matches!(err, ConversionError::InvalidField { .. }),
+                "{bad:?}: {err}"
+            );
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(
+                status.message().contains("`task_id`"),
+                "{}",
+                status.message()
+            );
+        }
+        let t = v1::Task {
+            deps: vec!["task-001".into(), "nope".into()],
+            ..v1::Task::from(task())
+        };
+        assert_eq!(Task::try_from(t).unwrap_err().field(), "deps[1]");
+        let r = v1::Review {
+            task_id: "task-x".into(),
+            ..v1::Review::from(review())
+        };
+        assert_eq!(Review::try_from(r).unwrap_err().field(), "task_id");
+    }
+
+    #[test]
+    fn bad_spec_refs_are_rejected() {
+        let cases = [
+            ("/etc/passwd", "0123abcd", "path"),
+            ("../x.md", "0123abcd", "path"),
+            ("specs/../../x.md", "0123abcd", "path"),
+            ("specs/x@y.md", "0123abcd", "path"),
+            ("specs/x.md", "zz", "commit"),
+            ("specs/x.md", "abc", "commit"),
+            ("specs/x.md", "0123@abcd", "commit"),
+        ];
+        for (path, commit, field) in cases {
+            let wire = v1::SpecRef {
+                path: path.into(),
+                commit: commit.into(),
+            };
+            let err = SpecRef::try_from(wire).unwrap_err();
+            assert!(
+                matches!(err, ConversionError::InvalidField { .. }),
+                "{path}@{commit}"
+            );
+            assert_eq!(err.field(), field, "{path}@{commit}");
+        }
+        let t = v1::Task {
+            spec_ref: Some(v1::SpecRef {
+                path: "/abs.md".into(),
+                commit: "0123abcd".into(),
+            }),
+            ..v1::Task::from(task())
+        };
+        let status = tonic::Status::from(Task::try_from(t).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("`spec_ref.path`"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn empty_optional_strings_become_none() {
+        let t = v1::Task {
+            branch: Some(String::new()),
+            pr: Some(String::new()),
+            ..v1::Task::from(task())
+        };
+        let t = Task::try_from(t).unwrap();
+        assert_eq!((t.branch, t.pr), (None, None));
+        let p = v1::Proposal {
+            key: Some(String::new()),
+            title: "t".into(),
+            spec: "s".into(),
+            deps: vec![],
+        };
+        assert_eq!(Proposal::try_from(p).unwrap().key, None);
+    }
+}

@@ -29,6 +29,9 @@ pub mod v1 {
 /// Sent on `Hello` and every `Heartbeat`; see [`check_protocol_version`].
 pub const PROTOCOL_VERSION: u32 = v1::ProtocolVersion::Current as u32;
 
+// 0 means "unset" on the wire, so the real version can never be 0.
+const _: () = assert!(PROTOCOL_VERSION >= 1);
+
 /// Most log lines one `Progress` message carries. With [`MAX_LOG_LINE_BYTES`] this bounds a
 /// message at ~1 MiB, well below tonic's default 4 MiB decode limit, so a chatty agent can
 /// never produce a message the coordinator refuses to decode.
@@ -53,5 +56,72 @@ pub fn check_protocol_version(field: &str, got: u32) -> Result<(), ConversionErr
             got: v,
             expected: PROTOCOL_VERSION,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_version_is_set_and_checked() {
+        assert_eq!(
+            check_protocol_version("hello.protocol_version", PROTOCOL_VERSION),
+            Ok(())
+        );
+
+        let missing = check_protocol_version("hello.protocol_version", 0).unwrap_err();
+        assert_eq!(
+            tonic::Status::from(missing).code(),
+            tonic::Code::InvalidArgument
+        );
+
+        let newer =
+            check_protocol_version("heartbeat.protocol_version", PROTOCOL_VERSION + 1).unwrap_err();
+        let status = tonic::Status::from(newer);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("`heartbeat.protocol_version`"));
+        assert!(status.message().contains(&PROTOCOL_VERSION.to_string()));
+    }
+
+    #[test]
+    fn protocol_version_travels_on_hello_and_heartbeat() {
+        use prost::Message as _;
+        let hello = v1::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            ..Default::default()
+        };
+        let decoded = v1::Hello::decode(hello.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decoded.protocol_version, PROTOCOL_VERSION);
+        let hb = v1::Heartbeat {
+            protocol_version: PROTOCOL_VERSION,
+            ..Default::default()
+        };
+        let decoded = v1::Heartbeat::decode(hb.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decoded.protocol_version, PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let hello = v1::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: "s3cret-join-token".into(),
+            ..Default::default()
+        };
+        let rendered = format!("{hello:?}");
+        assert!(!rendered.contains("s3cret"), "{rendered}");
+        assert!(rendered.contains("<redacted>"), "{rendered}");
+
+        let runtime = v1::RuntimeSettings {
+            extra_env: [("GITHUB_TOKEN".to_owned(), "ghp_topsecret".to_owned())].into(),
+            ..Default::default()
+        };
+        let assign = v1::Assign {
+            runtime: Some(runtime),
+            ..Default::default()
+        };
+        let rendered = format!("{assign:?}");
+        assert!(!rendered.contains("ghp_topsecret"), "{rendered}");
+        assert!(rendered.contains("GITHUB_TOKEN"), "{rendered}");
     }
 }
