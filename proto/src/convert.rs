@@ -85,6 +85,44 @@ where
     D::try_from(wire).map_err(|e| e.within(field))
 }
 
+/// Reads a required attempt id (lease id); 0 means unset.
+///
+/// # Errors
+///
+/// `MissingField` when 0.
+pub fn parse_attempt_id(field: &str, value: u64) -> Result<u64, ConversionError> {
+    if value == 0 {
+        Err(ConversionError::missing(field))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Reads a required, non-negative `google.protobuf.Duration` (heartbeat interval, step
+/// timeout, step duration).
+///
+/// # Errors
+///
+/// `MissingField` when unset, `OutOfRange` when negative or not normalized.
+pub fn parse_duration(
+    field: &str,
+    value: Option<prost_types::Duration>,
+) -> Result<std::time::Duration, ConversionError> {
+    let wire = value.ok_or_else(|| ConversionError::missing(field))?;
+    std::time::Duration::try_from(wire).map_err(|e| ConversionError::OutOfRange {
+        field: field.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Encodes a duration for the wire, saturating at the largest representable value.
+pub fn duration_to_wire(value: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(value).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
+}
+
 fn require_text(field: &str, value: String) -> Result<String, ConversionError> {
     if value.is_empty() {
         Err(ConversionError::missing(field))
@@ -583,6 +621,37 @@ mod tests {
             status.message().contains("`spec_ref.path`"),
             "{}",
             status.message()
+        );
+    }
+
+    #[test]
+    fn attempt_ids_and_durations_are_checked() {
+        assert_eq!(parse_attempt_id("assign.attempt_id", 9), Ok(9));
+        assert_eq!(
+            parse_attempt_id("assign.attempt_id", 0)
+                .unwrap_err()
+                .field(),
+            "assign.attempt_id"
+        );
+
+        let five = std::time::Duration::from_millis(5_250);
+        assert_eq!(
+            parse_duration("timeout", Some(duration_to_wire(five))),
+            Ok(five)
+        );
+        assert_eq!(
+            parse_duration("timeout", None),
+            Err(ConversionError::missing("timeout"))
+        );
+        let negative = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        let err = parse_duration("heartbeat_interval", Some(negative)).unwrap_err();
+        assert!(matches!(err, ConversionError::OutOfRange { .. }), "{err}");
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
         );
     }
 
