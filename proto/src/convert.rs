@@ -1,0 +1,675 @@
+//! Conversions between `hyperloop.v1` messages and [`hyperloop_shared::model`] types.
+//!
+//! Domain → wire is `From` and cannot fail. Wire → domain is `TryFrom` (or a `parse_*`
+//! function where both types are foreign, e.g. a task id carried as a plain string) and
+//! validates everything: unset required fields, `*_UNSPECIFIED` enums, unknown enum
+//! numbers, malformed task ids and spec refs all become a [`ConversionError`] naming the
+//! field. Fields of the wire messages that the domain type does not have (a task's pipeline
+//! position, for instance) are left at their defaults by `From` for the caller to fill in.
+
+use hyperloop_shared::model::{
+    Proposal, Review, SpecPath, SpecRef, Task, TaskId, TaskStatus, Verdict, WorkerResult,
+};
+
+use crate::ConversionError;
+use crate::v1;
+
+/// Parses a task id carried as a string (`"task-007"`) in `field`.
+///
+/// # Errors
+///
+/// `MissingField` when empty, `InvalidField` when not of the form `task-<digits>`.
+pub fn parse_task_id(field: &str, value: &str) -> Result<TaskId, ConversionError> {
+    if value.is_empty() {
+        return Err(ConversionError::missing(field));
+    }
+    value
+        .parse()
+        .map_err(|source| ConversionError::InvalidField {
+            field: field.to_owned(),
+            source,
+        })
+}
+
+/// Parses a repeated task-id field; an error names the element (`deps[2]`).
+///
+/// # Errors
+///
+/// As [`parse_task_id`] for the first bad element.
+pub fn parse_task_ids(field: &str, values: &[String]) -> Result<Vec<TaskId>, ConversionError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| parse_task_id(&format!("{field}[{i}]"), v))
+        .collect()
+}
+
+/// Reads a required `Verdict` enum field carried as its raw number.
+///
+/// # Errors
+///
+/// `MissingField` for `VERDICT_UNSPECIFIED`, `UnknownEnumValue` for a number this build
+/// does not know.
+pub fn parse_verdict(field: &str, value: i32) -> Result<Verdict, ConversionError> {
+    let wire = v1::Verdict::try_from(value).map_err(|_| ConversionError::UnknownEnumValue {
+        field: field.to_owned(),
+        value,
+    })?;
+    Verdict::try_from(wire).map_err(|_| ConversionError::missing(field))
+}
+
+/// Reads a required `TaskStatus` enum field carried as its raw number.
+///
+/// # Errors
+///
+/// `MissingField` for `TASK_STATUS_UNSPECIFIED`, `UnknownEnumValue` for a number this
+/// build does not know.
+pub fn parse_task_status(field: &str, value: i32) -> Result<TaskStatus, ConversionError> {
+    let wire = v1::TaskStatus::try_from(value).map_err(|_| ConversionError::UnknownEnumValue {
+        field: field.to_owned(),
+        value,
+    })?;
+    TaskStatus::try_from(wire).map_err(|_| ConversionError::missing(field))
+}
+
+/// Unwraps a required sub-message, converting it and prefixing any error with `field`.
+///
+/// # Errors
+///
+/// `MissingField` when unset; the nested conversion's error otherwise.
+pub fn require<W, D>(field: &str, value: Option<W>) -> Result<D, ConversionError>
+where
+    D: TryFrom<W, Error = ConversionError>,
+{
+    let wire = value.ok_or_else(|| ConversionError::missing(field))?;
+    D::try_from(wire).map_err(|e| e.within(field))
+}
+
+/// Reads a required attempt id (lease id); 0 means unset.
+///
+/// # Errors
+///
+/// `MissingField` when 0.
+pub fn parse_attempt_id(field: &str, value: u64) -> Result<u64, ConversionError> {
+    if value == 0 {
+        Err(ConversionError::missing(field))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Reads a required, non-negative `google.protobuf.Duration` (heartbeat interval, step
+/// timeout, step duration).
+///
+/// # Errors
+///
+/// `MissingField` when unset, `OutOfRange` when negative or not normalized.
+pub fn parse_duration(
+    field: &str,
+    value: Option<prost_types::Duration>,
+) -> Result<std::time::Duration, ConversionError> {
+    let wire = value.ok_or_else(|| ConversionError::missing(field))?;
+    std::time::Duration::try_from(wire).map_err(|e| ConversionError::OutOfRange {
+        field: field.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Encodes a duration for the wire, saturating at the largest representable value.
+pub fn duration_to_wire(value: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(value).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
+}
+
+fn require_text(field: &str, value: String) -> Result<String, ConversionError> {
+    if value.is_empty() {
+        Err(ConversionError::missing(field))
+    } else {
+        Ok(value)
+    }
+}
+
+// --- Verdict -----------------------------------------------------------------------------
+
+impl From<Verdict> for v1::Verdict {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Pass => v1::Verdict::Pass,
+            Verdict::Fail => v1::Verdict::Fail,
+        }
+    }
+}
+
+impl TryFrom<v1::Verdict> for Verdict {
+    type Error = ConversionError;
+
+    fn try_from(v: v1::Verdict) -> Result<Self, Self::Error> {
+        match v {
+            v1::Verdict::Unspecified => Err(ConversionError::missing("verdict")),
+            v1::Verdict::Pass => Ok(Verdict::Pass),
+            v1::Verdict::Fail => Ok(Verdict::Fail),
+        }
+    }
+}
+
+// --- TaskStatus --------------------------------------------------------------------------
+
+impl From<TaskStatus> for v1::TaskStatus {
+    fn from(s: TaskStatus) -> Self {
+        match s {
+            TaskStatus::NotStarted => v1::TaskStatus::NotStarted,
+            TaskStatus::InProgress => v1::TaskStatus::InProgress,
+            TaskStatus::Complete => v1::TaskStatus::Complete,
+            TaskStatus::Failed => v1::TaskStatus::Failed,
+        }
+    }
+}
+
+impl TryFrom<v1::TaskStatus> for TaskStatus {
+    type Error = ConversionError;
+
+    fn try_from(s: v1::TaskStatus) -> Result<Self, Self::Error> {
+        match s {
+            v1::TaskStatus::Unspecified => Err(ConversionError::missing("status")),
+            v1::TaskStatus::NotStarted => Ok(TaskStatus::NotStarted),
+            v1::TaskStatus::InProgress => Ok(TaskStatus::InProgress),
+            v1::TaskStatus::Complete => Ok(TaskStatus::Complete),
+            v1::TaskStatus::Failed => Ok(TaskStatus::Failed),
+        }
+    }
+}
+
+// --- SpecRef -----------------------------------------------------------------------------
+
+impl From<SpecRef> for v1::SpecRef {
+    fn from(r: SpecRef) -> Self {
+        v1::SpecRef {
+            path: r.path.as_str().to_owned(),
+            commit: r.commit,
+        }
+    }
+}
+
+impl TryFrom<v1::SpecRef> for SpecRef {
+    type Error = ConversionError;
+
+    /// Validates with the same rules as parsing `path@commit` (no path escapes, hex commit).
+    fn try_from(r: v1::SpecRef) -> Result<Self, Self::Error> {
+        let path = require_text("path", r.path)?;
+        let commit = require_text("commit", r.commit)?;
+        let path = SpecPath::parse(&path).map_err(|source| ConversionError::InvalidField {
+            field: "path".to_owned(),
+            source,
+        })?;
+        // Reuse the model's commit validation through its one parser rather than copying it.
+        let spec_ref: SpecRef =
+            format!("{path}@{commit}")
+                .parse()
+                .map_err(|source| ConversionError::InvalidField {
+                    field: "commit".to_owned(),
+                    source,
+                })?;
+        Ok(spec_ref)
+    }
+}
+
+// --- WorkerResult ------------------------------------------------------------------------
+
+impl From<WorkerResult> for v1::WorkerResult {
+    fn from(r: WorkerResult) -> Self {
+        v1::WorkerResult {
+            verdict: v1::Verdict::from(r.verdict).into(),
+            detail: r.detail,
+        }
+    }
+}
+
+impl TryFrom<v1::WorkerResult> for WorkerResult {
+    type Error = ConversionError;
+
+    fn try_from(r: v1::WorkerResult) -> Result<Self, Self::Error> {
+        Ok(WorkerResult {
+            verdict: parse_verdict("verdict", r.verdict)?,
+            detail: r.detail,
+        })
+    }
+}
+
+// --- Review ------------------------------------------------------------------------------
+
+impl From<Review> for v1::Review {
+    fn from(r: Review) -> Self {
+        v1::Review {
+            task_id: r.task_id.to_string(),
+            round: r.round,
+            role: r.role,
+            verdict: v1::Verdict::from(r.verdict).into(),
+            detail: r.detail,
+        }
+    }
+}
+
+impl TryFrom<v1::Review> for Review {
+    type Error = ConversionError;
+
+    fn try_from(r: v1::Review) -> Result<Self, Self::Error> {
+        Ok(Review {
+            task_id: parse_task_id("task_id", &r.task_id)?,
+            round: r.round,
+            role: require_text("role", r.role)?,
+            verdict: parse_verdict("verdict", r.verdict)?,
+            detail: r.detail,
+        })
+    }
+}
+
+// --- Proposal ----------------------------------------------------------------------------
+
+impl From<Proposal> for v1::Proposal {
+    fn from(p: Proposal) -> Self {
+        v1::Proposal {
+            key: p.key,
+            title: p.title,
+            spec: p.spec,
+            deps: p.deps,
+        }
+    }
+}
+
+impl TryFrom<v1::Proposal> for Proposal {
+    type Error = ConversionError;
+
+    /// Checks only shape (title and spec present). Whether the spec exists and the deps
+    /// resolve is intake's job: a bad proposal is a finding there, not a transport error.
+    fn try_from(p: v1::Proposal) -> Result<Self, Self::Error> {
+        Ok(Proposal {
+            key: p.key.filter(|k| !k.is_empty()),
+            title: require_text("title", p.title)?,
+            spec: require_text("spec", p.spec)?,
+            deps: p.deps,
+        })
+    }
+}
+
+// --- Task --------------------------------------------------------------------------------
+
+impl From<Task> for v1::Task {
+    /// Leaves `step_path` and `step_name` empty: the pipeline position is not part of the
+    /// domain task; the admin API fills it in.
+    fn from(t: Task) -> Self {
+        v1::Task {
+            id: t.id.to_string(),
+            title: t.title,
+            spec_ref: Some(t.spec_ref.into()),
+            status: v1::TaskStatus::from(t.status).into(),
+            deps: t.deps.iter().map(ToString::to_string).collect(),
+            round: t.round,
+            branch: t.branch,
+            pr: t.pr,
+            step_path: String::new(),
+            step_name: String::new(),
+        }
+    }
+}
+
+impl TryFrom<v1::Task> for Task {
+    type Error = ConversionError;
+
+    fn try_from(t: v1::Task) -> Result<Self, Self::Error> {
+        Ok(Task {
+            id: parse_task_id("id", &t.id)?,
+            title: require_text("title", t.title)?,
+            spec_ref: require("spec_ref", t.spec_ref)?,
+            status: parse_task_status("status", t.status)?,
+            deps: parse_task_ids("deps", &t.deps)?,
+            round: t.round,
+            branch: t.branch.filter(|b| !b.is_empty()),
+            pr: t.pr.filter(|p| !p.is_empty()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_ref() -> SpecRef {
+        "specs/auth.md@0123abcd".parse().unwrap()
+    }
+
+    fn task() -> Task {
+        Task {
+            id: TaskId(7),
+            title: "Add login".into(),
+            spec_ref: spec_ref(),
+            status: TaskStatus::InProgress,
+            deps: vec![TaskId(3), TaskId(12)],
+            round: 2,
+            branch: Some("hyperloop/task-007".into()),
+            pr: None,
+        }
+    }
+
+    fn review() -> Review {
+        Review {
+            task_id: TaskId(7),
+            round: 1,
+            role: "verifier".into(),
+            verdict: Verdict::Fail,
+            detail: "tests missing".into(),
+        }
+    }
+
+    /// Asserts that converting `wire` fails with a missing-field error naming `field`, and
+    /// that it reaches a gRPC peer as INVALID_ARGUMENT naming the field too.
+    fn check_missing<W, D>(wire: W, field: &str)
+    where
+        D: TryFrom<W, Error = ConversionError> + std::fmt::Debug,
+    {
+        let err = D::try_from(wire).expect_err(field);
+        assert_eq!(err, ConversionError::missing(field), "{field}");
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains(&format!("`{field}`")),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn domain_values_round_trip_through_the_wire() {
+        for v in [Verdict::Pass, Verdict::Fail] {
+            assert_eq!(Verdict::try_from(v1::Verdict::from(v)), Ok(v));
+        }
+        for s in [
+            TaskStatus::NotStarted,
+            TaskStatus::InProgress,
+            TaskStatus::Complete,
+            TaskStatus::Failed,
+        ] {
+            assert_eq!(TaskStatus::try_from(v1::TaskStatus::from(s)), Ok(s));
+            assert_eq!(
+                parse_task_status("status", v1::TaskStatus::from(s).into()),
+                Ok(s)
+            );
+        }
+        assert_eq!(
+            SpecRef::try_from(v1::SpecRef::from(spec_ref())),
+            Ok(spec_ref())
+        );
+        let result = WorkerResult::fail("no tests");
+        assert_eq!(
+            WorkerResult::try_from(v1::WorkerResult::from(result.clone())),
+            Ok(result)
+        );
+        assert_eq!(Review::try_from(v1::Review::from(review())), Ok(review()));
+        assert_eq!(Task::try_from(v1::Task::from(task())), Ok(task()));
+        let proposal = Proposal {
+            key: Some("a".into()),
+            title: "Do it".into(),
+            spec: "specs/x.md".into(),
+            deps: vec!["b".into(), "task-001".into()],
+        };
+        assert_eq!(
+            Proposal::try_from(v1::Proposal::from(proposal.clone())),
+            Ok(proposal)
+        );
+    }
+
+    #[test]
+    fn domain_values_survive_protobuf_encoding() {
+        use prost::Message as _;
+        let wire = v1::Task::from(task());
+        let decoded = v1::Task::decode(wire.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(Task::try_from(decoded), Ok(task()));
+    }
+
+    #[test]
+    fn every_missing_required_field_is_invalid_argument_naming_it() {
+        let spec = v1::SpecRef::from(spec_ref());
+        check_missing::<_, SpecRef>(
+            v1::SpecRef {
+                path: String::new(),
+                ..spec.clone()
+            },
+            "path",
+        );
+        check_missing::<_, SpecRef>(
+            v1::SpecRef {
+                commit: String::new(),
+                ..spec
+            },
+            "commit",
+        );
+
+        check_missing::<_, WorkerResult>(v1::WorkerResult::default(), "verdict");
+
+        let r = v1::Review::from(review());
+        check_missing::<_, Review>(
+            v1::Review {
+                task_id: String::new(),
+                ..r.clone()
+            },
+            "task_id",
+        );
+        check_missing::<_, Review>(
+            v1::Review {
+                role: String::new(),
+                ..r.clone()
+            },
+            "role",
+        );
+        check_missing::<_, Review>(v1::Review { verdict: 0, ..r }, "verdict");
+
+        let p = v1::Proposal {
+            key: None,
+            title: "t".into(),
+            spec: "specs/x.md".into(),
+            deps: vec![],
+        };
+        check_missing::<_, Proposal>(
+            v1::Proposal {
+                title: String::new(),
+                ..p.clone()
+            },
+            "title",
+        );
+        check_missing::<_, Proposal>(
+            v1::Proposal {
+                spec: String::new(),
+                ..p
+            },
+            "spec",
+        );
+
+        let t = v1::Task::from(task());
+        check_missing::<_, Task>(
+            v1::Task {
+                id: String::new(),
+                ..t.clone()
+            },
+            "id",
+        );
+        check_missing::<_, Task>(
+            v1::Task {
+                title: String::new(),
+                ..t.clone()
+            },
+            "title",
+        );
+        check_missing::<_, Task>(
+            v1::Task {
+                spec_ref: None,
+                ..t.clone()
+            },
+            "spec_ref",
+        );
+        check_missing::<_, Task>(
+            v1::Task {
+                status: 0,
+                ..t.clone()
+            },
+            "status",
+        );
+        // Nested messages report the full path.
+        let nested = v1::Task {
+            spec_ref: Some(v1::SpecRef {
+                commit: String::new(),
+                path: "specs/a.md".into(),
+            }),
+            ..t.clone()
+        };
+        check_missing::<_, Task>(nested, "spec_ref.commit");
+        check_missing::<_, Task>(
+            v1::Task {
+                deps: vec![String::new()],
+                ..t
+            },
+            "deps[0]",
+        );
+    }
+
+    #[test]
+    fn unknown_enum_numbers_are_rejected_naming_the_field() {
+        let err = WorkerResult::try_from(v1::WorkerResult {
+            verdict: 42,
+            detail: String::new(),
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ConversionError::UnknownEnumValue {
+                field: "verdict".into(),
+                value: 42
+            }
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
+        );
+        let t = v1::Task {
+            status: -1,
+            ..v1::Task::from(task())
+        };
+        assert_eq!(Task::try_from(t).unwrap_err().field(), "status");
+    }
+
+    #[test]
+    fn bad_task_ids_are_rejected() {
+        for bad in ["7", "task-", "task-../1", "TASK-1", "task-1a", "task-1/.."] {
+            let err = parse_task_id("task_id", bad).unwrap_err();
+            assert!(
+                matches!(err, ConversionError::InvalidField { .. }),
+                "{bad:?}: {err}"
+            );
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(
+                status.message().contains("`task_id`"),
+                "{}",
+                status.message()
+            );
+        }
+        let t = v1::Task {
+            deps: vec!["task-001".into(), "nope".into()],
+            ..v1::Task::from(task())
+        };
+        assert_eq!(Task::try_from(t).unwrap_err().field(), "deps[1]");
+        let r = v1::Review {
+            task_id: "task-x".into(),
+            ..v1::Review::from(review())
+        };
+        assert_eq!(Review::try_from(r).unwrap_err().field(), "task_id");
+    }
+
+    #[test]
+    fn bad_spec_refs_are_rejected() {
+        let cases = [
+            ("/etc/passwd", "0123abcd", "path"),
+            ("../x.md", "0123abcd", "path"),
+            ("specs/../../x.md", "0123abcd", "path"),
+            ("specs/x@y.md", "0123abcd", "path"),
+            ("specs/x.md", "zz", "commit"),
+            ("specs/x.md", "abc", "commit"),
+            ("specs/x.md", "0123@abcd", "commit"),
+        ];
+        for (path, commit, field) in cases {
+            let wire = v1::SpecRef {
+                path: path.into(),
+                commit: commit.into(),
+            };
+            let err = SpecRef::try_from(wire).unwrap_err();
+            assert!(
+                matches!(err, ConversionError::InvalidField { .. }),
+                "{path}@{commit}"
+            );
+            assert_eq!(err.field(), field, "{path}@{commit}");
+        }
+        let t = v1::Task {
+            spec_ref: Some(v1::SpecRef {
+                path: "/abs.md".into(),
+                commit: "0123abcd".into(),
+            }),
+            ..v1::Task::from(task())
+        };
+        let status = tonic::Status::from(Task::try_from(t).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("`spec_ref.path`"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn attempt_ids_and_durations_are_checked() {
+        assert_eq!(parse_attempt_id("assign.attempt_id", 9), Ok(9));
+        assert_eq!(
+            parse_attempt_id("assign.attempt_id", 0)
+                .unwrap_err()
+                .field(),
+            "assign.attempt_id"
+        );
+
+        let five = std::time::Duration::from_millis(5_250);
+        assert_eq!(
+            parse_duration("timeout", Some(duration_to_wire(five))),
+            Ok(five)
+        );
+        assert_eq!(
+            parse_duration("timeout", None),
+            Err(ConversionError::missing("timeout"))
+        );
+        let negative = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        let err = parse_duration("heartbeat_interval", Some(negative)).unwrap_err();
+        assert!(matches!(err, ConversionError::OutOfRange { .. }), "{err}");
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn empty_optional_strings_become_none() {
+        let t = v1::Task {
+            branch: Some(String::new()),
+            pr: Some(String::new()),
+            ..v1::Task::from(task())
+        };
+        let t = Task::try_from(t).unwrap();
+        assert_eq!((t.branch, t.pr), (None, None));
+        let p = v1::Proposal {
+            key: Some(String::new()),
+            title: "t".into(),
+            spec: "s".into(),
+            deps: vec![],
+        };
+        assert_eq!(Proposal::try_from(p).unwrap().key, None);
+    }
+}
