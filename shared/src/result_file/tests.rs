@@ -619,3 +619,51 @@ fn truncate_respects_char_boundaries() {
     assert_eq!(truncate("héllo", 3), "hé");
     assert_eq!(truncate("abc", 10), "abc");
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn assert_never_silent(outcome: &Outcome) {
+        if !outcome.is_accepted() {
+            assert_eq!(outcome.result.verdict, Fail);
+            assert!(outcome.proposals.is_empty());
+            assert!(!outcome.result.detail.is_empty());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_and_rejections_always_fail(text in ".{0,400}") {
+            assert_never_silent(&evaluate(Some(&text), &step()));
+            assert_never_silent(&evaluate(Some(&text), &intake()));
+        }
+
+        #[test]
+        fn arbitrary_front_matter_lines_never_pass_unless_exactly_right(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    Just("task_id: task-007".to_owned()),
+                    Just("task_id: task-008".to_owned()),
+                    Just("round: 3".to_owned()),
+                    Just("round: 4".to_owned()),
+                    Just("role: verifier".to_owned()),
+                    Just("verdict: pass".to_owned()),
+                    Just("verdict: fail".to_owned()),
+                    Just("tasks: []".to_owned()),
+                    "[a-z_]{1,8}: [a-z0-9 ]{0,8}",
+                ],
+                0..8,
+            )
+        ) {
+            let text = format!("---\n{}\n---\nbody\n", lines.join("\n"));
+            let outcome = evaluate(Some(&text), &step());
+            assert_never_silent(&outcome);
+            if outcome.result.verdict == Pass {
+                for line in ["task_id: task-007", "round: 3", "role: verifier", "verdict: pass"] {
+                    prop_assert!(lines.iter().any(|l| l == line), "passed without {line}: {text}");
+                }
+            }
+        }
+    }
+}
