@@ -11,7 +11,10 @@ pub enum Origin {
     /// An environment variable, and the configuration key it sets.
     Env { var: String, key: &'static str },
     /// A command-line flag, and the configuration key it sets.
-    Cli { flag: &'static str, key: &'static str },
+    Cli {
+        flag: &'static str,
+        key: &'static str,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -29,25 +32,49 @@ impl fmt::Display for Origin {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}:{line}:{column}: malformed YAML: {message}")]
-    Syntax { file: String, line: usize, column: usize, message: String },
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 
-    #[error("{file}: the top level must be a mapping of settings (`key: value` lines), got {found}")]
+    #[error(
+        "{file}: the top level must be a mapping of settings (`key: value` lines), got {found}"
+    )]
     NotAMapping { file: String, found: String },
 
     #[error("{file}: unknown key `{key}`{}", suggestion_text(.suggestion.as_deref()))]
-    UnknownKey { file: String, key: String, suggestion: Option<String> },
+    UnknownKey {
+        file: String,
+        key: String,
+        suggestion: Option<String>,
+    },
 
     #[error(
         "{file}: `{first}` and `{second}` are the same setting in the flat and nested layouts \
          but have different values; keep only one of them"
     )]
-    Conflict { file: String, first: String, second: String },
+    Conflict {
+        file: String,
+        first: String,
+        second: String,
+    },
 
     #[error("{at}: expected {expected}, got {found}")]
-    InvalidValue { at: Origin, expected: String, found: String },
+    InvalidValue {
+        at: Origin,
+        expected: String,
+        found: String,
+    },
 
     #[error("{at} must be between {min} and {max}, got {found}")]
-    OutOfRange { at: Origin, min: String, max: String, found: String },
+    OutOfRange {
+        at: Origin,
+        min: String,
+        max: String,
+        found: String,
+    },
 
     #[error(
         "{at}: runtime `ambient` is not supported; hyperloop runs agents on its own workers. \
@@ -57,13 +84,21 @@ pub enum ConfigError {
     UnsupportedRuntime { at: Origin },
 
     #[error("{file}: `{key}` is required {needed_for}")]
-    MissingKey { file: String, key: String, needed_for: &'static str },
+    MissingKey {
+        file: String,
+        key: String,
+        needed_for: &'static str,
+    },
 
     #[error(
         "{file}: {who} uses `runtime: command` but no command is set; set `{key}` to the \
          program and its arguments, e.g. `command: [\"./my-agent\", \"--flag\"]`"
     )]
-    MissingAgentCommand { file: String, who: String, key: String },
+    MissingAgentCommand {
+        file: String,
+        who: String,
+        key: String,
+    },
 
     #[error(
         "`listen` is {addr}, which is not a loopback address, but no join token is set; set \

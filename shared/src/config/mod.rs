@@ -13,7 +13,7 @@
 //! environment as a map.
 
 mod error;
-pub mod keys;
+mod keys;
 mod parse;
 mod raw;
 
@@ -232,7 +232,10 @@ pub struct RoleOverrides {
     pub model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_turns: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_opt_duration")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_duration"
+    )]
     pub timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
@@ -318,7 +321,10 @@ impl Default for Config {
                 base_branch: "main".to_owned(),
                 specs_dir: "specs".to_owned(),
             },
-            runtime: RuntimeConfig { default: RuntimeKind::Local, max_workers: 6 },
+            runtime: RuntimeConfig {
+                default: RuntimeKind::Local,
+                max_workers: 6,
+            },
             local_workers: None,
             merge: MergeConfig {
                 auto_merge: true,
@@ -334,15 +340,24 @@ impl Default for Config {
             listen: loopback(7070),
             join_token_env: "HYPERLOOP_JOIN_TOKEN".to_owned(),
             join_token: None,
-            etcd: EtcdConfig { endpoints: Vec::new(), prefix: None },
-            notifications: NotificationsConfig { kind: NotificationKind::None },
+            etcd: EtcdConfig {
+                endpoints: Vec::new(),
+                prefix: None,
+            },
+            notifications: NotificationsConfig {
+                kind: NotificationKind::None,
+            },
             observability: ObservabilityConfig {
                 log_format: LogFormat::Console,
                 log_level: LogLevel::Info,
                 matrix: None,
                 otel: None,
             },
-            dashboard: DashboardConfig { enabled: true, listen: loopback(8787), events_limit: 1000 },
+            dashboard: DashboardConfig {
+                enabled: true,
+                listen: loopback(8787),
+                events_limit: 1000,
+            },
             agent: AgentConfig {
                 runtime: AgentRuntime::Claude,
                 command: Vec::new(),
@@ -382,7 +397,12 @@ impl Config {
         raw.read_env(env);
         raw.read_overrides(overrides);
 
-        let mut resolver = Resolver { raw: &raw, file, errors, read: Vec::new() };
+        let mut resolver = Resolver {
+            raw: &raw,
+            file,
+            errors,
+            read: Vec::new(),
+        };
         let config = resolver.config(env, overrides);
         match ConfigError::collect(resolver.errors) {
             Some(error) => Err(error),
@@ -394,7 +414,9 @@ impl Config {
     pub fn agent_for(&self, role: &str) -> ResolvedAgent {
         let agent = &self.agent;
         let role_overrides = agent.roles.get(role).cloned().unwrap_or_default();
-        let command = role_overrides.command.unwrap_or_else(|| agent.command.clone());
+        let command = role_overrides
+            .command
+            .unwrap_or_else(|| agent.command.clone());
         let program = match role_overrides.runtime.unwrap_or(agent.runtime) {
             AgentRuntime::Claude => AgentProgram::Claude,
             AgentRuntime::Command => AgentProgram::Command(command),
@@ -438,7 +460,10 @@ pub fn reference() -> Vec<KeyDoc> {
     keys::KEYS
         .iter()
         .map(|key| {
-            let value = key.path.split('.').try_fold(&defaults, |v, segment| v.get(segment));
+            let value = key
+                .path
+                .split('.')
+                .try_fold(&defaults, |v, segment| v.get(segment));
             let default = match value {
                 None | Some(serde_json::Value::Null) if key.path.starts_with("agent.roles.") => {
                     "inherits from agent".to_owned()
@@ -448,17 +473,29 @@ pub fn reference() -> Vec<KeyDoc> {
                 Some(serde_json::Value::Array(items)) if items.is_empty() => "[]".to_owned(),
                 Some(other) => other.to_string(),
             };
-            KeyDoc { key: key.path, flat: key.flat, env: key.env_var(), default, help: key.help }
+            KeyDoc {
+                key: key.path,
+                flat: key.flat,
+                env: key.env_var(),
+                default,
+                help: key.help,
+            }
         })
         .collect()
 }
 
 /// Just the environment variables: (variable, key it sets).
 pub fn env_vars() -> Vec<(String, &'static str)> {
-    keys::KEYS.iter().filter_map(|k| k.env_var().map(|var| (var, k.path))).collect()
+    keys::KEYS
+        .iter()
+        .filter_map(|k| k.env_var().map(|var| (var, k.path)))
+        .collect()
 }
 
-fn serialize_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_duration<S: Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format_duration(*duration))
 }
 
@@ -496,11 +533,15 @@ impl Resolver<'_> {
             }
         }
         // The same setting spelled both ways in the file must agree.
-        let in_file: Vec<&(T, &Origin)> =
-            parsed.iter().filter(|(_, o)| matches!(o, Origin::File { .. })).collect();
+        let in_file: Vec<&(T, &Origin)> = parsed
+            .iter()
+            .filter(|(_, o)| matches!(o, Origin::File { .. }))
+            .collect();
         for pair in in_file.windows(2) {
-            if let [(a, Origin::File { key: first, .. }), (b, Origin::File { key: second, .. })] =
-                pair
+            if let [
+                (a, Origin::File { key: first, .. }),
+                (b, Origin::File { key: second, .. }),
+            ] = pair
                 && a != b
             {
                 self.errors.push(ConfigError::Conflict {
@@ -521,26 +562,39 @@ impl Resolver<'_> {
         let env_name = "an environment variable name like MY_TOKEN";
 
         let target = TargetConfig {
-            repo: self.get("target.repo", string_where("owner/repo, like acme/widgets", is_repo)),
+            repo: self.get(
+                "target.repo",
+                string_where("owner/repo, like acme/widgets", is_repo),
+            ),
             base_branch: self
                 .get("target.base_branch", string_where(branch, is_branch))
                 .unwrap_or(d.target.base_branch),
             specs_dir: self
-                .get("target.specs_dir", string_where(relative, is_repo_relative_path))
+                .get(
+                    "target.specs_dir",
+                    string_where(relative, is_repo_relative_path),
+                )
                 .unwrap_or(d.target.specs_dir),
         };
         let runtime = RuntimeConfig {
-            default: self.get("runtime.default", runtime_kind).unwrap_or(d.runtime.default),
+            default: self
+                .get("runtime.default", runtime_kind)
+                .unwrap_or(d.runtime.default),
             max_workers: self
                 .get("runtime.max_workers", int(1, MAX_WORKERS_LIMIT))
                 .unwrap_or(d.runtime.max_workers),
         };
         let merge = MergeConfig {
-            auto_merge: self.get("merge.auto_merge", boolean).unwrap_or(d.merge.auto_merge),
+            auto_merge: self
+                .get("merge.auto_merge", boolean)
+                .unwrap_or(d.merge.auto_merge),
             strategy: self
                 .get(
                     "merge.strategy",
-                    choice(&[("squash", MergeStrategy::Squash), ("merge", MergeStrategy::Merge)]),
+                    choice(&[
+                        ("squash", MergeStrategy::Squash),
+                        ("merge", MergeStrategy::Merge),
+                    ]),
                 )
                 .unwrap_or(d.merge.strategy),
             delete_branch: self
@@ -572,12 +626,17 @@ impl Resolver<'_> {
             local_workers: self.get("local_workers", int(0, MAX_WORKERS_LIMIT)),
             merge,
             poll_interval: self
-                .get("poll_interval", duration(POLL_INTERVAL_MIN, POLL_INTERVAL_MAX))
+                .get(
+                    "poll_interval",
+                    duration(POLL_INTERVAL_MIN, POLL_INTERVAL_MAX),
+                )
                 .unwrap_or(d.poll_interval),
             max_task_rounds: self
                 .get("max_task_rounds", int(1, 1000))
                 .unwrap_or(d.max_task_rounds),
-            max_cycles: self.get("max_cycles", int(1, 1_000_000)).unwrap_or(d.max_cycles),
+            max_cycles: self
+                .get("max_cycles", int(1, 1_000_000))
+                .unwrap_or(d.max_cycles),
             max_action_attempts: self
                 .get("max_action_attempts", int(1, 100))
                 .unwrap_or(d.max_action_attempts),
@@ -605,9 +664,10 @@ impl Resolver<'_> {
                         ),
                     )
                     .unwrap_or(d.etcd.endpoints),
-                prefix: self.get("etcd.prefix", string_where("a key prefix", |p| {
-                    !p.contains(char::is_whitespace)
-                })),
+                prefix: self.get(
+                    "etcd.prefix",
+                    string_where("a key prefix", |p| !p.contains(char::is_whitespace)),
+                ),
             },
             notifications: NotificationsConfig {
                 kind: self
@@ -623,8 +683,12 @@ impl Resolver<'_> {
             },
             observability: self.observability(d.observability),
             dashboard: DashboardConfig {
-                enabled: self.get("dashboard.enabled", boolean).unwrap_or(d.dashboard.enabled),
-                listen: self.get("dashboard.listen", socket_addr).unwrap_or(d.dashboard.listen),
+                enabled: self
+                    .get("dashboard.enabled", boolean)
+                    .unwrap_or(d.dashboard.enabled),
+                listen: self
+                    .get("dashboard.listen", socket_addr)
+                    .unwrap_or(d.dashboard.listen),
                 events_limit: self
                     .get("dashboard.events_limit", int(1, 1_000_000))
                     .unwrap_or(d.dashboard.events_limit),
@@ -638,14 +702,20 @@ impl Resolver<'_> {
         let env_name = || string_where("an environment variable name like MY_TOKEN", is_env_name);
         let url = "a URL like https://matrix.example.com";
 
-        let homeserver = self.get("observability.matrix.homeserver", string_where(url, is_http_url));
+        let homeserver = self.get(
+            "observability.matrix.homeserver",
+            string_where(url, is_http_url),
+        );
         let matrix = MatrixConfig {
             homeserver: homeserver.clone().unwrap_or_default(),
-            registration_token_env: self.get("observability.matrix.registration_token_env", env_name()),
+            registration_token_env: self
+                .get("observability.matrix.registration_token_env", env_name()),
             bot_username: self.get("observability.matrix.bot_username", string),
             room_id: self.get("observability.matrix.room_id", string),
             token_env: self.get("observability.matrix.token_env", env_name()),
-            verbose: self.get("observability.matrix.verbose", boolean).unwrap_or(false),
+            verbose: self
+                .get("observability.matrix.verbose", boolean)
+                .unwrap_or(false),
             invite_user: self.get("observability.matrix.invite_user", string),
         };
         let matrix = self.raw.has_section("observability.matrix").then(|| {
@@ -719,6 +789,7 @@ impl Resolver<'_> {
 
     fn agent(&mut self, d: AgentConfig) -> AgentConfig {
         let defaults = self.agent_fields("agent");
+        let default_command_parsed = defaults.command.is_some();
         let mut agent = AgentConfig {
             runtime: defaults.runtime.unwrap_or(d.runtime),
             command: defaults.command.unwrap_or(d.command),
@@ -744,24 +815,34 @@ impl Resolver<'_> {
             agent.roles.insert(role, overrides);
         }
 
-        // An agent that would be started with `runtime: command` needs something to run.
-        if agent.runtime == AgentRuntime::Command && agent.command.is_empty() {
-            self.errors.push(ConfigError::MissingAgentCommand {
+        // An agent that would be started with `runtime: command` needs something to run. A
+        // command that was given but invalid has already been reported.
+        let invalid = |key: &str, parsed: bool| !parsed && self.raw.values.contains_key(key);
+        let default_invalid = invalid("agent.command", default_command_parsed);
+        let mut missing = Vec::new();
+        if agent.runtime == AgentRuntime::Command && agent.command.is_empty() && !default_invalid {
+            missing.push(ConfigError::MissingAgentCommand {
                 file: self.file.to_owned(),
                 who: "`agent`".to_owned(),
                 key: "agent.command".to_owned(),
             });
         }
         for (role, overrides) in &agent.roles {
+            let key = format!("agent.roles.{role}.command");
             let command = overrides.command.as_ref().unwrap_or(&agent.command);
-            if overrides.runtime == Some(AgentRuntime::Command) && command.is_empty() {
-                self.errors.push(ConfigError::MissingAgentCommand {
+            if overrides.runtime == Some(AgentRuntime::Command)
+                && command.is_empty()
+                && !invalid(&key, overrides.command.is_some())
+                && !default_invalid
+            {
+                missing.push(ConfigError::MissingAgentCommand {
                     file: self.file.to_owned(),
                     who: format!("role `{role}`"),
-                    key: format!("agent.roles.{role}.command"),
+                    key,
                 });
             }
         }
+        self.errors.extend(missing);
         agent
     }
 
@@ -772,7 +853,10 @@ impl Resolver<'_> {
         RoleOverrides {
             runtime: self.get(
                 &key("runtime"),
-                choice(&[("claude", AgentRuntime::Claude), ("command", AgentRuntime::Command)]),
+                choice(&[
+                    ("claude", AgentRuntime::Claude),
+                    ("command", AgentRuntime::Command),
+                ]),
             ),
             command: self.get(
                 &key("command"),
@@ -784,7 +868,10 @@ impl Resolver<'_> {
             ),
             model: self.get(&key("model"), string),
             max_turns: self.get(&key("max_turns"), int(1, 10_000)),
-            timeout: self.get(&key("timeout"), duration(AGENT_TIMEOUT_MIN, AGENT_TIMEOUT_MAX)),
+            timeout: self.get(
+                &key("timeout"),
+                duration(AGENT_TIMEOUT_MIN, AGENT_TIMEOUT_MAX),
+            ),
             budget_usd: self.get(&key("budget_usd"), positive_float),
             env_passthrough: self.get(
                 &key("env_passthrough"),
@@ -809,8 +896,17 @@ fn runtime_kind(input: &Input) -> Parsed<RuntimeKind> {
 
 fn reject(invalid: Invalid, at: Origin) -> ConfigError {
     match invalid {
-        Invalid::Type { expected, found } => ConfigError::InvalidValue { at, expected, found },
-        Invalid::Range { min, max, found } => ConfigError::OutOfRange { at, min, max, found },
+        Invalid::Type { expected, found } => ConfigError::InvalidValue {
+            at,
+            expected,
+            found,
+        },
+        Invalid::Range { min, max, found } => ConfigError::OutOfRange {
+            at,
+            min,
+            max,
+            found,
+        },
         Invalid::AmbientRuntime => ConfigError::UnsupportedRuntime { at },
     }
 }

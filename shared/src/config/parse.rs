@@ -18,15 +18,25 @@ pub(crate) enum Input {
 /// Why one value was rejected; the caller adds where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Invalid {
-    Type { expected: String, found: String },
-    Range { min: String, max: String, found: String },
+    Type {
+        expected: String,
+        found: String,
+    },
+    Range {
+        min: String,
+        max: String,
+        found: String,
+    },
     AmbientRuntime,
 }
 
 pub(crate) type Parsed<T> = Result<T, Invalid>;
 
 fn wrong(expected: impl Into<String>, input: &Input) -> Invalid {
-    Invalid::Type { expected: expected.into(), found: describe(input) }
+    Invalid::Type {
+        expected: expected.into(),
+        found: describe(input),
+    }
 }
 
 /// A short description of what the user wrote, for "got …".
@@ -81,7 +91,11 @@ pub(crate) fn string_where(
 ) -> impl Fn(&Input) -> Parsed<String> {
     move |input| {
         let text = string(input).map_err(|_| wrong(expected, input))?;
-        if valid(&text) { Ok(text) } else { Err(wrong(expected, input)) }
+        if valid(&text) {
+            Ok(text)
+        } else {
+            Err(wrong(expected, input))
+        }
     }
 }
 
@@ -96,9 +110,10 @@ pub(crate) fn int(min: u32, max: u32) -> impl Fn(&Input) -> Parsed<u32> {
                     None => return Err(wrong("a whole number", input)),
                 },
             },
-            Input::Text(text) => {
-                text.trim().parse().map_err(|_| wrong("a whole number", input))?
-            }
+            Input::Text(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| wrong("a whole number", input))?,
             other => return Err(wrong("a whole number", other)),
         };
         in_range(number, min.into(), max.into()).map(|n| u32::try_from(n).unwrap_or(max))
@@ -251,7 +266,9 @@ pub(crate) fn list(
 }
 
 /// One of a fixed set of words, e.g. `squash | merge`.
-pub(crate) fn choice<T: Copy>(choices: &'static [(&'static str, T)]) -> impl Fn(&Input) -> Parsed<T> {
+pub(crate) fn choice<T: Copy>(
+    choices: &'static [(&'static str, T)],
+) -> impl Fn(&Input) -> Parsed<T> {
     move |input| {
         let text = match input {
             Input::Yaml(Value::String(s)) => Some(s.as_str()),
@@ -276,7 +293,9 @@ pub(crate) fn socket_addr(input: &Input) -> Parsed<SocketAddr> {
 /// `[A-Za-z_][A-Za-z0-9_]*`: what a POSIX shell accepts as a variable name.
 pub(crate) fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -284,7 +303,9 @@ pub(crate) fn is_env_name(name: &str) -> bool {
 pub(crate) fn is_repo(repo: &str) -> bool {
     let valid = |part: &str| {
         !part.is_empty()
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     matches!(repo.split_once('/'), Some((owner, name)) if valid(owner) && valid(name))
 }
@@ -303,7 +324,9 @@ pub(crate) fn is_branch_prefix(name: &str) -> bool {
         && !name.contains("..")
         && !name.contains("//")
         && !name.contains("@{")
-        && !name.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
 }
 
 /// A relative path inside the repository, without `..`: agents and the coordinator resolve
@@ -316,7 +339,9 @@ pub(crate) fn is_repo_relative_path(path: &str) -> bool {
 }
 
 pub(crate) fn is_http_url(url: &str) -> bool {
-    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
     rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
 }
 
@@ -331,7 +356,10 @@ pub(crate) fn is_etcd_endpoint(endpoint: &str) -> bool {
 
 /// A role name as used in `agent.roles.<role>`: an agent's `name`.
 pub(crate) fn is_role_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
 #[cfg(test)]
@@ -349,7 +377,11 @@ mod tests {
     #[test]
     fn durations_parse_seconds_and_unit_strings() {
         let check = |input: &str, expected: Option<u64>| {
-            assert_eq!(parse_duration(input), expected.map(Duration::from_secs), "{input:?}");
+            assert_eq!(
+                parse_duration(input),
+                expected.map(Duration::from_secs),
+                "{input:?}"
+            );
         };
         check("0", Some(0));
         check("45", Some(45));
@@ -409,11 +441,19 @@ mod tests {
         check(yaml("[1]"), type_error("a list"));
         check(
             yaml("0"),
-            Err(Invalid::Range { min: "1s".into(), max: "1h".into(), found: "0s".into() }),
+            Err(Invalid::Range {
+                min: "1s".into(),
+                max: "1h".into(),
+                found: "0s".into(),
+            }),
         );
         check(
             text("2h"),
-            Err(Invalid::Range { min: "1s".into(), max: "1h".into(), found: "2h".into() }),
+            Err(Invalid::Range {
+                min: "1s".into(),
+                max: "1h".into(),
+                found: "2h".into(),
+            }),
         );
     }
 
@@ -424,10 +464,17 @@ mod tests {
             assert_eq!(parse(&input), expected, "{input:?}");
         };
         let range = |found: &str| {
-            Err(Invalid::Range { min: "1".into(), max: "1024".into(), found: found.into() })
+            Err(Invalid::Range {
+                min: "1".into(),
+                max: "1024".into(),
+                found: found.into(),
+            })
         };
         let type_error = |found: &str| {
-            Err(Invalid::Type { expected: "a whole number".into(), found: found.into() })
+            Err(Invalid::Type {
+                expected: "a whole number".into(),
+                found: found.into(),
+            })
         };
         check(yaml("6"), Ok(6));
         check(text(" 6 "), Ok(6));
@@ -435,7 +482,10 @@ mod tests {
         check(yaml("-1"), range("-1"));
         check(yaml("1025"), range("1025"));
         check(yaml("18446744073709551615"), range("18446744073709551615"));
-        check(text("99999999999999999999999"), range("99999999999999999999999"));
+        check(
+            text("99999999999999999999999"),
+            range("99999999999999999999999"),
+        );
         check(yaml("'6'"), type_error("\"6\""));
         check(yaml("2.5"), type_error("2.5"));
         check(yaml("true"), type_error("true"));
@@ -447,13 +497,22 @@ mod tests {
         assert_eq!(boolean(&yaml("true")), Ok(true));
         assert_eq!(boolean(&text("off")), Ok(false));
         assert_eq!(boolean(&text("TRUE")), Ok(true));
-        assert!(boolean(&yaml("'yes'")).is_err(), "quoted strings are not booleans in YAML");
+        assert!(
+            boolean(&yaml("'yes'")).is_err(),
+            "quoted strings are not booleans in YAML"
+        );
         assert!(boolean(&text("maybe")).is_err());
 
         assert_eq!(positive_float(&yaml("2.5")), Ok(2.5));
         assert_eq!(positive_float(&yaml("3")), Ok(3.0));
         assert_eq!(positive_float(&text("0.75")), Ok(0.75));
-        for bad in [yaml("0"), yaml("-1.0"), yaml(".nan"), yaml(".inf"), text("lots")] {
+        for bad in [
+            yaml("0"),
+            yaml("-1.0"),
+            yaml(".nan"),
+            yaml(".inf"),
+            text("lots"),
+        ] {
             assert!(positive_float(&bad).is_err(), "{bad:?}");
         }
 
@@ -476,8 +535,14 @@ mod tests {
         assert!(names(&text("[broken")).is_err());
 
         let argv = list(ListSyntax::Words, "a command", |_| true);
-        assert_eq!(argv(&text("./agent --fast")), Ok(vec!["./agent".into(), "--fast".into()]));
-        assert_eq!(argv(&text(r#"["my agent", "-x"]"#)), Ok(vec!["my agent".into(), "-x".into()]));
+        assert_eq!(
+            argv(&text("./agent --fast")),
+            Ok(vec!["./agent".into(), "--fast".into()])
+        );
+        assert_eq!(
+            argv(&text(r#"["my agent", "-x"]"#)),
+            Ok(vec!["my agent".into(), "-x".into()])
+        );
     }
 
     #[test]
@@ -504,21 +569,45 @@ mod tests {
                 assert!(!f(b), "should reject {b:?}");
             }
         };
-        check(is_env_name, &["PATH", "_X", "a1"], &["", "1A", "A-B", "A B"]);
-        check(is_repo, &["org/repo", "a.b/c_d-e"], &["repo", "a/b/c", "/repo", "a b/c"]);
+        check(
+            is_env_name,
+            &["PATH", "_X", "a1"],
+            &["", "1A", "A-B", "A B"],
+        );
+        check(
+            is_repo,
+            &["org/repo", "a.b/c_d-e"],
+            &["repo", "a/b/c", "/repo", "a b/c"],
+        );
         check(
             is_branch,
             &["main", "release/1.0", "feature-x"],
             &["", "-x", "a..b", "a b", "x.lock", "x/", "a~1", "@{u}x@{"],
         );
-        check(is_branch_prefix, &["hyperloop/", "hl-"], &["", "/x", "a..b"]);
-        check(is_repo_relative_path, &["specs", "docs/specs", "."], &["/abs", "../up", "a/../b"]);
+        check(
+            is_branch_prefix,
+            &["hyperloop/", "hl-"],
+            &["", "/x", "a..b"],
+        );
+        check(
+            is_repo_relative_path,
+            &["specs", "docs/specs", "."],
+            &["/abs", "../up", "a/../b"],
+        );
         check(
             is_etcd_endpoint,
             &["localhost:2379", "http://10.0.0.1:2379", "https://etcd"],
             &["localhost", "ftp://x", "host:port", ":2379"],
         );
-        check(is_role_name, &["verifier", "rebase-resolver", "pm_2"], &["", "a.b", "a b"]);
-        check(is_http_url, &["https://matrix.org", "http://x:4317"], &["matrix.org", "https://"]);
+        check(
+            is_role_name,
+            &["verifier", "rebase-resolver", "pm_2"],
+            &["", "a.b", "a b"],
+        );
+        check(
+            is_http_url,
+            &["https://matrix.org", "http://x:4317"],
+            &["matrix.org", "https://"],
+        );
     }
 }

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
+use super::Overrides;
 use super::error::{ConfigError, Origin};
 use super::keys::{self, KEYS};
 use super::parse::{Input, describe_yaml};
-use super::Overrides;
 
 /// One value as given, and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +26,10 @@ pub(crate) struct RawConfig {
 
 impl RawConfig {
     fn push(&mut self, key: String, origin: Origin, input: Input) {
-        self.values.entry(key).or_default().push(RawValue { origin, input });
+        self.values
+            .entry(key)
+            .or_default()
+            .push(RawValue { origin, input });
     }
 
     /// Whether anything was given for a key under `section` (e.g. `observability.matrix`).
@@ -55,7 +58,8 @@ impl RawConfig {
         file: &str,
         errors: &mut Vec<ConfigError>,
     ) -> Result<(), ConfigError> {
-        let document: Value = serde_yaml::from_str(text).map_err(|e| syntax_error(file, &e))?;
+        let document: Value =
+            serde_yaml::from_str(text).map_err(|e| syntax_error(file, text, &e))?;
         match document {
             // An empty file (or only comments) means "all defaults".
             Value::Null => Ok(()),
@@ -63,9 +67,10 @@ impl RawConfig {
                 self.walk(file, "", &map, errors);
                 Ok(())
             }
-            other => {
-                Err(ConfigError::NotAMapping { file: file.to_owned(), found: describe_yaml(&other) })
-            }
+            other => Err(ConfigError::NotAMapping {
+                file: file.to_owned(),
+                found: describe_yaml(&other),
+            }),
         }
     }
 
@@ -76,8 +81,15 @@ impl RawConfig {
                 Value::Number(n) => n.to_string(),
                 other => describe_yaml(other),
             };
-            let path = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
-            let origin = || Origin::File { file: file.to_owned(), key: path.clone() };
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let origin = || Origin::File {
+                file: file.to_owned(),
+                key: path.clone(),
+            };
             // `runtime` is both a flat key (`runtime: local`) and a section, so a mapping value
             // decides: descend into sections, otherwise the value belongs to the key.
             match (keys::canonical(&path), keys::is_section(&path), value) {
@@ -116,15 +128,31 @@ impl RawConfig {
     pub fn read_overrides(&mut self, overrides: &Overrides) {
         let mut cli = |flag: &'static str, key: &'static str, value: Option<Value>| {
             if let Some(value) = value {
-                self.push(key.to_owned(), Origin::Cli { flag, key }, Input::Yaml(value));
+                self.push(
+                    key.to_owned(),
+                    Origin::Cli { flag, key },
+                    Input::Yaml(value),
+                );
             }
         };
         let text = |s: &Option<String>| s.clone().map(Value::String);
         let number = |n: Option<u32>| n.map(|n| Value::Number(n.into()));
         cli("--repo", "target.repo", text(&overrides.repo));
-        cli("--base-branch", "target.base_branch", text(&overrides.base_branch));
-        cli("--max-workers", "runtime.max_workers", number(overrides.max_workers));
-        cli("--local-workers", "local_workers", number(overrides.local_workers));
+        cli(
+            "--base-branch",
+            "target.base_branch",
+            text(&overrides.base_branch),
+        );
+        cli(
+            "--max-workers",
+            "runtime.max_workers",
+            number(overrides.max_workers),
+        );
+        cli(
+            "--local-workers",
+            "local_workers",
+            number(overrides.local_workers),
+        );
         cli("--listen", "listen", text(&overrides.listen));
         cli(
             "--etcd",
@@ -140,13 +168,36 @@ impl RawConfig {
     }
 }
 
-fn syntax_error(file: &str, error: &serde_yaml::Error) -> ConfigError {
-    let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+fn syntax_error(file: &str, text: &str, error: &serde_yaml::Error) -> ConfigError {
     // The library appends " at line L column C"; the location is already in our prefix.
     let message = error.to_string();
     let message = match message.find(" at line ") {
         Some(at) => message[..at].to_owned(),
         None => message,
     };
-    ConfigError::Syntax { file: file.to_owned(), line, column, message }
+    let reported = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+    let (line, column) = duplicate_key_location(text, &message, reported.0).unwrap_or(reported);
+    ConfigError::Syntax {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// The library reports a duplicate key at the start of its mapping; point at the duplicate
+/// instead: the second line from there on that starts with that key.
+fn duplicate_key_location(text: &str, message: &str, from_line: usize) -> Option<(usize, usize)> {
+    let (_, rest) = message.split_once("duplicate entry with key \"")?;
+    let key = rest.strip_suffix('"')?;
+    let prefix = format!("{key}:");
+    text.lines()
+        .enumerate()
+        .skip(from_line.saturating_sub(1))
+        .filter_map(|(index, line)| {
+            let body = line.trim_start();
+            body.starts_with(&prefix)
+                .then(|| (index + 1, line.len() - body.len() + 1))
+        })
+        .nth(1)
 }
