@@ -266,10 +266,12 @@ pub(crate) fn is_section(written: &str) -> bool {
 /// or has the same last segment (a key put in the wrong section).
 pub(crate) fn suggest(unknown: &str) -> Option<String> {
     let written = split(unknown);
-    // Concrete candidates: role wildcards take the segment the user wrote in that position.
+    // Concrete candidates, keys and the sections above them (a misspelt section is reported
+    // as one unknown key): role wildcards take the segment the user wrote in that position.
     let candidates: Vec<String> = KEYS
         .iter()
         .flat_map(Key::spellings)
+        .flat_map(|s| s.match_indices('.').map(|(i, _)| &s[..i]).chain([s]))
         .map(|s| {
             split(s)
                 .iter()
@@ -398,6 +400,9 @@ mod tests {
         );
         check("target.max_workers", Some("runtime.max_workers"));
         check("observability.log_levl", Some("observability.log_level"));
+        check("merg", Some("merge"));
+        check("observabilty", Some("observability"));
+        check("agent.role", Some("agent.roles"));
         check("completely_unrelated", None);
         check("x", None);
     }

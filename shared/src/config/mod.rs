@@ -1,13 +1,20 @@
 //! `.hyperloop.yaml`: parsing, environment overrides, defaults and validation.
 //!
-//! Loading runs in two stages. [`raw`] gathers what the user gave (file, then `HYPERLOOP_*`
+//! Loading runs in two stages. `raw` gathers what the user gave (file, then `HYPERLOOP_*`
 //! environment variables, then command-line [`Overrides`]) keyed by canonical path, rejecting
 //! unknown keys. [`Config::load`] then types and range-checks every value into a [`Config`],
 //! collecting every problem so one run reports all of them.
 //!
 //! Both layouts of the original tool are accepted: flat (`base_branch`, `max_workers`,
-//! `runtime: local`) and nested (`target.base_branch`, `runtime.max_workers`, …). The table in
-//! [`keys`] lists every key, its flat spelling and its environment variable.
+//! `runtime: local`) and nested (`target.base_branch`, `runtime.max_workers`, …). Setting one
+//! key both ways with different values is an error.
+//!
+//! Environment variables: every key except the per-role ones can be set with `HYPERLOOP_` +
+//! its shortest spelling (the flat one if there is one), uppercased, `.` → `_`:
+//! `HYPERLOOP_MAX_WORKERS`, `HYPERLOOP_BASE_BRANCH`, `HYPERLOOP_MERGE_STRATEGY`,
+//! `HYPERLOOP_AGENT_MODEL`. Lists are comma-separated (a command is space-separated) or a JSON
+//! array; an empty variable counts as unset. [`reference()`] lists them all, from the same table
+//! the loader uses. Precedence: defaults < file < environment < [`Overrides`].
 //!
 //! This module does no I/O: callers pass the file text, the file's name for messages and the
 //! environment as a map.

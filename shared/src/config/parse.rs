@@ -418,6 +418,14 @@ mod tests {
         check(90061, "25h1m1s");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn formatted_durations_parse_back(secs in 0u64..10_000_000) {
+            let duration = Duration::from_secs(secs);
+            proptest::prop_assert_eq!(parse_duration(&format_duration(duration)), Some(duration));
+        }
+    }
+
     #[test]
     fn duration_values_from_yaml_and_env() {
         let parse = duration(Duration::from_secs(1), Duration::from_secs(3600));
