@@ -1,1 +1,0 @@
-//! `.hyperloop.yaml`: parsing, environment overrides, defaults and validation.

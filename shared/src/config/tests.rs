@@ -1,0 +1,1075 @@
+//! Data-driven tests for loading: `check` compares a whole `Config` against the defaults with
+//! the expected changes applied; `check_errors` compares every reported message.
+
+use super::*;
+
+const FILE: &str = ".hyperloop.yaml";
+
+fn env_map(vars: &[(&str, &str)]) -> BTreeMap<String, String> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn load_all(
+    yaml: &str,
+    env: &[(&str, &str)],
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    Config::load(yaml, FILE, &env_map(env), overrides)
+}
+
+/// Loads `yaml` (with `env` and `overrides`) and expects the defaults changed by `edit`.
+fn check_with(
+    yaml: &str,
+    env: &[(&str, &str)],
+    overrides: &Overrides,
+    edit: impl FnOnce(&mut Config),
+) {
+    let mut expected = Config::default();
+    edit(&mut expected);
+    match load_all(yaml, env, overrides) {
+        Ok(actual) => assert_eq!(actual, expected, "for input:\n{yaml}"),
+        Err(error) => panic!("for input:\n{yaml}\nunexpected error: {error}"),
+    }
+}
+
+fn check(yaml: &str, edit: impl FnOnce(&mut Config)) {
+    check_with(yaml, &[], &Overrides::default(), edit);
+}
+
+/// Expects loading to fail with exactly these messages, in order.
+fn check_errors_with(yaml: &str, env: &[(&str, &str)], overrides: &Overrides, expected: &[&str]) {
+    let error = match load_all(yaml, env, overrides) {
+        Ok(config) => panic!("for input:\n{yaml}\nexpected errors, got {config:#?}"),
+        Err(error) => error,
+    };
+    let actual: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(actual, expected, "for input:\n{yaml}");
+}
+
+fn check_errors(yaml: &str, expected: &[&str]) {
+    check_errors_with(yaml, &[], &Overrides::default(), expected);
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[test]
+fn empty_or_comment_only_files_give_all_defaults() {
+    for yaml in ["", "\n", "# nothing here\n", "---\n", "~"] {
+        check(yaml, |_| {});
+    }
+}
+
+#[test]
+fn defaults_match_the_documented_values() {
+    let d = Config::default();
+    assert_eq!(d.overlay, ".hyperloop/agents/");
+    assert_eq!(d.base_ref, None);
+    assert_eq!(d.target.repo, None);
+    assert_eq!(d.target.base_branch, "main");
+    assert_eq!(d.target.specs_dir, "specs");
+    assert_eq!(d.runtime.default, RuntimeKind::Local);
+    assert_eq!(d.runtime.max_workers, 6);
+    assert_eq!(d.local_workers, None);
+    assert_eq!(d.local_worker_count(), 6);
+    assert!(d.merge.auto_merge);
+    assert_eq!(d.merge.strategy, MergeStrategy::Squash);
+    assert!(d.merge.delete_branch);
+    assert_eq!(d.poll_interval, secs(30));
+    assert_eq!(d.max_task_rounds, 50);
+    assert_eq!(d.max_cycles, 200);
+    assert_eq!(d.max_action_attempts, 3);
+    assert_eq!(d.max_rebase_attempts, 3);
+    assert_eq!(d.branch_prefix, "hyperloop/");
+    assert_eq!(d.listen.to_string(), "127.0.0.1:7070");
+    assert_eq!(d.join_token_env, "HYPERLOOP_JOIN_TOKEN");
+    assert_eq!(d.join_token, None);
+    assert!(d.etcd.endpoints.is_empty());
+    assert_eq!(d.etcd.prefix, None);
+    assert_eq!(d.notifications.kind, NotificationKind::None);
+    assert_eq!(d.observability.log_format, LogFormat::Console);
+    assert_eq!(d.observability.log_level, LogLevel::Info);
+    assert_eq!(d.observability.matrix, None);
+    assert_eq!(d.observability.otel, None);
+    assert!(d.dashboard.enabled);
+    assert_eq!(d.dashboard.listen.to_string(), "127.0.0.1:8787");
+    assert_eq!(d.dashboard.events_limit, 1000);
+    assert_eq!(d.agent.runtime, AgentRuntime::Claude);
+    assert!(d.agent.command.is_empty());
+    assert_eq!(d.agent.model, None);
+    assert_eq!(d.agent.max_turns, None);
+    assert_eq!(d.agent.timeout, secs(30 * 60));
+    assert_eq!(d.agent.budget_usd, None);
+    assert!(d.agent.env_passthrough.is_empty());
+    assert!(d.agent.roles.is_empty());
+}
+
+#[test]
+fn the_flat_layout_from_the_seed_loads() {
+    let yaml = "
+overlay: .hyperloop/agents/
+base_branch: main
+runtime: local                          # local | ambient
+
+max_workers: 6
+poll_interval: 30
+max_task_rounds: 50
+max_action_attempts: 3
+
+notifications:
+  type: github-comment                  # github-comment | null (default: null)
+";
+    check(yaml, |c| {
+        c.notifications.kind = NotificationKind::GithubComment
+    });
+}
+
+#[test]
+fn the_nested_layout_from_the_seed_loads() {
+    let yaml = r#"
+overlay: .hyperloop/agents/    # local path or git URL to kustomization dir
+base_ref: github.com/jsell-rh/hyperloop//base?ref=v1.0.0
+
+target:
+  repo: owner/repo
+  base_branch: main
+  specs_dir: specs
+
+runtime:
+  default: local
+  max_workers: 6
+
+merge:
+  auto_merge: true
+  strategy: squash
+  delete_branch: true
+
+poll_interval: 30
+max_task_rounds: 50
+max_cycles: 200
+max_rebase_attempts: 3
+
+observability:
+  log_format: console
+  log_level: info
+
+  matrix:
+    homeserver: https://matrix.example.com
+    registration_token_env: MATRIX_REGISTRATION_TOKEN
+    # bot_username: hyperloop-bot
+    # room_id: "!abc123:example.com"
+    # token_env: MATRIX_ACCESS_TOKEN
+    verbose: false
+"#;
+    check(yaml, |c| {
+        c.base_ref = Some("github.com/jsell-rh/hyperloop//base?ref=v1.0.0".into());
+        c.target.repo = Some("owner/repo".into());
+        c.observability.matrix = Some(MatrixConfig {
+            homeserver: "https://matrix.example.com".into(),
+            registration_token_env: Some("MATRIX_REGISTRATION_TOKEN".into()),
+            bot_username: None,
+            room_id: None,
+            token_env: None,
+            verbose: false,
+            invite_user: None,
+        });
+    });
+}
+
+#[test]
+fn every_key_can_be_set() {
+    let yaml = r#"
+overlay: git@github.com:org/gitops//overlays/api
+base_ref: github.com/org/hyperloop//base?ref=v2
+target: {repo: acme/widgets, base_branch: trunk, specs_dir: docs/specs}
+runtime: {default: local, max_workers: 12}
+local_workers: 0
+merge: {auto_merge: false, strategy: merge, delete_branch: false}
+poll_interval: 2m
+max_task_rounds: 7
+max_cycles: 9
+max_action_attempts: 4
+max_rebase_attempts: 0
+branch_prefix: hl-
+listen: "[::1]:9000"
+join_token_env: MY_JOIN_TOKEN
+etcd: {endpoints: ["http://10.0.0.1:2379", "etcd-2:2379"], prefix: /hl/acme}
+notifications: {type: github-comment}
+observability:
+  log_format: json
+  log_level: warning
+  matrix:
+    homeserver: http://localhost:8008
+    registration_token_env: REG
+    bot_username: bot
+    room_id: "!room:localhost"
+    token_env: TOK
+    verbose: true
+    invite_user: "@me:localhost"
+  otel: {endpoint: "http://localhost:4317", service_name: hl}
+dashboard: {enabled: false, listen: "0.0.0.0:8080", events_limit: 50}
+agent:
+  runtime: command
+  command: ["./agent.sh", "--fast"]
+  model: opus
+  max_turns: 40
+  timeout: 1h30m
+  budget_usd: 2.5
+  env_passthrough: [AWS_PROFILE]
+  roles:
+    verifier:
+      runtime: claude
+      command: [other]
+      model: sonnet
+      max_turns: 10
+      timeout: 600
+      budget_usd: 1
+      env_passthrough: []
+"#;
+    check(yaml, |c| {
+        c.overlay = "git@github.com:org/gitops//overlays/api".into();
+        c.base_ref = Some("github.com/org/hyperloop//base?ref=v2".into());
+        c.target = TargetConfig {
+            repo: Some("acme/widgets".into()),
+            base_branch: "trunk".into(),
+            specs_dir: "docs/specs".into(),
+        };
+        c.runtime.max_workers = 12;
+        c.local_workers = Some(0);
+        c.merge = MergeConfig {
+            auto_merge: false,
+            strategy: MergeStrategy::Merge,
+            delete_branch: false,
+        };
+        c.poll_interval = secs(120);
+        c.max_task_rounds = 7;
+        c.max_cycles = 9;
+        c.max_action_attempts = 4;
+        c.max_rebase_attempts = 0;
+        c.branch_prefix = "hl-".into();
+        c.listen = "[::1]:9000".parse().expect("address");
+        c.join_token_env = "MY_JOIN_TOKEN".into();
+        c.etcd = EtcdConfig {
+            endpoints: vec!["http://10.0.0.1:2379".into(), "etcd-2:2379".into()],
+            prefix: Some("/hl/acme".into()),
+        };
+        c.notifications.kind = NotificationKind::GithubComment;
+        c.observability = ObservabilityConfig {
+            log_format: LogFormat::Json,
+            log_level: LogLevel::Warning,
+            matrix: Some(MatrixConfig {
+                homeserver: "http://localhost:8008".into(),
+                registration_token_env: Some("REG".into()),
+                bot_username: Some("bot".into()),
+                room_id: Some("!room:localhost".into()),
+                token_env: Some("TOK".into()),
+                verbose: true,
+                invite_user: Some("@me:localhost".into()),
+            }),
+            otel: Some(OtelConfig {
+                endpoint: "http://localhost:4317".into(),
+                service_name: "hl".into(),
+            }),
+        };
+        c.dashboard = DashboardConfig {
+            enabled: false,
+            listen: "0.0.0.0:8080".parse().expect("address"),
+            events_limit: 50,
+        };
+        c.agent = AgentConfig {
+            runtime: AgentRuntime::Command,
+            command: vec!["./agent.sh".into(), "--fast".into()],
+            model: Some("opus".into()),
+            max_turns: Some(40),
+            timeout: secs(5400),
+            budget_usd: Some(2.5),
+            env_passthrough: vec!["AWS_PROFILE".into()],
+            roles: BTreeMap::from([(
+                "verifier".to_owned(),
+                RoleOverrides {
+                    runtime: Some(AgentRuntime::Claude),
+                    command: Some(vec!["other".into()]),
+                    model: Some("sonnet".into()),
+                    max_turns: Some(10),
+                    timeout: Some(secs(600)),
+                    budget_usd: Some(1.0),
+                    env_passthrough: Some(vec![]),
+                },
+            )]),
+        };
+    });
+}
+
+#[test]
+fn null_values_and_empty_sections_mean_default() {
+    check(
+        "repo: ~\nmax_workers:\nmerge:\nnotifications: {type: null}\nagent: {roles: {pm: }}",
+        |_| {},
+    );
+}
+
+#[test]
+fn one_setting_in_both_layouts_must_agree() {
+    check("base_branch: dev\ntarget: {base_branch: dev}", |c| {
+        c.target.base_branch = "dev".into()
+    });
+    check("max_workers: 4\nruntime: {max_workers: 4}", |c| {
+        c.runtime.max_workers = 4
+    });
+    check_errors(
+        "base_branch: main\ntarget:\n  base_branch: develop\n",
+        &["\
+.hyperloop.yaml: `base_branch` and `target.base_branch` are the same setting in the flat and \
+nested layouts but have different values; keep only one of them"],
+    );
+    check_errors(
+        "runtime: {max_workers: 8}\nmax_workers: 4\nrepo: a/b\ntarget: {repo: a/c}",
+        &[
+            ".hyperloop.yaml: `repo` and `target.repo` are the same setting in the flat and nested \
+             layouts but have different values; keep only one of them",
+            ".hyperloop.yaml: `runtime.max_workers` and `max_workers` are the same setting in the \
+             flat and nested layouts but have different values; keep only one of them",
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_name_the_full_path_and_the_closest_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "merge: {stratgy: merge}",
+            "unknown key `merge.stratgy`; did you mean `merge.strategy`?",
+        ),
+        (
+            "max_worker: 3",
+            "unknown key `max_worker`; did you mean `max_workers`?",
+        ),
+        (
+            "poll_intervl: 3",
+            "unknown key `poll_intervl`; did you mean `poll_interval`?",
+        ),
+        (
+            "target: {max_workers: 3}",
+            "unknown key `target.max_workers`; did you mean `runtime.max_workers`?",
+        ),
+        (
+            "agent: {roles: {verifier: {modle: x}}}",
+            "unknown key `agent.roles.verifier.modle`; did you mean `agent.roles.verifier.model`?",
+        ),
+        (
+            "observability: {matrix: {homeserver: 'https://m.org', token_env: T, room: x}}",
+            "unknown key `observability.matrix.room`; did you mean `observability.matrix.room_id`?",
+        ),
+        (
+            "ambient: {project_id: x}",
+            "unknown key `ambient`; it is not a hyperloop setting, remove it \
+             (`hyperloop-coordinator run --help` lists the settings)",
+        ),
+        (
+            "42: x",
+            "unknown key `42`; it is not a hyperloop setting, remove it \
+             (`hyperloop-coordinator run --help` lists the settings)",
+        ),
+    ];
+    for (yaml, message) in cases {
+        check_errors(yaml, &[&format!("{FILE}: {message}")]);
+    }
+}
+
+#[test]
+fn malformed_yaml_reports_file_line_and_column() {
+    let error = load_all(
+        "merge:\n  strategy: squash\n bad: [\n",
+        &[],
+        &Overrides::default(),
+    )
+    .expect_err("malformed");
+    match &error {
+        ConfigError::Syntax {
+            file,
+            line,
+            column,
+            message,
+        } => {
+            assert_eq!(file, FILE);
+            assert_eq!((*line, *column), (3, 2), "{error}");
+            assert!(
+                !message.contains(" at line "),
+                "location not repeated: {message}"
+            );
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    assert!(
+        error
+            .to_string()
+            .starts_with(".hyperloop.yaml:3:2: malformed YAML: "),
+        "{error}"
+    );
+
+    let duplicate = load_all(
+        "max_workers: 1\nmax_workers: 2\n",
+        &[],
+        &Overrides::default(),
+    )
+    .expect_err("dup");
+    assert_eq!(
+        duplicate.to_string(),
+        ".hyperloop.yaml:2:1: malformed YAML: duplicate entry with key \"max_workers\""
+    );
+    let nested = load_all(
+        "merge:\n  strategy: squash\n  strategy: merge\n",
+        &[],
+        &Overrides::default(),
+    )
+    .expect_err("dup");
+    assert_eq!(
+        nested.to_string(),
+        ".hyperloop.yaml:3:3: malformed YAML: merge: duplicate entry with key \"strategy\""
+    );
+}
+
+#[test]
+fn the_top_level_must_be_a_mapping() {
+    let message = |found: &str| {
+        format!(
+            "{FILE}: the top level must be a mapping of settings (`key: value` lines), got {found}"
+        )
+    };
+    check_errors("- a\n- b", &[&message("a list")]);
+    check_errors("just words", &[&message("\"just words\"")]);
+    check_errors("3", &[&message("3")]);
+}
+
+#[test]
+fn wrong_types_name_the_key_and_what_to_write() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "poll_interval: soon",
+            "`poll_interval`: expected a duration like 30s or 5m, got \"soon\"",
+        ),
+        (
+            "max_workers: six",
+            "`max_workers`: expected a whole number, got \"six\"",
+        ),
+        (
+            "max_workers: '6'",
+            "`max_workers`: expected a whole number, got \"6\"",
+        ),
+        (
+            "max_cycles: 2.5",
+            "`max_cycles`: expected a whole number, got 2.5",
+        ),
+        (
+            "merge: squash",
+            "`merge`: expected a mapping of settings (a section), got \"squash\"",
+        ),
+        (
+            "merge: {auto_merge: 'yes'}",
+            "`merge.auto_merge`: expected true or false, got \"yes\"",
+        ),
+        (
+            "merge: {strategy: rebase}",
+            "`merge.strategy`: expected one of `squash`, `merge`, got \"rebase\"",
+        ),
+        (
+            "runtime: docker",
+            "`runtime`: expected one of `local`, got \"docker\"",
+        ),
+        (
+            "repo: widgets",
+            "`repo`: expected owner/repo, like acme/widgets, got \"widgets\"",
+        ),
+        (
+            "base_branch: 'my branch'",
+            "`base_branch`: expected a branch name like main (no spaces, `..` or `~^:?*[\\`), \
+             got \"my branch\"",
+        ),
+        (
+            "target: {specs_dir: ../elsewhere}",
+            "`target.specs_dir`: expected a path inside the repository, like specs (relative, no \
+             `..`), got \"../elsewhere\"",
+        ),
+        (
+            "listen: localhost:7070",
+            "`listen`: expected an IP address and port like 127.0.0.1:7070 or [::1]:7070, got \
+             \"localhost:7070\"",
+        ),
+        (
+            "overlay: ''",
+            "`overlay`: expected a non-empty string, got \"\"",
+        ),
+        ("overlay: [a]", "`overlay`: expected a string, got a list"),
+        (
+            "etcd: {endpoints: http://x:2379}",
+            "`etcd.endpoints`: expected a list of etcd endpoints like [\"http://10.0.0.1:2379\"], \
+             got \"http://x:2379\"",
+        ),
+        (
+            "notifications: {type: slack}",
+            "`notifications.type`: expected one of `github-comment`, `null`, `none`, got \"slack\"",
+        ),
+        (
+            "observability: {log_level: verbose}",
+            "`observability.log_level`: expected one of `trace`, `debug`, `info`, `warning`, \
+             `warn`, `error`, got \"verbose\"",
+        ),
+        (
+            "agent: {command: ./agent.sh, runtime: command}",
+            "`agent.command`: expected a command as a list, like [\"./my-agent\", \"--flag\"], \
+             got \"./agent.sh\"",
+        ),
+        (
+            "agent: {env_passthrough: [GOOD, not-a-name]}",
+            "`agent.env_passthrough`: expected a list of environment variable names like \
+             [AWS_PROFILE], got a list",
+        ),
+        (
+            "agent: {budget_usd: 0}",
+            "`agent.budget_usd`: expected a number greater than 0, like 2.5, got 0",
+        ),
+        (
+            "agent: {model: !custom x}",
+            "`agent.model`: expected a string, got a value tagged !custom",
+        ),
+    ];
+    for (yaml, message) in cases {
+        check_errors(yaml, &[&format!("{FILE}: {message}")]);
+    }
+}
+
+#[test]
+fn values_out_of_range_name_the_allowed_range() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "max_workers: 0",
+            "`max_workers` must be between 1 and 1024, got 0",
+        ),
+        (
+            "runtime: {max_workers: 5000}",
+            "`runtime.max_workers` must be between 1 and 1024, got 5000",
+        ),
+        (
+            "max_task_rounds: 0",
+            "`max_task_rounds` must be between 1 and 1000, got 0",
+        ),
+        (
+            "max_action_attempts: -1",
+            "`max_action_attempts` must be between 1 and 100, got -1",
+        ),
+        (
+            "max_rebase_attempts: 101",
+            "`max_rebase_attempts` must be between 0 and 100, got 101",
+        ),
+        (
+            "max_cycles: 0",
+            "`max_cycles` must be between 1 and 1000000, got 0",
+        ),
+        (
+            "local_workers: 2000",
+            "`local_workers` must be between 0 and 1024, got 2000",
+        ),
+        (
+            "poll_interval: 0",
+            "`poll_interval` must be between 1s and 24h, got 0s",
+        ),
+        (
+            "poll_interval: 2d",
+            "`poll_interval`: expected a duration like 30s or 5m, got \"2d\"",
+        ),
+        (
+            "poll_interval: 25h",
+            "`poll_interval` must be between 1s and 24h, got 25h",
+        ),
+        (
+            "agent: {timeout: 48h}",
+            "`agent.timeout` must be between 1s and 24h, got 48h",
+        ),
+        (
+            "agent: {max_turns: 0}",
+            "`agent.max_turns` must be between 1 and 10000, got 0",
+        ),
+        (
+            "dashboard: {events_limit: 0}",
+            "`dashboard.events_limit` must be between 1 and 1000000, got 0",
+        ),
+    ];
+    for (yaml, message) in cases {
+        check_errors(yaml, &[&format!("{FILE}: {message}")]);
+    }
+}
+
+#[test]
+fn durations_accept_seconds_and_unit_strings() {
+    for (yaml, expected) in [
+        ("poll_interval: 45", 45),
+        ("poll_interval: 90s", 90),
+        ("poll_interval: 30m", 1800),
+        ("poll_interval: 2h", 7200),
+        ("poll_interval: 1h30m", 5400),
+    ] {
+        check(yaml, |c| c.poll_interval = secs(expected));
+    }
+}
+
+#[test]
+fn ambient_runtime_explains_where_agents_run() {
+    let fix = "runtime `ambient` is not supported; hyperloop runs agents on its own workers. Use \
+               `runtime: local` (or remove the key) and choose the agent program with \
+               `agent.runtime` (claude or command)";
+    check_errors("runtime: ambient", &[&format!("{FILE}: `runtime`: {fix}")]);
+    check_errors(
+        "runtime: {default: ambient}",
+        &[&format!("{FILE}: `runtime.default`: {fix}")],
+    );
+    check_errors_with(
+        "",
+        &[("HYPERLOOP_RUNTIME", "ambient")],
+        &Overrides::default(),
+        &[&format!(
+            "environment variable HYPERLOOP_RUNTIME (`runtime.default`): {fix}"
+        )],
+    );
+}
+
+#[test]
+fn a_command_runtime_needs_a_command() {
+    check_errors(
+        "agent: {runtime: command}",
+        &["\
+.hyperloop.yaml: `agent` uses `runtime: command` but no command is set; set `agent.command` to \
+the program and its arguments, e.g. `command: [\"./my-agent\", \"--flag\"]`"],
+    );
+    check_errors(
+        "agent: {runtime: command, command: []}",
+        &["\
+.hyperloop.yaml: `agent` uses `runtime: command` but no command is set; set `agent.command` to \
+the program and its arguments, e.g. `command: [\"./my-agent\", \"--flag\"]`"],
+    );
+    check_errors(
+        "agent: {roles: {checker: {runtime: command}}}",
+        &["\
+.hyperloop.yaml: role `checker` uses `runtime: command` but no command is set; set \
+`agent.roles.checker.command` to the program and its arguments, e.g. \
+`command: [\"./my-agent\", \"--flag\"]`"],
+    );
+    // A role may take its command from the defaults, or bring its own.
+    check(
+        "agent: {command: [./a], roles: {checker: {runtime: command}}}",
+        |c| {
+            c.agent.command = vec!["./a".into()];
+            c.agent.roles.insert(
+                "checker".into(),
+                RoleOverrides {
+                    runtime: Some(AgentRuntime::Command),
+                    ..Default::default()
+                },
+            );
+        },
+    );
+}
+
+#[test]
+fn role_names_are_checked() {
+    check_errors(
+        "agent: {roles: {'my role': {model: x}}}",
+        &[
+            ".hyperloop.yaml: `agent.roles.my role`: expected a role name made of letters, digits, \
+           `-` and `_`, got \"my role\"",
+        ],
+    );
+}
+
+#[test]
+fn agent_for_merges_role_overrides_over_defaults() {
+    let yaml = "
+agent:
+  model: sonnet
+  max_turns: 30
+  timeout: 20m
+  budget_usd: 5
+  env_passthrough: [AWS_PROFILE, NPM_TOKEN]
+  roles:
+    verifier: {model: opus, timeout: 10m}
+    pm: {env_passthrough: []}
+    scripted: {runtime: command, command: [./check.sh, --strict], budget_usd: 0.5, max_turns: 3}
+";
+    let config = load_all(yaml, &[], &Overrides::default()).expect("valid");
+    let base = ResolvedAgent {
+        role: String::new(),
+        program: AgentProgram::Claude,
+        model: Some("sonnet".into()),
+        max_turns: Some(30),
+        timeout: secs(1200),
+        budget_usd: Some(5.0),
+        env_passthrough: vec!["AWS_PROFILE".into(), "NPM_TOKEN".into()],
+    };
+    let check = |role: &str, edit: &dyn Fn(&mut ResolvedAgent)| {
+        let mut expected = ResolvedAgent {
+            role: role.to_owned(),
+            ..base.clone()
+        };
+        edit(&mut expected);
+        assert_eq!(config.agent_for(role), expected, "role {role}");
+    };
+    check("implementer", &|_| {});
+    check("verifier", &|a| {
+        a.model = Some("opus".into());
+        a.timeout = secs(600);
+    });
+    check("pm", &|a| a.env_passthrough = vec![]);
+    check("scripted", &|a| {
+        a.program = AgentProgram::Command(vec!["./check.sh".into(), "--strict".into()]);
+        a.budget_usd = Some(0.5);
+        a.max_turns = Some(3);
+    });
+
+    let defaults = Config::default().agent_for("implementer");
+    assert_eq!(defaults.program, AgentProgram::Claude);
+    assert_eq!(defaults.timeout, secs(1800));
+    assert_eq!(
+        (defaults.model, defaults.max_turns, defaults.budget_usd),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let env = [
+        ("HYPERLOOP_MAX_WORKERS", "9"),
+        ("HYPERLOOP_BASE_BRANCH", "develop"),
+        ("HYPERLOOP_MERGE_STRATEGY", "merge"),
+        ("HYPERLOOP_AGENT_MODEL", "opus"),
+        ("HYPERLOOP_POLL_INTERVAL", "5m"),
+        ("HYPERLOOP_MERGE_AUTO_MERGE", "no"),
+        ("HYPERLOOP_AGENT_COMMAND", "./run agent"),
+        ("HYPERLOOP_AGENT_RUNTIME", "command"),
+        ("HYPERLOOP_AGENT_ENV_PASSTHROUGH", "A,B"),
+        ("HYPERLOOP_AGENT_BUDGET_USD", "1.25"),
+        ("HYPERLOOP_ETCD_ENDPOINTS", "http://a:2379,http://b:2379"),
+        ("HYPERLOOP_OBSERVABILITY_OTEL_ENDPOINT", "http://otel:4317"),
+        ("HYPERLOOP_REPO", ""), // empty counts as unset
+        ("UNRELATED", "x"),
+    ];
+    let yaml = "max_workers: 2\ntarget: {base_branch: main}\nmerge: {strategy: squash}";
+    check_with(yaml, &env, &Overrides::default(), |c| {
+        c.runtime.max_workers = 9;
+        c.target.base_branch = "develop".into();
+        c.merge.strategy = MergeStrategy::Merge;
+        c.merge.auto_merge = false;
+        c.agent.model = Some("opus".into());
+        c.poll_interval = secs(300);
+        c.agent.runtime = AgentRuntime::Command;
+        c.agent.command = vec!["./run".into(), "agent".into()];
+        c.agent.env_passthrough = vec!["A".into(), "B".into()];
+        c.agent.budget_usd = Some(1.25);
+        c.etcd.endpoints = vec!["http://a:2379".into(), "http://b:2379".into()];
+        c.observability.otel = Some(OtelConfig {
+            endpoint: "http://otel:4317".into(),
+            service_name: "hyperloop".into(),
+        });
+    });
+}
+
+#[test]
+fn bad_environment_values_name_the_variable() {
+    check_errors_with(
+        "",
+        &[
+            ("HYPERLOOP_MAX_WORKERS", "many"),
+            ("HYPERLOOP_POLL_INTERVAL", "0"),
+            ("HYPERLOOP_MERGE_DELETE_BRANCH", "sometimes"),
+        ],
+        &Overrides::default(),
+        &[
+            "environment variable HYPERLOOP_MAX_WORKERS (`runtime.max_workers`): expected a whole \
+             number, got \"many\"",
+            "environment variable HYPERLOOP_MERGE_DELETE_BRANCH (`merge.delete_branch`): expected \
+             true or false, got \"sometimes\"",
+            "environment variable HYPERLOOP_POLL_INTERVAL (`poll_interval`) must be between 1s \
+             and 24h, got 0s",
+        ],
+    );
+}
+
+#[test]
+fn precedence_is_defaults_then_file_then_env_then_cli() {
+    let cli = Overrides {
+        max_workers: Some(3),
+        ..Default::default()
+    };
+    let env = [("HYPERLOOP_MAX_WORKERS", "2")];
+    let file = "max_workers: 1";
+    let max_workers = |yaml: &str, env: &[(&str, &str)], overrides: &Overrides| {
+        load_all(yaml, env, overrides)
+            .expect("valid")
+            .runtime
+            .max_workers
+    };
+    assert_eq!(max_workers("", &[], &Overrides::default()), 6);
+    assert_eq!(max_workers(file, &[], &Overrides::default()), 1);
+    assert_eq!(max_workers(file, &env, &Overrides::default()), 2);
+    assert_eq!(max_workers(file, &env, &cli), 3);
+    assert_eq!(max_workers("", &[], &cli), 3);
+}
+
+#[test]
+fn command_line_overrides_apply_and_are_validated() {
+    let overrides = Overrides {
+        repo: Some("acme/api".into()),
+        base_branch: Some("trunk".into()),
+        max_workers: Some(2),
+        local_workers: Some(0),
+        listen: Some("127.0.0.1:0".into()),
+        etcd_endpoints: Some(vec!["http://e:2379".into()]),
+        etcd_prefix: Some("/x".into()),
+        join_token: Some("s3cret".into()),
+        overlay: Some("overlays/dev".into()),
+        base_ref: Some("github.com/o/r//base?ref=v1".into()),
+    };
+    check_with("repo: acme/old", &[], &overrides, |c| {
+        c.target.repo = Some("acme/api".into());
+        c.target.base_branch = "trunk".into();
+        c.runtime.max_workers = 2;
+        c.local_workers = Some(0);
+        c.listen = "127.0.0.1:0".parse().expect("address");
+        c.etcd.endpoints = vec!["http://e:2379".into()];
+        c.etcd.prefix = Some("/x".into());
+        c.join_token = Some(Secret::new("s3cret"));
+        c.overlay = "overlays/dev".into();
+        c.base_ref = Some("github.com/o/r//base?ref=v1".into());
+    });
+    check_errors_with(
+        "",
+        &[],
+        &Overrides {
+            max_workers: Some(0),
+            etcd_endpoints: Some(vec!["not an endpoint".into()]),
+            ..Default::default()
+        },
+        &[
+            "--max-workers (`runtime.max_workers`) must be between 1 and 1024, got 0",
+            "--etcd (`etcd.endpoints`): expected a list of etcd endpoints like \
+             [\"http://10.0.0.1:2379\"], got a list",
+        ],
+    );
+}
+
+#[test]
+fn listening_beyond_loopback_needs_a_join_token() {
+    let message = "`listen` is 0.0.0.0:7070, which is not a loopback address, but no join token \
+                   is set; set one in environment variable HYPERLOOP_JOIN_TOKEN (or pass \
+                   --join-token), or listen on 127.0.0.1";
+    check_errors("listen: 0.0.0.0:7070", &[message]);
+    check_with(
+        "listen: 0.0.0.0:7070",
+        &[("HYPERLOOP_JOIN_TOKEN", "t0k")],
+        &Overrides::default(),
+        |c| {
+            c.listen = "0.0.0.0:7070".parse().expect("address");
+            c.join_token = Some(Secret::new("t0k"));
+        },
+    );
+    check_with(
+        "listen: 0.0.0.0:7070\njoin_token_env: CUSTOM",
+        &[("CUSTOM", "t0k"), ("HYPERLOOP_JOIN_TOKEN", "ignored")],
+        &Overrides::default(),
+        |c| {
+            c.listen = "0.0.0.0:7070".parse().expect("address");
+            c.join_token_env = "CUSTOM".into();
+            c.join_token = Some(Secret::new("t0k"));
+        },
+    );
+    check_with("listen: '[::1]:7070'", &[], &Overrides::default(), |c| {
+        c.listen = "[::1]:7070".parse().expect("address");
+    });
+}
+
+#[test]
+fn the_join_token_never_shows_in_debug_or_yaml() {
+    let config = load_all(
+        "",
+        &[("HYPERLOOP_JOIN_TOKEN", "hunter2")],
+        &Overrides::default(),
+    )
+    .expect("valid");
+    assert_eq!(
+        config.join_token.as_ref().map(Secret::expose),
+        Some("hunter2")
+    );
+    assert!(!format!("{config:?}").contains("hunter2"));
+    let yaml = serde_yaml::to_string(&config).expect("serializable");
+    assert!(!yaml.contains("hunter2"), "{yaml}");
+}
+
+#[test]
+fn optional_sections_need_their_required_keys() {
+    check_errors(
+        "observability: {matrix: {verbose: true}}",
+        &[
+            ".hyperloop.yaml: `observability.matrix.homeserver` is required when \
+             `observability.matrix` is present (remove the section to turn Matrix off)",
+            ".hyperloop.yaml: `observability.matrix.token_env` is required (or \
+             `observability.matrix.registration_token_env`) so the bot can log in",
+        ],
+    );
+    check_errors(
+        "observability: {matrix: {homeserver: matrix.org, token_env: T}}",
+        &[
+            ".hyperloop.yaml: `observability.matrix.homeserver`: expected a URL like \
+           https://matrix.example.com, got \"matrix.org\"",
+        ],
+    );
+    check_errors(
+        "observability: {otel: {service_name: x}}",
+        &[
+            ".hyperloop.yaml: `observability.otel.endpoint` is required when `observability.otel` \
+           is present (remove the section to turn export off)",
+        ],
+    );
+    check(
+        "observability: {otel: {endpoint: 'https://otel:4318'}}",
+        |c| {
+            c.observability.otel = Some(OtelConfig {
+                endpoint: "https://otel:4318".into(),
+                service_name: "hyperloop".into(),
+            });
+        },
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let yaml =
+        "max_workers: 0\nmerge: {stratgy: x}\npoll_interval: soon\nagent: {runtime: command}";
+    let error = load_all(yaml, &[], &Overrides::default()).expect_err("invalid");
+    assert_eq!(error.problems().len(), 4, "{error}");
+    let text = error.to_string();
+    assert!(
+        text.starts_with("4 configuration problems:\n  - .hyperloop.yaml: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn serialized_config_loads_back_to_the_same_value() {
+    let yaml = "
+target: {repo: a/b}
+poll_interval: 1h30m
+notifications: {type: github-comment}
+observability: {otel: {endpoint: 'http://o:4317'}}
+agent:
+  runtime: command
+  command: [x]
+  budget_usd: 0.1
+  roles: {verifier: {model: opus, timeout: 90}}
+";
+    for config in [
+        Config::default(),
+        load_all(yaml, &[], &Overrides::default()).expect("valid"),
+    ] {
+        let text = serde_yaml::to_string(&config).expect("serializable");
+        let reloaded = load_all(&text, &[], &Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}\nin:\n{text}"));
+        assert_eq!(reloaded, config, "round trip of:\n{text}");
+    }
+}
+
+#[test]
+fn dry_run_output_uses_the_nested_layout() {
+    let text = serde_yaml::to_string(&Config::default()).expect("serializable");
+    for line in [
+        "overlay: .hyperloop/agents/",
+        "  base_branch: main",
+        "  max_workers: 6",
+        "  strategy: squash",
+        "poll_interval: 30s",
+        "  timeout: 30m",
+        "  type: null",
+        "listen: 127.0.0.1:7070",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_resolver_reads_every_key_in_the_table() {
+    let mut raw = RawConfig::default();
+    let mut errors = Vec::new();
+    raw.read_file("agent: {roles: {r: {model: m}}}", FILE, &mut errors)
+        .expect("valid");
+    let mut resolver = Resolver {
+        raw: &raw,
+        file: FILE,
+        errors,
+        read: Vec::new(),
+    };
+    resolver.config(&BTreeMap::new(), &Overrides::default());
+    for key in keys::KEYS {
+        let concrete = key.path.replace('*', "r");
+        assert!(
+            resolver.read.contains(&concrete),
+            "{concrete} is in the table but never read"
+        );
+    }
+    for read in &resolver.read {
+        assert!(
+            keys::canonical(read).as_deref() == Some(read.as_str()),
+            "{read} not in table"
+        );
+    }
+}
+
+#[test]
+fn the_reference_lists_every_key_with_env_var_and_default() {
+    let reference = reference();
+    assert_eq!(reference.len(), keys::KEYS.len());
+    let row = |key: &str| {
+        reference
+            .iter()
+            .find(|r| r.key == key)
+            .expect("documented")
+            .clone()
+    };
+    let check = |key: &str, env: Option<&str>, default: &str| {
+        let r = row(key);
+        assert_eq!(
+            (r.env.as_deref(), r.default.as_str()),
+            (env, default),
+            "{key}"
+        );
+    };
+    check("runtime.max_workers", Some("HYPERLOOP_MAX_WORKERS"), "6");
+    check("target.base_branch", Some("HYPERLOOP_BASE_BRANCH"), "main");
+    check("merge.strategy", Some("HYPERLOOP_MERGE_STRATEGY"), "squash");
+    check("agent.model", Some("HYPERLOOP_AGENT_MODEL"), "unset");
+    check("agent.timeout", Some("HYPERLOOP_AGENT_TIMEOUT"), "30m");
+    check("poll_interval", Some("HYPERLOOP_POLL_INTERVAL"), "30s");
+    check(
+        "merge.auto_merge",
+        Some("HYPERLOOP_MERGE_AUTO_MERGE"),
+        "true",
+    );
+    check("etcd.endpoints", Some("HYPERLOOP_ETCD_ENDPOINTS"), "[]");
+    check("listen", Some("HYPERLOOP_LISTEN"), "127.0.0.1:7070");
+    check(
+        "notifications.type",
+        Some("HYPERLOOP_NOTIFICATIONS_TYPE"),
+        "unset",
+    );
+    check("agent.roles.*.model", None, "inherits from agent");
+    assert!(reference.iter().all(|r| !r.help.is_empty()));
+
+    let vars = env_vars();
+    assert!(vars.contains(&("HYPERLOOP_MAX_WORKERS".to_owned(), "runtime.max_workers")));
+    assert_eq!(
+        vars.len(),
+        keys::KEYS.iter().filter(|k| !k.path.contains('*')).count()
+    );
+}
