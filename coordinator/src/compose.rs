@@ -18,7 +18,9 @@
 
 pub use hyperloop_shared::compose::{BASE_URL, ComposeError, Composition, render};
 
-use hyperloop_shared::compose::{EntryKind, FileSource, RemoteRef, SourceError, WithEmbeddedBase, compose, normalize};
+use hyperloop_shared::compose::{
+    EntryKind, FileSource, RemoteRef, SourceError, WithEmbeddedBase, compose, normalize,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,7 +34,10 @@ pub struct CacheDir {
 impl CacheDir {
     /// A cache rooted at `root` (the `git/` folder is created inside it on first fetch).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), refresh: false }
+        Self {
+            root: root.into(),
+            refresh: false,
+        }
     }
 
     /// The user's cache: `$XDG_CACHE_HOME/hyperloop`, else `~/.cache/hyperloop`;
@@ -44,7 +49,8 @@ impl CacheDir {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
             .unwrap_or_else(std::env::temp_dir)
             .join("hyperloop");
-        let refresh = std::env::var("HYPERLOOP_COMPOSE_REFRESH").is_ok_and(|v| v == "1" || v == "true");
+        let refresh =
+            std::env::var("HYPERLOOP_COMPOSE_REFRESH").is_ok_and(|v| v == "1" || v == "true");
         Self { root, refresh }
     }
 
@@ -70,15 +76,25 @@ impl CacheDir {
             .next()
             .unwrap_or("repo")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
-        self.root.join("git").join(format!("{name}-{:016x}", fnv1a(key.as_bytes())))
+        self.root
+            .join("git")
+            .join(format!("{name}-{:016x}", fnv1a(key.as_bytes())))
     }
 }
 
 /// FNV-1a: a stable, dependency-free hash for cache folder names (not for security).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Builds the kustomization in `dir` (relative paths are taken from the current directory).
@@ -90,10 +106,15 @@ pub fn compose_dir(dir: &Path, cache: &CacheDir) -> Result<Composition, ComposeE
         dir.to_owned()
     } else {
         std::env::current_dir()
-            .map_err(|e| SourceError::Read { path: dir.to_owned(), reason: e.to_string() })?
+            .map_err(|e| SourceError::Read {
+                path: dir.to_owned(),
+                reason: e.to_string(),
+            })?
             .join(dir)
     };
-    let source = WithEmbeddedBase::new(FsSource { cache: cache.clone() });
+    let source = WithEmbeddedBase::new(FsSource {
+        cache: cache.clone(),
+    });
     compose(&source, &normalize(&abs))
 }
 
@@ -112,7 +133,10 @@ impl FileSource for FsSource {
     }
 
     fn read(&self, path: &Path) -> Result<String, SourceError> {
-        std::fs::read_to_string(path).map_err(|e| SourceError::Read { path: path.to_owned(), reason: e.to_string() })
+        std::fs::read_to_string(path).map_err(|e| SourceError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     fn fetch_remote(&self, remote: &RemoteRef) -> Result<PathBuf, SourceError> {
@@ -126,27 +150,61 @@ impl FileSource for FsSource {
 /// [`SourceError::Fetch`] with git's message and a hint.
 pub fn fetch(cache: &CacheDir, remote: &RemoteRef) -> Result<PathBuf, SourceError> {
     let entry = cache.entry_path(remote);
-    let reference = remote.reference.clone().unwrap_or_else(|| "HEAD".to_owned());
+    let reference = remote
+        .reference
+        .clone()
+        .unwrap_or_else(|| "HEAD".to_owned());
     let is_commit = reference.len() == 40 && reference.chars().all(|c| c.is_ascii_hexdigit());
     if entry.is_dir() && (is_commit || !cache.refresh) {
         return Ok(entry);
     }
-    let fail = |reason: String| SourceError::Fetch { url: remote.clone_url.clone(), reference: reference.clone(), reason };
+    let fail = |reason: String| SourceError::Fetch {
+        url: remote.clone_url.clone(),
+        reference: reference.clone(),
+        reason,
+    };
     let parent = entry.parent().unwrap_or(cache.root());
-    std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create cache folder {}: {e}", parent.display())))?;
+    std::fs::create_dir_all(parent).map_err(|e| {
+        fail(format!(
+            "cannot create cache folder {}: {e}",
+            parent.display()
+        ))
+    })?;
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempdir_in(parent)
-        .map_err(|e| fail(format!("cannot create a temporary folder in {}: {e}", parent.display())))?;
+        .map_err(|e| {
+            fail(format!(
+                "cannot create a temporary folder in {}: {e}",
+                parent.display()
+            ))
+        })?;
     let checkout = tmp.path();
     git(checkout, &["init", "-q"]).map_err(&fail)?;
     // A shallow fetch of the one ref; servers that refuse fetching a bare commit id get a
     // full fetch instead.
-    if git(checkout, &["fetch", "-q", "--depth", "1", &remote.clone_url, &reference]).is_err() {
+    if git(
+        checkout,
+        &["fetch", "-q", "--depth", "1", &remote.clone_url, &reference],
+    )
+    .is_err()
+    {
         git(checkout, &["fetch", "-q", "--tags", &remote.clone_url, "+refs/heads/*:refs/remotes/origin/*"])
             .map_err(|e| fail(format!("{e}\nCheck that the URL is reachable with `git ls-remote {}` and that the ref exists.", remote.clone_url)))?;
-        git(checkout, &["rev-parse", "--verify", "-q", &format!("{reference}^{{commit}}")])
-            .map_err(|_| fail(format!("ref `{reference}` does not exist in the repository; fix `?ref=`")))?;
+        git(
+            checkout,
+            &[
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("{reference}^{{commit}}"),
+            ],
+        )
+        .map_err(|_| {
+            fail(format!(
+                "ref `{reference}` does not exist in the repository; fix `?ref=`"
+            ))
+        })?;
         git(checkout, &["checkout", "-q", "--detach", &reference]).map_err(&fail)?;
     } else {
         git(checkout, &["checkout", "-q", "--detach", "FETCH_HEAD"]).map_err(&fail)?;
@@ -168,7 +226,10 @@ pub fn fetch(cache: &CacheDir, remote: &RemoteRef) -> Result<PathBuf, SourceErro
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&done);
-            Err(fail(format!("cannot move the checkout into {}: {e}", entry.display())))
+            Err(fail(format!(
+                "cannot move the checkout into {}: {e}",
+                entry.display()
+            )))
         }
     }
 }
@@ -184,7 +245,11 @@ fn git(dir: &Path, args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("git {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -207,7 +272,11 @@ mod tests {
     fn bare_repo(tmp: &Path, guidelines: &str) -> String {
         let src = tmp.join("src");
         std::fs::create_dir_all(src.join("base")).expect("mkdir");
-        std::fs::write(src.join("base/kustomization.yaml"), "resources:\n- a.yaml\n").expect("write");
+        std::fs::write(
+            src.join("base/kustomization.yaml"),
+            "resources:\n- a.yaml\n",
+        )
+        .expect("write");
         std::fs::write(
             src.join("base/a.yaml"),
             format!("apiVersion: hyperloop.io/v1\nkind: Agent\nmetadata:\n  name: a\nguidelines: {guidelines}\n"),
@@ -224,7 +293,11 @@ mod tests {
     fn project(tmp: &Path, resource: &str) -> PathBuf {
         let p = tmp.join("project");
         std::fs::create_dir_all(&p).expect("mkdir");
-        std::fs::write(p.join("kustomization.yaml"), format!("resources:\n- {resource}\n")).expect("write");
+        std::fs::write(
+            p.join("kustomization.yaml"),
+            format!("resources:\n- {resource}\n"),
+        )
+        .expect("write");
         p
     }
 
@@ -240,7 +313,9 @@ mod tests {
         std::fs::remove_dir_all(tmp.path().join("repo.git")).expect("rm");
         let c = compose_dir(&p, &cache).expect("served from cache");
         assert!(render(&c).contains("guidelines: first"));
-        let entries: Vec<_> = std::fs::read_dir(tmp.path().join("cache/git")).expect("ls").collect();
+        let entries: Vec<_> = std::fs::read_dir(tmp.path().join("cache/git"))
+            .expect("ls")
+            .collect();
         assert_eq!(entries.len(), 1, "one entry and no leftovers");
     }
 
@@ -274,16 +349,24 @@ mod tests {
         let git_dir = tmp.path().join("cache/git");
         std::fs::create_dir_all(git_dir.join(".tmp-killed/base")).expect("mkdir");
         let bad = project(tmp.path(), &format!("{url}//base?ref=nope"));
-        let err = compose_dir(&bad, &cache).expect_err("missing ref").to_string();
+        let err = compose_dir(&bad, &cache)
+            .expect_err("missing ref")
+            .to_string();
         assert!(err.contains(&url) && err.contains("nope"), "{err}");
-        let entry = cache.entry_path(&RemoteRef::parse(&format!("{url}//base?ref=nope")).expect("parses"));
+        let entry =
+            cache.entry_path(&RemoteRef::parse(&format!("{url}//base?ref=nope")).expect("parses"));
         assert!(!entry.exists());
         // The partial folder is ignored and a good fetch still works.
         let good = project(tmp.path(), &format!("{url}//base?ref=v1"));
         assert!(render(&compose_dir(&good, &cache).expect("composes")).contains("first"));
         let missing = project(tmp.path(), &format!("{url}//nofolder?ref=v1"));
-        let err = compose_dir(&missing, &cache).expect_err("no folder").to_string();
-        assert!(err.contains("no kustomization in") && err.contains("nofolder"), "{err}");
+        let err = compose_dir(&missing, &cache)
+            .expect_err("no folder")
+            .to_string();
+        assert!(
+            err.contains("no kustomization in") && err.contains("nofolder"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -291,7 +374,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let url = format!("file://{}/absent.git", tmp.path().display());
         let p = project(tmp.path(), &format!("{url}//base?ref=v1"));
-        let err = compose_dir(&p, &CacheDir::new(tmp.path().join("cache"))).expect_err("fails").to_string();
+        let err = compose_dir(&p, &CacheDir::new(tmp.path().join("cache")))
+            .expect_err("fails")
+            .to_string();
         assert!(err.contains(&url) && err.contains("git ls-remote"), "{err}");
     }
 

@@ -75,7 +75,9 @@ impl SpecPath {
             return reject("the path is empty");
         }
         if path.starts_with('/') {
-            return reject("absolute paths are not allowed; use a path relative to the repository root");
+            return reject(
+                "absolute paths are not allowed; use a path relative to the repository root",
+            );
         }
         if path.contains('\\') {
             return reject("backslashes are not allowed; use `/` as the separator");
@@ -88,7 +90,9 @@ impl SpecPath {
         }
         for segment in path.split('/') {
             match segment {
-                "" => return reject("empty path segments (`//` or a trailing `/`) are not allowed"),
+                "" => {
+                    return reject("empty path segments (`//` or a trailing `/`) are not allowed");
+                }
                 "." | ".." => return reject("`.` and `..` segments are not allowed"),
                 ".git" => return reject("paths inside `.git` are not allowed"),
                 _ => {}
@@ -290,7 +294,16 @@ mod tests {
 
     #[test]
     fn task_ids_reject_path_tricks_and_garbage() {
-        for bad in ["", "task-", "task-../1", "task-1/..", "TASK-1", "task--1", "task-1a", "7"] {
+        for bad in [
+            "",
+            "task-",
+            "task-../1",
+            "task-1/..",
+            "TASK-1",
+            "task--1",
+            "task-1a",
+            "7",
+        ] {
             assert!(bad.parse::<TaskId>().is_err(), "{bad:?} should be rejected");
         }
     }
@@ -312,7 +325,10 @@ mod tests {
         ] {
             assert!(SpecPath::parse(bad).is_err(), "{bad:?} should be rejected");
         }
-        assert_eq!(SpecPath::parse("specs/api/auth.md").unwrap().as_str(), "specs/api/auth.md");
+        assert_eq!(
+            SpecPath::parse("specs/api/auth.md").unwrap().as_str(),
+            "specs/api/auth.md"
+        );
     }
 
     #[test]

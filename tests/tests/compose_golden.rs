@@ -45,7 +45,11 @@ fn cases() -> Vec<PathBuf> {
         .filter(|p| p.join("input").is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 5, "expected at least five compose fixtures, found {}", cases.len());
+    assert!(
+        cases.len() >= 5,
+        "expected at least five compose fixtures, found {}",
+        cases.len()
+    );
     cases
 }
 
@@ -58,13 +62,22 @@ struct Materialized {
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
-        .args(["-c", "user.name=golden", "-c", "user.email=golden@example.invalid"])
+        .args([
+            "-c",
+            "user.name=golden",
+            "-c",
+            "user.email=golden@example.invalid",
+        ])
         .args(["-c", "init.defaultBranch=main"])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path, subst: &dyn Fn(String) -> String) {
@@ -84,7 +97,10 @@ fn copy_tree(from: &Path, to: &Path, subst: &dyn Fn(String) -> String) {
 fn materialize(case: &Path) -> Materialized {
     let repos = case.join("repos");
     if !repos.is_dir() {
-        return Materialized { input: case.join("input"), _tmp: None };
+        return Materialized {
+            input: case.join("input"),
+            _tmp: None,
+        };
     }
     let tmp = tempfile::tempdir().expect("tmp");
     let repos_out = tmp.path().join("repos");
@@ -103,15 +119,30 @@ fn materialize(case: &Path) -> Materialized {
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-qm", "fixture"]);
         git(&work, &["tag", "v0.1.0"]);
-        git(&repos_out, &["clone", "-q", "--bare", &work.display().to_string(), &format!("{name}.git")]);
+        git(
+            &repos_out,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &work.display().to_string(),
+                &format!("{name}.git"),
+            ],
+        );
     }
     let input = tmp.path().join("input");
     copy_tree(&case.join("input"), &input, &subst);
-    Materialized { input, _tmp: Some(tmp) }
+    Materialized {
+        input,
+        _tmp: Some(tmp),
+    }
 }
 
 fn name(case: &Path) -> String {
-    case.file_name().expect("named").to_string_lossy().into_owned()
+    case.file_name()
+        .expect("named")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn updating() -> bool {
@@ -153,14 +184,25 @@ fn our_composition_is_byte_identical_to_the_committed_kubectl_output() {
                 name(&case)
             ));
         }
-        let warnings: Vec<String> = composition.warnings.iter().map(ToString::to_string).collect();
-        let expected_warnings = std::fs::read_to_string(case.join("warnings.txt")).unwrap_or_default();
+        let warnings: Vec<String> = composition
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let expected_warnings =
+            std::fs::read_to_string(case.join("warnings.txt")).unwrap_or_default();
         for want in expected_warnings.lines().filter(|l| !l.trim().is_empty()) {
             if !warnings.iter().any(|w| w.contains(want)) {
-                failures.push(format!("{}: no warning containing `{want}`; got {warnings:?}", name(&case)));
+                failures.push(format!(
+                    "{}: no warning containing `{want}`; got {warnings:?}",
+                    name(&case)
+                ));
             }
         }
-        let patch_warnings = warnings.iter().filter(|w| w.contains("matches no resource")).count();
+        let patch_warnings = warnings
+            .iter()
+            .filter(|w| w.contains("matches no resource"))
+            .count();
         if expected_warnings.trim().is_empty() && patch_warnings > 0 {
             failures.push(format!("{}: unexpected warnings {warnings:?}", name(&case)));
         }
@@ -180,7 +222,10 @@ fn committed_goldens_match_what_kubectl_prints_now() {
             if updating() {
                 std::fs::write(&path, &theirs).expect("write golden");
             } else {
-                stale.push(format!("{}:\n--- kubectl ---\n{theirs}--- committed ---\n{golden}", name(&case)));
+                stale.push(format!(
+                    "{}:\n--- kubectl ---\n{theirs}--- committed ---\n{golden}",
+                    name(&case)
+                ));
             }
         }
     }

@@ -66,7 +66,13 @@ struct Emitter {
 
 impl Default for Emitter {
     fn default() -> Self {
-        Self { out: String::new(), column: 0, whitespace: true, indention: true, indent: 0 }
+        Self {
+            out: String::new(),
+            column: 0,
+            whitespace: true,
+            indention: true,
+            indent: 0,
+        }
     }
 }
 
@@ -99,7 +105,13 @@ impl Emitter {
         self.whitespace = true;
     }
 
-    fn write_indicator(&mut self, ind: &str, need_whitespace: bool, is_whitespace: bool, is_indention: bool) {
+    fn write_indicator(
+        &mut self,
+        ind: &str,
+        need_whitespace: bool,
+        is_whitespace: bool,
+        is_indention: bool,
+    ) {
         if need_whitespace && !self.whitespace {
             self.put(' ');
         }
@@ -135,7 +147,11 @@ impl Emitter {
             Value::Object(_) => self.write_indicator("{}", true, false, false),
             Value::Array(_) => self.write_indicator("[]", true, false, false),
             scalar => {
-                let indent = if parent_indent < 0 { BEST_INDENT } else { parent_indent as usize + BEST_INDENT };
+                let indent = if parent_indent < 0 {
+                    BEST_INDENT
+                } else {
+                    parent_indent as usize + BEST_INDENT
+                };
                 self.indent = indent;
                 let (text, quoted_ok_plain) = scalar_text(scalar);
                 self.scalar(&text, quoted_ok_plain, false);
@@ -144,7 +160,11 @@ impl Emitter {
     }
 
     fn mapping(&mut self, map: &Map<String, Value>, parent_indent: isize) {
-        let indent = if parent_indent < 0 { 0 } else { parent_indent as usize + BEST_INDENT };
+        let indent = if parent_indent < 0 {
+            0
+        } else {
+            parent_indent as usize + BEST_INDENT
+        };
         let mut keys: Vec<&String> = map.keys().collect();
         keys.sort_by(|a, b| natural_cmp(a, b));
         for key in keys {
@@ -171,7 +191,9 @@ impl Emitter {
         if simple_key && a.multiline {
             style = Style::Double;
         }
-        if matches!(style, Style::Plain) && (!a.block_plain_allowed || (text.is_empty() && simple_key)) {
+        if matches!(style, Style::Plain)
+            && (!a.block_plain_allowed || (text.is_empty() && simple_key))
+        {
             style = Style::Single;
         }
         if matches!(style, Style::Single) && !a.single_quoted_allowed {
@@ -200,7 +222,11 @@ impl Emitter {
         while i < chars.len() {
             let c = chars[i];
             if c == ' ' {
-                if allow_breaks && !spaces && self.column > BEST_WIDTH && chars.get(i + 1) != Some(&' ') {
+                if allow_breaks
+                    && !spaces
+                    && self.column > BEST_WIDTH
+                    && chars.get(i + 1) != Some(&' ')
+                {
                     self.write_indent(self.indent);
                 } else {
                     self.put(c);
@@ -416,7 +442,8 @@ fn analyze(value: &str) -> Analysis {
     let n = chars.len();
     let mut block_indicators = value.starts_with("---") || value.starts_with("...");
     let (mut line_breaks, mut special) = (false, false);
-    let (mut leading_space, mut leading_break, mut trailing_space, mut trailing_break) = (false, false, false, false);
+    let (mut leading_space, mut leading_break, mut trailing_space, mut trailing_break) =
+        (false, false, false, false);
     let (mut break_space, mut space_break) = (false, false);
     let (mut preceded_by_ws, mut prev_space, mut prev_break) = (true, false, false);
     for i in 0..n {
@@ -424,9 +451,8 @@ fn analyze(value: &str) -> Analysis {
         let followed_by_ws = i + 1 >= n || is_blank(chars[i + 1]);
         if i == 0 {
             match c {
-                '#' | ',' | '[' | ']' | '{' | '}' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%' | '@' | '`' => {
-                    block_indicators = true
-                }
+                '#' | ',' | '[' | ']' | '{' | '}' | '&' | '*' | '!' | '|' | '>' | '\'' | '"'
+                | '%' | '@' | '`' => block_indicators = true,
                 '?' | ':' | '-' if followed_by_ws => block_indicators = true,
                 _ => {}
             }
@@ -547,11 +573,14 @@ pub(crate) fn is_plain_safe_string(s: &str) -> bool {
 
 fn resolves_to_non_string(s: &str) -> bool {
     const SPECIAL: &[&str] = &[
-        "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "n", "N", "no", "No", "NO",
-        "false", "False", "FALSE", "off", "Off", "OFF", "", "~", "null", "Null", "NULL", ".nan", ".NaN", ".NAN",
-        ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", "<<",
+        "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "n", "N", "no",
+        "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF", "", "~", "null", "Null",
+        "NULL", ".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf",
+        "-.Inf", "-.INF", "<<",
     ];
-    let Some(first) = s.chars().next() else { return true };
+    let Some(first) = s.chars().next() else {
+        return true;
+    };
     match first {
         '+' | '-' | '0'..='9' => {
             if SPECIAL.contains(&s) || is_timestamp(s) {
@@ -560,7 +589,9 @@ fn resolves_to_non_string(s: &str) -> bool {
             let plain: String = s.chars().filter(|&c| c != '_').collect();
             go_parse_int(&plain) || is_yaml_float(&plain) || is_binary(&plain)
         }
-        'y' | 'Y' | 'n' | 'N' | 't' | 'T' | 'f' | 'F' | 'o' | 'O' | '~' | '<' => SPECIAL.contains(&s),
+        'y' | 'Y' | 'n' | 'N' | 't' | 'T' | 'f' | 'F' | 'o' | 'O' | '~' | '<' => {
+            SPECIAL.contains(&s)
+        }
         '.' => SPECIAL.contains(&s) || is_yaml_float(s),
         _ => false,
     }
@@ -569,23 +600,25 @@ fn resolves_to_non_string(s: &str) -> bool {
 /// Go's `strconv.ParseInt(s, 0, 64)` / `ParseUint` acceptance (range ignored beyond u64).
 fn go_parse_int(s: &str) -> bool {
     let body = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let (digits, radix) = if let Some(r) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
-        (r, 16)
-    } else if let Some(r) = body.strip_prefix("0b").or_else(|| body.strip_prefix("0B")) {
-        (r, 2)
-    } else if let Some(r) = body.strip_prefix("0o").or_else(|| body.strip_prefix("0O")) {
-        (r, 8)
-    } else if body.len() > 1 && body.starts_with('0') {
-        (&body[1..], 8)
-    } else {
-        (body, 10)
-    };
+    let (digits, radix) =
+        if let Some(r) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+            (r, 16)
+        } else if let Some(r) = body.strip_prefix("0b").or_else(|| body.strip_prefix("0B")) {
+            (r, 2)
+        } else if let Some(r) = body.strip_prefix("0o").or_else(|| body.strip_prefix("0O")) {
+            (r, 8)
+        } else if body.len() > 1 && body.starts_with('0') {
+            (&body[1..], 8)
+        } else {
+            (body, 10)
+        };
     !digits.is_empty() && u64::from_str_radix(digits, radix).is_ok()
 }
 
 fn is_binary(s: &str) -> bool {
     let body = s.strip_prefix('-').unwrap_or(s);
-    body.strip_prefix("0b").is_some_and(|d| !d.is_empty() && d.chars().all(|c| c == '0' || c == '1'))
+    body.strip_prefix("0b")
+        .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c == '0' || c == '1'))
 }
 
 /// go-yaml's `^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`.
@@ -667,7 +700,9 @@ fn is_timestamp(s: &str) -> bool {
     }
     let rest = &s[5..];
     let (month, rest) = split_digits(rest);
-    let Some(rest) = rest.strip_prefix('-') else { return false };
+    let Some(rest) = rest.strip_prefix('-') else {
+        return false;
+    };
     let (day, rest) = split_digits(rest);
     let valid_date = matches!(month.len(), 1 | 2)
         && matches!(day.len(), 1 | 2)
@@ -681,7 +716,9 @@ fn is_timestamp(s: &str) -> bool {
     }
     // A time part: "T15:04:05..." or " 15:04:05...". Go's parser validates more strictly;
     // anything of this shape is quoted either way, so we err towards quoting.
-    let Some(time) = rest.strip_prefix(['T', 't', ' ']) else { return false };
+    let Some(time) = rest.strip_prefix(['T', 't', ' ']) else {
+        return false;
+    };
     let (h, t) = split_digits(time);
     !h.is_empty() && h.len() <= 2 && t.starts_with(':')
 }
@@ -708,7 +745,11 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
             return ar[i].cmp(&br[i]);
         }
         if al || bl {
-            return if bl { Ordering::Less } else { Ordering::Greater };
+            return if bl {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
         }
         let (mut an, mut bn) = (0i64, 0i64);
         if ar[i] == '0' || br[i] == '0' {
@@ -724,12 +765,16 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
         }
         let mut ai = i;
         while ai < ar.len() && ar[ai].is_ascii_digit() {
-            an = an.wrapping_mul(10).wrapping_add(i64::from(ar[ai] as u8 - b'0'));
+            an = an
+                .wrapping_mul(10)
+                .wrapping_add(i64::from(ar[ai] as u8 - b'0'));
             ai += 1;
         }
         let mut bi = i;
         while bi < br.len() && br[bi].is_ascii_digit() {
-            bn = bn.wrapping_mul(10).wrapping_add(i64::from(br[bi] as u8 - b'0'));
+            bn = bn
+                .wrapping_mul(10)
+                .wrapping_add(i64::from(br[bi] as u8 - b'0'));
             bi += 1;
         }
         if an != bn {
@@ -791,12 +836,19 @@ mod tests {
         let out = render_document(&serde_json::json!({ "k": long }));
         assert_eq!(
             out,
-            format!("k: {}\n  {}\n", "word ".repeat(16).trim_end(), "word ".repeat(4).trim_end())
+            format!(
+                "k: {}\n  {}\n",
+                "word ".repeat(16).trim_end(),
+                "word ".repeat(4).trim_end()
+            )
         );
     }
 
     #[test]
     fn numbers_print_as_after_a_json_round_trip() {
-        check("a: 1.0\nb: 1.5\nc: 1.0e-7\nd: -3\ne: 1234567.5\n", "a: 1\nb: 1.5\nc: 1e-07\nd: -3\ne: 1.2345675e+06\n");
+        check(
+            "a: 1.0\nb: 1.5\nc: 1.0e-7\nd: -3\ne: 1234567.5\n",
+            "a: 1\nb: 1.5\nc: 1e-07\nd: -3\ne: 1.2345675e+06\n",
+        );
     }
 }

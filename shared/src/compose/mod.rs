@@ -31,12 +31,16 @@ use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 /// File names kustomize accepts for a kustomization, in the order it looks for them.
-pub const KUSTOMIZATION_FILE_NAMES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+pub const KUSTOMIZATION_FILE_NAMES: [&str; 3] =
+    ["kustomization.yaml", "kustomization.yml", "Kustomization"];
 
 /// The canonical remote base of hyperloop's own `base/` at this version. The coordinator's
 /// source serves it from [`crate::base::FILES`] instead of fetching, so composition works
 /// offline; kubectl with network access fetches the same files.
-pub const BASE_URL: &str = concat!("github.com/hyperloop-dev/hyperloop//base?ref=v", env!("CARGO_PKG_VERSION"));
+pub const BASE_URL: &str = concat!(
+    "github.com/hyperloop-dev/hyperloop//base?ref=v",
+    env!("CARGO_PKG_VERSION")
+);
 
 /// What a path is, as far as a [`FileSource`] can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +101,9 @@ pub enum ComposeError {
     #[error(transparent)]
     Source(#[from] SourceError),
     /// A directory used as a kustomization root has no kustomization file.
-    #[error("no kustomization in {dir}: add a kustomization.yaml listing `resources:` (or point at a folder that has one)")]
+    #[error(
+        "no kustomization in {dir}: add a kustomization.yaml listing `resources:` (or point at a folder that has one)"
+    )]
     NoKustomization {
         /// The directory.
         dir: PathBuf,
@@ -141,7 +147,9 @@ pub enum ComposeError {
         hint: &'static str,
     },
     /// A resource lacks `kind` or `metadata.name`.
-    #[error("{file}: a resource has no `{field}`; every resource needs apiVersion, kind and metadata.name")]
+    #[error(
+        "{file}: a resource has no `{field}`; every resource needs apiVersion, kind and metadata.name"
+    )]
     MissingField {
         /// The file.
         file: PathBuf,
@@ -149,10 +157,12 @@ pub enum ComposeError {
         field: &'static str,
     },
     /// Two resources have the same id.
-    #[error("{file}: may not add resource with an already registered id {id} (first from {first}); remove one of them or patch instead")]
+    #[error(
+        "{file}: may not add resource with an already registered id {id} (first from {first}); remove one of them or patch instead"
+    )]
     DuplicateId {
         /// The id.
-        id: ResId,
+        id: Box<ResId>,
         /// Where the first came from.
         first: PathBuf,
         /// Where the duplicate came from.
@@ -195,12 +205,14 @@ pub enum ComposeError {
         source: RemoteUrlError,
     },
     /// A patch without `target:` names a resource that does not exist (kubectl fails too).
-    #[error("{patch}: no resource matches strategic merge patch {id}; fix its apiVersion/kind/metadata.name or add a `target:`")]
+    #[error(
+        "{patch}: no resource matches strategic merge patch {id}; fix its apiVersion/kind/metadata.name or add a `target:`"
+    )]
     PatchTargetMissing {
         /// Which patch.
         patch: PatchOrigin,
         /// The id it names.
-        id: ResId,
+        id: Box<ResId>,
     },
     /// A patch is malformed (bad target regex, JSON6902 without a target, ...).
     #[error("{patch}: {reason}")]
@@ -216,7 +228,7 @@ pub enum ComposeError {
         /// Which patch.
         patch: PatchOrigin,
         /// The resource.
-        id: ResId,
+        id: Box<ResId>,
         /// Which operation failed and why.
         reason: String,
     },
@@ -239,8 +251,20 @@ pub struct PatchOrigin {
 impl fmt::Display for PatchOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.path {
-            Some(p) => write!(f, "patch `{p}` ({} #{} in {})", self.field, self.index, self.kustomization.display()),
-            None => write!(f, "inline patch ({} #{} in {})", self.field, self.index, self.kustomization.display()),
+            Some(p) => write!(
+                f,
+                "patch `{p}` ({} #{} in {})",
+                self.field,
+                self.index,
+                self.kustomization.display()
+            ),
+            None => write!(
+                f,
+                "inline patch ({} #{} in {})",
+                self.field,
+                self.index,
+                self.kustomization.display()
+            ),
         }
     }
 }
@@ -268,10 +292,17 @@ impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Warning::PatchMatchedNothing { patch, target } => {
-                write!(f, "{patch}: target {target} matches no resource; the patch changes nothing")
+                write!(
+                    f,
+                    "{patch}: target {target} matches no resource; the patch changes nothing"
+                )
             }
             Warning::Deprecated { file, field } => {
-                write!(f, "{}: `{field}` is deprecated; use `patches` (or `resources`) instead", file.display())
+                write!(
+                    f,
+                    "{}: `{field}` is deprecated; use `patches` (or `resources`) instead",
+                    file.display()
+                )
             }
         }
     }
@@ -319,12 +350,33 @@ impl ResId {
     /// `group_version_kind`, then namespace (none sorts last), then name.
     fn legacy_key(&self) -> (i32, String, String, String) {
         const FIRST: &[&str] = &[
-            "Namespace", "ResourceQuota", "StorageClass", "CustomResourceDefinition", "ServiceAccount",
-            "PodSecurityPolicy", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ConfigMap", "Secret",
-            "Endpoints", "Service", "LimitRange", "PriorityClass", "PersistentVolume", "PersistentVolumeClaim",
-            "Deployment", "StatefulSet", "CronJob", "PodDisruptionBudget",
+            "Namespace",
+            "ResourceQuota",
+            "StorageClass",
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "PodSecurityPolicy",
+            "Role",
+            "ClusterRole",
+            "RoleBinding",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Secret",
+            "Endpoints",
+            "Service",
+            "LimitRange",
+            "PriorityClass",
+            "PersistentVolume",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "StatefulSet",
+            "CronJob",
+            "PodDisruptionBudget",
         ];
-        const LAST: &[&str] = &["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"];
+        const LAST: &[&str] = &[
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+        ];
         let order = if let Some(i) = FIRST.iter().position(|k| *k == self.kind) {
             i as i32 - FIRST.len() as i32
         } else if let Some(i) = LAST.iter().position(|k| *k == self.kind) {
@@ -332,15 +384,30 @@ impl ResId {
         } else {
             0
         };
-        let or = |s: &str, d: &str| if s.is_empty() { d.to_owned() } else { s.to_owned() };
-        let gvk = format!("{}_{}_{}", or(&self.group, "~G"), or(&self.version, "~V"), or(&self.kind, "~K"));
+        let or = |s: &str, d: &str| {
+            if s.is_empty() {
+                d.to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        let gvk = format!(
+            "{}_{}_{}",
+            or(&self.group, "~G"),
+            or(&self.version, "~V"),
+            or(&self.kind, "~K")
+        );
         (order, gvk, or(&self.namespace, "~X"), or(&self.name, "~N"))
     }
 }
 
 impl fmt::Display for ResId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let gv = if self.group.is_empty() { self.version.clone() } else { format!("{}.{}", self.version, self.group) };
+        let gv = if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}.{}", self.version, self.group)
+        };
         write!(f, "{}.{}/{}", self.kind, gv, self.name)?;
         if !self.namespace.is_empty() {
             write!(f, ".{}", self.namespace)?;
@@ -394,11 +461,18 @@ pub fn render(composition: &Composition) -> String {
 /// # Errors
 /// See [`ComposeError`]; the first problem found stops the build.
 pub fn compose(source: &dyn FileSource, dir: &Path) -> Result<Composition, ComposeError> {
-    let mut b = Builder { source, stack: Vec::new(), warnings: Vec::new() };
+    let mut b = Builder {
+        source,
+        stack: Vec::new(),
+        warnings: Vec::new(),
+    };
     let mut acc = Vec::new();
     b.build_into(&normalize(dir), Expect::Kustomization, &mut acc)?;
     acc.sort_by_cached_key(|r| r.id().legacy_key());
-    Ok(Composition { resources: acc, warnings: b.warnings })
+    Ok(Composition {
+        resources: acc,
+        warnings: b.warnings,
+    })
 }
 
 /// A [`FileSource`] that serves [`BASE_URL`] (in any spelling of the same repository and
@@ -419,14 +493,23 @@ impl<S: FileSource> WithEmbeddedBase<S> {
             reference: None,
             original: BASE_URL.into(),
         });
-        Self { inner, base, root: PathBuf::from("/\u{0}hyperloop-embedded") }
+        Self {
+            inner,
+            base,
+            root: PathBuf::from("/\u{0}hyperloop-embedded"),
+        }
     }
 
     fn embedded(&self, path: &Path) -> Option<Option<&'static str>> {
         let rel = path.strip_prefix(&self.root).ok()?;
         let rel = rel.strip_prefix("base").ok()?;
         let rel = rel.to_str()?;
-        Some(crate::base::FILES.iter().find(|(p, _)| *p == rel).map(|(_, c)| *c))
+        Some(
+            crate::base::FILES
+                .iter()
+                .find(|(p, _)| *p == rel)
+                .map(|(_, c)| *c),
+        )
     }
 }
 
@@ -446,13 +529,18 @@ impl<S: FileSource> FileSource for WithEmbeddedBase<S> {
     fn read(&self, path: &Path) -> Result<String, SourceError> {
         match self.embedded(path) {
             Some(Some(c)) => Ok(c.to_owned()),
-            Some(None) => Err(SourceError::Read { path: path.to_owned(), reason: "not an embedded base file".into() }),
+            Some(None) => Err(SourceError::Read {
+                path: path.to_owned(),
+                reason: "not an embedded base file".into(),
+            }),
             None => self.inner.read(path),
         }
     }
 
     fn fetch_remote(&self, remote: &RemoteRef) -> Result<PathBuf, SourceError> {
-        if remote.repository_key() == self.base.repository_key() && remote.reference == self.base.reference {
+        if remote.repository_key() == self.base.repository_key()
+            && remote.reference == self.base.reference
+        {
             Ok(self.root.clone())
         } else {
             self.inner.fetch_remote(remote)
@@ -500,14 +588,42 @@ struct PatchEntry {
 }
 
 const SUPPORTED_FIELDS: &[&str] = &[
-    "apiVersion", "kind", "metadata", "resources", "bases", "components", "patches",
-    "patchesStrategicMerge", "patchesJson6902",
+    "apiVersion",
+    "kind",
+    "metadata",
+    "resources",
+    "bases",
+    "components",
+    "patches",
+    "patchesStrategicMerge",
+    "patchesJson6902",
 ];
 const UNSUPPORTED_FIELDS: &[&str] = &[
-    "namePrefix", "nameSuffix", "namespace", "commonLabels", "labels", "commonAnnotations", "images",
-    "imageTags", "replacements", "replicas", "vars", "sortOptions", "crds", "configMapGenerator",
-    "secretGenerator", "helmGlobals", "helmCharts", "helmChartInflationGenerator", "generatorOptions",
-    "configurations", "generators", "transformers", "validators", "buildMetadata", "openapi",
+    "namePrefix",
+    "nameSuffix",
+    "namespace",
+    "commonLabels",
+    "labels",
+    "commonAnnotations",
+    "images",
+    "imageTags",
+    "replacements",
+    "replicas",
+    "vars",
+    "sortOptions",
+    "crds",
+    "configMapGenerator",
+    "secretGenerator",
+    "helmGlobals",
+    "helmCharts",
+    "helmChartInflationGenerator",
+    "generatorOptions",
+    "configurations",
+    "generators",
+    "transformers",
+    "validators",
+    "buildMetadata",
+    "openapi",
 ];
 
 struct Builder<'a> {
@@ -522,7 +638,12 @@ enum PatchBody {
 }
 
 impl Builder<'_> {
-    fn build_into(&mut self, dir: &Path, expect: Expect, acc: &mut Vec<Resource>) -> Result<(), ComposeError> {
+    fn build_into(
+        &mut self,
+        dir: &Path,
+        expect: Expect,
+        acc: &mut Vec<Resource>,
+    ) -> Result<(), ComposeError> {
         if let Some(pos) = self.stack.iter().position(|d| d == dir) {
             let mut chain = self.stack[pos..].to_vec();
             chain.push(dir.to_owned());
@@ -534,28 +655,49 @@ impl Builder<'_> {
         result
     }
 
-    fn build_inner(&mut self, dir: &Path, expect: Expect, acc: &mut Vec<Resource>) -> Result<(), ComposeError> {
+    fn build_inner(
+        &mut self,
+        dir: &Path,
+        expect: Expect,
+        acc: &mut Vec<Resource>,
+    ) -> Result<(), ComposeError> {
         let file = KUSTOMIZATION_FILE_NAMES
             .iter()
             .map(|n| dir.join(n))
             .find(|p| self.source.entry(p) == EntryKind::File)
-            .ok_or_else(|| ComposeError::NoKustomization { dir: dir.to_owned() })?;
+            .ok_or_else(|| ComposeError::NoKustomization {
+                dir: dir.to_owned(),
+            })?;
         let k = self.load_kustomization(&file)?;
         let found = k.kind.clone().unwrap_or_else(|| "Kustomization".into());
         match (expect, found.as_str()) {
             (Expect::Kustomization, "Kustomization") | (Expect::Component, "Component") => {}
             (Expect::Kustomization, _) => {
-                return Err(ComposeError::WrongKind { file, expected: "Kustomization", found, hint: "components" });
+                return Err(ComposeError::WrongKind {
+                    file,
+                    expected: "Kustomization",
+                    found,
+                    hint: "components",
+                });
             }
             (Expect::Component, _) => {
-                return Err(ComposeError::WrongKind { file, expected: "Component", found, hint: "resources" });
+                return Err(ComposeError::WrongKind {
+                    file,
+                    expected: "Component",
+                    found,
+                    hint: "resources",
+                });
             }
         }
 
         // A kustomization's own resources start from nothing; a component works on the
         // resources its parent has accumulated so far.
         let mut own = Vec::new();
-        let target: &mut Vec<Resource> = if expect == Expect::Component { acc } else { &mut own };
+        let target: &mut Vec<Resource> = if expect == Expect::Component {
+            acc
+        } else {
+            &mut own
+        };
         for entry in k.resources.iter().chain(&k.bases) {
             let loaded = self.load_resource_entry(dir, &file, entry)?;
             for r in loaded {
@@ -575,18 +717,35 @@ impl Builder<'_> {
                     });
                 }
                 EntryKind::Missing => {
-                    return Err(ComposeError::NotFound { kustomization: file, entry: entry.clone(), path });
+                    return Err(ComposeError::NotFound {
+                        kustomization: file,
+                        entry: entry.clone(),
+                        path,
+                    });
                 }
             }
         }
         for (i, p) in k.patches_strategic_merge.iter().enumerate() {
-            let origin = PatchOrigin { kustomization: file.clone(), field: "patchesStrategicMerge", index: i + 1, path: None };
+            let origin = PatchOrigin {
+                kustomization: file.clone(),
+                field: "patchesStrategicMerge",
+                index: i + 1,
+                path: None,
+            };
             let (body, origin) = self.load_psm(dir, &file, p, origin)?;
             self.apply(target, &body, None, &origin)?;
         }
-        for (field, list) in [("patches", &k.patches), ("patchesJson6902", &k.patches_json6902)] {
+        for (field, list) in [
+            ("patches", &k.patches),
+            ("patchesJson6902", &k.patches_json6902),
+        ] {
             for (i, p) in list.iter().enumerate() {
-                let origin = PatchOrigin { kustomization: file.clone(), field, index: i + 1, path: p.path.clone() };
+                let origin = PatchOrigin {
+                    kustomization: file.clone(),
+                    field,
+                    index: i + 1,
+                    path: p.path.clone(),
+                };
                 let body = self.load_patch(dir, &file, p, &origin)?;
                 self.apply(target, &body, p.target.as_ref(), &origin)?;
             }
@@ -601,32 +760,55 @@ impl Builder<'_> {
 
     fn load_kustomization(&mut self, file: &Path) -> Result<Kustomization, ComposeError> {
         let text = self.source.read(file)?;
-        let parse_err = |reason: String| ComposeError::Parse { file: file.to_owned(), reason };
+        let parse_err = |reason: String| ComposeError::Parse {
+            file: file.to_owned(),
+            reason,
+        };
         let raw: Value = serde_yaml::from_str(&text).map_err(|e| parse_err(e.to_string()))?;
-        let raw = if raw.is_null() { Value::Object(Default::default()) } else { raw };
+        let raw = if raw.is_null() {
+            Value::Object(Default::default())
+        } else {
+            raw
+        };
         let Some(map) = raw.as_object() else {
             return Err(parse_err("a kustomization must be a mapping".into()));
         };
         for key in map.keys() {
             if UNSUPPORTED_FIELDS.contains(&key.as_str()) {
-                return Err(ComposeError::UnsupportedField { file: file.to_owned(), field: key.clone() });
+                return Err(ComposeError::UnsupportedField {
+                    file: file.to_owned(),
+                    field: key.clone(),
+                });
             }
             if !SUPPORTED_FIELDS.contains(&key.as_str()) {
-                return Err(ComposeError::UnknownField { file: file.to_owned(), field: key.clone() });
+                return Err(ComposeError::UnknownField {
+                    file: file.to_owned(),
+                    field: key.clone(),
+                });
             }
         }
-        for (field, name) in
-            [("bases", "bases"), ("patchesStrategicMerge", "patchesStrategicMerge"), ("patchesJson6902", "patchesJson6902")]
-        {
+        for (field, name) in [
+            ("bases", "bases"),
+            ("patchesStrategicMerge", "patchesStrategicMerge"),
+            ("patchesJson6902", "patchesJson6902"),
+        ] {
             if map.contains_key(field) {
-                self.warnings.push(Warning::Deprecated { file: file.to_owned(), field: name });
+                self.warnings.push(Warning::Deprecated {
+                    file: file.to_owned(),
+                    field: name,
+                });
             }
         }
         serde_json::from_value(raw).map_err(|e| parse_err(format!("invalid kustomization: {e}")))
     }
 
     /// Loads what one `resources:` entry refers to (already fully built for folders).
-    fn load_resource_entry(&mut self, dir: &Path, file: &Path, entry: &str) -> Result<Vec<Resource>, ComposeError> {
+    fn load_resource_entry(
+        &mut self,
+        dir: &Path,
+        file: &Path,
+        entry: &str,
+    ) -> Result<Vec<Resource>, ComposeError> {
         let path = normalize(&dir.join(entry));
         let kind = if RemoteRef::looks_remote(entry) && entry.contains("://") {
             EntryKind::Missing
@@ -641,23 +823,38 @@ impl Builder<'_> {
             }
             EntryKind::Dir => self.build_into(&path, Expect::Kustomization, &mut out)?,
             EntryKind::Missing if RemoteRef::looks_remote(entry) => {
-                let remote = RemoteRef::parse(entry)
-                    .map_err(|source| ComposeError::RemoteUrl { kustomization: file.to_owned(), source })?;
+                let remote = RemoteRef::parse(entry).map_err(|source| ComposeError::RemoteUrl {
+                    kustomization: file.to_owned(),
+                    source,
+                })?;
                 let root = self.source.fetch_remote(&remote)?;
                 let sub = normalize(&root.join(&remote.subdir));
                 if !sub.starts_with(&root) {
-                    return Err(ComposeError::OutsideRoot { kustomization: file.to_owned(), file: sub, root });
+                    return Err(ComposeError::OutsideRoot {
+                        kustomization: file.to_owned(),
+                        file: sub,
+                        root,
+                    });
                 }
                 self.build_into(&sub, Expect::Kustomization, &mut out)?;
             }
             EntryKind::Missing => {
-                return Err(ComposeError::NotFound { kustomization: file.to_owned(), entry: entry.to_owned(), path });
+                return Err(ComposeError::NotFound {
+                    kustomization: file.to_owned(),
+                    entry: entry.to_owned(),
+                    path,
+                });
             }
         }
         Ok(out)
     }
 
-    fn check_within(&self, root: &Path, kustomization: &Path, path: &Path) -> Result<(), ComposeError> {
+    fn check_within(
+        &self,
+        root: &Path,
+        kustomization: &Path,
+        path: &Path,
+    ) -> Result<(), ComposeError> {
         if path.starts_with(root) {
             Ok(())
         } else {
@@ -672,7 +869,11 @@ impl Builder<'_> {
     fn read_patch_file(&self, dir: &Path, file: &Path, rel: &str) -> Result<String, ComposeError> {
         let path = normalize(&dir.join(rel));
         if self.source.entry(&path) != EntryKind::File {
-            return Err(ComposeError::NotFound { kustomization: file.to_owned(), entry: rel.to_owned(), path });
+            return Err(ComposeError::NotFound {
+                kustomization: file.to_owned(),
+                entry: rel.to_owned(),
+                path,
+            });
         }
         self.check_within(dir, file, &path)?;
         Ok(self.source.read(&path)?)
@@ -685,7 +886,9 @@ impl Builder<'_> {
         entry: &str,
         mut origin: PatchOrigin,
     ) -> Result<(PatchBody, PatchOrigin), ComposeError> {
-        let text = if !entry.contains('\n') && self.source.entry(&normalize(&dir.join(entry))) == EntryKind::File {
+        let text = if !entry.contains('\n')
+            && self.source.entry(&normalize(&dir.join(entry))) == EntryKind::File
+        {
             origin.path = Some(entry.to_owned());
             self.read_patch_file(dir, file, entry)?
         } else {
@@ -695,7 +898,13 @@ impl Builder<'_> {
         Ok((body, origin))
     }
 
-    fn load_patch(&self, dir: &Path, file: &Path, p: &PatchEntry, origin: &PatchOrigin) -> Result<PatchBody, ComposeError> {
+    fn load_patch(
+        &self,
+        dir: &Path,
+        file: &Path,
+        p: &PatchEntry,
+        origin: &PatchOrigin,
+    ) -> Result<PatchBody, ComposeError> {
         let text = match (&p.path, &p.patch) {
             (Some(path), None) => self.read_patch_file(dir, file, path)?,
             (None, Some(inline)) => inline.clone(),
@@ -716,10 +925,15 @@ impl Builder<'_> {
         target: Option<&Selector>,
         origin: &PatchOrigin,
     ) -> Result<(), ComposeError> {
-        let invalid = |reason: String| ComposeError::InvalidPatch { patch: origin.clone(), reason };
+        let invalid = |reason: String| ComposeError::InvalidPatch {
+            patch: origin.clone(),
+            reason,
+        };
         let Some(target) = target else {
             let PatchBody::Smp(docs) = body else {
-                return Err(invalid("a JSON6902 patch needs a `target:` naming the resource it applies to".into()));
+                return Err(invalid(
+                    "a JSON6902 patch needs a `target:` naming the resource it applies to".into(),
+                ));
             };
             for doc in docs {
                 let want = ResId::of(doc);
@@ -732,20 +946,34 @@ impl Builder<'_> {
                         && want.namespace == id.namespace
                 });
                 let Some(idx) = idx else {
-                    return Err(ComposeError::PatchTargetMissing { patch: origin.clone(), id: want });
+                    return Err(ComposeError::PatchTargetMissing {
+                        patch: origin.clone(),
+                        id: Box::new(want),
+                    });
                 };
                 apply_smp(acc, idx, doc);
             }
             return Ok(());
         };
-        let compiled = target.compile().map_err(|e| invalid(format!("target {e}")))?;
-        let selected: Vec<ResId> = acc.iter().filter(|r| compiled.matches(&r.value)).map(Resource::id).collect();
+        let compiled = target
+            .compile()
+            .map_err(|e| invalid(format!("target {e}")))?;
+        let selected: Vec<ResId> = acc
+            .iter()
+            .filter(|r| compiled.matches(&r.value))
+            .map(Resource::id)
+            .collect();
         if selected.is_empty() {
-            self.warnings.push(Warning::PatchMatchedNothing { patch: origin.clone(), target: target.clone() });
+            self.warnings.push(Warning::PatchMatchedNothing {
+                patch: origin.clone(),
+                target: target.clone(),
+            });
             return Ok(());
         }
         for id in selected {
-            let Some(idx) = acc.iter().position(|r| r.id() == id) else { continue };
+            let Some(idx) = acc.iter().position(|r| r.id() == id) else {
+                continue;
+            };
             match body {
                 PatchBody::Smp(docs) => {
                     for doc in docs {
@@ -755,10 +983,12 @@ impl Builder<'_> {
                     }
                 }
                 PatchBody::Json(ops) => {
-                    patch::apply_json6902(&mut acc[idx].value, ops).map_err(|reason| ComposeError::Json6902 {
-                        patch: origin.clone(),
-                        id: id.clone(),
-                        reason,
+                    patch::apply_json6902(&mut acc[idx].value, ops).map_err(|reason| {
+                        ComposeError::Json6902 {
+                            patch: origin.clone(),
+                            id: Box::new(id.clone()),
+                            reason,
+                        }
                     })?;
                 }
             }
@@ -784,7 +1014,9 @@ fn apply_smp(acc: &mut Vec<Resource>, idx: usize, doc: &Value) -> bool {
                         None => obj.remove(key),
                     };
                 }
-                let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+                let meta = obj
+                    .entry("metadata")
+                    .or_insert_with(|| Value::Object(Default::default()));
                 if let Some(meta) = meta.as_object_mut() {
                     for key in ["name", "namespace"] {
                         match old.get("metadata").and_then(|m| m.get(key)) {
@@ -803,7 +1035,11 @@ fn apply_smp(acc: &mut Vec<Resource>, idx: usize, doc: &Value) -> bool {
 fn add_resource(acc: &mut Vec<Resource>, r: Resource, file: &Path) -> Result<(), ComposeError> {
     let id = r.id();
     if let Some(first) = acc.iter().find(|x| x.id() == id) {
-        return Err(ComposeError::DuplicateId { id, first: first.origin.clone(), file: file.to_owned() });
+        return Err(ComposeError::DuplicateId {
+            id: Box::new(id),
+            first: first.origin.clone(),
+            file: file.to_owned(),
+        });
     }
     acc.push(r);
     Ok(())
@@ -821,26 +1057,44 @@ fn parse_docs(text: &str) -> Result<Vec<Value>, String> {
 }
 
 fn parse_resources(path: &Path, text: &str) -> Result<Vec<Resource>, ComposeError> {
-    let docs = parse_docs(text).map_err(|reason| ComposeError::Parse { file: path.to_owned(), reason })?;
+    let docs = parse_docs(text).map_err(|reason| ComposeError::Parse {
+        file: path.to_owned(),
+        reason,
+    })?;
     let mut out = Vec::new();
     for v in docs {
         if !v.is_object() {
-            return Err(ComposeError::Parse { file: path.to_owned(), reason: "a resource must be a mapping".into() });
+            return Err(ComposeError::Parse {
+                file: path.to_owned(),
+                reason: "a resource must be a mapping".into(),
+            });
         }
         let id = ResId::of(&v);
         if id.kind.is_empty() {
-            return Err(ComposeError::MissingField { file: path.to_owned(), field: "kind" });
+            return Err(ComposeError::MissingField {
+                file: path.to_owned(),
+                field: "kind",
+            });
         }
         if id.name.is_empty() {
-            return Err(ComposeError::MissingField { file: path.to_owned(), field: "metadata.name" });
+            return Err(ComposeError::MissingField {
+                file: path.to_owned(),
+                field: "metadata.name",
+            });
         }
-        out.push(Resource { value: v, origin: path.to_owned() });
+        out.push(Resource {
+            value: v,
+            origin: path.to_owned(),
+        });
     }
     Ok(out)
 }
 
 fn parse_patch(text: &str, origin: &PatchOrigin) -> Result<PatchBody, ComposeError> {
-    let invalid = |reason: String| ComposeError::InvalidPatch { patch: origin.clone(), reason };
+    let invalid = |reason: String| ComposeError::InvalidPatch {
+        patch: origin.clone(),
+        reason,
+    };
     let docs = parse_docs(text).map_err(&invalid)?;
     match docs.as_slice() {
         [Value::Array(_)] => {
@@ -850,7 +1104,9 @@ fn parse_patch(text: &str, origin: &PatchOrigin) -> Result<PatchBody, ComposeErr
         }
         [] => Err(invalid("the patch is empty".into())),
         _ if docs.iter().all(Value::is_object) => Ok(PatchBody::Smp(docs)),
-        _ => Err(invalid("a patch must be a mapping (strategic merge) or a list of operations (JSON6902)".into())),
+        _ => Err(invalid(
+            "a patch must be a mapping (strategic merge) or a list of operations (JSON6902)".into(),
+        )),
     }
 }
 

@@ -85,7 +85,8 @@ pub(crate) struct Op {
 /// A description of the first failing operation (missing path, failed `test`, ...).
 pub(crate) fn apply_json6902(doc: &mut Value, ops: &[Op]) -> Result<(), String> {
     for (i, op) in ops.iter().enumerate() {
-        apply_op(doc, op).map_err(|e| format!("operation #{} ({} {}): {e}", i + 1, op.op, op.path))?;
+        apply_op(doc, op)
+            .map_err(|e| format!("operation #{} ({} {}): {e}", i + 1, op.op, op.path))?;
     }
     Ok(())
 }
@@ -113,9 +114,15 @@ fn apply_op(doc: &mut Value, op: &Op) -> Result<(), String> {
         "test" => {
             let want = value()?;
             let have = get_mut(doc, &op.path)?;
-            if *have == want { Ok(()) } else { Err(format!("test failed: found {have}")) }
+            if *have == want {
+                Ok(())
+            } else {
+                Err(format!("test failed: found {have}"))
+            }
         }
-        other => Err(format!("unknown op `{other}` (expected add, remove, replace, move, copy or test)")),
+        other => Err(format!(
+            "unknown op `{other}` (expected add, remove, replace, move, copy or test)"
+        )),
     }
 }
 
@@ -124,7 +131,10 @@ fn tokens(path: &str) -> Result<Vec<String>, String> {
         return Ok(Vec::new());
     }
     let rest = path.strip_prefix('/').ok_or("a path must start with `/`")?;
-    Ok(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+    Ok(rest
+        .split('/')
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect())
 }
 
 fn get_mut<'a>(doc: &'a mut Value, path: &str) -> Result<&'a mut Value, String> {
@@ -133,9 +143,12 @@ fn get_mut<'a>(doc: &'a mut Value, path: &str) -> Result<&'a mut Value, String> 
         cur = match cur {
             Value::Object(m) => m.get_mut(&t).ok_or_else(|| format!("no key `{t}`"))?,
             Value::Array(a) => {
-                let i: usize = t.parse().map_err(|_| format!("`{t}` is not a list index"))?;
+                let i: usize = t
+                    .parse()
+                    .map_err(|_| format!("`{t}` is not a list index"))?;
                 let len = a.len();
-                a.get_mut(i).ok_or_else(|| format!("index {i} is out of range (length {len})"))?
+                a.get_mut(i)
+                    .ok_or_else(|| format!("index {i} is out of range (length {len})"))?
             }
             _ => return Err(format!("cannot descend into a scalar at `{t}`")),
         };
@@ -145,8 +158,13 @@ fn get_mut<'a>(doc: &'a mut Value, path: &str) -> Result<&'a mut Value, String> 
 
 fn split_parent(path: &str) -> Result<(String, String), String> {
     let mut toks = tokens(path)?;
-    let last = toks.pop().ok_or("the root cannot be the target of this operation")?;
-    let parent: String = toks.iter().map(|t| format!("/{}", t.replace('~', "~0").replace('/', "~1"))).collect();
+    let last = toks
+        .pop()
+        .ok_or("the root cannot be the target of this operation")?;
+    let parent: String = toks
+        .iter()
+        .map(|t| format!("/{}", t.replace('~', "~0").replace('/', "~1")))
+        .collect();
     Ok((parent, last))
 }
 
@@ -162,7 +180,12 @@ fn add(doc: &mut Value, path: &str, v: Value) -> Result<(), String> {
             Ok(())
         }
         Value::Array(a) => {
-            let i = if last == "-" { a.len() } else { last.parse().map_err(|_| format!("`{last}` is not a list index"))? };
+            let i = if last == "-" {
+                a.len()
+            } else {
+                last.parse()
+                    .map_err(|_| format!("`{last}` is not a list index"))?
+            };
             if i > a.len() {
                 return Err(format!("index {i} is out of range (length {})", a.len()));
             }
@@ -178,7 +201,9 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
     match get_mut(doc, &parent)? {
         Value::Object(m) => m.remove(&last).ok_or_else(|| format!("no key `{last}`")),
         Value::Array(a) => {
-            let i: usize = last.parse().map_err(|_| format!("`{last}` is not a list index"))?;
+            let i: usize = last
+                .parse()
+                .map_err(|_| format!("`{last}` is not a list index"))?;
             if i >= a.len() {
                 return Err(format!("index {i} is out of range (length {})", a.len()));
             }
@@ -206,7 +231,10 @@ mod tests {
             json!({"a": {"x": 1, "y": 2}, "l": [{"name": "a", "v": 1}], "s": "old"}),
             json!({"a": {"y": 3, "z": 4}, "l": [{"name": "b"}], "s": "new"}),
         );
-        assert_eq!(out, Some(json!({"a": {"x": 1, "y": 3, "z": 4}, "l": [{"name": "b"}], "s": "new"})));
+        assert_eq!(
+            out,
+            Some(json!({"a": {"x": 1, "y": 3, "z": 4}, "l": [{"name": "b"}], "s": "new"}))
+        );
     }
 
     #[test]
@@ -215,7 +243,10 @@ mod tests {
             json!({"a": 1, "keep": {"x": 1, "y": 2}, "gone": {"x": 1}, "b": 2}),
             json!({"a": null, "keep": {"$patch": "replace", "only": 1}, "gone": {"$patch": "delete"}, "new": {"n": null, "m": 1}}),
         );
-        assert_eq!(out, Some(json!({"keep": {"only": 1}, "b": 2, "new": {"m": 1}})));
+        assert_eq!(
+            out,
+            Some(json!({"keep": {"only": 1}, "b": 2, "new": {"m": 1}}))
+        );
         assert_eq!(smp(json!({"a": 1}), json!({"$patch": "delete"})), None);
     }
 
@@ -245,11 +276,24 @@ mod tests {
     #[test]
     fn json6902_errors_name_the_failing_operation() {
         let mut doc = json!({"a": 1});
-        let err = apply_json6902(&mut doc, &ops(json!([{"op": "replace", "path": "/missing", "value": 1}])))
-            .expect_err("missing key");
+        let err = apply_json6902(
+            &mut doc,
+            &ops(json!([{"op": "replace", "path": "/missing", "value": 1}])),
+        )
+        .expect_err("missing key");
         assert_eq!(err, "operation #1 (replace /missing): no key `missing`");
-        let err = apply_json6902(&mut doc, &ops(json!([{"op": "test", "path": "/a", "value": 2}]))).expect_err("test");
+        let err = apply_json6902(
+            &mut doc,
+            &ops(json!([{"op": "test", "path": "/a", "value": 2}])),
+        )
+        .expect_err("test");
         assert!(err.contains("test failed"), "{err}");
-        assert!(apply_json6902(&mut doc, &ops(json!([{"op": "add", "path": "/x/y", "value": 1}]))).is_err());
+        assert!(
+            apply_json6902(
+                &mut doc,
+                &ops(json!([{"op": "add", "path": "/x/y", "value": 1}]))
+            )
+            .is_err()
+        );
     }
 }

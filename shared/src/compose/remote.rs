@@ -36,7 +36,9 @@ impl RemoteRef {
     pub fn looks_remote(entry: &str) -> bool {
         const SCHEMES: &[&str] = &["https://", "http://", "ssh://", "file://", "git::", "git@"];
         SCHEMES.iter().any(|s| entry.starts_with(s))
-            || KNOWN_HOSTS.iter().any(|h| entry.starts_with(&format!("{h}/")))
+            || KNOWN_HOSTS
+                .iter()
+                .any(|h| entry.starts_with(&format!("{h}/")))
             || entry.contains("?ref=")
     }
 
@@ -45,7 +47,10 @@ impl RemoteRef {
     /// # Errors
     /// When the entry names no repository or has an empty `ref`.
     pub fn parse(entry: &str) -> Result<Self, RemoteUrlError> {
-        let err = |reason| RemoteUrlError { entry: entry.to_owned(), reason };
+        let err = |reason| RemoteUrlError {
+            entry: entry.to_owned(),
+            reason,
+        };
         let raw = entry.strip_prefix("git::").unwrap_or(entry);
         let (location, query) = raw.split_once('?').unwrap_or((raw, ""));
         let mut reference = None;
@@ -68,23 +73,36 @@ impl RemoteRef {
             (&rest[..i], &rest[i + 2..])
         } else if let Some(i) = rest.find(".git/") {
             (&rest[..i + 4], &rest[i + 5..])
-        } else if scheme.is_empty() && KNOWN_HOSTS.iter().any(|h| rest.starts_with(&format!("{h}/"))) {
+        } else if scheme.is_empty()
+            && KNOWN_HOSTS
+                .iter()
+                .any(|h| rest.starts_with(&format!("{h}/")))
+        {
             // host/org/repo[/path]
             let mut parts = rest.splitn(4, '/');
             let host = parts.next().unwrap_or_default();
             let org = parts.next().unwrap_or_default();
             let name = parts.next().unwrap_or_default();
             let len = host.len() + org.len() + name.len() + 2;
-            (&rest[..len.min(rest.len())], rest.get(len + 1..).unwrap_or(""))
+            (
+                &rest[..len.min(rest.len())],
+                rest.get(len + 1..).unwrap_or(""),
+            )
         } else {
             (rest, "")
         };
         let repo = repo.trim_end_matches('/');
         if repo.is_empty() || (scheme != "file://" && !repo.contains('/') && !repo.contains(':')) {
-            return Err(err("it names no repository (expected e.g. github.com/org/repo//dir?ref=v1)"));
+            return Err(err(
+                "it names no repository (expected e.g. github.com/org/repo//dir?ref=v1)",
+            ));
         }
         let clone_url = if scheme.is_empty() && !repo.starts_with("git@") {
-            let with_git = if repo.ends_with(".git") { repo.to_owned() } else { format!("{repo}.git") };
+            let with_git = if repo.ends_with(".git") {
+                repo.to_owned()
+            } else {
+                format!("{repo}.git")
+            };
             format!("https://{with_git}")
         } else {
             format!("{scheme}{repo}")
@@ -102,8 +120,14 @@ impl RemoteRef {
     pub fn repository_key(&self) -> String {
         let url = self.clone_url.as_str();
         let without_scheme = url.split_once("://").map_or(url, |(_, r)| r);
-        let without_user = without_scheme.split_once('@').map_or(without_scheme, |(_, r)| r);
-        without_user.replacen(':', "/", 1).trim_end_matches(".git").trim_end_matches('/').to_ascii_lowercase()
+        let without_user = without_scheme
+            .split_once('@')
+            .map_or(without_scheme, |(_, r)| r);
+        without_user
+            .replacen(':', "/", 1)
+            .trim_end_matches(".git")
+            .trim_end_matches('/')
+            .to_ascii_lowercase()
     }
 
     /// Whether `self` and `other` denote the same folder of the same repository at the same ref.
@@ -127,7 +151,11 @@ mod tests {
     fn check(entry: &str, clone_url: &str, subdir: &str, reference: Option<&str>) {
         let r = RemoteRef::parse(entry).expect("parses");
         assert_eq!(
-            (r.clone_url.as_str(), r.subdir.as_str(), r.reference.as_deref()),
+            (
+                r.clone_url.as_str(),
+                r.subdir.as_str(),
+                r.reference.as_deref()
+            ),
             (clone_url, subdir, reference),
             "{entry}"
         );
@@ -136,20 +164,71 @@ mod tests {
 
     #[test]
     fn parses_every_form_the_seeds_use() {
-        check("github.com/org/repo//base?ref=v1", "https://github.com/org/repo.git", "base", Some("v1"));
-        check("https://github.com/org/repo//path/x?ref=v1", "https://github.com/org/repo", "path/x", Some("v1"));
-        check("git@github.com:org/repo//overlays/api", "git@github.com:org/repo", "overlays/api", None);
-        check("ssh://git@host.example/org/repo//p?ref=abc", "ssh://git@host.example/org/repo", "p", Some("abc"));
-        check("file:///srv/r/repo.git//base?ref=v2", "file:///srv/r/repo.git", "base", Some("v2"));
-        check("file:///srv/r/repo.git/base?ref=v2", "file:///srv/r/repo.git", "base", Some("v2"));
-        check("github.com/org/repo/base?ref=v1", "https://github.com/org/repo.git", "base", Some("v1"));
-        check("github.com/org/repo?version=v3", "https://github.com/org/repo.git", "", Some("v3"));
-        check("git::https://github.com/org/repo//b?ref=main", "https://github.com/org/repo", "b", Some("main"));
+        check(
+            "github.com/org/repo//base?ref=v1",
+            "https://github.com/org/repo.git",
+            "base",
+            Some("v1"),
+        );
+        check(
+            "https://github.com/org/repo//path/x?ref=v1",
+            "https://github.com/org/repo",
+            "path/x",
+            Some("v1"),
+        );
+        check(
+            "git@github.com:org/repo//overlays/api",
+            "git@github.com:org/repo",
+            "overlays/api",
+            None,
+        );
+        check(
+            "ssh://git@host.example/org/repo//p?ref=abc",
+            "ssh://git@host.example/org/repo",
+            "p",
+            Some("abc"),
+        );
+        check(
+            "file:///srv/r/repo.git//base?ref=v2",
+            "file:///srv/r/repo.git",
+            "base",
+            Some("v2"),
+        );
+        check(
+            "file:///srv/r/repo.git/base?ref=v2",
+            "file:///srv/r/repo.git",
+            "base",
+            Some("v2"),
+        );
+        check(
+            "github.com/org/repo/base?ref=v1",
+            "https://github.com/org/repo.git",
+            "base",
+            Some("v1"),
+        );
+        check(
+            "github.com/org/repo?version=v3",
+            "https://github.com/org/repo.git",
+            "",
+            Some("v3"),
+        );
+        check(
+            "git::https://github.com/org/repo//b?ref=main",
+            "https://github.com/org/repo",
+            "b",
+            Some("main"),
+        );
     }
 
     #[test]
     fn local_paths_do_not_look_remote() {
-        for p in ["../base", "base", "./overlays/api", "/abs/dir", "patch.yaml"] {
+        for p in [
+            "../base",
+            "base",
+            "./overlays/api",
+            "/abs/dir",
+            "patch.yaml",
+        ] {
             assert!(!RemoteRef::looks_remote(p), "{p}");
         }
     }

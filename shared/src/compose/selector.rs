@@ -57,11 +57,25 @@ pub(crate) struct CompiledSelector {
 impl Selector {
     pub(crate) fn compile(&self) -> Result<CompiledSelector, SelectorError> {
         let rx = |field, t: &Option<String>| {
-            t.as_deref().map(|t| Regex::new(t).map_err(|reason| SelectorError { field, text: t.to_owned(), reason })).transpose()
+            t.as_deref()
+                .map(|t| {
+                    Regex::new(t).map_err(|reason| SelectorError {
+                        field,
+                        text: t.to_owned(),
+                        reason,
+                    })
+                })
+                .transpose()
         };
         let reqs = |field, t: &Option<String>| {
             t.as_deref()
-                .map(|t| parse_requirements(t).map_err(|reason| SelectorError { field, text: t.to_owned(), reason }))
+                .map(|t| {
+                    parse_requirements(t).map_err(|reason| SelectorError {
+                        field,
+                        text: t.to_owned(),
+                        reason,
+                    })
+                })
                 .transpose()
                 .map(Option::unwrap_or_default)
         };
@@ -86,7 +100,10 @@ impl std::fmt::Display for Selector {
             ("labelSelector", &self.label_selector),
             ("annotationSelector", &self.annotation_selector),
         ];
-        let parts: Vec<String> = fields.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))).collect();
+        let parts: Vec<String> = fields
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect();
         write!(f, "{{{}}}", parts.join(", "))
     }
 }
@@ -97,19 +114,35 @@ impl CompiledSelector {
         let (group, version) = split_api_version(api);
         let kind = res.get("kind").and_then(Value::as_str).unwrap_or("");
         let meta = res.get("metadata");
-        let str_at = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).unwrap_or("");
+        let str_at = |k: &str| {
+            meta.and_then(|m| m.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        };
         let map_at = |k: &str| -> BTreeMap<String, String> {
             meta.and_then(|m| m.get(k))
                 .and_then(Value::as_object)
-                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
-        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w.is_empty() || w == have);
+        let eq = |want: &Option<String>, have: &str| {
+            want.as_deref().is_none_or(|w| w.is_empty() || w == have)
+        };
         eq(&self.sel.group, group)
             && eq(&self.sel.version, version)
             && eq(&self.sel.kind, kind)
-            && self.name.as_ref().is_none_or(|r| r.is_match(str_at("name")))
-            && self.namespace.as_ref().is_none_or(|r| r.is_match(str_at("namespace")))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|r| r.is_match(str_at("name")))
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|r| r.is_match(str_at("namespace")))
             && requirements_match(&self.labels, &map_at("labels"))
             && requirements_match(&self.annotations, &map_at("annotations"))
     }
@@ -159,7 +192,11 @@ fn parse_requirements(text: &str) -> Result<Vec<Requirement>, String> {
     }
     parts.push(&text[start..]);
     let list = |s: &str| -> Result<Vec<String>, String> {
-        let inner = s.trim().strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or("expected (a,b,...)")?;
+        let inner = s
+            .trim()
+            .strip_prefix('(')
+            .and_then(|s| s.strip_suffix(')'))
+            .ok_or("expected (a,b,...)")?;
         Ok(inner.split(',').map(|v| v.trim().to_owned()).collect())
     };
     let mut reqs = Vec::new();
@@ -206,7 +243,10 @@ struct Piece {
 enum Atom {
     Char(char),
     Any,
-    Class { negated: bool, items: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        items: Vec<(char, char)>,
+    },
     Group(Alt),
     Start,
     End,
@@ -245,13 +285,24 @@ fn parse_alt(c: &[char], pos: &mut usize) -> Result<Alt, String> {
                 '+' => (min, max) = (1, usize::MAX),
                 '?' => (min, max) = (0, 1),
                 '{' => {
-                    let close = c[*pos..].iter().position(|&x| x == '}').ok_or("unclosed `{`")? + *pos;
+                    let close = c[*pos..]
+                        .iter()
+                        .position(|&x| x == '}')
+                        .ok_or("unclosed `{`")?
+                        + *pos;
                     let body: String = c[*pos + 1..close].iter().collect();
-                    let (a, b) = body.split_once(',').map_or((body.as_str(), Some(body.as_str())), |(a, b)| (a, Some(b)));
-                    min = a.trim().parse().map_err(|_| format!("bad repetition `{{{body}}}`"))?;
+                    let (a, b) = body
+                        .split_once(',')
+                        .map_or((body.as_str(), Some(body.as_str())), |(a, b)| (a, Some(b)));
+                    min = a
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("bad repetition `{{{body}}}`"))?;
                     max = match b.map(str::trim) {
                         Some("") => usize::MAX,
-                        Some(b) => b.parse().map_err(|_| format!("bad repetition `{{{body}}}`"))?,
+                        Some(b) => b
+                            .parse()
+                            .map_err(|_| format!("bad repetition `{{{body}}}`"))?,
                         None => min,
                     };
                     *pos = close;
@@ -266,7 +317,9 @@ fn parse_alt(c: &[char], pos: &mut usize) -> Result<Alt, String> {
                 }
             }
         }
-        alt.last_mut().map(|seq| seq.push(Piece { atom, min, max }));
+        if let Some(seq) = alt.last_mut() {
+            seq.push(Piece { atom, min, max });
+        }
     }
     Ok(alt)
 }
@@ -301,7 +354,9 @@ fn parse_atom(c: &[char], pos: &mut usize) -> Result<Atom, String> {
             let mut items = Vec::new();
             let mut first = true;
             loop {
-                let Some(&x) = c.get(*pos) else { return Err("missing `]`".to_owned()) };
+                let Some(&x) = c.get(*pos) else {
+                    return Err("missing `]`".to_owned());
+                };
                 *pos += 1;
                 if x == ']' && !first {
                     break;
@@ -331,7 +386,10 @@ fn parse_atom(c: &[char], pos: &mut usize) -> Result<Atom, String> {
             let e = *c.get(*pos).ok_or("trailing `\\`")?;
             *pos += 1;
             match class_escape(e) {
-                Some(items) => Atom::Class { negated: false, items },
+                Some(items) => Atom::Class {
+                    negated: false,
+                    items,
+                },
                 None if e.is_ascii_alphanumeric() => {
                     let negated = matches!(e, 'D' | 'W' | 'S');
                     match class_escape(e.to_ascii_lowercase()) {
@@ -351,7 +409,13 @@ fn class_escape(e: char) -> Option<Vec<(char, char)>> {
     match e {
         'd' => Some(vec![('0', '9')]),
         'w' => Some(vec![('a', 'z'), ('A', 'Z'), ('0', '9'), ('_', '_')]),
-        's' => Some(vec![(' ', ' '), ('\t', '\t'), ('\n', '\n'), ('\r', '\r'), ('\u{c}', '\u{c}')]),
+        's' => Some(vec![
+            (' ', ' '),
+            ('\t', '\t'),
+            ('\n', '\n'),
+            ('\r', '\r'),
+            ('\u{c}', '\u{c}'),
+        ]),
         _ => None,
     }
 }
@@ -361,11 +425,19 @@ fn match_alt(alt: &Alt, t: &[char], pos: usize, k: &mut dyn FnMut(usize) -> bool
 }
 
 fn match_seq(seq: &[Piece], t: &[char], pos: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
-    let Some((first, rest)) = seq.split_first() else { return k(pos) };
+    let Some((first, rest)) = seq.split_first() else {
+        return k(pos);
+    };
     match_repeat(first, 0, t, pos, &mut |p| match_seq(rest, t, p, k))
 }
 
-fn match_repeat(p: &Piece, count: usize, t: &[char], pos: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
+fn match_repeat(
+    p: &Piece,
+    count: usize,
+    t: &[char],
+    pos: usize,
+    k: &mut dyn FnMut(usize) -> bool,
+) -> bool {
     // Greedy: try one more repetition first (if it consumes input), then stop here.
     if count < p.max
         && match_atom(&p.atom, t, pos, &mut |next| {
@@ -382,7 +454,9 @@ fn match_atom(a: &Atom, t: &[char], pos: usize, k: &mut dyn FnMut(usize) -> bool
         Atom::Char(c) => t.get(pos) == Some(c) && k(pos + 1),
         Atom::Any => t.get(pos).is_some_and(|&c| c != '\n') && k(pos + 1),
         Atom::Class { negated, items } => {
-            t.get(pos).is_some_and(|&c| items.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated) && k(pos + 1)
+            t.get(pos)
+                .is_some_and(|&c| items.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated)
+                && k(pos + 1)
         }
         Atom::Group(alt) => match_alt(alt, t, pos, k),
         Atom::Start => pos == 0 && k(pos),
@@ -412,7 +486,11 @@ mod tests {
             ("x*", "", true),
         ];
         for (pattern, text, want) in cases {
-            assert_eq!(Regex::new(pattern).expect("compiles").is_match(text), want, "{pattern} ~ {text}");
+            assert_eq!(
+                Regex::new(pattern).expect("compiles").is_match(text),
+                want,
+                "{pattern} ~ {text}"
+            );
         }
         assert!(Regex::new("(unclosed").is_err());
         assert!(Regex::new("*x").is_err());
@@ -425,14 +503,42 @@ mod tests {
             "metadata": {"name": "implementer", "labels": {"tier": "core"}, "annotations": {"team": "api"}}
         });
         let sel = |s: Selector| s.compile().expect("compiles").matches(&res);
-        assert!(sel(Selector { kind: Some("Agent".into()), ..Default::default() }));
-        assert!(!sel(Selector { kind: Some("Process".into()), ..Default::default() }));
-        assert!(sel(Selector { group: Some("hyperloop.io".into()), version: Some("v1".into()), ..Default::default() }));
-        assert!(!sel(Selector { version: Some("v2".into()), ..Default::default() }));
-        assert!(sel(Selector { label_selector: Some("tier=core".into()), ..Default::default() }));
-        assert!(sel(Selector { label_selector: Some("tier in (core, edge),!legacy".into()), ..Default::default() }));
-        assert!(!sel(Selector { label_selector: Some("tier!=core".into()), ..Default::default() }));
-        assert!(sel(Selector { annotation_selector: Some("team".into()), ..Default::default() }));
-        assert!(!sel(Selector { annotation_selector: Some("team notin (api)".into()), ..Default::default() }));
+        assert!(sel(Selector {
+            kind: Some("Agent".into()),
+            ..Default::default()
+        }));
+        assert!(!sel(Selector {
+            kind: Some("Process".into()),
+            ..Default::default()
+        }));
+        assert!(sel(Selector {
+            group: Some("hyperloop.io".into()),
+            version: Some("v1".into()),
+            ..Default::default()
+        }));
+        assert!(!sel(Selector {
+            version: Some("v2".into()),
+            ..Default::default()
+        }));
+        assert!(sel(Selector {
+            label_selector: Some("tier=core".into()),
+            ..Default::default()
+        }));
+        assert!(sel(Selector {
+            label_selector: Some("tier in (core, edge),!legacy".into()),
+            ..Default::default()
+        }));
+        assert!(!sel(Selector {
+            label_selector: Some("tier!=core".into()),
+            ..Default::default()
+        }));
+        assert!(sel(Selector {
+            annotation_selector: Some("team".into()),
+            ..Default::default()
+        }));
+        assert!(!sel(Selector {
+            annotation_selector: Some("team notin (api)".into()),
+            ..Default::default()
+        }));
     }
 }

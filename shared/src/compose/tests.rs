@@ -32,21 +32,27 @@ impl FileSource for Mem {
         self.files
             .get(path)
             .cloned()
-            .ok_or_else(|| SourceError::Read { path: path.to_owned(), reason: "missing".into() })
+            .ok_or_else(|| SourceError::Read {
+                path: path.to_owned(),
+                reason: "missing".into(),
+            })
     }
     fn fetch_remote(&self, remote: &RemoteRef) -> Result<PathBuf, SourceError> {
-        self.remotes.get(&(remote.clone_url.clone(), remote.reference.clone())).cloned().ok_or_else(|| {
-            SourceError::Fetch {
+        self.remotes
+            .get(&(remote.clone_url.clone(), remote.reference.clone()))
+            .cloned()
+            .ok_or_else(|| SourceError::Fetch {
                 url: remote.clone_url.clone(),
                 reference: remote.reference.clone().unwrap_or_default(),
                 reason: "unknown".into(),
-            }
-        })
+            })
     }
 }
 
 fn agent(name: &str, guidelines: &str) -> String {
-    format!("apiVersion: hyperloop.io/v1\nkind: Agent\nmetadata:\n  name: {name}\nprompt: p\nguidelines: {guidelines}\n")
+    format!(
+        "apiVersion: hyperloop.io/v1\nkind: Agent\nmetadata:\n  name: {name}\nprompt: p\nguidelines: {guidelines}\n"
+    )
 }
 
 const BASE_K: &str = "resources:\n- agents.yaml\n";
@@ -54,7 +60,14 @@ const BASE_K: &str = "resources:\n- agents.yaml\n";
 fn base_files() -> Vec<(&'static str, String)> {
     vec![
         ("/r/base/kustomization.yaml", BASE_K.to_owned()),
-        ("/r/base/agents.yaml", format!("{}---\n{}", agent("verifier", "v"), agent("implementer", "i"))),
+        (
+            "/r/base/agents.yaml",
+            format!(
+                "{}---\n{}",
+                agent("verifier", "v"),
+                agent("implementer", "i")
+            ),
+        ),
     ]
 }
 
@@ -77,7 +90,14 @@ fn resources_are_sorted_in_kustomize_legacy_order() {
     let process = "apiVersion: hyperloop.io/v1\nkind: Process\nmetadata:\n  name: default\n";
     let other = "apiVersion: aaa.io/v1\nkind: Zed\nmetadata:\n  name: z\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns\n";
     let c = build(
-        &[("/r/o/kustomization.yaml", "resources:\n- ../base\n- p.yaml\n- o.yaml\n"), ("/r/o/p.yaml", process), ("/r/o/o.yaml", other)],
+        &[
+            (
+                "/r/o/kustomization.yaml",
+                "resources:\n- ../base\n- p.yaml\n- o.yaml\n",
+            ),
+            ("/r/o/p.yaml", process),
+            ("/r/o/o.yaml", other),
+        ],
         "/r/o",
     )
     .expect("builds");
@@ -100,12 +120,22 @@ fn components_apply_after_resources_and_before_own_patches() {
     let ov = "resources:\n- ../base\ncomponents:\n- ../comp\npatches:\n- patch: |-\n    kind: Agent\n    metadata:\n      name: implementer\n    guidelines: overlay\n";
     let extra = agent("extra", "e");
     let c = build(
-        &[("/r/comp/kustomization.yaml", comp), ("/r/comp/extra.yaml", &extra), ("/r/ov/kustomization.yaml", ov)],
+        &[
+            ("/r/comp/kustomization.yaml", comp),
+            ("/r/comp/extra.yaml", &extra),
+            ("/r/ov/kustomization.yaml", ov),
+        ],
         "/r/ov",
     )
     .expect("builds");
-    assert_eq!(field(&c, "Agent", "implementer", "guidelines"), Some(&Value::from("overlay")));
-    assert_eq!(field(&c, "Agent", "implementer", "c"), Some(&Value::from(1)));
+    assert_eq!(
+        field(&c, "Agent", "implementer", "guidelines"),
+        Some(&Value::from("overlay"))
+    );
+    assert_eq!(
+        field(&c, "Agent", "implementer", "c"),
+        Some(&Value::from(1))
+    );
     assert!(c.get("Agent", "extra").is_some());
 }
 
@@ -113,20 +143,46 @@ fn components_apply_after_resources_and_before_own_patches() {
 fn legacy_strategic_merge_patches_apply_before_patches_and_json6902_last() {
     let k = "resources:\n- ../base\npatchesJson6902:\n- target: {kind: Agent, name: implementer}\n  patch: '[{op: replace, path: /guidelines, value: json}]'\npatches:\n- path: p.yaml\npatchesStrategicMerge:\n- |-\n  kind: Agent\n  metadata:\n    name: implementer\n  guidelines: psm\n  psm: true\n";
     let p = "kind: Agent\nmetadata:\n  name: implementer\nguidelines: patches\n";
-    let c = build(&[("/r/o/kustomization.yaml", k), ("/r/o/p.yaml", p)], "/r/o").expect("builds");
-    assert_eq!(field(&c, "Agent", "implementer", "guidelines"), Some(&Value::from("json")));
-    assert_eq!(field(&c, "Agent", "implementer", "psm"), Some(&Value::from(true)));
-    assert!(c.warnings.iter().any(|w| matches!(w, Warning::Deprecated { field: "patchesJson6902", .. })));
+    let c = build(
+        &[("/r/o/kustomization.yaml", k), ("/r/o/p.yaml", p)],
+        "/r/o",
+    )
+    .expect("builds");
+    assert_eq!(
+        field(&c, "Agent", "implementer", "guidelines"),
+        Some(&Value::from("json"))
+    );
+    assert_eq!(
+        field(&c, "Agent", "implementer", "psm"),
+        Some(&Value::from(true))
+    );
+    assert!(c.warnings.iter().any(|w| matches!(
+        w,
+        Warning::Deprecated {
+            field: "patchesJson6902",
+            ..
+        }
+    )));
 }
 
 #[test]
 fn a_target_that_matches_nothing_is_a_no_op_with_a_warning_naming_the_patch() {
     let k = "resources:\n- ../base\npatches:\n- path: nothing.yaml\n  target:\n    kind: Agent\n    name: impl\n";
     let p = "kind: Agent\nmetadata:\n  name: x\nguidelines: changed\n";
-    let c = build(&[("/r/o/kustomization.yaml", k), ("/r/o/nothing.yaml", p)], "/r/o").expect("builds");
-    assert_eq!(field(&c, "Agent", "implementer", "guidelines"), Some(&Value::from("i")));
+    let c = build(
+        &[("/r/o/kustomization.yaml", k), ("/r/o/nothing.yaml", p)],
+        "/r/o",
+    )
+    .expect("builds");
+    assert_eq!(
+        field(&c, "Agent", "implementer", "guidelines"),
+        Some(&Value::from("i"))
+    );
     let text = c.warnings[0].to_string();
-    assert!(text.contains("patch `nothing.yaml`") && text.contains("name=impl"), "{text}");
+    assert!(
+        text.contains("patch `nothing.yaml`") && text.contains("name=impl"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -134,7 +190,10 @@ fn a_regex_target_patches_every_match_and_keeps_names() {
     let k = "resources:\n- ../base\npatches:\n- target: {name: '.*er'}\n  patch: |-\n    metadata:\n      name: renamed\n      labels: {x: y}\n    guidelines: all\n";
     let c = build(&[("/r/o/kustomization.yaml", k)], "/r/o").expect("builds");
     for name in ["implementer", "verifier"] {
-        assert_eq!(field(&c, "Agent", name, "guidelines"), Some(&Value::from("all")));
+        assert_eq!(
+            field(&c, "Agent", name, "guidelines"),
+            Some(&Value::from("all"))
+        );
     }
 }
 
@@ -143,7 +202,12 @@ fn an_untargeted_patch_for_a_missing_resource_is_an_error_like_kubectl() {
     let k = "resources:\n- ../base\npatches:\n- patch: |-\n    kind: Agent\n    metadata:\n      name: nothere\n    guidelines: x\n";
     let err = build(&[("/r/o/kustomization.yaml", k)], "/r/o").expect_err("fails");
     let text = err.to_string();
-    assert!(text.contains("no resource matches") && text.contains("nothere") && text.contains("patches #1"), "{text}");
+    assert!(
+        text.contains("no resource matches")
+            && text.contains("nothere")
+            && text.contains("patches #1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -158,45 +222,97 @@ fn patch_delete_removes_a_resource() {
 fn duplicate_ids_are_an_error_naming_both_files() {
     let dup = agent("verifier", "again");
     let k = "resources:\n- ../base\n- dup.yaml\n";
-    let err = build(&[("/r/o/kustomization.yaml", k), ("/r/o/dup.yaml", &dup)], "/r/o").expect_err("fails");
+    let err = build(
+        &[("/r/o/kustomization.yaml", k), ("/r/o/dup.yaml", &dup)],
+        "/r/o",
+    )
+    .expect_err("fails");
     let text = err.to_string();
-    assert!(text.contains("already registered id Agent.v1.hyperloop.io/verifier"), "{text}");
+    assert!(
+        text.contains("already registered id Agent.v1.hyperloop.io/verifier"),
+        "{text}"
+    );
     assert!(text.contains("/r/base/agents.yaml"), "{text}");
 }
 
 #[test]
 fn files_outside_the_root_are_refused_but_folders_with_a_kustomization_are_not() {
-    let err = build(&[("/r/o/kustomization.yaml", "resources:\n- ../base/agents.yaml\n")], "/r/o").expect_err("fails");
+    let err = build(
+        &[(
+            "/r/o/kustomization.yaml",
+            "resources:\n- ../base/agents.yaml\n",
+        )],
+        "/r/o",
+    )
+    .expect_err("fails");
     assert!(matches!(err, ComposeError::OutsideRoot { .. }), "{err}");
-    let err = build(&[("/r/o/kustomization.yaml", "patches:\n- path: ../base/agents.yaml\n")], "/r/o").expect_err("fails");
+    let err = build(
+        &[(
+            "/r/o/kustomization.yaml",
+            "patches:\n- path: ../base/agents.yaml\n",
+        )],
+        "/r/o",
+    )
+    .expect_err("fails");
     assert!(matches!(err, ComposeError::OutsideRoot { .. }), "{err}");
-    assert!(build(&[("/r/o/kustomization.yaml", "resources:\n- ../base\n")], "/r/o").is_ok());
+    assert!(
+        build(
+            &[("/r/o/kustomization.yaml", "resources:\n- ../base\n")],
+            "/r/o"
+        )
+        .is_ok()
+    );
 }
 
 #[test]
 fn cycles_between_kustomizations_are_detected() {
     let err = build(
-        &[("/r/a/kustomization.yaml", "resources:\n- ../b\n"), ("/r/b/kustomization.yaml", "resources:\n- ../a\n")],
+        &[
+            ("/r/a/kustomization.yaml", "resources:\n- ../b\n"),
+            ("/r/b/kustomization.yaml", "resources:\n- ../a\n"),
+        ],
         "/r/a",
     )
     .expect_err("fails");
-    assert_eq!(err.to_string(), "cycle between kustomizations: /r/a -> /r/b -> /r/a");
+    assert_eq!(
+        err.to_string(),
+        "cycle between kustomizations: /r/a -> /r/b -> /r/a"
+    );
 }
 
 #[test]
 fn unsupported_and_unknown_fields_and_wrong_kinds_are_refused() {
     let err = build(&[("/r/o/kustomization.yaml", "namePrefix: x-\n")], "/r/o").expect_err("fails");
-    assert!(err.to_string().contains("`namePrefix` is not supported"), "{err}");
+    assert!(
+        err.to_string().contains("`namePrefix` is not supported"),
+        "{err}"
+    );
     let err = build(&[("/r/o/kustomization.yaml", "resourcez: []\n")], "/r/o").expect_err("fails");
-    assert!(err.to_string().contains("unknown field `resourcez`"), "{err}");
+    assert!(
+        err.to_string().contains("unknown field `resourcez`"),
+        "{err}"
+    );
     let err = build(
-        &[("/r/o/kustomization.yaml", "resources:\n- ../c\n"), ("/r/c/kustomization.yaml", "kind: Component\n")],
+        &[
+            ("/r/o/kustomization.yaml", "resources:\n- ../c\n"),
+            ("/r/c/kustomization.yaml", "kind: Component\n"),
+        ],
         "/r/o",
     )
     .expect_err("fails");
-    assert!(err.to_string().contains("list it under `components:`"), "{err}");
-    let err = build(&[("/r/o/kustomization.yaml", "resources:\n- nope.yaml\n")], "/r/o").expect_err("fails");
-    assert!(err.to_string().contains("`nope.yaml` does not exist"), "{err}");
+    assert!(
+        err.to_string().contains("list it under `components:`"),
+        "{err}"
+    );
+    let err = build(
+        &[("/r/o/kustomization.yaml", "resources:\n- nope.yaml\n")],
+        "/r/o",
+    )
+    .expect_err("fails");
+    assert!(
+        err.to_string().contains("`nope.yaml` does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -206,31 +322,53 @@ fn json6902_without_target_and_failing_ops_name_the_patch() {
     assert!(err.to_string().contains("needs a `target:`"), "{err}");
     let k = "resources:\n- ../base\npatches:\n- target: {kind: Agent}\n  patch: '[{op: remove, path: /nope}]'\n";
     let err = build(&[("/r/o/kustomization.yaml", k)], "/r/o").expect_err("fails");
-    assert!(err.to_string().contains("cannot apply to Agent.v1.hyperloop.io/"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("cannot apply to Agent.v1.hyperloop.io/"),
+        "{err}"
+    );
 }
 
 #[test]
 fn remote_bases_are_resolved_through_the_source() {
-    let mut m = Mem::with(&[("/r/o/kustomization.yaml", "resources:\n- https://git.example/org/repo//base?ref=v1\n")]);
+    let mut m = Mem::with(&[(
+        "/r/o/kustomization.yaml",
+        "resources:\n- https://git.example/org/repo//base?ref=v1\n",
+    )]);
     for (p, c) in base_files() {
-        m.files.insert(PathBuf::from(p.replace("/r/", "/cache/x/")), c);
+        m.files
+            .insert(PathBuf::from(p.replace("/r/", "/cache/x/")), c);
     }
-    m.remotes.insert(("https://git.example/org/repo".into(), Some("v1".into())), PathBuf::from("/cache/x"));
+    m.remotes.insert(
+        ("https://git.example/org/repo".into(), Some("v1".into())),
+        PathBuf::from("/cache/x"),
+    );
     let c = compose(&m, Path::new("/r/o")).expect("builds");
     assert_eq!(c.resources.len(), 2);
-    let mut m = Mem::with(&[("/r/o/kustomization.yaml", "resources:\n- https://git.example/org/repo//base?ref=v2\n")]);
+    let mut m = Mem::with(&[(
+        "/r/o/kustomization.yaml",
+        "resources:\n- https://git.example/org/repo//base?ref=v2\n",
+    )]);
     m.remotes.clear();
     let err = compose(&m, Path::new("/r/o")).expect_err("fails");
-    assert!(err.to_string().contains("https://git.example/org/repo"), "{err}");
+    assert!(
+        err.to_string().contains("https://git.example/org/repo"),
+        "{err}"
+    );
 }
 
 #[test]
 fn the_canonical_base_url_is_served_from_the_embedded_files() {
-    let embedded = WithEmbeddedBase::new(Mem::with(&[("/p/kustomization.yaml", &format!("resources:\n- {BASE_URL}\n"))]));
+    let embedded = WithEmbeddedBase::new(Mem::with(&[(
+        "/p/kustomization.yaml",
+        &format!("resources:\n- {BASE_URL}\n"),
+    )]));
     let via_url = compose(&embedded, Path::new("/p")).expect("builds offline");
     let mut local = Mem::default();
     for (p, c) in crate::base::FILES {
-        local.files.insert(PathBuf::from("/b").join(p), (*c).to_owned());
+        local
+            .files
+            .insert(PathBuf::from("/b").join(p), (*c).to_owned());
     }
     let direct = compose(&local, Path::new("/b")).expect("builds");
     assert_eq!(render(&via_url), render(&direct));
