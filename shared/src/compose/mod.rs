@@ -939,8 +939,10 @@ impl Builder<'_> {
                 let want = ResId::of(doc);
                 let idx = acc.iter().position(|r| {
                     let id = r.id();
-                    (want.group.is_empty() || want.group == id.group)
-                        && (want.version.is_empty() || want.version == id.version)
+                    // Exact id, as kustomize's GetById: a patch without apiVersion
+                    // matches nothing.
+                    want.group == id.group
+                        && want.version == id.version
                         && want.kind == id.kind
                         && want.name == id.name
                         && want.namespace == id.namespace
@@ -1103,7 +1105,19 @@ fn parse_patch(text: &str, origin: &PatchOrigin) -> Result<PatchBody, ComposeErr
             Ok(PatchBody::Json(ops))
         }
         [] => Err(invalid("the patch is empty".into())),
-        _ if docs.iter().all(Value::is_object) => Ok(PatchBody::Smp(docs)),
+        _ if docs.iter().all(Value::is_object) => {
+            for doc in &docs {
+                let id = ResId::of(doc);
+                if id.kind.is_empty() || id.name.is_empty() {
+                    return Err(invalid(
+                        "a strategic merge patch needs `kind` and `metadata.name` (kubectl cannot parse it \
+                         either); add them, e.g. `kind: Agent` and `metadata: {name: implementer}`"
+                            .into(),
+                    ));
+                }
+            }
+            Ok(PatchBody::Smp(docs))
+        }
         _ => Err(invalid(
             "a patch must be a mapping (strategic merge) or a list of operations (JSON6902)".into(),
         )),

@@ -117,7 +117,7 @@ fn resources_are_sorted_in_kustomize_legacy_order() {
 #[test]
 fn components_apply_after_resources_and_before_own_patches() {
     let comp = "kind: Component\nresources:\n- extra.yaml\npatches:\n- patch: |-\n    apiVersion: hyperloop.io/v1\n    kind: Agent\n    metadata:\n      name: implementer\n    guidelines: comp\n    c: 1\n";
-    let ov = "resources:\n- ../base\ncomponents:\n- ../comp\npatches:\n- patch: |-\n    kind: Agent\n    metadata:\n      name: implementer\n    guidelines: overlay\n";
+    let ov = "resources:\n- ../base\ncomponents:\n- ../comp\npatches:\n- patch: |-\n    apiVersion: hyperloop.io/v1\n    kind: Agent\n    metadata:\n      name: implementer\n    guidelines: overlay\n";
     let extra = agent("extra", "e");
     let c = build(
         &[
@@ -141,8 +141,8 @@ fn components_apply_after_resources_and_before_own_patches() {
 
 #[test]
 fn legacy_strategic_merge_patches_apply_before_patches_and_json6902_last() {
-    let k = "resources:\n- ../base\npatchesJson6902:\n- target: {kind: Agent, name: implementer}\n  patch: '[{op: replace, path: /guidelines, value: json}]'\npatches:\n- path: p.yaml\npatchesStrategicMerge:\n- |-\n  kind: Agent\n  metadata:\n    name: implementer\n  guidelines: psm\n  psm: true\n";
-    let p = "kind: Agent\nmetadata:\n  name: implementer\nguidelines: patches\n";
+    let k = "resources:\n- ../base\npatchesJson6902:\n- target: {kind: Agent, name: implementer}\n  patch: '[{op: replace, path: /guidelines, value: json}]'\npatches:\n- path: p.yaml\npatchesStrategicMerge:\n- |-\n  apiVersion: hyperloop.io/v1\n  kind: Agent\n  metadata:\n    name: implementer\n  guidelines: psm\n  psm: true\n";
+    let p = "apiVersion: hyperloop.io/v1\nkind: Agent\nmetadata:\n  name: implementer\nguidelines: patches\n";
     let c = build(
         &[("/r/o/kustomization.yaml", k), ("/r/o/p.yaml", p)],
         "/r/o",
@@ -187,7 +187,7 @@ fn a_target_that_matches_nothing_is_a_no_op_with_a_warning_naming_the_patch() {
 
 #[test]
 fn a_regex_target_patches_every_match_and_keeps_names() {
-    let k = "resources:\n- ../base\npatches:\n- target: {name: '.*er'}\n  patch: |-\n    metadata:\n      name: renamed\n      labels: {x: y}\n    guidelines: all\n";
+    let k = "resources:\n- ../base\npatches:\n- target: {name: '.*er'}\n  patch: |-\n    kind: Agent\n    metadata:\n      name: renamed\n      labels: {x: y}\n    guidelines: all\n";
     let c = build(&[("/r/o/kustomization.yaml", k)], "/r/o").expect("builds");
     for name in ["implementer", "verifier"] {
         assert_eq!(
@@ -212,7 +212,7 @@ fn an_untargeted_patch_for_a_missing_resource_is_an_error_like_kubectl() {
 
 #[test]
 fn patch_delete_removes_a_resource() {
-    let k = "resources:\n- ../base\npatches:\n- patch: |-\n    $patch: delete\n    kind: Agent\n    metadata:\n      name: verifier\n";
+    let k = "resources:\n- ../base\npatches:\n- patch: |-\n    $patch: delete\n    apiVersion: hyperloop.io/v1\n    kind: Agent\n    metadata:\n      name: verifier\n";
     let c = build(&[("/r/o/kustomization.yaml", k)], "/r/o").expect("builds");
     assert!(c.get("Agent", "verifier").is_none());
     assert_eq!(c.resources.len(), 1);
@@ -373,4 +373,27 @@ fn the_canonical_base_url_is_served_from_the_embedded_files() {
     let direct = compose(&local, Path::new("/b")).expect("builds");
     assert_eq!(render(&via_url), render(&direct));
     assert!(!direct.resources.is_empty());
+}
+
+#[test]
+fn patches_need_kind_and_name_and_untargeted_ones_an_exact_id_like_kubectl() {
+    // The README's style (no metadata) is refused by kubectl too.
+    let k = "resources:\n- ../base\npatches:\n- path: p.yaml\n  target: {kind: Agent, name: implementer}\n";
+    let p = "kind: Agent\nname: implementer\nguidelines: x\n";
+    let err = build(
+        &[("/r/o/kustomization.yaml", k), ("/r/o/p.yaml", p)],
+        "/r/o",
+    )
+    .expect_err("fails");
+    assert!(
+        err.to_string().contains("patch `p.yaml`") && err.to_string().contains("metadata.name"),
+        "{err}"
+    );
+    let k = "resources:\n- ../base\npatches:\n- patch: |-\n    kind: Agent\n    metadata:\n      name: implementer\n    guidelines: x\n";
+    let err =
+        build(&[("/r/o/kustomization.yaml", k)], "/r/o").expect_err("no apiVersion, no match");
+    assert!(
+        matches!(err, ComposeError::PatchTargetMissing { .. }),
+        "{err}"
+    );
 }
