@@ -1,1 +1,391 @@
 //! File-system and git adapters for composition.
+//!
+//! [`compose_dir`] builds a kustomization folder from the local file system through the pure
+//! resolver in [`hyperloop_shared::compose`]. Remote git bases are fetched with the `git` CLI
+//! (so the user's credential helpers and ssh config apply) into a cache, and hyperloop's own
+//! base at this version ([`BASE_URL`]) is served from the embedded files without network.
+//!
+//! Cache layout and guarantees:
+//! - `$XDG_CACHE_HOME/hyperloop/git/<repo>-<hash of url and ref>/` (fallback
+//!   `~/.cache/hyperloop/git/...`) holds one checkout per (clone URL, ref).
+//! - An entry is fetched once and reused: a commit id never changes, and a tag or branch is
+//!   deliberately pinned at its first fetch so composition is repeatable and offline.
+//!   To pick up a moved tag or branch, set `HYPERLOOP_COMPOSE_REFRESH=1` (or
+//!   [`CacheDir::refresh`]) once, or delete the entry's folder.
+//! - A fetch happens in a temporary folder inside the cache and is renamed into place only
+//!   when complete. An interrupted fetch leaves at most a `.tmp-*` folder, which is never
+//!   read; concurrent fetches of one entry both succeed and one rename wins.
+
+pub use hyperloop_shared::compose::{BASE_URL, ComposeError, Composition, render};
+
+use hyperloop_shared::compose::{
+    EntryKind, FileSource, RemoteRef, SourceError, WithEmbeddedBase, compose, normalize,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where fetched remote bases are kept.
+#[derive(Debug, Clone)]
+pub struct CacheDir {
+    root: PathBuf,
+    refresh: bool,
+}
+
+impl CacheDir {
+    /// A cache rooted at `root` (the `git/` folder is created inside it on first fetch).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            refresh: false,
+        }
+    }
+
+    /// The user's cache: `$XDG_CACHE_HOME/hyperloop`, else `~/.cache/hyperloop`;
+    /// `HYPERLOOP_COMPOSE_REFRESH=1` refetches tags and branches.
+    pub fn from_env() -> Self {
+        let root = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("hyperloop");
+        let refresh =
+            std::env::var("HYPERLOOP_COMPOSE_REFRESH").is_ok_and(|v| v == "1" || v == "true");
+        Self { root, refresh }
+    }
+
+    /// Refetch tags and branches even if cached (commit ids are always reused).
+    #[must_use]
+    pub fn refresh(mut self, refresh: bool) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// The cache's root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The folder a (clone URL, ref) pair is cached in.
+    pub fn entry_path(&self, remote: &RemoteRef) -> PathBuf {
+        let reference = remote.reference.as_deref().unwrap_or("HEAD");
+        let key = format!("{}\n{}", remote.clone_url, reference);
+        let name: String = remote
+            .repository_key()
+            .rsplit('/')
+            .next()
+            .unwrap_or("repo")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.root
+            .join("git")
+            .join(format!("{name}-{:016x}", fnv1a(key.as_bytes())))
+    }
+}
+
+/// FNV-1a: a stable, dependency-free hash for cache folder names (not for security).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Builds the kustomization in `dir` (relative paths are taken from the current directory).
+///
+/// # Errors
+/// See [`ComposeError`]: unreadable or invalid files, failed fetches, patch errors.
+pub fn compose_dir(dir: &Path, cache: &CacheDir) -> Result<Composition, ComposeError> {
+    let abs = if dir.is_absolute() {
+        dir.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| SourceError::Read {
+                path: dir.to_owned(),
+                reason: e.to_string(),
+            })?
+            .join(dir)
+    };
+    let source = WithEmbeddedBase::new(FsSource {
+        cache: cache.clone(),
+    });
+    compose(&source, &normalize(&abs))
+}
+
+/// The local file system plus the git cache.
+struct FsSource {
+    cache: CacheDir,
+}
+
+impl FileSource for FsSource {
+    fn entry(&self, path: &Path) -> EntryKind {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => EntryKind::Dir,
+            Ok(_) => EntryKind::File,
+            Err(_) => EntryKind::Missing,
+        }
+    }
+
+    fn read(&self, path: &Path) -> Result<String, SourceError> {
+        std::fs::read_to_string(path).map_err(|e| SourceError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn fetch_remote(&self, remote: &RemoteRef) -> Result<PathBuf, SourceError> {
+        fetch(&self.cache, remote)
+    }
+}
+
+/// Makes `remote` available in the cache and returns its checkout folder.
+///
+/// # Errors
+/// [`SourceError::Fetch`] with git's message and a hint.
+pub fn fetch(cache: &CacheDir, remote: &RemoteRef) -> Result<PathBuf, SourceError> {
+    let entry = cache.entry_path(remote);
+    let reference = remote
+        .reference
+        .clone()
+        .unwrap_or_else(|| "HEAD".to_owned());
+    let is_commit = reference.len() == 40 && reference.chars().all(|c| c.is_ascii_hexdigit());
+    if entry.is_dir() && (is_commit || !cache.refresh) {
+        return Ok(entry);
+    }
+    let fail = |reason: String| SourceError::Fetch {
+        url: remote.clone_url.clone(),
+        reference: reference.clone(),
+        reason,
+    };
+    let parent = entry.parent().unwrap_or(cache.root());
+    std::fs::create_dir_all(parent).map_err(|e| {
+        fail(format!(
+            "cannot create cache folder {}: {e}",
+            parent.display()
+        ))
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempdir_in(parent)
+        .map_err(|e| {
+            fail(format!(
+                "cannot create a temporary folder in {}: {e}",
+                parent.display()
+            ))
+        })?;
+    let checkout = tmp.path();
+    git(checkout, &["init", "-q"]).map_err(&fail)?;
+    // A shallow fetch of the one ref; servers that refuse fetching a bare commit id get a
+    // full fetch instead.
+    if git(
+        checkout,
+        &["fetch", "-q", "--depth", "1", &remote.clone_url, &reference],
+    )
+    .is_err()
+    {
+        git(checkout, &["fetch", "-q", "--tags", &remote.clone_url, "+refs/heads/*:refs/remotes/origin/*"])
+            .map_err(|e| fail(format!("{e}\nCheck that the URL is reachable with `git ls-remote {}` and that the ref exists.", remote.clone_url)))?;
+        git(
+            checkout,
+            &[
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("{reference}^{{commit}}"),
+            ],
+        )
+        .map_err(|_| {
+            fail(format!(
+                "ref `{reference}` does not exist in the repository; fix `?ref=`"
+            ))
+        })?;
+        git(checkout, &["checkout", "-q", "--detach", &reference]).map_err(&fail)?;
+    } else {
+        git(checkout, &["checkout", "-q", "--detach", "FETCH_HEAD"]).map_err(&fail)?;
+    }
+    let done = tmp.keep();
+    if cache.refresh && entry.is_dir() {
+        // Move the stale entry aside first so the rename below can succeed; readers of the
+        // old entry keep working until it is removed.
+        let stale = parent.join(format!(".stale-{}", std::process::id()));
+        let _ = std::fs::rename(&entry, &stale);
+        let _ = std::fs::remove_dir_all(&stale);
+    }
+    match std::fs::rename(&done, &entry) {
+        Ok(()) => Ok(entry),
+        // Another process finished the same fetch first: use theirs.
+        Err(_) if entry.is_dir() => {
+            let _ = std::fs::remove_dir_all(&done);
+            Ok(entry)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&done);
+            Err(fail(format!(
+                "cannot move the checkout into {}: {e}",
+                entry.display()
+            )))
+        }
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("git")
+        .args(["-c", "advice.detachedHead=false"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(|e| format!("cannot run git ({e}); install git and make sure it is on PATH"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .expect("git runs")
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    /// A bare repository at `<tmp>/repo.git` whose `base/` holds one Agent; tag `v1`.
+    fn bare_repo(tmp: &Path, guidelines: &str) -> String {
+        let src = tmp.join("src");
+        std::fs::create_dir_all(src.join("base")).expect("mkdir");
+        std::fs::write(
+            src.join("base/kustomization.yaml"),
+            "resources:\n- a.yaml\n",
+        )
+        .expect("write");
+        std::fs::write(
+            src.join("base/a.yaml"),
+            format!("apiVersion: hyperloop.io/v1\nkind: Agent\nmetadata:\n  name: a\nguidelines: {guidelines}\n"),
+        )
+        .expect("write");
+        run(&src, &["init", "-q", "-b", "main"]);
+        run(&src, &["add", "-A"]);
+        run(&src, &["commit", "-qm", "init"]);
+        run(&src, &["tag", "v1"]);
+        run(tmp, &["clone", "-q", "--bare", "src", "repo.git"]);
+        format!("file://{}", tmp.join("repo.git").display())
+    }
+
+    fn project(tmp: &Path, resource: &str) -> PathBuf {
+        let p = tmp.join("project");
+        std::fs::create_dir_all(&p).expect("mkdir");
+        std::fs::write(
+            p.join("kustomization.yaml"),
+            format!("resources:\n- {resource}\n"),
+        )
+        .expect("write");
+        p
+    }
+
+    #[test]
+    fn a_remote_base_is_fetched_once_then_served_from_the_cache() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let url = bare_repo(tmp.path(), "first");
+        let p = project(tmp.path(), &format!("{url}//base?ref=v1"));
+        let cache = CacheDir::new(tmp.path().join("cache"));
+        let c = compose_dir(&p, &cache).expect("composes");
+        assert!(render(&c).contains("guidelines: first"));
+        // The remote disappears: the cached checkout is still used.
+        std::fs::remove_dir_all(tmp.path().join("repo.git")).expect("rm");
+        let c = compose_dir(&p, &cache).expect("served from cache");
+        assert!(render(&c).contains("guidelines: first"));
+        let entries: Vec<_> = std::fs::read_dir(tmp.path().join("cache/git"))
+            .expect("ls")
+            .collect();
+        assert_eq!(entries.len(), 1, "one entry and no leftovers");
+    }
+
+    #[test]
+    fn refresh_refetches_a_moved_tag() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let url = bare_repo(tmp.path(), "first");
+        let p = project(tmp.path(), &format!("{url}//base?ref=v1"));
+        let cache = CacheDir::new(tmp.path().join("cache"));
+        compose_dir(&p, &cache).expect("composes");
+        let src = tmp.path().join("src");
+        std::fs::write(
+            src.join("base/a.yaml"),
+            "apiVersion: hyperloop.io/v1\nkind: Agent\nmetadata:\n  name: a\nguidelines: second\n",
+        )
+        .expect("write");
+        run(&src, &["commit", "-qam", "two"]);
+        run(&src, &["tag", "-f", "v1"]);
+        run(&src, &["push", "-q", "-f", &url, "v1"]);
+        assert!(render(&compose_dir(&p, &cache).expect("cached")).contains("first"));
+        let c = compose_dir(&p, &cache.clone().refresh(true)).expect("refetched");
+        assert!(render(&c).contains("guidelines: second"));
+    }
+
+    #[test]
+    fn a_failed_or_interrupted_fetch_leaves_no_cache_entry() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let url = bare_repo(tmp.path(), "first");
+        let cache = CacheDir::new(tmp.path().join("cache"));
+        // A leftover of a fetch killed midway: a partial temp folder.
+        let git_dir = tmp.path().join("cache/git");
+        std::fs::create_dir_all(git_dir.join(".tmp-killed/base")).expect("mkdir");
+        let bad = project(tmp.path(), &format!("{url}//base?ref=nope"));
+        let err = compose_dir(&bad, &cache)
+            .expect_err("missing ref")
+            .to_string();
+        assert!(err.contains(&url) && err.contains("nope"), "{err}");
+        let entry =
+            cache.entry_path(&RemoteRef::parse(&format!("{url}//base?ref=nope")).expect("parses"));
+        assert!(!entry.exists());
+        // The partial folder is ignored and a good fetch still works.
+        let good = project(tmp.path(), &format!("{url}//base?ref=v1"));
+        assert!(render(&compose_dir(&good, &cache).expect("composes")).contains("first"));
+        let missing = project(tmp.path(), &format!("{url}//nofolder?ref=v1"));
+        let err = compose_dir(&missing, &cache)
+            .expect_err("no folder")
+            .to_string();
+        assert!(
+            err.contains("no kustomization in") && err.contains("nofolder"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_remote_names_the_url_and_what_to_check() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let url = format!("file://{}/absent.git", tmp.path().display());
+        let p = project(tmp.path(), &format!("{url}//base?ref=v1"));
+        let err = compose_dir(&p, &CacheDir::new(tmp.path().join("cache")))
+            .expect_err("fails")
+            .to_string();
+        assert!(err.contains(&url) && err.contains("git ls-remote"), "{err}");
+    }
+
+    #[test]
+    fn the_canonical_base_needs_no_network() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let p = project(tmp.path(), BASE_URL);
+        let c = compose_dir(&p, &CacheDir::new(tmp.path().join("cache"))).expect("offline");
+        assert!(c.get("Process", "default").is_some());
+        assert!(!tmp.path().join("cache").exists());
+    }
+}

@@ -1,1 +1,0 @@
-//! kustomize-semantics composition of `kind: Agent` and `kind: Process` resources.
