@@ -102,20 +102,80 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// # Errors
 /// See [`ComposeError`]: unreadable or invalid files, failed fetches, patch errors.
 pub fn compose_dir(dir: &Path, cache: &CacheDir) -> Result<Composition, ComposeError> {
-    let abs = if dir.is_absolute() {
-        dir.to_owned()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| SourceError::Read {
-                path: dir.to_owned(),
-                reason: e.to_string(),
-            })?
-            .join(dir)
-    };
+    let abs = absolute(dir)?;
     let source = WithEmbeddedBase::new(FsSource {
         cache: cache.clone(),
     });
     compose(&source, &normalize(&abs))
+}
+
+/// What a project's composition was built from, for messages and `--dry-run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompositionSource {
+    /// The project overlay: a kustomization folder in the repository or a remote git overlay.
+    Overlay(String),
+    /// No overlay kustomization exists; the base (`base_ref`, or hyperloop's embedded base)
+    /// was composed alone.
+    BaseOnly(String),
+}
+
+/// The kustomization file names kustomize accepts, in its order of preference.
+const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// Builds a project's composition: the `overlay` (a folder relative to `root`, or a remote git
+/// overlay). When the overlay folder has no kustomization, the base is composed alone —
+/// `base_ref` if set, else hyperloop's embedded base — so a repository without
+/// `.hyperloop/agents/` still works with zero setup.
+///
+/// # Errors
+/// See [`ComposeError`].
+pub fn compose_project(
+    root: &Path,
+    overlay: &str,
+    base_ref: Option<&str>,
+    cache: &CacheDir,
+) -> Result<(Composition, CompositionSource), ComposeError> {
+    let source = WithEmbeddedBase::new(FsSource {
+        cache: cache.clone(),
+    });
+    let locate = |entry: &str| -> Result<PathBuf, ComposeError> {
+        if RemoteRef::looks_remote(entry) {
+            let remote = RemoteRef::parse(entry).map_err(|e| ComposeError::Parse {
+                file: PathBuf::from(entry),
+                reason: e.to_string(),
+            })?;
+            Ok(source.fetch_remote(&remote)?)
+        } else {
+            Ok(normalize(&absolute(&root.join(entry))?))
+        }
+    };
+    let overlay_dir = locate(overlay)?;
+    let has_kustomization = KUSTOMIZATION_FILES
+        .iter()
+        .any(|f| source.entry(&overlay_dir.join(f)) == EntryKind::File);
+    if has_kustomization {
+        let composition = compose(&source, &overlay_dir)?;
+        return Ok((composition, CompositionSource::Overlay(overlay.to_owned())));
+    }
+    let (base_dir, label) = match base_ref {
+        Some(base) => (locate(base)?, base.to_owned()),
+        None => (source.base_dir(), format!("{BASE_URL} (embedded)")),
+    };
+    Ok((
+        compose(&source, &base_dir)?,
+        CompositionSource::BaseOnly(label),
+    ))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, ComposeError> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    let cwd = std::env::current_dir().map_err(|e| SourceError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(cwd.join(path))
 }
 
 /// The local file system plus the git cache.

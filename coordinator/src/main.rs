@@ -1,1 +1,111 @@
-fn main() {}
+//! `hyperloop-coordinator`: parses the command line and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hyperloop_coordinator::cli::{self, Exit};
+use hyperloop_shared::config::Overrides;
+
+/// hyperloop keeps a repository's code in sync with its markdown specs using AI coding agents.
+#[derive(Debug, Parser)]
+#[command(name = "hyperloop-coordinator", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Reconcile the repository's specs with its code.
+    ///
+    /// With --dry-run: print the resolved configuration, pipeline, composed agent templates
+    /// and the specs that would be reconciled, and change nothing.
+    Run(RunArgs),
+    /// Print the resolved Agent and Process resources as multi-document YAML, exactly as
+    /// `kubectl kustomize` would for the overlay (no kustomize needed).
+    Compose(ComposeArgs),
+}
+
+#[derive(Debug, Args)]
+struct RepoArgs {
+    /// The repository to work on.
+    #[arg(long, env = "HYPERLOOP_PATH", default_value = ".")]
+    path: PathBuf,
+    /// Configuration file (default: <path>/.hyperloop.yaml; missing means all defaults).
+    #[arg(short = 'c', long = "config", env = "HYPERLOOP_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ComposeArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Land work through pull requests on this GitHub repository.
+    #[arg(long = "repo", value_name = "OWNER/REPO")]
+    repo_slug: Option<String>,
+    /// Show what would be done and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Never halt; keep reconciling as specs change.
+    #[arg(long)]
+    watch: bool,
+    /// Maximum tasks worked on at once.
+    #[arg(long)]
+    max_workers: Option<u32>,
+    /// Workers started inside the coordinator (default: max_workers; 0 = joined workers only).
+    #[arg(long)]
+    local_workers: Option<u32>,
+    /// gRPC address for workers and hyperloopctl.
+    #[arg(long)]
+    listen: Option<String>,
+    /// etcd endpoints; without them state is kept in the repository (embedded store).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Key prefix in etcd (default: derived from the repository's origin URL).
+    #[arg(long)]
+    etcd_prefix: Option<String>,
+    /// Token workers must present to join (required when listening beyond loopback).
+    #[arg(long)]
+    join_token: Option<String>,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            repo: self.repo_slug.clone(),
+            max_workers: self.max_workers,
+            local_workers: self.local_workers,
+            listen: self.listen.clone(),
+            etcd_endpoints: self.etcd.clone(),
+            etcd_prefix: self.etcd_prefix.clone(),
+            join_token: self.join_token.clone(),
+            ..Overrides::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let exit = match cli.command {
+        Command::Compose(args) => {
+            cli::compose(&args.repo.path, args.repo.config.as_deref(), &Overrides::default())
+        }
+        Command::Run(args) if args.dry_run => cli::dry_run(
+            &args.repo.path,
+            args.repo.config.as_deref(),
+            &args.overrides(),
+        ),
+        Command::Run(_) => Exit::usage(
+            "hyperloop-coordinator run: this build can only validate and preview a repository; \
+             run it with --dry-run",
+        ),
+    };
+    exit.report()
+}

@@ -500,6 +500,11 @@ impl<S: FileSource> WithEmbeddedBase<S> {
         }
     }
 
+    /// The virtual directory holding the embedded `base/`, for composing the base alone.
+    pub fn base_dir(&self) -> PathBuf {
+        self.root.join("base")
+    }
+
     fn embedded(&self, path: &Path) -> Option<Option<&'static str>> {
         let rel = path.strip_prefix(&self.root).ok()?;
         let rel = rel.strip_prefix("base").ok()?;
