@@ -592,3 +592,714 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(role: &str) -> Step {
+        Step::agent(role)
+    }
+    fn g(name: &str) -> Step {
+        Step::gate(name)
+    }
+    fn x(name: &str) -> Step {
+        Step::action(name)
+    }
+    fn l(steps: Vec<Step>) -> Step {
+        Step::Loop(steps)
+    }
+    fn pl(steps: Vec<Step>) -> Pipeline {
+        Pipeline::new(steps).unwrap()
+    }
+
+    const LIMITS: Limits = Limits {
+        max_task_rounds: 10,
+        max_action_attempts: 3,
+    };
+
+    fn show_state(t: &Transition) -> String {
+        match &t.next {
+            Next::Complete => format!("complete r{}", t.round),
+            Next::Failed { reason } => format!("failed r{}: {reason}", t.round),
+            next => {
+                let p = next.position().unwrap();
+                let path: Vec<String> = p.path().iter().map(u32::to_string).collect();
+                let mut s = format!(
+                    "{} {}:{} r{}",
+                    path.join("."),
+                    p.step().kind,
+                    p.step().name,
+                    t.round
+                );
+                if t.action_attempts > 0 {
+                    s.push_str(&format!(" a{}", t.action_attempts));
+                }
+                s
+            }
+        }
+    }
+
+    fn outcome(word: &str) -> Outcome {
+        match word {
+            "pass" => Outcome::Agent(Verdict::Pass),
+            "fail" => Outcome::Agent(Verdict::Fail),
+            "wait" => Outcome::Gate(GateCheck::Waiting),
+            "clear" => Outcome::Gate(GateCheck::Cleared),
+            "ok" => Outcome::Action(ActionOutcome::Success),
+            "retry" => Outcome::Action(ActionOutcome::Retry),
+            "err" => Outcome::Action(ActionOutcome::Error),
+            other => panic!("unknown outcome word {other}"),
+        }
+    }
+
+    /// Starts a task, feeds it the outcomes, and renders every state it passes through,
+    /// separated by ` | `.
+    fn trace(p: &Pipeline, limits: Limits, outcomes: &str) -> String {
+        let mut t = p.start();
+        let mut out = vec![show_state(&t)];
+        for word in outcomes.split_whitespace() {
+            let progress = t.progress().expect("outcome given after the task ended");
+            t = p.apply(&progress, outcome(word), limits).unwrap();
+            out.push(show_state(&t));
+        }
+        out.join(" | ")
+    }
+
+    fn check(p: &Pipeline, outcomes: &str, expected: &str) {
+        check_with(p, LIMITS, outcomes, expected);
+    }
+
+    fn check_with(p: &Pipeline, limits: Limits, outcomes: &str, expected: &str) {
+        assert_eq!(trace(p, limits, outcomes), expected, "outcomes: {outcomes}");
+    }
+
+    #[test]
+    fn passes_walk_the_pipeline_to_completion() {
+        let p = pl(vec![a("impl"), a("verif")]);
+        check(
+            &p,
+            "pass pass",
+            "0 agent:impl r0 | 1 agent:verif r0 | complete r0",
+        );
+    }
+
+    #[test]
+    fn a_fail_without_an_enclosing_loop_fails_the_task() {
+        let p = pl(vec![a("impl"), a("verif")]);
+        check(
+            &p,
+            "pass fail",
+            "0 agent:impl r0 | 1 agent:verif r0 | failed r0: agent `verif` failed at pipeline[1], which no loop encloses, so there is nothing to retry",
+        );
+    }
+
+    #[test]
+    fn a_verifier_fail_restarts_the_loop_in_a_new_round() {
+        let p = pl(vec![l(vec![a("impl"), a("verif")]), x("merge-pr")]);
+        check(
+            &p,
+            "pass fail pass pass ok",
+            "0.0 agent:impl r0 | 0.1 agent:verif r0 | 0.0 agent:impl r1 | 0.1 agent:verif r1 | 1 action:merge-pr r1 | complete r1",
+        );
+    }
+
+    #[test]
+    fn a_fail_of_the_first_step_in_a_loop_restarts_at_that_same_step() {
+        let p = pl(vec![l(vec![a("impl"), a("verif")])]);
+        check(&p, "fail", "0.0 agent:impl r0 | 0.0 agent:impl r1");
+    }
+
+    #[test]
+    fn nested_loops_inner_fail_restarts_the_inner_loop_and_outer_fail_the_outer_loop() {
+        // The seed's example: loop(loop(impl, verif), security), gate, merge.
+        let p = pl(vec![
+            l(vec![l(vec![a("impl"), a("verif")]), a("security")]),
+            g("human"),
+            x("merge-pr"),
+        ]);
+        check(
+            &p,
+            "pass fail pass pass fail pass pass pass wait clear ok",
+            "0.0.0 agent:impl r0 | 0.0.1 agent:verif r0 | 0.0.0 agent:impl r1 | 0.0.1 agent:verif r1 \
+             | 0.1 agent:security r1 | 0.0.0 agent:impl r2 | 0.0.1 agent:verif r2 | 0.1 agent:security r2 \
+             | 1 gate:human r2 | 1 gate:human r2 | 2 action:merge-pr r2 | complete r2",
+        );
+    }
+
+    #[test]
+    fn an_inner_loop_after_outer_steps_retries_without_repeating_them() {
+        let p = pl(vec![l(vec![a("plan"), l(vec![a("impl"), a("verif")])])]);
+        check(
+            &p,
+            "pass pass fail pass pass",
+            "0.0 agent:plan r0 | 0.1.0 agent:impl r0 | 0.1.1 agent:verif r0 | 0.1.0 agent:impl r1 \
+             | 0.1.1 agent:verif r1 | complete r1",
+        );
+    }
+
+    #[test]
+    fn the_task_fails_when_a_loop_back_would_reach_max_task_rounds() {
+        let p = pl(vec![l(vec![a("impl"), a("verif")])]);
+        let limits = Limits {
+            max_task_rounds: 3,
+            max_action_attempts: 3,
+        };
+        check_with(
+            &p,
+            limits,
+            "pass fail pass fail pass fail",
+            "0.0 agent:impl r0 | 0.1 agent:verif r0 | 0.0 agent:impl r1 | 0.1 agent:verif r1 \
+             | 0.0 agent:impl r2 | 0.1 agent:verif r2 | failed r3: agent `verif` failed and the retry \
+             would start round 3, but max_task_rounds is 3",
+        );
+    }
+
+    #[test]
+    fn zero_limits_behave_as_one() {
+        let p = pl(vec![l(vec![a("impl")]), l(vec![x("merge-pr")])]);
+        let zero = Limits {
+            max_task_rounds: 0,
+            max_action_attempts: 0,
+        };
+        check_with(
+            &p,
+            zero,
+            "fail",
+            "0.0 agent:impl r0 | failed r1: agent `impl` failed and the retry would start round 1, but max_task_rounds is 1",
+        );
+        check_with(
+            &p,
+            zero,
+            "pass err",
+            "0.0 agent:impl r0 | 1.0 action:merge-pr r0 | failed r1: action `merge-pr` failed 1 times in a row and the retry would start round 1, but max_task_rounds is 1",
+        );
+    }
+
+    #[test]
+    fn action_retry_stays_without_counting_and_errors_count_until_success_resets() {
+        let p = pl(vec![l(vec![a("impl"), x("merge-pr")])]);
+        check(
+            &p,
+            "pass retry err retry err ok",
+            "0.0 agent:impl r0 | 0.1 action:merge-pr r0 | 0.1 action:merge-pr r0 | 0.1 action:merge-pr r0 a1 \
+             | 0.1 action:merge-pr r0 a1 | 0.1 action:merge-pr r0 a2 | complete r0",
+        );
+    }
+
+    #[test]
+    fn exhausted_action_attempts_restart_the_enclosing_loop_with_a_fresh_budget() {
+        let p = pl(vec![l(vec![a("impl"), x("merge-pr")])]);
+        check(
+            &p,
+            "pass err err err pass err",
+            "0.0 agent:impl r0 | 0.1 action:merge-pr r0 | 0.1 action:merge-pr r0 a1 | 0.1 action:merge-pr r0 a2 \
+             | 0.0 agent:impl r1 | 0.1 action:merge-pr r1 | 0.1 action:merge-pr r1 a1",
+        );
+    }
+
+    #[test]
+    fn exhausted_action_attempts_without_a_loop_fail_the_task() {
+        let p = pl(vec![l(vec![a("impl")]), x("merge-pr")]);
+        check(
+            &p,
+            "pass err err err",
+            "0.0 agent:impl r0 | 1 action:merge-pr r0 | 1 action:merge-pr r0 a1 | 1 action:merge-pr r0 a2 \
+             | failed r0: action `merge-pr` failed 3 times in a row at pipeline[1], which no loop encloses, so there is nothing to retry",
+        );
+    }
+
+    #[test]
+    fn a_pipeline_may_start_with_a_gate_or_an_action() {
+        let p = pl(vec![g("triage"), a("impl")]);
+        assert!(matches!(p.start().next, Next::WaitAtGate { ref gate, .. } if gate == "triage"));
+        assert_eq!(p.first_step_kind(), StepKind::Gate);
+        check(
+            &p,
+            "wait clear pass",
+            "0 gate:triage r0 | 0 gate:triage r0 | 1 agent:impl r0 | complete r0",
+        );
+        let p = pl(vec![l(vec![x("mark-pr-ready"), a("impl")])]);
+        assert!(
+            matches!(p.start().next, Next::RunAction { ref action, .. } if action == "mark-pr-ready")
+        );
+    }
+
+    #[test]
+    fn entering_a_gate_is_reported_once_not_on_every_check() {
+        let p = pl(vec![a("impl"), g("lgtm")]);
+        let t = p.start();
+        assert_eq!(t.entered_gate(), None);
+        let t = p
+            .apply(&t.progress().unwrap(), outcome("pass"), LIMITS)
+            .unwrap();
+        assert_eq!(t.entered_gate(), Some("lgtm"));
+        let t = p
+            .apply(&t.progress().unwrap(), outcome("wait"), LIMITS)
+            .unwrap();
+        assert_eq!(t.change, Change::Stayed);
+        assert_eq!(t.entered_gate(), None);
+        // A pipeline that starts at a gate enters it on start.
+        assert_eq!(pl(vec![g("lgtm")]).start().entered_gate(), Some("lgtm"));
+    }
+
+    #[test]
+    fn duplicate_step_names_keep_distinct_positions_and_retry_their_own_loop() {
+        let p = pl(vec![
+            l(vec![a("impl"), a("verif")]),
+            l(vec![a("impl"), a("verif")]),
+        ]);
+        check(
+            &p,
+            "pass pass pass fail pass pass",
+            "0.0 agent:impl r0 | 0.1 agent:verif r0 | 1.0 agent:impl r0 | 1.1 agent:verif r0 \
+             | 1.0 agent:impl r1 | 1.1 agent:verif r1 | complete r1",
+        );
+    }
+
+    #[test]
+    fn transitions_describe_what_happened() {
+        let p = pl(vec![l(vec![a("impl"), a("verif")]), x("merge-pr")]);
+        let t0 = p.start();
+        assert_eq!(t0.change, Change::Started);
+        let t1 = p
+            .apply(&t0.progress().unwrap(), outcome("pass"), LIMITS)
+            .unwrap();
+        assert_eq!(
+            t1.change,
+            Change::Advanced {
+                from: StepRef::new(StepKind::Agent, "impl")
+            }
+        );
+        let t2 = p
+            .apply(&t1.progress().unwrap(), outcome("fail"), LIMITS)
+            .unwrap();
+        assert_eq!(
+            t2.change,
+            Change::LoopedBack {
+                cause: LoopCause::AgentFailed {
+                    role: "verif".into()
+                },
+                loop_at: "pipeline[0]".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_outcome_of_the_wrong_kind_is_an_error_not_a_transition() {
+        let p = pl(vec![a("impl"), g("lgtm"), x("merge-pr")]);
+        let at_agent = p.start().progress().unwrap();
+        for word in ["wait", "clear", "ok", "retry", "err"] {
+            let err = p.apply(&at_agent, outcome(word), LIMITS).unwrap_err();
+            assert!(
+                matches!(err, StepError::OutcomeMismatch { .. }),
+                "{word}: {err}"
+            );
+        }
+        let err = p.apply(&at_agent, outcome("clear"), LIMITS).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "gate cleared cannot be applied at `agent: impl`"
+        );
+    }
+
+    #[test]
+    fn a_position_from_another_pipeline_is_refused_until_relocated() {
+        let old = pl(vec![a("impl"), a("verif")]);
+        let new = pl(vec![a("impl"), a("verif"), x("merge-pr")]);
+        let progress = old.start().progress().unwrap();
+        let err = new.apply(&progress, outcome("pass"), LIMITS).unwrap_err();
+        assert!(matches!(err, StepError::PipelineChanged { .. }), "{err}");
+        assert!(new.next_at(&progress.position).is_err());
+        let moved = new.relocate(&progress);
+        assert_eq!(moved.kind, RelocationKind::Kept);
+        assert!(new.apply(&moved.progress, outcome("pass"), LIMITS).is_ok());
+    }
+
+    #[test]
+    fn a_tampered_position_is_refused() {
+        let p = pl(vec![a("impl"), a("verif")]);
+        let mut progress = p.start().progress().unwrap();
+        progress.position.step.name = "verif".into();
+        let err = p.apply(&progress, outcome("pass"), LIMITS).unwrap_err();
+        assert!(matches!(err, StepError::PositionMismatch { .. }), "{err}");
+    }
+
+    /// Relocates the task sitting at `at` (a path in `old`) into `new`, rendering the result.
+    fn relocation(old: &Pipeline, at: &[u32], new: &Pipeline) -> String {
+        let progress = Progress {
+            position: old.descend(at.to_vec()),
+            round: 4,
+            action_attempts: 2,
+        };
+        let r = new.relocate(&progress);
+        assert!(
+            new.next_at(&r.progress.position).is_ok(),
+            "relocated position must resolve"
+        );
+        let path: Vec<String> = r
+            .progress
+            .position
+            .path()
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        let kind = match &r.kind {
+            RelocationKind::Unchanged => "unchanged",
+            RelocationKind::Kept => "kept",
+            RelocationKind::Moved { .. } => "moved",
+            RelocationKind::Restarted { .. } => "restarted",
+        };
+        format!(
+            "{kind} {} {} r{} a{}",
+            path.join("."),
+            r.progress.position.step(),
+            r.progress.round,
+            r.progress.action_attempts
+        )
+    }
+
+    #[test]
+    fn pipeline_changes_under_a_running_task_follow_the_documented_policy() {
+        let base = pl(vec![
+            l(vec![a("impl"), a("verif")]),
+            g("lgtm"),
+            x("merge-pr"),
+        ]);
+        let cases: Vec<(&str, Pipeline, &[u32], &str)> = vec![
+            (
+                "same pipeline",
+                base.clone(),
+                &[0, 1],
+                "unchanged 0.1 agent: verif r4 a2",
+            ),
+            (
+                "a step appended after the task's step",
+                pl(vec![
+                    l(vec![a("impl"), a("verif")]),
+                    g("lgtm"),
+                    x("merge-pr"),
+                    x("mark-pr-ready"),
+                ]),
+                &[1],
+                "kept 1 gate: lgtm r4 a2",
+            ),
+            (
+                "a step inserted before the task's step",
+                pl(vec![
+                    l(vec![a("impl"), a("lint"), a("verif")]),
+                    g("lgtm"),
+                    x("merge-pr"),
+                ]),
+                &[0, 1],
+                "moved 0.2 agent: verif r4 a0",
+            ),
+            (
+                "the task's loop unwrapped",
+                pl(vec![a("impl"), a("verif"), g("lgtm"), x("merge-pr")]),
+                &[2],
+                "moved 3 action: merge-pr r4 a0",
+            ),
+            (
+                "the task's step removed",
+                pl(vec![l(vec![a("impl"), a("verif")]), x("merge-pr")]),
+                &[1],
+                "restarted 0.0 agent: impl r4 a0",
+            ),
+            (
+                "the task's step renamed",
+                pl(vec![
+                    l(vec![a("impl"), a("checker")]),
+                    g("lgtm"),
+                    x("merge-pr"),
+                ]),
+                &[0, 1],
+                "restarted 0.0 agent: impl r4 a0",
+            ),
+            (
+                "the task's step now ambiguous and its path points elsewhere",
+                pl(vec![
+                    a("verif"),
+                    l(vec![a("impl"), a("verif")]),
+                    g("lgtm"),
+                    x("merge-pr"),
+                ]),
+                &[0, 1],
+                "restarted 0 agent: verif r4 a0",
+            ),
+            (
+                "the task's step duplicated but still at its path",
+                pl(vec![
+                    l(vec![a("impl"), a("verif")]),
+                    a("verif"),
+                    g("lgtm"),
+                    x("merge-pr"),
+                ]),
+                &[0, 1],
+                "kept 0.1 agent: verif r4 a2",
+            ),
+        ];
+        for (what, new, at, expected) in cases {
+            assert_eq!(relocation(&base, at, &new), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn relocation_findings_say_what_changed_and_where_the_task_went() {
+        let old = pl(vec![l(vec![a("impl"), a("verif")]), g("lgtm")]);
+        let new = pl(vec![l(vec![a("impl"), a("verif")])]);
+        let progress = Progress {
+            position: old.descend(vec![1]),
+            round: 2,
+            action_attempts: 0,
+        };
+        let r = new.relocate(&progress);
+        assert!(r.invalidates_running_step());
+        assert_eq!(
+            r.finding().unwrap(),
+            "the pipeline changed: step `gate: lgtm` at pipeline[1] no longer exists; the task \
+             restarts at pipeline[0].loop[0] (`agent: impl`) in round 2"
+        );
+        let same = old.relocate(&progress);
+        assert_eq!(same.finding(), None);
+        assert!(!same.invalidates_running_step());
+    }
+
+    #[test]
+    fn fingerprints_are_pinned_so_persisted_positions_stay_valid_across_releases() {
+        let p = pl(vec![
+            l(vec![a("implementer"), a("verifier")]),
+            x("merge-pr"),
+        ]);
+        // If this changes, every persisted position relocates once: only change it on purpose.
+        assert_eq!(p.fingerprint(), Fingerprint(PINNED_DEFAULT_FINGERPRINT));
+    }
+
+    const PINNED_DEFAULT_FINGERPRINT: u64 = 0xf5af130fd97d5979;
+
+    #[test]
+    fn fingerprints_distinguish_nesting_kinds_and_names() {
+        let variants = [
+            pl(vec![l(vec![a("a")]), a("b")]),
+            pl(vec![l(vec![a("a"), a("b")])]),
+            pl(vec![a("a"), a("b")]),
+            pl(vec![a("a"), g("b")]),
+            pl(vec![a("ab")]),
+            pl(vec![a("a"), x("b")]),
+            pl(vec![a("b"), a("a")]),
+        ];
+        for (i, p) in variants.iter().enumerate() {
+            for q in &variants[i + 1..] {
+                assert_ne!(p.fingerprint(), q.fingerprint(), "{p:?} vs {q:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn transitions_write_status_position_counters_and_failure_into_the_task() {
+        let p = pl(vec![l(vec![a("impl")]), x("merge-pr")]);
+        let mut task = Task {
+            id: crate::model::TaskId(1),
+            title: "t".into(),
+            spec_ref: "specs/a.md@abcd".parse().unwrap(),
+            status: TaskStatus::NotStarted,
+            deps: vec![],
+            round: 0,
+            branch: None,
+            pr: None,
+            position: None,
+            action_attempts: 0,
+            failure: None,
+        };
+        assert_eq!(task.progress(), Ok(None));
+        p.start().apply_to(&mut task);
+        assert_eq!(task.status, TaskStatus::InProgress);
+        let t = p
+            .apply(&task.progress().unwrap().unwrap(), outcome("pass"), LIMITS)
+            .unwrap();
+        t.apply_to(&mut task);
+        let t = p
+            .apply(&task.progress().unwrap().unwrap(), outcome("err"), LIMITS)
+            .unwrap();
+        t.apply_to(&mut task);
+        assert_eq!(task.action_attempts, 1);
+        assert_eq!(
+            task.position
+                .as_ref()
+                .unwrap()
+                .to_string()
+                .split('@')
+                .next(),
+            Some("1/action:merge-pr")
+        );
+        for _ in 0..2 {
+            let t = p
+                .apply(&task.progress().unwrap().unwrap(), outcome("err"), LIMITS)
+                .unwrap();
+            t.apply_to(&mut task);
+        }
+        assert_eq!(task.status, TaskStatus::Failed);
+        assert_eq!(task.position, None);
+        assert!(task.failure.as_deref().unwrap().contains("merge-pr"));
+
+        let mut broken = task.clone();
+        broken.status = TaskStatus::InProgress;
+        assert!(matches!(
+            broken.progress(),
+            Err(StepError::MissingPosition { .. })
+        ));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Random nested pipelines over a small name pool, so duplicate names are common.
+        fn steps() -> impl Strategy<Value = Vec<Step>> {
+            let leaf = prop_oneof![
+                3 => prop::sample::select(vec!["a", "b", "c"]).prop_map(a),
+                1 => prop::sample::select(vec!["g", "h"]).prop_map(g),
+                1 => prop::sample::select(vec!["x", "y"]).prop_map(x),
+            ];
+            let tree = leaf.prop_recursive(4, 24, 4, |inner| {
+                prop::collection::vec(inner, 1..4).prop_map(Step::Loop)
+            });
+            prop::collection::vec(tree, 1..5)
+        }
+
+        fn limits() -> impl Strategy<Value = Limits> {
+            (0u32..5, 0u32..4).prop_map(|(r, a)| Limits {
+                max_task_rounds: r,
+                max_action_attempts: a,
+            })
+        }
+
+        /// An outcome that fits the step kind, picked by `choice`. With `allow_stay`, gates may
+        /// keep waiting and actions may ask to retry.
+        fn outcome_for(kind: StepKind, choice: u8, allow_stay: bool) -> Outcome {
+            let stay = allow_stay && choice % 5 == 4;
+            match kind {
+                StepKind::Agent if choice % 2 == 0 => Outcome::Agent(Verdict::Pass),
+                StepKind::Agent => Outcome::Agent(Verdict::Fail),
+                StepKind::Gate if stay => Outcome::Gate(GateCheck::Waiting),
+                StepKind::Gate => Outcome::Gate(GateCheck::Cleared),
+                StepKind::Action if stay => Outcome::Action(ActionOutcome::Retry),
+                StepKind::Action if choice % 3 == 0 => Outcome::Action(ActionOutcome::Error),
+                StepKind::Action => Outcome::Action(ActionOutcome::Success),
+            }
+        }
+
+        /// Within one round no step is visited twice (a revisit needs a loop-back, which
+        /// starts a new round), and each visit absorbs at most `attempts` outcomes.
+        fn bound(p: &Pipeline, limits: Limits) -> usize {
+            let per_round = p.leaf_count() * limits.attempts() as usize;
+            limits.rounds() as usize * per_round + 1
+        }
+
+        fn assert_valid(p: &Pipeline, t: &Transition, limits: Limits) {
+            if let Some(pos) = t.next.position() {
+                assert!(
+                    p.next_at(pos).is_ok(),
+                    "position {pos} must resolve to its leaf"
+                );
+                assert!(t.round < limits.rounds(), "round {} in flight", t.round);
+                assert!(t.action_attempts < limits.attempts());
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn execution_terminates_within_the_bound_and_positions_stay_valid(
+                steps in steps(),
+                limits in limits(),
+                choices in prop::collection::vec(any::<u8>(), 1..64),
+            ) {
+                let p = Pipeline::new(steps).unwrap();
+                let bound = bound(&p, limits);
+                let mut t = p.start();
+                assert_valid(&p, &t, limits);
+                let mut moves = 0;
+                // Cycle through the random choices until the task ends; stays are excluded
+                // here because a gate may rightly wait forever.
+                for &choice in choices.iter().cycle() {
+                    let Some(progress) = t.progress() else { break };
+                    let kind = progress.position.step().kind;
+                    t = p.apply(&progress, outcome_for(kind, choice, false), limits).unwrap();
+                    assert_valid(&p, &t, limits);
+                    moves += 1;
+                    prop_assert!(moves <= bound, "{moves} moves exceed the bound {bound}");
+                }
+                prop_assert!(t.next.is_terminal());
+            }
+
+            #[test]
+            fn stays_change_nothing_and_every_state_resolves(
+                steps in steps(),
+                limits in limits(),
+                choices in prop::collection::vec(any::<u8>(), 1..200),
+            ) {
+                let p = Pipeline::new(steps).unwrap();
+                let mut t = p.start();
+                let mut progress_moves = 0;
+                for &choice in &choices {
+                    let Some(progress) = t.progress() else { break };
+                    let kind = progress.position.step().kind;
+                    let next = p.apply(&progress, outcome_for(kind, choice, true), limits).unwrap();
+                    assert_valid(&p, &next, limits);
+                    if next.change == Change::Stayed {
+                        prop_assert_eq!(next.progress(), Some(progress));
+                    } else {
+                        progress_moves += 1;
+                    }
+                    t = next;
+                }
+                prop_assert!(progress_moves <= bound(&p, limits));
+            }
+
+            #[test]
+            fn positions_survive_a_serde_round_trip(steps in steps(), choices in prop::collection::vec(any::<u8>(), 0..20)) {
+                let p = Pipeline::new(steps).unwrap();
+                let mut t = p.start();
+                for &choice in &choices {
+                    let Some(progress) = t.progress() else { break };
+                    let text = serde_json::to_string(&progress.position).unwrap();
+                    let back: Position = serde_json::from_str(&text).unwrap();
+                    prop_assert_eq!(&back, &progress.position);
+                    let kind = progress.position.step().kind;
+                    t = p.apply(&progress, outcome_for(kind, choice, true), LIMITS).unwrap();
+                }
+            }
+
+            #[test]
+            fn relocation_into_any_pipeline_yields_a_valid_position(
+                old in steps(),
+                new in steps(),
+                choices in prop::collection::vec(any::<u8>(), 0..20),
+            ) {
+                let old = Pipeline::new(old).unwrap();
+                let new = Pipeline::new(new).unwrap();
+                let mut t = old.start();
+                for &choice in &choices {
+                    let Some(progress) = t.progress() else { break };
+                    let kind = progress.position.step().kind;
+                    let next = old.apply(&progress, outcome_for(kind, choice, true), LIMITS).unwrap();
+                    if next.next.is_terminal() { break; }
+                    t = next;
+                }
+                let progress = t.progress().unwrap();
+                let r = new.relocate(&progress);
+                prop_assert!(new.next_at(&r.progress.position).is_ok());
+                prop_assert_eq!(r.progress.round, progress.round);
+                let same_identity = r.progress.position.step() == progress.position.step();
+                match r.kind {
+                    RelocationKind::Restarted { .. } => {
+                        prop_assert_eq!(&r.progress.position, &new.first_position());
+                    }
+                    _ => prop_assert!(same_identity),
+                }
+                // Relocating twice is a no-op.
+                prop_assert_eq!(new.relocate(&r.progress).kind, RelocationKind::Unchanged);
+            }
+        }
+    }
+}
