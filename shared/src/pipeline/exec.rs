@@ -1179,12 +1179,12 @@ mod tests {
         fn outcome_for(kind: StepKind, choice: u8, allow_stay: bool) -> Outcome {
             let stay = allow_stay && choice % 5 == 4;
             match kind {
-                StepKind::Agent if choice % 2 == 0 => Outcome::Agent(Verdict::Pass),
+                StepKind::Agent if choice.is_multiple_of(2) => Outcome::Agent(Verdict::Pass),
                 StepKind::Agent => Outcome::Agent(Verdict::Fail),
                 StepKind::Gate if stay => Outcome::Gate(GateCheck::Waiting),
                 StepKind::Gate => Outcome::Gate(GateCheck::Cleared),
                 StepKind::Action if stay => Outcome::Action(ActionOutcome::Retry),
-                StepKind::Action if choice % 3 == 0 => Outcome::Action(ActionOutcome::Error),
+                StepKind::Action if choice.is_multiple_of(3) => Outcome::Action(ActionOutcome::Error),
                 StepKind::Action => Outcome::Action(ActionOutcome::Success),
             }
         }
