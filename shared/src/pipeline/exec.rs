@@ -1184,7 +1184,9 @@ mod tests {
                 StepKind::Gate if stay => Outcome::Gate(GateCheck::Waiting),
                 StepKind::Gate => Outcome::Gate(GateCheck::Cleared),
                 StepKind::Action if stay => Outcome::Action(ActionOutcome::Retry),
-                StepKind::Action if choice.is_multiple_of(3) => Outcome::Action(ActionOutcome::Error),
+                StepKind::Action if choice.is_multiple_of(3) => {
+                    Outcome::Action(ActionOutcome::Error)
+                }
                 StepKind::Action => Outcome::Action(ActionOutcome::Success),
             }
         }

@@ -911,3 +911,360 @@ impl fmt::Display for Step {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENTS: &[&str] = &["implementer", "verifier", "security-reviewer", "pm"];
+    const SOURCE: &str = ".hyperloop/agents/process/process.yaml";
+
+    fn parse(body: &str) -> Result<Process, ProcessError> {
+        let yaml = format!(
+            "apiVersion: hyperloop.io/v1\nkind: Process\nmetadata: {{name: default}}\n{body}"
+        );
+        let doc: Value = serde_yaml::from_str(&yaml).unwrap();
+        Process::parse(&doc, SOURCE, AGENTS)
+    }
+
+    /// Parses `body` (below a standard header) and compares the problems, one `at: message`
+    /// per entry, in report order.
+    fn check_err(body: &str, expected: &[&str]) {
+        let err = parse(body).expect_err("the process should be rejected");
+        assert_eq!(err.source, SOURCE);
+        let got: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(got, expected, "for:\n{body}");
+    }
+
+    #[test]
+    fn the_seed_process_with_gates_actions_and_hooks_parses() {
+        let p = parse(
+            "pipeline:
+  - loop:
+      - loop:
+          - role: implementer
+          - agent: verifier
+      - role: security-reviewer
+  - gate: human-pr-approval
+  - action: merge-pr
+gates:
+  human-pr-approval: {type: label}
+  ci: {type: ci-status}
+  review: {type: pr-approval, reviewers: [alice]}
+  both: {type: all, require: [ci, review]}
+  local: {type: manual}
+  custom: {type: label, label: ship-it}
+hooks:
+  after_reap:
+    - type: process-improver
+",
+        )
+        .unwrap();
+        assert_eq!(p.name, "default");
+        assert_eq!(p.source, SOURCE);
+        assert_eq!(
+            p.pipeline.steps(),
+            &[
+                Step::Loop(vec![
+                    Step::Loop(vec![Step::agent("implementer"), Step::agent("verifier")]),
+                    Step::agent("security-reviewer"),
+                ]),
+                Step::gate("human-pr-approval"),
+                Step::action("merge-pr"),
+            ]
+        );
+        assert_eq!(
+            p.gates["human-pr-approval"].kind,
+            GateKind::Label {
+                label: "lgtm".into()
+            }
+        );
+        assert_eq!(
+            p.gates["custom"].kind,
+            GateKind::Label {
+                label: "ship-it".into()
+            }
+        );
+        assert_eq!(p.gates["review"].reviewers, vec!["alice".to_owned()]);
+        assert_eq!(
+            p.gates["both"].kind,
+            GateKind::All {
+                require: vec!["ci".into(), "review".into()]
+            }
+        );
+        assert_eq!(p.gates["local"].kind, GateKind::Manual);
+        assert_eq!(p.actions["merge-pr"], ActionKind::PrMerge);
+        assert_eq!(p.actions["mark-pr-ready"], ActionKind::MarkPrReady);
+        assert_eq!(p.hooks.after_reap, vec![HookKind::ProcessImprover]);
+    }
+
+    #[test]
+    fn builtin_actions_need_no_definition_and_can_be_overridden() {
+        let p = parse("pipeline: [{action: mark-pr-ready}, {action: merge-pr}, {action: ship}]\nactions:\n  ship: {type: pr-merge}\n  merge-pr: {type: mark-pr-ready}\n").unwrap();
+        assert_eq!(p.actions["ship"], ActionKind::PrMerge);
+        assert_eq!(p.actions["merge-pr"], ActionKind::MarkPrReady);
+    }
+
+    #[test]
+    fn the_legacy_top_level_name_without_api_version_is_accepted() {
+        let doc: Value = serde_yaml::from_str(
+            "kind: Process\nname: default\npipeline: [{agent: implementer}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Process::parse(&doc, SOURCE, AGENTS).unwrap().name,
+            "default"
+        );
+    }
+
+    #[test]
+    fn the_first_process_document_of_a_multi_document_stream_is_used() {
+        let yaml = "kind: Agent\nmetadata: {name: implementer}\nprompt: x\n---\napiVersion: hyperloop.io/v1\nkind: Process\nmetadata: {name: p}\npipeline: [{agent: implementer}]\n";
+        assert_eq!(Process::parse_str(yaml, SOURCE, AGENTS).unwrap().name, "p");
+        let err = Process::parse_str("kind: Agent\n", SOURCE, AGENTS).unwrap_err();
+        assert_eq!(
+            err.problems[0].kind,
+            ProblemKind::NotAProcess {
+                found: "(no document with kind: Process)".into()
+            }
+        );
+        assert!(Process::parse_str("a: [", SOURCE, AGENTS).is_err());
+    }
+
+    #[test]
+    fn step_problems_are_located_by_path_and_suggest_the_fix() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "pipeline: [{loop: [{agent: implementer}, {agnet: verifier}]}]",
+                &[
+                    "pipeline[0].loop[1]: unknown step primitive `agnet`; did you mean `agent`? a step is one of `agent: ROLE` (alias `role:`), `gate: NAME`, `action: NAME`, `loop: [STEPS]`",
+                ],
+            ),
+            (
+                "pipeline: [{agent: implementer, gate: lgtm}]",
+                &[
+                    "pipeline[0]: the step has several primitives (agent, gate); a step has exactly one, so split it into consecutive steps",
+                ],
+            ),
+            (
+                "pipeline: [{agent: implementer}, {loop: []}]",
+                &["pipeline[1].loop: the loop has no steps; add steps to it or remove the loop"],
+            ),
+            (
+                "pipeline: []",
+                &[
+                    "pipeline: the pipeline has no steps; add at least one, e.g. `pipeline: [{loop: [{agent: implementer}, {agent: verifier}]}, {action: merge-pr}]`",
+                ],
+            ),
+            (
+                "gates: {}",
+                &[
+                    "pipeline: the pipeline has no steps; add at least one, e.g. `pipeline: [{loop: [{agent: implementer}, {agent: verifier}]}, {action: merge-pr}]`",
+                ],
+            ),
+            (
+                "pipeline: [{}]",
+                &[
+                    "pipeline[0]: the step has no primitive; write exactly one of `agent:`, `gate:`, `action:`, `loop:`",
+                ],
+            ),
+            (
+                "pipeline: [implementer]",
+                &[
+                    "pipeline[0]: expected a step mapping such as `agent: implementer` or `loop: [...]`",
+                ],
+            ),
+            (
+                "pipeline: {agent: implementer}",
+                &["pipeline: expected a list of steps, e.g. `- agent: implementer`"],
+            ),
+            (
+                "pipeline: [{loop: {agent: implementer}}]",
+                &["pipeline[0].loop: expected a list of steps, e.g. `- agent: implementer`"],
+            ),
+            (
+                "pipeline: [{agent: [implementer]}]",
+                &["pipeline[0].agent: expected a name (a string)"],
+            ),
+            (
+                "pipeline: [{gate: 'needs review'}]\ngates: {}",
+                &[
+                    "pipeline[0].gate: invalid gate name \"needs review\"; use 1 to 100 letters, digits, `-`, `_` or `.`",
+                    "pipeline[0]: gate `needs review` is not defined; define it under `gates:`, e.g. `gates: {needs review: {type: label}}`",
+                ],
+            ),
+            (
+                "pipeline: [{agent: implementer, on_fail: implementer}]",
+                &[
+                    "pipeline[0]: unknown step primitive `on_fail`; a step is one of `agent: ROLE` (alias `role:`), `gate: NAME`, `action: NAME`, `loop: [STEPS]`",
+                ],
+            ),
+        ];
+        for (body, expected) in cases {
+            check_err(body, expected);
+        }
+    }
+
+    #[test]
+    fn undefined_references_and_missing_agents_name_the_fix() {
+        check_err(
+            "pipeline:\n  - agent: implementor\n  - gate: lgtm\n  - action: merge\ngates:\n  lgtn: {type: label}\n",
+            &[
+                "pipeline[0]: no agent template for role `implementor`; did you mean `implementer`? add a `kind: Agent` resource named `implementor` to the agents overlay (known roles: implementer, pm, security-reviewer, verifier)",
+                "pipeline[1]: gate `lgtm` is not defined; did you mean `lgtn`? define it under `gates:`, e.g. `gates: {lgtm: {type: label}}`",
+                "pipeline[2]: action `merge` is not defined; define it under `actions:` (`type: pr-merge` or `type: mark-pr-ready`) or use a built-in action: merge-pr, mark-pr-ready",
+            ],
+        );
+    }
+
+    #[test]
+    fn gate_action_and_hook_definitions_are_validated() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "gates: {g: {type: lable}}",
+                &[
+                    "gates.g.type: unknown gate type `lable`; did you mean `label`? use one of: label, pr-approval, ci-status, all, manual",
+                ],
+            ),
+            (
+                "gates: {g: {label: x}}",
+                &[
+                    "gates.g: missing `type`; set one of: label, pr-approval, ci-status, all, manual",
+                ],
+            ),
+            (
+                "gates: {g: {type: ci-status, label: x}}",
+                &["gates.g.label: `label` does not apply to gates of type `ci-status`; remove it"],
+            ),
+            (
+                "gates: {g: {type: label, requires: [x]}}",
+                &[
+                    "gates.g.requires: unknown key `requires`; did you mean `require`? allowed keys here: type, label, require, reviewers",
+                ],
+            ),
+            (
+                "gates: {g: {type: all}}",
+                &[
+                    "gates.g.require: an `all` gate needs `require: [GATE, ...]` with at least one gate name",
+                ],
+            ),
+            (
+                "gates: {g: {type: all, require: [ci]}, cj: {type: ci-status}}",
+                &[
+                    "gates.g.require[0]: required gate `ci` is not defined; did you mean `cj`? define it under `gates:` or remove it from `require`",
+                ],
+            ),
+            (
+                "gates: {g: {type: all, require: [g]}}",
+                &[
+                    "gates.g.require: `all` gates require each other in a cycle (g -> g); it could never clear, so remove one requirement",
+                ],
+            ),
+            (
+                "gates: {a: {type: all, require: [b]}, b: {type: all, require: [c, a]}, c: {type: manual}}",
+                &[
+                    "gates.a.require: `all` gates require each other in a cycle (a -> b -> a); it could never clear, so remove one requirement",
+                ],
+            ),
+            (
+                "gates: {g: {type: label, label: ''}}",
+                &["gates.g.label: expected a non-empty label name"],
+            ),
+            (
+                "gates: [g]",
+                &["gates: expected a mapping of names to definitions"],
+            ),
+            (
+                "actions: {ship: {type: pr-marge}}",
+                &[
+                    "actions.ship.type: unknown action type `pr-marge`; did you mean `pr-merge`? use one of: pr-merge, mark-pr-ready",
+                ],
+            ),
+            (
+                "actions: {ship: {type: pr-merge, strategy: squash}}",
+                &["actions.ship.strategy: unknown key `strategy`; allowed keys here: type"],
+            ),
+            (
+                "hooks: {after_reap: [{type: process-improver}, {type: improver}]}",
+                &[
+                    "hooks.after_reap[1].type: unknown hook type `improver`; use one of: process-improver",
+                ],
+            ),
+            (
+                "hooks: {before_reap: []}",
+                &[
+                    "hooks.before_reap: unknown key `before_reap`; allowed keys here: after_reap",
+                ],
+            ),
+        ];
+        for (defs, expected) in cases {
+            check_err(
+                &format!("pipeline: [{{agent: implementer}}]\n{defs}"),
+                expected,
+            );
+        }
+    }
+
+    #[test]
+    fn resource_level_problems_are_reported() {
+        let doc: Value =
+            serde_yaml::from_str("apiVersion: hyperloop.io/v2\nkind: Agent\npipline: []\n")
+                .unwrap();
+        let err = Process::parse(&doc, SOURCE, AGENTS).unwrap_err();
+        let got: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            [
+                "kind: this resource is `kind: Agent`; a process definition needs `kind: Process`",
+                "apiVersion: unsupported apiVersion `hyperloop.io/v2`; use `apiVersion: hyperloop.io/v1`",
+                "pipline: unknown key `pipline`; did you mean `pipeline`? allowed keys here: apiVersion, kind, metadata, name, pipeline, gates, actions, hooks",
+                "metadata.name: the process has no name; set `metadata: {name: default}`",
+                "pipeline: the pipeline has no steps; add at least one, e.g. `pipeline: [{loop: [{agent: implementer}, {agent: verifier}]}, {action: merge-pr}]`",
+            ]
+        );
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once_under_the_file_name() {
+        let err = parse(
+            "pipeline:\n  - loop: []\n  - gate: nope\n  - agent: ghost\n  - action: merge-pr\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid process definition in .hyperloop/agents/process/process.yaml (3 problems):
+  pipeline[0].loop: the loop has no steps; add steps to it or remove the loop
+  pipeline[1]: gate `nope` is not defined; define it under `gates:`, e.g. `gates: {nope: {type: label}}`
+  pipeline[2]: no agent template for role `ghost`; add a `kind: Agent` resource named `ghost` to the agents overlay (known roles: implementer, pm, security-reviewer, verifier)"
+        );
+    }
+
+    #[test]
+    fn programmatic_pipelines_get_the_same_structural_checks() {
+        let err = Pipeline::new(vec![Step::Loop(vec![]), Step::agent("a b")]).unwrap_err();
+        let got: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            [
+                "pipeline[0].loop: the loop has no steps; add steps to it or remove the loop",
+                "pipeline[1].agent: invalid agent name \"a b\"; use 1 to 100 letters, digits, `-`, `_` or `.`",
+            ]
+        );
+        assert!(Pipeline::new(vec![]).is_err());
+    }
+
+    #[test]
+    fn suggestions_only_cover_plausible_typos() {
+        assert_eq!(
+            closest("agnet", STEP_KEYS.iter().copied()).as_deref(),
+            Some("agent")
+        );
+        assert_eq!(
+            closest("rol", STEP_KEYS.iter().copied()).as_deref(),
+            Some("role")
+        );
+        assert_eq!(closest("zzzzzz", STEP_KEYS.iter().copied()), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+}
