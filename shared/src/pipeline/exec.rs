@@ -482,7 +482,7 @@ impl Pipeline {
         }
     }
 
-    fn check(&self, position: &Position) -> Result<(), StepError> {
+    pub(crate) fn check(&self, position: &Position) -> Result<(), StepError> {
         if position.pipeline != self.fingerprint() {
             return Err(StepError::PipelineChanged {
                 position: position.clone(),

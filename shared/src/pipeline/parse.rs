@@ -1192,9 +1192,7 @@ hooks:
             ),
             (
                 "hooks: {before_reap: []}",
-                &[
-                    "hooks.before_reap: unknown key `before_reap`; allowed keys here: after_reap",
-                ],
+                &["hooks.before_reap: unknown key `before_reap`; allowed keys here: after_reap"],
             ),
         ];
         for (defs, expected) in cases {
