@@ -136,19 +136,103 @@ impl Dispatch<'_> {
     }
 }
 
+/// A short, sorted list of task ids. Up to three are stored inline (the usual number of
+/// dependencies), so explaining tens of thousands of idle tasks does not allocate per task.
+#[derive(Clone)]
+pub struct TaskIds(IdsRepr);
+
+#[derive(Clone)]
+enum IdsRepr {
+    Inline(u8, [TaskId; INLINE_IDS]),
+    Heap(Vec<TaskId>),
+}
+
+const INLINE_IDS: usize = 3;
+
+impl TaskIds {
+    fn new() -> Self {
+        TaskIds(IdsRepr::Inline(0, [TaskId(0); INLINE_IDS]))
+    }
+
+    fn push(&mut self, id: TaskId) {
+        match &mut self.0 {
+            IdsRepr::Inline(len, ids) if (*len as usize) < INLINE_IDS => {
+                ids[*len as usize] = id;
+                *len += 1;
+            }
+            IdsRepr::Inline(_, ids) => {
+                let mut v = ids.to_vec();
+                v.push(id);
+                self.0 = IdsRepr::Heap(v);
+            }
+            IdsRepr::Heap(v) => v.push(id),
+        }
+    }
+
+    fn sort_dedup(mut self) -> Self {
+        let mut out = TaskIds::new();
+        let ids: &mut [TaskId] = match &mut self.0 {
+            IdsRepr::Inline(len, ids) => &mut ids[..*len as usize],
+            IdsRepr::Heap(v) => v,
+        };
+        ids.sort_unstable();
+        for &id in ids.iter() {
+            if out.last() != Some(&id) {
+                out.push(id);
+            }
+        }
+        out
+    }
+}
+
+impl std::ops::Deref for TaskIds {
+    type Target = [TaskId];
+
+    fn deref(&self) -> &[TaskId] {
+        match &self.0 {
+            IdsRepr::Inline(len, ids) => &ids[..*len as usize],
+            IdsRepr::Heap(v) => v,
+        }
+    }
+}
+
+impl PartialEq for TaskIds {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for TaskIds {}
+
+impl fmt::Debug for TaskIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<TaskId> for TaskIds {
+    fn from_iter<I: IntoIterator<Item = TaskId>>(iter: I) -> Self {
+        let mut out = TaskIds::new();
+        for id in iter {
+            out.push(id);
+        }
+        out
+    }
+}
+
 /// Why a non-terminal task without a worker is not being dispatched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Idle<'a> {
     /// Dependencies that are not complete yet (but can still complete).
-    WaitingOnDeps(Vec<TaskId>),
+    WaitingOnDeps(TaskIds),
     /// Dependencies that failed; the task cannot start until the plan changes.
-    DependencyFailed(Vec<TaskId>),
+    DependencyFailed(TaskIds),
     /// Dependencies that can never complete because of their own dependencies.
-    DependencyBlocked(Vec<TaskId>),
+    DependencyBlocked(TaskIds),
     /// Dependencies that name no known task.
-    UnknownDeps(Vec<TaskId>),
+    UnknownDeps(TaskIds),
     /// The task is on a dependency cycle with these tasks (its strongly connected component).
-    OnCycle(Vec<TaskId>),
+    OnCycle(TaskIds),
     /// Runnable, but every worker slot is taken.
     NoCapacity,
     AtGate(&'a str),
@@ -195,20 +279,30 @@ pub struct Decisions<'a> {
 pub fn decide<'a>(tasks: &[TaskSnapshot<'a>], free_slots: usize) -> Decisions<'a> {
     let order = id_order(tasks);
     let index = IdIndex::new(tasks);
-    let analysis = analyse(tasks, &index);
+    let mut facts = Facts::new(tasks.len());
+    facts.find_cycles(tasks, &index);
 
-    let resumable = tasks
-        .iter()
-        .filter(|t| matches!(t.stage, Stage::AgentReady { .. }))
-        .count();
+    let (mut resumable, mut waiting) = (0, 0);
+    for t in tasks {
+        match t.stage {
+            Stage::AgentReady { .. } => resumable += 1,
+            Stage::Complete | Stage::Failed | Stage::OnWorker { .. } => {}
+            _ => waiting += 1,
+        }
+    }
     let mut resume_slots = free_slots;
     let mut start_slots = free_slots.saturating_sub(resumable);
 
-    let mut resumes = Vec::new();
+    let mut resumes = Vec::with_capacity(resumable.min(free_slots));
     let mut starts = Vec::new();
-    let mut idle = Vec::new();
+    // Sized up front: most of these tasks end up idle, and regrowing a vector of ~50k
+    // reasons costs more than the decisions themselves.
+    let mut idle = Vec::with_capacity(waiting + resumable);
     for &i in &order {
         let t = &tasks[i as usize];
+        // In id order every dependency of a task not reached by the cycle search has a smaller
+        // id, so its facts are final here.
+        let readiness = facts.settle(tasks, &index, i);
         match t.stage {
             Stage::Complete | Stage::Failed | Stage::OnWorker { .. } => {}
             Stage::AtGate { gate } => idle.push((t.id, Idle::AtGate(gate))),
@@ -222,7 +316,7 @@ pub fn decide<'a>(tasks: &[TaskSnapshot<'a>], free_slots: usize) -> Decisions<'a
                 }
             }
             Stage::NotStarted { first_step } => {
-                if let Some(why) = analysis.not_ready(tasks, &index, i) {
+                if let Some(why) = facts.explain(tasks, &index, i, readiness) {
                     idle.push((t.id, why));
                     continue;
                 }
@@ -275,7 +369,7 @@ impl fmt::Display for DependencyCycle {
 pub fn dependency_cycles<T: DepNode>(tasks: &[T]) -> Vec<DependencyCycle> {
     let index = IdIndex::new(tasks);
     let mut cycles = Vec::new();
-    tarjan(tasks, &index, |component| {
+    tarjan(tasks, &index, forward_roots(tasks, &index), |component| {
         let self_loop = component.len() == 1 && {
             let t = &tasks[component[0] as usize];
             t.deps().contains(&t.id())
@@ -402,50 +496,69 @@ impl IdIndex {
 
 /// Iterative Tarjan SCC over "task → its dependencies". Components are reported in reverse
 /// topological order: every component a task depends on is reported before the task's own.
-fn tarjan<T: DepNode>(tasks: &[T], index: &IdIndex, mut on_component: impl FnMut(&[u32])) {
+fn tarjan<T: DepNode>(
+    tasks: &[T],
+    index: &IdIndex,
+    roots: impl IntoIterator<Item = u32>,
+    mut on_component: impl FnMut(&[u32]),
+) {
+    // `order[v]`: DFS discovery number, ABSENT until visited. `low[v]`: lowest discovery
+    // number reachable, or DONE once v's component has been reported; a visited node that is
+    // not DONE is on the stack (saves a separate on-stack array).
+    const DONE: u32 = u32::MAX;
     let n = tasks.len();
     let mut order = vec![ABSENT; n];
     let mut low = vec![0u32; n];
-    let mut on_stack = vec![false; n];
     let mut stack: Vec<u32> = Vec::new();
     let mut calls: Vec<(u32, u32)> = Vec::new();
     let mut next = 0u32;
-    for root in 0..len_u32(n) {
-        if order[root as usize] != ABSENT {
+    for root in roots {
+        let r = root as usize;
+        if order[r] != ABSENT {
             continue;
         }
-        order[root as usize] = next;
-        low[root as usize] = next;
+        order[r] = next;
         next += 1;
+        // A task without dependencies is its own component: skip the DFS bookkeeping (the
+        // common case for roots of the plan).
+        if tasks[r].deps().is_empty() {
+            low[r] = DONE;
+            on_component(std::slice::from_ref(&root));
+            continue;
+        }
+        low[r] = order[r];
         stack.push(root);
-        on_stack[root as usize] = true;
         calls.push((root, 0));
         while let Some(&mut (v, ref mut edge)) = calls.last_mut() {
-            let deps = tasks[v as usize].deps();
-            if let Some(dep) = deps.get(*edge as usize) {
+            let vu = v as usize;
+            if let Some(dep) = tasks[vu].deps().get(*edge as usize) {
                 *edge += 1;
                 let Some(w) = index.get(*dep) else { continue };
                 let wu = w as usize;
                 if order[wu] == ABSENT {
                     order[wu] = next;
-                    low[wu] = next;
                     next += 1;
-                    stack.push(w);
-                    on_stack[wu] = true;
-                    calls.push((w, 0));
-                } else if on_stack[wu] {
-                    low[v as usize] = low[v as usize].min(order[wu]);
+                    if tasks[wu].deps().is_empty() {
+                        low[wu] = DONE;
+                        on_component(std::slice::from_ref(&w));
+                    } else {
+                        low[wu] = order[wu];
+                        stack.push(w);
+                        calls.push((w, 0));
+                    }
+                } else if low[wu] != DONE {
+                    low[vu] = low[vu].min(order[wu]);
                 }
                 continue;
             }
             calls.pop();
             if let Some(&(parent, _)) = calls.last() {
-                low[parent as usize] = low[parent as usize].min(low[v as usize]);
+                low[parent as usize] = low[parent as usize].min(low[vu]);
             }
-            if low[v as usize] == order[v as usize] {
+            if low[vu] == order[vu] {
                 let start = stack.iter().rposition(|&x| x == v).unwrap_or(stack.len());
                 for &x in &stack[start..] {
-                    on_stack[x as usize] = false;
+                    low[x as usize] = DONE;
                 }
                 on_component(&stack[start..]);
                 stack.truncate(start);
@@ -454,113 +567,156 @@ fn tarjan<T: DepNode>(tasks: &[T], index: &IdIndex, mut on_component: impl FnMut
     }
 }
 
-/// Per-task facts computed in one pass: which tasks sit on a cycle (and with whom), and
-/// which can never complete.
-struct Analysis {
-    /// For tasks on a cycle: index into `components`.
-    cycle_of: Vec<u32>,
-    components: Vec<Vec<TaskId>>,
-    /// Not complete and never will be without a plan change: failed, or not started and
-    /// blocked by a cycle, an unknown dependency or a dependency that is itself stuck.
-    stuck: Vec<bool>,
+/// The most fundamental reason a not-started task cannot start yet; `Ready` if none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Readiness {
+    Ready,
+    Waiting,
+    Blocked,
+    DepFailed,
+    Unknown,
+    OnCycle,
 }
 
-fn analyse(tasks: &[TaskSnapshot<'_>], index: &IdIndex) -> Analysis {
-    let n = tasks.len();
-    let mut a = Analysis {
-        cycle_of: vec![ABSENT; n],
-        components: Vec::new(),
-        stuck: vec![false; n],
-    };
-    tarjan(tasks, index, |component| {
-        let cyclic = component.len() > 1 || {
-            let t = &tasks[component[0] as usize];
-            t.deps.contains(&t.id)
-        };
-        if cyclic {
-            let slot = len_u32(a.components.len());
-            let mut members: Vec<TaskId> =
-                component.iter().map(|&i| tasks[i as usize].id).collect();
-            members.sort_unstable();
-            a.components.push(members);
-            for &i in component {
-                a.cycle_of[i as usize] = slot;
-            }
+/// Per-task graph facts: which tasks sit on a cycle (and with whom), and which can never
+/// complete without a plan change ("stuck": failed, or not started and blocked by a cycle,
+/// an unknown dependency or a stuck dependency).
+struct Facts {
+    /// Index into `components` for tasks on a cycle.
+    cycle_of: Vec<u32>,
+    components: Vec<TaskIds>,
+    flags: Vec<u8>,
+}
+
+const SETTLED: u8 = 1;
+const STUCK: u8 = 2;
+
+impl Facts {
+    fn new(n: usize) -> Self {
+        Facts {
+            cycle_of: vec![ABSENT; n],
+            components: Vec::new(),
+            flags: vec![0; n],
         }
-        // Dependencies outside the component are final by now (reverse topological order).
-        for &i in component {
-            let t = &tasks[i as usize];
-            a.stuck[i as usize] = match t.stage {
-                Stage::Failed => true,
-                Stage::NotStarted { .. } => {
-                    cyclic
-                        || t.deps.iter().any(|d| match index.get(*d) {
-                            None => true,
-                            Some(j) => a.stuck[j as usize],
-                        })
+    }
+
+    fn stuck(&self, i: u32) -> bool {
+        self.flags[i as usize] & STUCK != 0
+    }
+
+    /// Every cycle contains a "forward" edge (a dependency on a task with a larger or equal
+    /// id): follow the cycle to its largest id, whose predecessor depends forward on it. Ids
+    /// are assigned in creation order and tasks mostly depend on older ones, so searching from
+    /// the few tasks with forward edges finds every cycle while touching a small subgraph.
+    /// Tasks reached by the search are settled here, in reverse topological order.
+    fn find_cycles(&mut self, tasks: &[TaskSnapshot<'_>], index: &IdIndex) {
+        let roots = forward_roots(tasks, index);
+        if roots.is_empty() {
+            return;
+        }
+        tarjan(tasks, index, roots, |component| {
+            let cyclic = component.len() > 1 || {
+                let t = &tasks[component[0] as usize];
+                t.deps.contains(&t.id)
+            };
+            if cyclic {
+                let slot = len_u32(self.components.len());
+                let members: TaskIds = component.iter().map(|&i| tasks[i as usize].id).collect();
+                self.components.push(members.sort_dedup());
+                for &i in component {
+                    self.cycle_of[i as usize] = slot;
                 }
+            }
+            for &i in component {
+                self.settle(tasks, index, i);
+            }
+        });
+    }
+
+    /// Computes (once) whether task `i` is stuck, from its dependencies' final facts, and
+    /// returns its readiness.
+    fn settle(&mut self, tasks: &[TaskSnapshot<'_>], index: &IdIndex, i: u32) -> Readiness {
+        let t = &tasks[i as usize];
+        let readiness = match t.stage {
+            Stage::NotStarted { .. } if self.cycle_of[i as usize] != ABSENT => Readiness::OnCycle,
+            Stage::NotStarted { .. } => {
+                let mut worst = Readiness::Ready;
+                for d in t.deps {
+                    let r = match index.get(*d) {
+                        None => Readiness::Unknown,
+                        Some(j) => match tasks[j as usize].stage {
+                            Stage::Complete => Readiness::Ready,
+                            Stage::Failed => Readiness::DepFailed,
+                            _ if self.stuck(j) => Readiness::Blocked,
+                            _ => Readiness::Waiting,
+                        },
+                    };
+                    worst = worst.max(r);
+                }
+                worst
+            }
+            _ => Readiness::Ready,
+        };
+        let flags = &mut self.flags[i as usize];
+        if *flags & SETTLED == 0 {
+            let stuck = match t.stage {
+                Stage::Failed => true,
+                Stage::NotStarted { .. } => readiness > Readiness::Waiting,
                 _ => false,
             };
+            *flags = SETTLED | if stuck { STUCK } else { 0 };
         }
-    });
-    a
-}
+        readiness
+    }
 
-impl Analysis {
-    /// Why the not-started task at `i` cannot start, most fundamental reason first.
-    fn not_ready<'a>(
+    /// The idle reason for a not-started task, listing the dependencies of that kind.
+    fn explain<'a>(
         &self,
         tasks: &[TaskSnapshot<'_>],
         index: &IdIndex,
         i: u32,
+        readiness: Readiness,
     ) -> Option<Idle<'a>> {
-        let c = self.cycle_of[i as usize];
-        if c != ABSENT {
-            return Some(Idle::OnCycle(self.components[c as usize].clone()));
-        }
         let t = &tasks[i as usize];
-        let mut ready = true;
-        for d in t.deps {
-            match index.get(*d) {
-                Some(j) if matches!(tasks[j as usize].stage, Stage::Complete) => {}
-                _ => {
-                    ready = false;
-                    break;
-                }
-            }
-        }
-        if ready {
-            return None;
-        }
-        // Slow path only for tasks that wait: collect the deps of the most severe kind.
-        let select = |keep: &dyn Fn(Option<u32>) -> bool| -> Vec<TaskId> {
-            let mut v: Vec<TaskId> = t
+        let select = |keep: &dyn Fn(Option<u32>) -> bool| -> TaskIds {
+            let v: TaskIds = t
                 .deps
                 .iter()
                 .copied()
                 .filter(|d| keep(index.get(*d)))
                 .collect();
-            v.sort_unstable();
-            v.dedup();
-            v
+            v.sort_dedup()
         };
-        let unknown = select(&|j| j.is_none());
-        if !unknown.is_empty() {
-            return Some(Idle::UnknownDeps(unknown));
-        }
-        let failed =
-            select(&|j| j.is_some_and(|j| matches!(tasks[j as usize].stage, Stage::Failed)));
-        if !failed.is_empty() {
-            return Some(Idle::DependencyFailed(failed));
-        }
-        let blocked = select(&|j| j.is_some_and(|j| self.stuck[j as usize]));
-        if !blocked.is_empty() {
-            return Some(Idle::DependencyBlocked(blocked));
-        }
-        let waiting =
-            select(&|j| j.is_some_and(|j| !matches!(tasks[j as usize].stage, Stage::Complete)));
-        Some(Idle::WaitingOnDeps(waiting))
+        let stage = |j: u32| tasks[j as usize].stage;
+        Some(match readiness {
+            Readiness::Ready => return None,
+            Readiness::OnCycle => {
+                Idle::OnCycle(self.components[self.cycle_of[i as usize] as usize].clone())
+            }
+            Readiness::Unknown => Idle::UnknownDeps(select(&|j| j.is_none())),
+            Readiness::DepFailed => {
+                Idle::DependencyFailed(select(&|j| j.is_some_and(|j| stage(j) == Stage::Failed)))
+            }
+            Readiness::Blocked => Idle::DependencyBlocked(select(&|j| {
+                j.is_some_and(|j| stage(j) != Stage::Failed && self.stuck(j))
+            })),
+            Readiness::Waiting => {
+                Idle::WaitingOnDeps(select(&|j| j.is_some_and(|j| stage(j) != Stage::Complete)))
+            }
+        })
     }
+}
+
+/// Tasks with at least one dependency on a known task with an id at least their own.
+fn forward_roots<T: DepNode>(tasks: &[T], index: &IdIndex) -> Vec<u32> {
+    (0..len_u32(tasks.len()))
+        .filter(|&i| {
+            let t = &tasks[i as usize];
+            t.deps()
+                .iter()
+                .any(|d| *d >= t.id() && index.get(*d).is_some())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -939,7 +1095,36 @@ mod tests {
                     .collect();
                 let d = decide(&tasks, free);
                 let by_id: HashMap<TaskId, &TaskSnapshot<'_>> = tasks.iter().map(|t| (t.id, t)).collect();
-                let on_cycle: Vec<TaskId> = dependency_cycles(&tasks).into_iter().flat_map(|c| c.members).collect();
+                // Oracle independent of the Tarjan code: a task is on a cycle iff it can reach
+                // itself through dependencies.
+                let reaches_itself = |start: TaskId| {
+                    let mut seen = std::collections::HashSet::new();
+                    let mut todo: Vec<TaskId> = by_id[&start].deps.to_vec();
+                    while let Some(id) = todo.pop() {
+                        if id == start {
+                            return true;
+                        }
+                        if let Some(t) = by_id.get(&id).filter(|_| seen.insert(id)) {
+                            todo.extend_from_slice(t.deps);
+                        }
+                    }
+                    false
+                };
+                let mut on_cycle: Vec<TaskId> = tasks.iter().map(|t| t.id).filter(|id| reaches_itself(*id)).collect();
+                on_cycle.sort_unstable();
+                let mut reported: Vec<TaskId> = dependency_cycles(&tasks).into_iter().flat_map(|c| c.members).collect();
+                reported.sort_unstable();
+                prop_assert_eq!(&reported, &on_cycle);
+                for (id, why) in &d.idle {
+                    let t = by_id[id];
+                    let startable = matches!(t.stage, Stage::NotStarted { .. })
+                        && !on_cycle.contains(id)
+                        && t.deps.iter().all(|d| by_id.get(d).is_some_and(|d| d.stage == Stage::Complete));
+                    if startable {
+                        prop_assert_eq!(why, &Idle::NoCapacity, "a startable task may only wait for capacity");
+                    }
+                    prop_assert_eq!(matches!(why, Idle::OnCycle(_)), on_cycle.contains(id) && matches!(by_id[id].stage, Stage::NotStarted { .. }));
+                }
 
                 let slots_used = d.dispatch.iter().filter(|x| !matches!(x, Dispatch::Start { needs_worker: false, .. })).count();
                 prop_assert!(slots_used <= free);

@@ -76,6 +76,8 @@ pub struct Pipeline {
     steps: Vec<Step>,
     fingerprint: Fingerprint,
     leaves: usize,
+    /// Cached: `decide` asks for every not-started task.
+    first_kind: StepKind,
 }
 
 impl Pipeline {
@@ -102,10 +104,22 @@ impl Pipeline {
         encode(&steps, &mut h);
         let mut leaves = 0;
         for_each_leaf(&steps, &mut Vec::new(), &mut |_, _| leaves += 1);
+        let mut first_kind = StepKind::Agent;
+        let mut step = steps.first();
+        while let Some(s) = step {
+            match s {
+                Step::Loop(children) => step = children.first(),
+                leaf => {
+                    first_kind = leaf.leaf().map_or(StepKind::Agent, |(k, _)| k);
+                    break;
+                }
+            }
+        }
         Self {
             steps,
             fingerprint: h.finish(),
             leaves,
+            first_kind,
         }
     }
 
@@ -125,7 +139,7 @@ impl Pipeline {
 
     /// The kind of the first leaf: decides whether starting a task needs a worker slot.
     pub fn first_step_kind(&self) -> StepKind {
-        self.first_position().step.kind
+        self.first_kind
     }
 
     /// Every leaf with its path, in execution order.
