@@ -1220,6 +1220,7 @@ mod tests {
                 let bound = bound(&p, limits);
                 let mut t = p.start();
                 assert_valid(&p, &t, limits);
+                prop_assert_eq!(Some(p.first_step_kind()), t.next.position().map(|pos| pos.step().kind));
                 let mut moves = 0;
                 // Cycle through the random choices until the task ends; stays are excluded
                 // here because a gate may rightly wait forever.
