@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::pipeline::Position;
+
 /// Errors from parsing identifiers and references that arrive from outside (agents, files,
 /// operators). Each message says what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -278,6 +280,21 @@ pub struct Task {
     pub branch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pr: Option<String>,
+    /// Where the task is in its pipeline: set while in progress, `None` before it starts and
+    /// once it is terminal. Written by [`crate::pipeline::Transition::apply_to`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+    /// Consecutive errors of the action at `position`. Persisted so the budget survives a
+    /// restart or leader change.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub action_attempts: u32,
+    /// Why the task failed, in words, for `hyperloopctl status` and intake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]
@@ -339,6 +356,51 @@ mod tests {
         assert_eq!(r.to_string(), "specs/auth.md@0123abcd");
         assert!("specs/auth.md".parse::<SpecRef>().is_err());
         assert!("specs/auth.md@zz".parse::<SpecRef>().is_err());
+    }
+
+    #[test]
+    fn tasks_round_trip_through_yaml_and_json_with_pipeline_state() {
+        let mut task = Task {
+            id: TaskId(7),
+            title: "Add login".into(),
+            spec_ref: "specs/auth.md@0123abcd".parse().unwrap(),
+            status: TaskStatus::InProgress,
+            deps: vec![TaskId(3), TaskId(5)],
+            round: 2,
+            branch: Some("hyperloop/task-007".into()),
+            pr: None,
+            position: Some("0.1/agent:verifier@9f2c04e1a3b5d786".parse().unwrap()),
+            action_attempts: 1,
+            failure: None,
+        };
+        let yaml = serde_yaml::to_string(&task).unwrap();
+        assert!(
+            yaml.contains("position: 0.1/agent:verifier@9f2c04e1a3b5d786"),
+            "{yaml}"
+        );
+        assert_eq!(serde_yaml::from_str::<Task>(&yaml).unwrap(), task);
+        let json = serde_json::to_string(&task).unwrap();
+        assert_eq!(serde_json::from_str::<Task>(&json).unwrap(), task);
+
+        task.status = TaskStatus::Failed;
+        task.position = None;
+        task.action_attempts = 0;
+        task.failure = Some("agent `verifier` failed".into());
+        let yaml = serde_yaml::to_string(&task).unwrap();
+        assert!(
+            !yaml.contains("action_attempts"),
+            "zero counters are omitted: {yaml}"
+        );
+        assert_eq!(serde_yaml::from_str::<Task>(&yaml).unwrap(), task);
+    }
+
+    #[test]
+    fn tasks_written_before_pipeline_state_existed_still_load() {
+        let yaml = "id: task-001\ntitle: t\nspec_ref: specs/a.md@abcd\nstatus: not-started\n";
+        let task: Task = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(task.position, None);
+        assert_eq!(task.action_attempts, 0);
+        assert_eq!(task.failure, None);
     }
 
     #[test]

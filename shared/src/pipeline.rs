@@ -1,1 +1,0 @@
-//! The pipeline DSL (`kind: Process`), its validation and the pure executor.
