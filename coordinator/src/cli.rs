@@ -6,9 +6,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use hyperloop_shared::config::Overrides;
+use hyperloop_shared::pipeline::{HookKind, Process, Step};
+use hyperloop_shared::project::Project;
 
 use crate::compose::{CacheDir, CompositionSource, compose_project, render};
-use crate::settings;
+use crate::{settings, specs};
 
 /// Exit codes (PRODUCT.md §11). Scripts depend on them.
 pub mod code {
@@ -80,5 +82,141 @@ pub fn compose(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
             Exit::ok(render(&composition), stderr)
         }
         Err(e) => Exit::usage(e.to_string()),
+    }
+}
+
+/// `hyperloop-coordinator run --dry-run`: validates configuration, composition and pipeline,
+/// and prints what a run would work with. Reads only; changes nothing.
+pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -> Exit {
+    let settings = match settings::load(root, config_file, overrides) {
+        Ok(s) => s,
+        Err(e) => return Exit::usage(e.to_string()),
+    };
+    let config = &settings.config;
+    let cache = CacheDir::from_env();
+    let (composition, source) =
+        match compose_project(root, &config.overlay, config.base_ref.as_deref(), &cache) {
+            Ok(c) => c,
+            Err(e) => return Exit::usage(e.to_string()),
+        };
+    let project = match Project::from_composition(&composition) {
+        Ok(p) => p,
+        Err(e) => return Exit::usage(e.to_string()),
+    };
+    let specs = match specs::list(root, &config.target.specs_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            return Exit {
+                code: code::RUNTIME,
+                stdout: String::new(),
+                stderr: format!("error: {e}\n"),
+            };
+        }
+    };
+
+    let mut out = String::new();
+    let _ = writeln!(out, "# hyperloop dry run: nothing is changed\n");
+    let _ = writeln!(out, "repository:    {}", root.display());
+    let _ = writeln!(
+        out,
+        "configuration: {}",
+        settings.file.as_deref().map_or_else(
+            || "none found, all defaults".to_owned(),
+            |f| f.display().to_string()
+        )
+    );
+    let _ = writeln!(
+        out,
+        "composition:   {}",
+        match &source {
+            CompositionSource::Overlay(o) => format!("overlay {o}"),
+            CompositionSource::BaseOnly(b) => format!("base {b} (no overlay kustomization)"),
+        }
+    );
+    let landing = match &config.target.repo {
+        Some(repo) => format!("pull requests on {repo} into {}", config.target.base_branch),
+        None => format!("local merges into {}", config.target.base_branch),
+    };
+    let _ = writeln!(out, "landing:       {landing}");
+
+    let _ = writeln!(out, "\n## Configuration\n");
+    out.push_str(&serde_yaml::to_string(config).unwrap_or_default());
+
+    let process = &project.process;
+    let _ = writeln!(
+        out,
+        "\n## Pipeline `{}` ({})\n",
+        process.name, process.source
+    );
+    pipeline_tree(&mut out, process.pipeline.steps(), 0, process);
+    for hook in &process.hooks.after_reap {
+        let name = match hook {
+            HookKind::ProcessImprover => "process-improver",
+        };
+        let _ = writeln!(out, "after_reap hook: {name}");
+    }
+
+    let _ = writeln!(out, "\n## Agents\n");
+    for template in project.agents.values() {
+        let _ = writeln!(out, "### {}\n", template.name);
+        out.push_str(template.prompt.trim_end());
+        out.push('\n');
+        if !template.guidelines.trim().is_empty() {
+            let _ = writeln!(out, "\nGuidelines:\n{}", template.guidelines.trim_end());
+        }
+        out.push('\n');
+    }
+
+    let _ = writeln!(
+        out,
+        "## Specs ({} under {}/)\n",
+        specs.len(),
+        config.target.specs_dir
+    );
+    for spec in &specs {
+        let _ = writeln!(out, "- {spec}");
+    }
+    let _ = writeln!(out, "\n## Plan\n");
+    if specs.is_empty() {
+        let _ = writeln!(
+            out,
+            "No specs under {}/: there is nothing to reconcile. Write a spec first.",
+            config.target.specs_dir
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "The pm agent would propose tasks for the gaps in {} spec(s); up to {} task(s) \
+             would then run the pipeline above at once, landing by {landing}.",
+            specs.len(),
+            config.runtime.max_workers,
+        );
+    }
+    let mut stderr = String::new();
+    for warning in &composition.warnings {
+        let _ = writeln!(stderr, "warning: {warning}");
+    }
+    Exit::ok(out, stderr)
+}
+
+fn pipeline_tree(out: &mut String, steps: &[Step], depth: usize, process: &Process) {
+    let indent = "  ".repeat(depth);
+    for step in steps {
+        let _ = match step {
+            Step::Agent(role) => writeln!(out, "{indent}- agent {role}"),
+            Step::Gate(name) => {
+                let kind = process.gates.get(name).map_or("?", |g| g.kind.type_name());
+                writeln!(out, "{indent}- gate {name} ({kind})")
+            }
+            Step::Action(name) => {
+                let kind = process.actions.get(name).map_or("?", |a| a.type_name());
+                writeln!(out, "{indent}- action {name} ({kind})")
+            }
+            Step::Loop(inner) => {
+                let _ = writeln!(out, "{indent}- loop");
+                pipeline_tree(out, inner, depth + 1, process);
+                Ok(())
+            }
+        };
     }
 }

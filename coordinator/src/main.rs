@@ -94,9 +94,11 @@ impl RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let exit = match cli.command {
-        Command::Compose(args) => {
-            cli::compose(&args.repo.path, args.repo.config.as_deref(), &Overrides::default())
-        }
+        Command::Compose(args) => cli::compose(
+            &args.repo.path,
+            args.repo.config.as_deref(),
+            &Overrides::default(),
+        ),
         Command::Run(args) if args.dry_run => cli::dry_run(
             &args.repo.path,
             args.repo.config.as_deref(),

@@ -93,7 +93,10 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), "max_workerz: 3\n").unwrap();
         let err = load(dir.path(), None, &Overrides::default()).unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with(".hyperloop.yaml: unknown key `max_workerz`"), "{text}");
+        assert!(
+            text.starts_with(".hyperloop.yaml: unknown key `max_workerz`"),
+            "{text}"
+        );
         assert!(text.contains("max_workers"), "{text}");
     }
 }

@@ -8,6 +8,7 @@
 //! - [`compose`]: kustomize-semantics resolution of `kind: Agent` / `kind: Process` resources.
 //! - [`base`]: the default agents and process shipped inside the binaries.
 //! - [`result_file`]: parsing and validating an agent's `.hyperloop/result.md`.
+//! - [`project`]: a composition read as validated agent templates plus the process.
 //! - [`prompt`]: assembling the prompt an agent receives.
 
 pub mod base;
@@ -16,5 +17,6 @@ pub mod config;
 pub mod decide;
 pub mod model;
 pub mod pipeline;
+pub mod project;
 pub mod prompt;
 pub mod result_file;

@@ -475,6 +475,18 @@ pub fn compose(source: &dyn FileSource, dir: &Path) -> Result<Composition, Compo
     })
 }
 
+/// Where [`WithEmbeddedBase`] mounts the embedded files: a NUL byte keeps it from ever
+/// colliding with a real path.
+const EMBEDDED_ROOT: &str = "/\u{0}hyperloop-embedded";
+
+/// A path for messages: files of the embedded base read as `<embedded>/base/...`.
+pub fn display_path(path: &Path) -> String {
+    match path.strip_prefix(EMBEDDED_ROOT) {
+        Ok(rel) => format!("<embedded>/{}", rel.display()),
+        Err(_) => path.display().to_string(),
+    }
+}
+
 /// A [`FileSource`] that serves [`BASE_URL`] (in any spelling of the same repository and
 /// ref) from the files embedded in the binary and passes everything else to `inner`.
 pub struct WithEmbeddedBase<S> {
@@ -496,7 +508,7 @@ impl<S: FileSource> WithEmbeddedBase<S> {
         Self {
             inner,
             base,
-            root: PathBuf::from("/\u{0}hyperloop-embedded"),
+            root: PathBuf::from(EMBEDDED_ROOT),
         }
     }
 

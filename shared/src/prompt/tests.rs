@@ -251,6 +251,9 @@ fn task(id: u64, title: &str, status: TaskStatus, deps: &[u64]) -> Task {
         round: 2,
         branch: None,
         pr: None,
+        position: None,
+        action_attempts: 0,
+        failure: None,
     }
 }
 

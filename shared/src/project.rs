@@ -1,0 +1,216 @@
+//! A composed project: the agent templates and the process, validated against each other
+//! (every `agent:` step has a template). This is what the coordinator runs with.
+
+use std::collections::BTreeMap;
+
+use serde_yaml::Value;
+
+use crate::compose::{Composition, display_path};
+use crate::pipeline::{Process, ProcessError};
+use crate::prompt::{AgentTemplate, TemplateError, agent_templates};
+
+/// The process used when a composition has several: the one the base ships and overlays patch.
+pub const DEFAULT_PROCESS: &str = "default";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub agents: BTreeMap<String, AgentTemplate>,
+    pub process: Process,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectError {
+    #[error("{origin}: {source}")]
+    Template {
+        origin: String,
+        source: TemplateError,
+    },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(
+        "the composition has no `kind: Process` resource; include hyperloop's base (which \
+         defines `default`) in `resources:` or add a Process"
+    )]
+    NoProcess,
+    #[error(
+        "the composition has several processes ({}) and none is named `{DEFAULT_PROCESS}`; \
+         keep one, or name the one to run `{DEFAULT_PROCESS}`",
+        .names.join(", ")
+    )]
+    AmbiguousProcess { names: Vec<String> },
+}
+
+impl Project {
+    /// Reads the agents and the process out of a composition and validates the process
+    /// against the agents.
+    ///
+    /// # Errors
+    /// An unusable Agent (named with its file), no or ambiguous Process, or every problem in
+    /// the Process (see [`ProcessError`]).
+    pub fn from_composition(composition: &Composition) -> Result<Project, ProjectError> {
+        let mut agents = BTreeMap::new();
+        let mut processes = Vec::new();
+        for resource in &composition.resources {
+            let origin = display_path(&resource.origin);
+            // Composition keeps JSON values; templates and processes read YAML values.
+            let value: Value =
+                serde_yaml::to_value(&resource.value).map_err(|e| ProjectError::Template {
+                    origin: origin.clone(),
+                    source: TemplateError::WrongType {
+                        name: e.to_string(),
+                        field: "(document)",
+                        expected: "a mapping",
+                    },
+                })?;
+            match value.get("kind").and_then(Value::as_str) {
+                Some("Agent") => {
+                    let more = agent_templates(std::slice::from_ref(&value)).map_err(|source| {
+                        ProjectError::Template {
+                            origin: origin.clone(),
+                            source,
+                        }
+                    })?;
+                    for (name, template) in more {
+                        if agents.insert(name.clone(), template).is_some() {
+                            return Err(ProjectError::Template {
+                                origin,
+                                source: TemplateError::Duplicate { name },
+                            });
+                        }
+                    }
+                }
+                Some("Process") => processes.push((value, origin)),
+                _ => {}
+            }
+        }
+        let names: Vec<&String> = agents.keys().collect();
+        let name_of = |v: &Value| {
+            v.get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (doc, origin) = match processes.len() {
+            0 => return Err(ProjectError::NoProcess),
+            1 => processes.swap_remove(0),
+            _ => {
+                let at = processes
+                    .iter()
+                    .position(|(v, _)| name_of(v) == DEFAULT_PROCESS)
+                    .ok_or_else(|| ProjectError::AmbiguousProcess {
+                        names: processes.iter().map(|(v, _)| name_of(v)).collect(),
+                    })?;
+                processes.swap_remove(at)
+            }
+        };
+        let process = Process::parse(&doc, &origin, &names)?;
+        Ok(Project { agents, process })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::compose::{
+        EntryKind, FileSource, RemoteRef, SourceError, WithEmbeddedBase, compose,
+    };
+
+    /// A source with nothing but the embedded base.
+    struct Nothing;
+
+    impl FileSource for Nothing {
+        fn entry(&self, _: &Path) -> EntryKind {
+            EntryKind::Missing
+        }
+        fn read(&self, path: &Path) -> Result<String, SourceError> {
+            Err(SourceError::Read {
+                path: path.to_owned(),
+                reason: "not found".into(),
+            })
+        }
+        fn fetch_remote(&self, remote: &RemoteRef) -> Result<PathBuf, SourceError> {
+            Err(SourceError::Read {
+                path: PathBuf::from(&remote.original),
+                reason: "offline".into(),
+            })
+        }
+    }
+
+    fn base() -> Composition {
+        let source = WithEmbeddedBase::new(Nothing);
+        compose(&source, &source.base_dir()).expect("the embedded base composes")
+    }
+
+    #[test]
+    fn the_embedded_base_is_a_valid_project() {
+        let project = Project::from_composition(&base()).unwrap();
+        let roles: Vec<_> = project.agents.keys().map(String::as_str).collect();
+        assert_eq!(
+            roles,
+            [
+                "implementer",
+                "pm",
+                "process-improver",
+                "rebase-resolver",
+                "verifier"
+            ]
+        );
+        assert_eq!(project.process.name, DEFAULT_PROCESS);
+        assert_eq!(project.process.source, "<embedded>/base/process.yaml");
+    }
+
+    #[test]
+    fn a_pipeline_naming_a_missing_agent_is_rejected_with_the_fix() {
+        let mut composition = base();
+        composition
+            .resources
+            .retain(|r| r.value["metadata"]["name"] != "verifier");
+        let err = Project::from_composition(&composition).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("verifier"), "{text}");
+        assert!(text.contains("process.yaml"), "{text}");
+    }
+
+    #[test]
+    fn a_composition_without_a_process_is_rejected() {
+        let mut composition = base();
+        composition
+            .resources
+            .retain(|r| r.value["kind"] != "Process");
+        assert_eq!(
+            Project::from_composition(&composition),
+            Err(ProjectError::NoProcess)
+        );
+    }
+
+    #[test]
+    fn several_processes_need_one_named_default() {
+        let mut composition = base();
+        let mut other = composition
+            .resources
+            .iter()
+            .find(|r| r.value["kind"] == "Process")
+            .unwrap()
+            .clone();
+        other.value["metadata"]["name"] = "fast".into();
+        composition.resources.push(other.clone());
+        assert_eq!(
+            Project::from_composition(&composition)
+                .unwrap()
+                .process
+                .name,
+            "default"
+        );
+        composition
+            .resources
+            .retain(|r| r.value["metadata"]["name"] != "default");
+        composition.resources.push(other);
+        assert!(matches!(
+            Project::from_composition(&composition),
+            Err(ProjectError::AmbiguousProcess { .. })
+        ));
+    }
+}
