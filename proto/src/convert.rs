@@ -13,6 +13,7 @@ use hyperloop_shared::model::{
 
 use crate::ConversionError;
 use crate::v1;
+use hyperloop_shared::pipeline::{ParsePositionError, Position};
 
 /// Parses a task id carried as a string (`"task-007"`) in `field`.
 ///
@@ -293,12 +294,29 @@ impl TryFrom<v1::Proposal> for Proposal {
     }
 }
 
+/// An empty position means "none" (not started, or terminal).
+fn parse_position(field: &str, value: &str) -> Result<Option<Position>, ConversionError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e: ParsePositionError| ConversionError::InvalidPosition {
+            field: field.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 // --- Task --------------------------------------------------------------------------------
 
 impl From<Task> for v1::Task {
-    /// Leaves `step_path` and `step_name` empty: the pipeline position is not part of the
-    /// domain task; the admin API fills it in.
     fn from(t: Task) -> Self {
+        let (step_path, step_name) = t
+            .position
+            .as_ref()
+            .map(|p| (p.to_string(), p.step().to_string()))
+            .unwrap_or_default();
         v1::Task {
             id: t.id.to_string(),
             title: t.title,
@@ -308,8 +326,10 @@ impl From<Task> for v1::Task {
             round: t.round,
             branch: t.branch,
             pr: t.pr,
-            step_path: String::new(),
-            step_name: String::new(),
+            step_path,
+            step_name,
+            action_attempts: t.action_attempts,
+            failure: t.failure,
         }
     }
 }
@@ -327,6 +347,9 @@ impl TryFrom<v1::Task> for Task {
             round: t.round,
             branch: t.branch.filter(|b| !b.is_empty()),
             pr: t.pr.filter(|p| !p.is_empty()),
+            position: parse_position("step_path", &t.step_path)?,
+            action_attempts: t.action_attempts,
+            failure: t.failure.filter(|f| !f.is_empty()),
         })
     }
 }
@@ -349,6 +372,13 @@ mod tests {
             round: 2,
             branch: Some("hyperloop/task-007".into()),
             pr: None,
+            position: Some(
+                "0.1/agent:verifier@0123456789abcdef"
+                    .parse()
+                    .expect("a valid position"),
+            ),
+            action_attempts: 1,
+            failure: None,
         }
     }
 
@@ -529,6 +559,24 @@ mod tests {
                 ..t
             },
             "deps[0]",
+        );
+    }
+
+    #[test]
+    fn a_task_keeps_its_pipeline_position_across_the_wire() {
+        let wire = v1::Task::from(task());
+        assert_eq!(wire.step_path, "0.1/agent:verifier@0123456789abcdef");
+        assert_eq!(wire.step_name, "agent: verifier");
+        assert_eq!(Task::try_from(wire.clone()).unwrap(), task());
+        let err = Task::try_from(v1::Task {
+            step_path: "0.x/agent:verifier@00".into(),
+            ..wire
+        })
+        .unwrap_err();
+        assert_eq!(err.field(), "step_path");
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
         );
     }
 

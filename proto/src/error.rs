@@ -20,6 +20,9 @@ pub enum ConversionError {
         #[source]
         source: ModelError,
     },
+    /// A pipeline position that does not parse (see `hyperloop_shared::pipeline::Position`).
+    #[error("invalid value for field `{field}`: {reason}")]
+    InvalidPosition { field: String, reason: String },
     /// A numeric field is out of the range the domain allows.
     #[error("invalid value for field `{field}`: {reason}")]
     OutOfRange { field: String, reason: String },
@@ -49,6 +52,7 @@ impl ConversionError {
             Self::MissingField { field }
             | Self::UnknownEnumValue { field, .. }
             | Self::InvalidField { field, .. }
+            | Self::InvalidPosition { field, .. }
             | Self::OutOfRange { field, .. }
             | Self::ProtocolMismatch { field, .. } => field,
         }
@@ -62,6 +66,7 @@ impl ConversionError {
             Self::MissingField { field }
             | Self::UnknownEnumValue { field, .. }
             | Self::InvalidField { field, .. }
+            | Self::InvalidPosition { field, .. }
             | Self::OutOfRange { field, .. }
             | Self::ProtocolMismatch { field, .. } => field,
         };

@@ -1,0 +1,168 @@
+//! The `hyperloop-coordinator` binary as users run it: exit codes and messages.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+fn coordinator() -> Command {
+    let mut cmd = Command::cargo_bin("hyperloop-coordinator").unwrap();
+    // Keep remote-base fetches (none expected) out of the user's cache.
+    cmd.env(
+        "XDG_CACHE_HOME",
+        std::env::temp_dir().join("hyperloop-cli-test-cache"),
+    );
+    cmd.env_remove("HYPERLOOP_PATH")
+        .env_remove("HYPERLOOP_CONFIG");
+    cmd
+}
+
+fn quickstart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn dry_run_on_the_quickstart_example_validates_and_changes_nothing() {
+    let out = coordinator()
+        .args(["run", "--dry-run", "--path"])
+        .arg(quickstart())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "composition:   overlay .hyperloop/agents/",
+        "landing:       local merges into main",
+        "max_workers: 2",
+        "- loop\n  - agent implementer\n  - agent verifier\n- action merge-pr (pr-merge)",
+        "### verifier",
+        "This project is plain POSIX shell.",
+        "- specs/cli/farewell.md\n- specs/greeting.md",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn compose_prints_the_overlay_with_the_project_guidelines_applied() {
+    let out = coordinator()
+        .args(["compose", "--path"])
+        .arg(quickstart())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text(&out.stdout))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<_> = docs
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Agent/implementer",
+            "Agent/pm",
+            "Agent/process-improver",
+            "Agent/rebase-resolver",
+            "Agent/verifier",
+            "Process/default"
+        ]
+    );
+    assert!(
+        docs[0]["guidelines"]
+            .as_str()
+            .unwrap()
+            .contains("POSIX shell")
+    );
+}
+
+#[test]
+fn a_repository_without_an_overlay_composes_the_embedded_base() {
+    let repo = tempfile::tempdir().unwrap();
+    let out = coordinator()
+        .args(["compose", "--path"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("composing the base"));
+    assert!(text(&out.stdout).contains("kind: Process"));
+}
+
+#[test]
+fn malformed_configuration_exits_2_naming_file_and_key() {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join(".hyperloop.yaml"),
+        "merge:\n  stratgy: squash\nmax_workers: 0\n",
+    )
+    .unwrap();
+    let out = coordinator()
+        .args(["run", "--dry-run", "--path"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            ".hyperloop.yaml: unknown key `merge.stratgy`; did you mean `merge.strategy`?"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("max_workers"), "{stderr}");
+    assert!(stderr.contains("between 1 and 1024"), "{stderr}");
+}
+
+#[test]
+fn a_pipeline_with_an_undefined_gate_exits_2_naming_file_step_and_fix() {
+    let repo = tempfile::tempdir().unwrap();
+    let agents = repo.path().join(".hyperloop/agents");
+    std::fs::create_dir_all(&agents).unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../base");
+    std::fs::write(
+        agents.join("kustomization.yaml"),
+        format!(
+            "resources:\n- {}\npatches:\n- path: process.yaml\n",
+            base.canonicalize().unwrap().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        agents.join("process.yaml"),
+        "apiVersion: hyperloop.io/v1\nkind: Process\nmetadata:\n  name: default\n\
+         pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- gate: human-ok\n\
+         - action: merge-pr\n",
+    )
+    .unwrap();
+    let out = coordinator()
+        .args(["run", "--dry-run", "--path"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("pipeline[1]"), "{stderr}");
+    assert!(stderr.contains("human-ok"), "{stderr}");
+    assert!(stderr.contains("gates:"), "{stderr}");
+}
+
+#[test]
+fn run_without_dry_run_is_refused_with_usage_exit_code() {
+    let out = coordinator().args(["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--dry-run"));
+}
