@@ -59,6 +59,18 @@ impl<'de> Deserialize<'de> for TaskId {
     }
 }
 
+/// Identifies one dispatch of one step. Results are accepted only for the task's current
+/// attempt, so a late result from a lost worker cannot complete a step twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AttemptId(pub u64);
+
+impl fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "attempt-{}", self.0)
+    }
+}
+
 /// A repository-relative path to a spec file. Construction rejects anything that could escape
 /// the repository or confuse git: absolute paths, `..`, empty segments, backslashes, control
 /// characters.

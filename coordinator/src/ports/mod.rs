@@ -1,0 +1,5 @@
+//! Ports: the coordinator's view of the outside world, as traits speaking the domain.
+//! Adapters live under `crate::adapters`; every port has a contract test suite that all
+//! its adapters pass.
+
+pub mod state_store;

@@ -1,0 +1,237 @@
+//! Domain events: a typed value for every interesting moment, numbered by the journal.
+//! The coordinator appends them to a bounded journal in the state store and fans them out to
+//! sinks (logs, `hyperloopctl get events`, the dashboard). Mirrors `hyperloop.v1.Event`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{SpecRef, TaskId, Verdict};
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Monotonic per state store, starting at 1; assigned when the event is journaled.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The task the event is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskId>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened. Field names are the event schema: logs and the journal use them as-is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    CoordinatorStarted {
+        version: String,
+        mode: String,
+    },
+    CoordinatorHalted {
+        reason: String,
+        exit_code: i32,
+    },
+    LeaderElected {
+        coordinator: String,
+        term: u64,
+    },
+    CycleCompleted {
+        cycle: u64,
+        reaped: u32,
+        advanced: u32,
+        dispatched: u32,
+    },
+    Recovery {
+        tasks_loaded: u32,
+        attempts_resumed: u32,
+        attempts_orphaned: u32,
+    },
+    OrphanFound {
+        kind: String,
+        name: String,
+        action: String,
+    },
+    SpecChanged {
+        path: String,
+        change: SpecChange,
+    },
+    IntakeRun {
+        changed_specs: Vec<String>,
+        failures_considered: u32,
+        created: Vec<TaskId>,
+        rejected: Vec<String>,
+    },
+    TaskCreated {
+        title: String,
+        spec_ref: SpecRef,
+        deps: Vec<TaskId>,
+    },
+    TaskAdvanced {
+        from_step: String,
+        to_step: String,
+    },
+    TaskLoopedBack {
+        from_step: String,
+        to_step: String,
+        round: u32,
+    },
+    TaskCompleted {
+        rounds: u32,
+    },
+    TaskFailed {
+        reason: String,
+    },
+    TaskReset {
+        reason: String,
+    },
+    TaskCancelled {
+        reason: String,
+    },
+    PromptComposed {
+        role: String,
+        round: u32,
+        bytes: u64,
+    },
+    StepDispatched {
+        step: String,
+        role: String,
+        round: u32,
+        attempt: u64,
+        worker: String,
+    },
+    SpawnFailed {
+        step: String,
+        role: String,
+        reason: String,
+    },
+    ResultReaped {
+        step: String,
+        role: String,
+        round: u32,
+        attempt: u64,
+        worker: String,
+        verdict: Verdict,
+        duration_ms: u64,
+    },
+    ProcessImproved {
+        verdict: Verdict,
+        commit: Option<String>,
+    },
+    GateChecked {
+        gate: String,
+        cleared: bool,
+    },
+    GateCleared {
+        gate: String,
+        by: String,
+    },
+    BranchPushed {
+        branch: String,
+        commit: String,
+        remote: String,
+    },
+    PrCreated {
+        number: u64,
+        url: String,
+    },
+    PrLabelled {
+        number: u64,
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
+    PrReady {
+        number: u64,
+    },
+    Merged {
+        branch: String,
+        into: String,
+        commit: String,
+        strategy: String,
+    },
+    RebaseConflict {
+        branch: String,
+        attempt: u32,
+        files: Vec<String>,
+    },
+    WorkerJoined {
+        worker: String,
+        capacity: u32,
+    },
+    WorkerLost {
+        worker: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecChange {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventKind {
+    /// The snake_case name used in logs and filters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::CoordinatorStarted { .. } => "coordinator_started",
+            EventKind::CoordinatorHalted { .. } => "coordinator_halted",
+            EventKind::LeaderElected { .. } => "leader_elected",
+            EventKind::CycleCompleted { .. } => "cycle_completed",
+            EventKind::Recovery { .. } => "recovery",
+            EventKind::OrphanFound { .. } => "orphan_found",
+            EventKind::SpecChanged { .. } => "spec_changed",
+            EventKind::IntakeRun { .. } => "intake_run",
+            EventKind::TaskCreated { .. } => "task_created",
+            EventKind::TaskAdvanced { .. } => "task_advanced",
+            EventKind::TaskLoopedBack { .. } => "task_looped_back",
+            EventKind::TaskCompleted { .. } => "task_completed",
+            EventKind::TaskFailed { .. } => "task_failed",
+            EventKind::TaskReset { .. } => "task_reset",
+            EventKind::TaskCancelled { .. } => "task_cancelled",
+            EventKind::PromptComposed { .. } => "prompt_composed",
+            EventKind::StepDispatched { .. } => "step_dispatched",
+            EventKind::SpawnFailed { .. } => "spawn_failed",
+            EventKind::ResultReaped { .. } => "result_reaped",
+            EventKind::ProcessImproved { .. } => "process_improved",
+            EventKind::GateChecked { .. } => "gate_checked",
+            EventKind::GateCleared { .. } => "gate_cleared",
+            EventKind::BranchPushed { .. } => "branch_pushed",
+            EventKind::PrCreated { .. } => "pr_created",
+            EventKind::PrLabelled { .. } => "pr_labelled",
+            EventKind::PrReady { .. } => "pr_ready",
+            EventKind::Merged { .. } => "merged",
+            EventKind::RebaseConflict { .. } => "rebase_conflict",
+            EventKind::WorkerJoined { .. } => "worker_joined",
+            EventKind::WorkerLost { .. } => "worker_lost",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_flat_with_their_name_as_the_tag() {
+        let event = Event {
+            seq: 7,
+            at_ms: 1_700_000_000_000,
+            task: Some(TaskId(3)),
+            kind: EventKind::TaskLoopedBack {
+                from_step: "agent: verifier".into(),
+                to_step: "agent: implementer".into(),
+                round: 1,
+            },
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["event"], "task_looped_back");
+        assert_eq!(json["task"], "task-003");
+        assert_eq!(json["round"], 1);
+        assert_eq!(event.kind.name(), "task_looped_back");
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+    }
+}
