@@ -4,6 +4,7 @@
 //! - [`model`]: the domain vocabulary (tasks, spec refs, verdicts, reviews, proposals).
 //! - [`config`]: `.hyperloop.yaml` parsing, environment overrides and validation.
 //! - [`pipeline`]: the `kind: Process` DSL, its validation and the pure step executor.
+//! - [`intake`]: accepting the PM's proposals as tasks.
 //! - [`event`]: the typed domain events the journal keeps.
 //! - [`decide`]: which tasks to dispatch now, given capacity and dependencies.
 //! - [`compose`]: kustomize-semantics resolution of `kind: Agent` / `kind: Process` resources.
@@ -17,6 +18,7 @@ pub mod compose;
 pub mod config;
 pub mod decide;
 pub mod event;
+pub mod intake;
 pub mod model;
 pub mod pipeline;
 pub mod project;
