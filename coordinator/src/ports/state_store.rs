@@ -65,6 +65,10 @@ pub struct Meta {
     /// Findings about the last intake's rejected proposals, shown to the next PM run.
     #[serde(default)]
     pub intake_rejections: Vec<String>,
+    /// Rebase-resolver runs per task for its current landing conflict (bounded by
+    /// `max_rebase_attempts`); cleared when the task lands or gives up.
+    #[serde(default)]
+    pub rebase_attempts: BTreeMap<TaskId, u32>,
 }
 
 /// Everything but the journal, as of `revision`.
