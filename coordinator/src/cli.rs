@@ -9,8 +9,9 @@ use hyperloop_shared::config::Overrides;
 use hyperloop_shared::pipeline::{HookKind, Process, Step};
 use hyperloop_shared::project::Project;
 
-use crate::compose::{CacheDir, CompositionSource, compose_project, render};
-use crate::{settings, specs};
+use crate::compose::{CacheDir, Composition, CompositionSource, compose_project, render};
+use crate::settings::{self, Settings};
+use crate::specs;
 
 /// Exit codes (PRODUCT.md §11). Scripts depend on them.
 pub mod code {
@@ -60,45 +61,49 @@ impl Exit {
 /// `hyperloop-coordinator compose`: the resolved resources as multi-document YAML on stdout;
 /// warnings (e.g. a patch that matched nothing) on stderr.
 pub fn compose(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -> Exit {
-    let settings = match settings::load(root, config_file, overrides) {
-        Ok(s) => s,
-        Err(e) => return Exit::usage(e.to_string()),
+    let (settings, composition, source) = match load_project(root, config_file, overrides) {
+        Ok(loaded) => loaded,
+        Err(exit) => return exit,
     };
+    let mut stderr = String::new();
+    if let CompositionSource::BaseOnly(base) = &source {
+        let _ = writeln!(
+            stderr,
+            "note: {} has no kustomization; composing the base {base} alone",
+            settings.config.overlay
+        );
+    }
+    for warning in &composition.warnings {
+        let _ = writeln!(stderr, "warning: {warning}");
+    }
+    Exit::ok(render(&composition), stderr)
+}
+
+/// Loads the settings and composes the project they point at, as every command starts; a
+/// failure of either is a usage error.
+fn load_project(
+    root: &Path,
+    config_file: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<(Settings, Composition, CompositionSource), Exit> {
+    let settings =
+        settings::load(root, config_file, overrides).map_err(|e| Exit::usage(e.to_string()))?;
     let config = &settings.config;
     let cache = CacheDir::from_env();
-    match compose_project(root, &config.overlay, config.base_ref.as_deref(), &cache) {
-        Ok((composition, source)) => {
-            let mut stderr = String::new();
-            if let CompositionSource::BaseOnly(base) = &source {
-                let _ = writeln!(
-                    stderr,
-                    "note: {} has no kustomization; composing the base {base} alone",
-                    config.overlay
-                );
-            }
-            for warning in &composition.warnings {
-                let _ = writeln!(stderr, "warning: {warning}");
-            }
-            Exit::ok(render(&composition), stderr)
-        }
-        Err(e) => Exit::usage(e.to_string()),
-    }
+    let (composition, source) =
+        compose_project(root, &config.overlay, config.base_ref.as_deref(), &cache)
+            .map_err(|e| Exit::usage(e.to_string()))?;
+    Ok((settings, composition, source))
 }
 
 /// `hyperloop-coordinator run --dry-run`: validates configuration, composition and pipeline,
 /// and prints what a run would work with. Reads only; changes nothing.
 pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -> Exit {
-    let settings = match settings::load(root, config_file, overrides) {
-        Ok(s) => s,
-        Err(e) => return Exit::usage(e.to_string()),
+    let (settings, composition, source) = match load_project(root, config_file, overrides) {
+        Ok(loaded) => loaded,
+        Err(exit) => return exit,
     };
     let config = &settings.config;
-    let cache = CacheDir::from_env();
-    let (composition, source) =
-        match compose_project(root, &config.overlay, config.base_ref.as_deref(), &cache) {
-            Ok(c) => c,
-            Err(e) => return Exit::usage(e.to_string()),
-        };
     let project = match Project::from_composition(&composition) {
         Ok(p) => p,
         Err(e) => return Exit::usage(e.to_string()),

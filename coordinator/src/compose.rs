@@ -361,12 +361,18 @@ mod tests {
         p
     }
 
+    /// A fresh [`bare_repo`] (guidelines `first`), a project whose base is its tag `v1`, and an
+    /// empty cache at `<tmp>/cache`: the repository's URL, the project and the cache.
+    fn project_on_tag_v1(tmp: &Path) -> (String, PathBuf, CacheDir) {
+        let url = bare_repo(tmp, "first");
+        let p = project(tmp, &format!("{url}//base?ref=v1"));
+        (url, p, CacheDir::new(tmp.join("cache")))
+    }
+
     #[test]
     fn a_remote_base_is_fetched_once_then_served_from_the_cache() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let url = bare_repo(tmp.path(), "first");
-        let p = project(tmp.path(), &format!("{url}//base?ref=v1"));
-        let cache = CacheDir::new(tmp.path().join("cache"));
+        let (_, p, cache) = project_on_tag_v1(tmp.path());
         let c = compose_dir(&p, &cache).expect("composes");
         assert!(render(&c).contains("guidelines: first"));
         // The remote disappears: the cached checkout is still used.
@@ -382,9 +388,7 @@ mod tests {
     #[test]
     fn refresh_refetches_a_moved_tag() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let url = bare_repo(tmp.path(), "first");
-        let p = project(tmp.path(), &format!("{url}//base?ref=v1"));
-        let cache = CacheDir::new(tmp.path().join("cache"));
+        let (url, p, cache) = project_on_tag_v1(tmp.path());
         compose_dir(&p, &cache).expect("composes");
         let src = tmp.path().join("src");
         std::fs::write(

@@ -1,6 +1,7 @@
 //! The `hyperloop-coordinator` binary as users run it: exit codes and messages.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use assert_cmd::Command;
 
@@ -20,17 +21,22 @@ fn quickstart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart")
 }
 
+/// `run --dry-run --path <path>`.
+fn dry_run(path: impl AsRef<std::ffi::OsStr>) -> Output {
+    coordinator()
+        .args(["run", "--dry-run", "--path"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
 fn dry_run_on_the_quickstart_example_validates_and_changes_nothing() {
-    let out = coordinator()
-        .args(["run", "--dry-run", "--path"])
-        .arg(quickstart())
-        .output()
-        .unwrap();
+    let out = dry_run(quickstart());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     for expected in [
@@ -110,11 +116,7 @@ fn malformed_configuration_exits_2_naming_file_and_key() {
         "merge:\n  stratgy: squash\nmax_workers: 0\n",
     )
     .unwrap();
-    let out = coordinator()
-        .args(["run", "--dry-run", "--path"])
-        .arg(repo.path())
-        .output()
-        .unwrap();
+    let out = dry_run(repo.path());
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
@@ -148,11 +150,7 @@ fn a_pipeline_with_an_undefined_gate_exits_2_naming_file_step_and_fix() {
          - action: merge-pr\n",
     )
     .unwrap();
-    let out = coordinator()
-        .args(["run", "--dry-run", "--path"])
-        .arg(repo.path())
-        .output()
-        .unwrap();
+    let out = dry_run(repo.path());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("pipeline[1]"), "{stderr}");

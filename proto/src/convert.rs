@@ -132,55 +132,39 @@ fn require_text(field: &str, value: String) -> Result<String, ConversionError> {
     }
 }
 
-// --- Verdict -----------------------------------------------------------------------------
+// --- Verdict, TaskStatus ----------------------------------------------------------------
 
-impl From<Verdict> for v1::Verdict {
-    fn from(v: Verdict) -> Self {
-        match v {
-            Verdict::Pass => v1::Verdict::Pass,
-            Verdict::Fail => v1::Verdict::Fail,
+/// Both directions between a domain enum and the wire enum of the same name, whose variants
+/// are the domain's plus `Unspecified`, which reads as the missing `field`.
+macro_rules! wire_enum {
+    ($name:ident, $field:literal, [$($variant:ident),+ $(,)?]) => {
+        impl From<$name> for v1::$name {
+            fn from(v: $name) -> Self {
+                match v {
+                    $($name::$variant => v1::$name::$variant,)+
+                }
+            }
         }
-    }
+
+        impl TryFrom<v1::$name> for $name {
+            type Error = ConversionError;
+
+            fn try_from(v: v1::$name) -> Result<Self, Self::Error> {
+                match v {
+                    v1::$name::Unspecified => Err(ConversionError::missing($field)),
+                    $(v1::$name::$variant => Ok($name::$variant),)+
+                }
+            }
+        }
+    };
 }
 
-impl TryFrom<v1::Verdict> for Verdict {
-    type Error = ConversionError;
-
-    fn try_from(v: v1::Verdict) -> Result<Self, Self::Error> {
-        match v {
-            v1::Verdict::Unspecified => Err(ConversionError::missing("verdict")),
-            v1::Verdict::Pass => Ok(Verdict::Pass),
-            v1::Verdict::Fail => Ok(Verdict::Fail),
-        }
-    }
-}
-
-// --- TaskStatus --------------------------------------------------------------------------
-
-impl From<TaskStatus> for v1::TaskStatus {
-    fn from(s: TaskStatus) -> Self {
-        match s {
-            TaskStatus::NotStarted => v1::TaskStatus::NotStarted,
-            TaskStatus::InProgress => v1::TaskStatus::InProgress,
-            TaskStatus::Complete => v1::TaskStatus::Complete,
-            TaskStatus::Failed => v1::TaskStatus::Failed,
-        }
-    }
-}
-
-impl TryFrom<v1::TaskStatus> for TaskStatus {
-    type Error = ConversionError;
-
-    fn try_from(s: v1::TaskStatus) -> Result<Self, Self::Error> {
-        match s {
-            v1::TaskStatus::Unspecified => Err(ConversionError::missing("status")),
-            v1::TaskStatus::NotStarted => Ok(TaskStatus::NotStarted),
-            v1::TaskStatus::InProgress => Ok(TaskStatus::InProgress),
-            v1::TaskStatus::Complete => Ok(TaskStatus::Complete),
-            v1::TaskStatus::Failed => Ok(TaskStatus::Failed),
-        }
-    }
-}
+wire_enum!(Verdict, "verdict", [Pass, Fail]);
+wire_enum!(
+    TaskStatus,
+    "status",
+    [NotStarted, InProgress, Complete, Failed]
+);
 
 // --- SpecRef -----------------------------------------------------------------------------
 

@@ -39,6 +39,21 @@ pub enum ConversionError {
     },
 }
 
+/// The `field` of any variant, borrowed as `$err` is (shared or mutable): the one list of
+/// variants behind [`ConversionError::field`] and `field_mut`.
+macro_rules! field_of {
+    ($err:expr) => {
+        match $err {
+            Self::MissingField { field }
+            | Self::UnknownEnumValue { field, .. }
+            | Self::InvalidField { field, .. }
+            | Self::InvalidPosition { field, .. }
+            | Self::OutOfRange { field, .. }
+            | Self::ProtocolMismatch { field, .. } => field,
+        }
+    };
+}
+
 impl ConversionError {
     pub(crate) fn missing(field: &str) -> Self {
         Self::MissingField {
@@ -48,30 +63,20 @@ impl ConversionError {
 
     /// The path of the offending field, relative to the converted message.
     pub fn field(&self) -> &str {
-        match self {
-            Self::MissingField { field }
-            | Self::UnknownEnumValue { field, .. }
-            | Self::InvalidField { field, .. }
-            | Self::InvalidPosition { field, .. }
-            | Self::OutOfRange { field, .. }
-            | Self::ProtocolMismatch { field, .. } => field,
-        }
+        field_of!(self)
     }
 
     /// Prefixes the field path with the field that contained the converted message, so an
     /// error from a nested conversion names the full path (`task.spec_ref.commit`).
     #[must_use]
     pub fn within(mut self, parent: &str) -> Self {
-        let field = match &mut self {
-            Self::MissingField { field }
-            | Self::UnknownEnumValue { field, .. }
-            | Self::InvalidField { field, .. }
-            | Self::InvalidPosition { field, .. }
-            | Self::OutOfRange { field, .. }
-            | Self::ProtocolMismatch { field, .. } => field,
-        };
+        let field = self.field_mut();
         *field = format!("{parent}.{field}");
         self
+    }
+
+    fn field_mut(&mut self) -> &mut String {
+        field_of!(self)
     }
 
     /// The gRPC status code for this error.

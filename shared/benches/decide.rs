@@ -61,21 +61,13 @@ fn workload(p: &Pipeline) -> (Vec<Task>, Vec<bool>) {
     let mut on_worker = Vec::with_capacity(TASKS as usize);
     for id in 1..=TASKS {
         let roll = rng.below(100);
-        let mut task = Task {
-            id: TaskId(id),
-            title: format!("task {id}"),
-            spec_ref: format!("specs/area-{}/spec-{}.md@0123abcd", id % 97, id % 1000)
+        let mut task = Task::new(
+            TaskId(id),
+            format!("task {id}"),
+            format!("specs/area-{}/spec-{}.md@0123abcd", id % 97, id % 1000)
                 .parse()
                 .expect("valid spec ref"),
-            status: TaskStatus::NotStarted,
-            deps: Vec::new(),
-            round: 0,
-            branch: None,
-            pr: None,
-            position: None,
-            action_attempts: 0,
-            failure: None,
-        };
+        );
         let mut running = false;
         let mut place = |task: &mut Task, kind: StepKind| {
             let candidates: Vec<_> = leaves.iter().filter(|(_, s)| s.kind == kind).collect();

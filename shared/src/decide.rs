@@ -991,17 +991,8 @@ mod tests {
         ])
         .unwrap();
         let mut task = Task {
-            id: TaskId(4),
-            title: "t".into(),
-            spec_ref: "specs/a.md@abcd".parse().unwrap(),
-            status: TaskStatus::NotStarted,
             deps: vec![TaskId(1)],
-            round: 0,
-            branch: None,
-            pr: None,
-            position: None,
-            action_attempts: 0,
-            failure: None,
+            ..Task::new(TaskId(4), "t", "specs/a.md@abcd".parse().unwrap())
         };
         fn stage<'a>(
             task: &'a Task,

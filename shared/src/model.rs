@@ -305,6 +305,25 @@ pub struct Task {
     pub failure: Option<String>,
 }
 
+impl Task {
+    /// A task that has not started: no deps, round 0, no branch, PR, position or failure.
+    pub fn new(id: TaskId, title: impl Into<String>, spec_ref: SpecRef) -> Self {
+        Self {
+            id,
+            title: title.into(),
+            spec_ref,
+            status: TaskStatus::NotStarted,
+            deps: Vec::new(),
+            round: 0,
+            branch: None,
+            pr: None,
+            position: None,
+            action_attempts: 0,
+            failure: None,
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

@@ -294,14 +294,7 @@ pub fn task_prompt(template: &AgentTemplate, ctx: &TaskContext<'_>) -> Prompt {
              open finding; do not repeat an approach that already failed.",
         );
         for r in reviews {
-            let _ = write!(
-                body,
-                "\n\n### Round {} · {} · {}\n\n{}",
-                r.round,
-                r.role,
-                r.verdict,
-                capped(&r.detail)
-            );
+            write_review(&mut body, "###", r);
         }
         b.push(
             SectionKind::Findings,
@@ -311,23 +304,12 @@ pub fn task_prompt(template: &AgentTemplate, ctx: &TaskContext<'_>) -> Prompt {
         );
     }
 
-    b.push(
-        SectionKind::Trailers,
-        "Commit trailers",
-        "coordinator",
-        format!(
-            "End every commit message with these trailer lines, after a blank line, exactly as \
-             written:\n\n```\nSpec-Ref: {spec_ref}\nTask-Ref: {task_id}\n```"
-        ),
-    );
-    let expected = Expected::new(Subject::Task(ctx.task_id), ctx.round, &template.name);
-    b.push(
-        SectionKind::ResultFile,
-        "Result file",
-        "coordinator",
-        result_file::contract(&expected),
-    );
-    b.finish()
+    b.push_trailers(&format!("Spec-Ref: {spec_ref}\nTask-Ref: {task_id}\n"));
+    b.finish(&Expected::new(
+        Subject::Task(ctx.task_id),
+        ctx.round,
+        &template.name,
+    ))
 }
 
 /// A spec that is new or has changed since the last intake.
@@ -437,14 +419,7 @@ pub fn intake_prompt(template: &AgentTemplate, ctx: &IntakeContext<'_>) -> Promp
             let mut reviews: Vec<&Review> = failed.reviews.iter().collect();
             reviews.sort_by_key(|r| r.round);
             for r in reviews {
-                let _ = write!(
-                    body,
-                    "\n\n#### Round {} · {} · {}\n\n{}",
-                    r.round,
-                    r.role,
-                    r.verdict,
-                    capped(&r.detail)
-                );
+                write_review(&mut body, "####", r);
             }
         }
         b.push(SectionKind::FailureHistory, "Failed tasks", "state", body);
@@ -492,14 +467,7 @@ pub fn intake_prompt(template: &AgentTemplate, ctx: &IntakeContext<'_>) -> Promp
         );
     }
 
-    let expected = Expected::new(Subject::Intake, ctx.run, &template.name);
-    b.push(
-        SectionKind::ResultFile,
-        "Result file",
-        "coordinator",
-        result_file::contract(&expected),
-    );
-    b.finish()
+    b.finish(&Expected::new(Subject::Intake, ctx.run, &template.name))
 }
 
 /// A failed result the process-improver should learn from.
@@ -602,24 +570,13 @@ pub fn improvement_prompt(template: &AgentTemplate, ctx: &ImprovementContext<'_>
     for t in &tasks {
         let _ = writeln!(trailers, "Task-Ref: {t}");
     }
-    b.push(
-        SectionKind::Trailers,
-        "Commit trailers",
-        "coordinator",
-        format!(
-            "End every commit message with these trailer lines, after a blank line, exactly as \
-             written:\n\n```\n{trailers}```"
-        ),
-    );
+    b.push_trailers(&trailers);
 
-    let expected = Expected::new(Subject::Improvement, ctx.run, &template.name);
-    b.push(
-        SectionKind::ResultFile,
-        "Result file",
-        "coordinator",
-        result_file::contract(&expected),
-    );
-    b.finish()
+    b.finish(&Expected::new(
+        Subject::Improvement,
+        ctx.run,
+        &template.name,
+    ))
 }
 
 fn destinations() -> String {
@@ -694,7 +651,27 @@ impl Builder {
         });
     }
 
-    fn finish(self) -> Prompt {
+    /// Ends with the result-file contract for `expected` and renders the sections.
+    /// The commit trailers section; `lines` ends with a newline.
+    fn push_trailers(&mut self, lines: &str) {
+        self.push(
+            SectionKind::Trailers,
+            "Commit trailers",
+            "coordinator",
+            format!(
+                "End every commit message with these trailer lines, after a blank line, exactly \
+                 as written:\n\n```\n{lines}```"
+            ),
+        );
+    }
+
+    fn finish(mut self, expected: &Expected) -> Prompt {
+        self.push(
+            SectionKind::ResultFile,
+            "Result file",
+            "coordinator",
+            result_file::contract(expected),
+        );
         let mut text = String::new();
         for s in &self.sections {
             if !text.is_empty() {
@@ -755,6 +732,18 @@ fn fenced(text: &str, lang: &str) -> String {
     }
     let fence = "`".repeat(longest.max(2) + 1);
     format!("{fence}{lang}\n{}\n{fence}", text.trim_end())
+}
+
+/// Appends one review as a section under a `heading` of that level (`###`).
+fn write_review(body: &mut String, heading: &str, r: &Review) {
+    let _ = write!(
+        body,
+        "\n\n{heading} Round {} · {} · {}\n\n{}",
+        r.round,
+        r.role,
+        r.verdict,
+        capped(&r.detail)
+    );
 }
 
 fn capped(detail: &str) -> String {

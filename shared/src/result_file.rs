@@ -631,66 +631,47 @@ fn check_fields<'a>(map: &'a Mapping, expected: &Expected, out: &mut Fields<'a>)
         }
     }
 
-    let mut identity = true;
-    match map.get("task_id") {
-        None => {
-            identity = false;
-            violations.push(Violation::MissingField("task_id"));
-        }
-        Some(Value::String(found)) => {
-            if !subject_matches(found, expected.subject) {
-                identity = false;
-                violations.push(Violation::TaskIdMismatch {
-                    found: found.clone(),
-                    expected: expected.subject,
-                });
-            }
-        }
-        Some(other) => {
-            identity = false;
-            violations.push(wrong_type("task_id", "a string such as `task-007`", other));
-        }
-    }
-    match map.get("round") {
-        None => {
-            identity = false;
-            violations.push(Violation::MissingField("round"));
-        }
-        Some(Value::Number(n)) if n.as_u64().is_some() => {
-            let found = n.as_u64().unwrap_or_default();
-            if found != u64::from(expected.round) {
-                identity = false;
-                violations.push(Violation::RoundMismatch {
-                    found,
-                    expected: expected.round,
-                });
-            }
-        }
-        Some(other) => {
-            identity = false;
-            violations.push(wrong_type("round", "a whole number such as `3`", other));
-        }
-    }
-    match map.get("role") {
-        None => {
-            identity = false;
-            violations.push(Violation::MissingField("role"));
-        }
-        Some(Value::String(found)) => {
-            if *found != expected.role {
-                identity = false;
-                violations.push(Violation::RoleMismatch {
-                    found: found.clone(),
-                    expected: expected.role.clone(),
-                });
-            }
-        }
-        Some(other) => {
-            identity = false;
-            violations.push(wrong_type("role", "a string such as `verifier`", other));
-        }
-    }
-    out.identity_matches = identity;
+    // All three are checked, so every problem is reported at once.
+    let task_id = check_identity(
+        map,
+        "task_id",
+        "a string such as `task-007`",
+        plain_string,
+        |found| {
+            (!subject_matches(found, expected.subject)).then(|| Violation::TaskIdMismatch {
+                found: found.to_owned(),
+                expected: expected.subject,
+            })
+        },
+        &mut violations,
+    );
+    let round = check_identity(
+        map,
+        "round",
+        "a whole number such as `3`",
+        plain_u64,
+        |found| {
+            (found != u64::from(expected.round)).then_some(Violation::RoundMismatch {
+                found,
+                expected: expected.round,
+            })
+        },
+        &mut violations,
+    );
+    let role = check_identity(
+        map,
+        "role",
+        "a string such as `verifier`",
+        plain_string,
+        |found| {
+            (found != expected.role).then(|| Violation::RoleMismatch {
+                found: found.to_owned(),
+                expected: expected.role.clone(),
+            })
+        },
+        &mut violations,
+    );
+    out.identity_matches = task_id && round && role;
 
     match map.get("verdict") {
         None => violations.push(Violation::MissingField("verdict")),
@@ -713,6 +694,49 @@ fn check_fields<'a>(map: &'a Mapping, expected: &Expected, out: &mut Fields<'a>)
         )),
     }
     violations
+}
+
+/// Checks one identity field: present, of the type `read` accepts, and holding what the step
+/// expects (`mismatch` returns the violation when it does not). Returns whether it matches.
+fn check_identity<'a, T>(
+    map: &'a Mapping,
+    field: &'static str,
+    example: &'static str,
+    read: impl FnOnce(&'a Value) -> Option<T>,
+    mismatch: impl FnOnce(T) -> Option<Violation>,
+    violations: &mut Vec<Violation>,
+) -> bool {
+    let Some(value) = map.get(field) else {
+        violations.push(Violation::MissingField(field));
+        return false;
+    };
+    let Some(found) = read(value) else {
+        violations.push(wrong_type(field, example, value));
+        return false;
+    };
+    match mismatch(found) {
+        Some(violation) => {
+            violations.push(violation);
+            false
+        }
+        None => true,
+    }
+}
+
+/// The string itself, not looking through a YAML tag (unlike `Value::as_str`).
+fn plain_string(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The whole number itself, not looking through a YAML tag (unlike `Value::as_u64`).
+fn plain_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
 }
 
 /// Task ids compare numerically, so `task-7` matches `task-007`.

@@ -216,39 +216,7 @@ impl Emitter {
         if !chars.is_empty() && !self.whitespace {
             self.put(' ');
         }
-        let mut spaces = false;
-        let mut breaks = false;
-        let mut i = 0;
-        while i < chars.len() {
-            let c = chars[i];
-            if c == ' ' {
-                if allow_breaks
-                    && !spaces
-                    && self.column > BEST_WIDTH
-                    && chars.get(i + 1) != Some(&' ')
-                {
-                    self.write_indent(self.indent);
-                } else {
-                    self.put(c);
-                }
-                spaces = true;
-            } else if is_break(c) {
-                if !breaks && c == '\n' {
-                    self.put_break();
-                }
-                self.write_break(c);
-                breaks = true;
-            } else {
-                if breaks {
-                    self.write_indent(self.indent);
-                }
-                self.put(c);
-                self.indention = false;
-                spaces = false;
-                breaks = false;
-            }
-            i += 1;
-        }
+        self.write_flow_text(&chars, allow_breaks, false);
         if !chars.is_empty() {
             self.whitespace = false;
         }
@@ -268,9 +236,19 @@ impl Emitter {
     fn write_single(&mut self, value: &str, allow_breaks: bool) {
         self.write_indicator("'", true, false, false);
         let chars: Vec<char> = value.chars().collect();
+        self.write_flow_text(&chars, allow_breaks, true);
+        self.write_indicator("'", false, false, false);
+        self.whitespace = false;
+        self.indention = false;
+    }
+
+    /// The text of a plain or single-quoted scalar: folded at a lone space past the best
+    /// width, the first `\n` of a run of breaks doubled (a single one would read back as a
+    /// space). `single_quoted` doubles `'` and never folds at the first or last character.
+    fn write_flow_text(&mut self, chars: &[char], allow_breaks: bool, single_quoted: bool) {
+        let n = chars.len();
         let mut spaces = false;
         let mut breaks = false;
-        let n = chars.len();
         let mut i = 0;
         while i < n {
             let c = chars[i];
@@ -278,9 +256,8 @@ impl Emitter {
                 if allow_breaks
                     && !spaces
                     && self.column > BEST_WIDTH
-                    && i > 0
-                    && i + 1 < n
-                    && chars[i + 1] != ' '
+                    && (!single_quoted || (i > 0 && i + 1 < n))
+                    && chars.get(i + 1) != Some(&' ')
                 {
                     self.write_indent(self.indent);
                 } else {
@@ -297,7 +274,7 @@ impl Emitter {
                 if breaks {
                     self.write_indent(self.indent);
                 }
-                if c == '\'' {
+                if single_quoted && c == '\'' {
                     self.put('\'');
                 }
                 self.put(c);
@@ -307,9 +284,6 @@ impl Emitter {
             }
             i += 1;
         }
-        self.write_indicator("'", false, false, false);
-        self.whitespace = false;
-        self.indention = false;
     }
 
     fn write_double(&mut self, value: &str, allow_breaks: bool) {

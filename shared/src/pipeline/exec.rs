@@ -1098,19 +1098,11 @@ mod tests {
     #[test]
     fn transitions_write_status_position_counters_and_failure_into_the_task() {
         let p = pl(vec![l(vec![a("impl")]), x("merge-pr")]);
-        let mut task = Task {
-            id: crate::model::TaskId(1),
-            title: "t".into(),
-            spec_ref: "specs/a.md@abcd".parse().unwrap(),
-            status: TaskStatus::NotStarted,
-            deps: vec![],
-            round: 0,
-            branch: None,
-            pr: None,
-            position: None,
-            action_attempts: 0,
-            failure: None,
-        };
+        let mut task = Task::new(
+            crate::model::TaskId(1),
+            "t",
+            "specs/a.md@abcd".parse().unwrap(),
+        );
         assert_eq!(task.progress(), Ok(None));
         p.start().apply_to(&mut task);
         assert_eq!(task.status, TaskStatus::InProgress);

@@ -321,9 +321,9 @@ fn intake_prompt_snapshot() {
     insta::assert_snapshot!(p.text);
 }
 
-#[test]
-fn an_intake_with_nothing_listed_says_so() {
-    let ctx = IntakeContext {
+/// The first intake on `main` with nothing to list.
+fn empty_intake() -> IntakeContext<'static> {
+    IntakeContext {
         run: 1,
         base_branch: "main",
         specs: &[],
@@ -331,7 +331,12 @@ fn an_intake_with_nothing_listed_says_so() {
         failures: &[],
         tasks: &[],
         rejections: &[],
-    };
+    }
+}
+
+#[test]
+fn an_intake_with_nothing_listed_says_so() {
+    let ctx = empty_intake();
     let p = intake_prompt(&template("pm", "PM.", ""), &ctx);
     let kinds: Vec<SectionKind> = p.sections.iter().map(|s| s.kind).collect();
     assert_eq!(
@@ -425,15 +430,7 @@ fn every_base_agent_composes_into_a_prompt_that_teaches_a_valid_result_file() {
         );
         let (prompt, expected) = match name.as_str() {
             "pm" => {
-                let ctx = IntakeContext {
-                    run: 1,
-                    base_branch: "main",
-                    specs: &[],
-                    deleted: &[],
-                    failures: &[],
-                    tasks: &[],
-                    rejections: &[],
-                };
+                let ctx = empty_intake();
                 (
                     intake_prompt(agent, &ctx),
                     Expected::new(Subject::Intake, 1, "pm"),
