@@ -7,9 +7,7 @@ mod claude;
 mod script;
 mod sse;
 
-pub use claude::{
-    ClaudeRun, ClaudeSession, INSTALL_HINT, claude_bin, claude_version, offline_env,
-};
+pub use claude::{ClaudeRun, ClaudeSession, INSTALL_HINT, claude_bin, claude_version, offline_env};
 pub use script::{
     Action, Block, Fault, ResultFront, Script, StopReason, Turn, write_result_command,
 };
@@ -88,12 +86,23 @@ impl Recorded {
         self.body.as_ref()?["model"].as_str()
     }
 
-    /// The system prompt's text (all text blocks joined).
+    /// The system prompt's text: the top-level `system` blocks, then the `role: "system"`
+    /// entries inside `messages` (the CLI puts its environment section, with the working
+    /// directory, there).
     pub fn system_text(&self) -> String {
-        self.body
+        let mut parts: Vec<String> = self
+            .body
             .as_ref()
             .map(|b| text_of(&b["system"]))
-            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        parts.extend(
+            self.messages()
+                .iter()
+                .filter(|m| m["role"] == "system")
+                .map(|m| text_of(&m["content"])),
+        );
+        parts.join("\n")
     }
 
     /// All text the user side sent: string contents and text blocks of `user` messages.
@@ -298,7 +307,10 @@ impl ModelServer {
                 "{} {}{} agent={:?} turn={:?} body={}B\n",
                 r.method,
                 r.path,
-                r.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default(),
+                r.query
+                    .as_deref()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default(),
                 r.agent,
                 r.turn,
                 r.body_text.len()
@@ -441,13 +453,9 @@ async fn messages(state: &SharedState, mut recorded: Recorded) -> Response {
     }
     let tool_id = |index: usize| format!("toolu_{message_id}_{index}");
     match turn.action {
-        Action::Reply { blocks, stop } if streaming => sse_response(sse::message(
-            &message_id,
-            &model,
-            &blocks,
-            stop,
-            tool_id,
-        )),
+        Action::Reply { blocks, stop } if streaming => {
+            sse_response(sse::message(&message_id, &model, &blocks, stop, tool_id))
+        }
         Action::Reply { blocks, stop } => json_response(
             StatusCode::OK,
             &sse::message_json(&message_id, &model, &blocks, stop, tool_id),

@@ -69,7 +69,10 @@ pub fn offline_env(base_url: &str, state_dir: &Path) -> Vec<(String, String)> {
         ),
         ("ANTHROPIC_BASE_URL".into(), base_url.into()),
         ("ANTHROPIC_API_KEY".into(), "test".into()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".into(), "1".into()),
+        (
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".into(),
+            "1".into(),
+        ),
         ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
         ("IS_SANDBOX".into(), "1".into()),
     ]
@@ -115,8 +118,7 @@ impl ClaudeRun {
 
     /// The run succeeded the way the runtime must judge it: exit 0 AND `is_error == false`.
     pub fn succeeded(&self) -> bool {
-        self.code() == Some(0)
-            && self.result().and_then(|r| r["is_error"].as_bool()) == Some(false)
+        self.code() == Some(0) && self.result().and_then(|r| r["is_error"].as_bool()) == Some(false)
     }
 
     /// Everything, for failure messages.
