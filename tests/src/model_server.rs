@@ -1,7 +1,86 @@
 //! A scripted stand-in for the Anthropic Messages API, for running the real Claude Code CLI
 //! offline.
 //!
-//! PROTOCOL_FACTS
+//! # Scripting an agent session
+//!
+//! ```no_run
+//! use hyperloop_tests::model_server::{ClaudeSession, ModelServer, ResultFront, Script, claude_bin};
+//! let server = ModelServer::start()?;
+//! server.set_script(
+//!     "agent-7", // the path prefix of this agent's ANTHROPIC_BASE_URL
+//!     Script::new()
+//!         .write_file("/abs/worktree/src/a.txt", "content\n") // Write tool
+//!         .commit_all("Add a\n\nSpec-Ref: specs/a.md@abc\nTask-Ref: task-007") // Bash tool
+//!         .write_result(&ResultFront::new("task-007", 1, "implementer", "pass"), "body\n")
+//!         .done("finished"), // text, stop_reason end_turn
+//! );
+//! // Give the agent `ANTHROPIC_BASE_URL=server.base_url("agent-7")` (see `offline_env`),
+//! // or run the CLI directly:
+//! let run = ClaudeSession::new(claude_bin()?, "/abs/worktree", server.base_url("agent-7"),
+//!     "/tmp/state", "the prompt").run()?;
+//! assert!(run.succeeded() && server.problems().is_empty());
+//! let requests = server.messages("agent-7"); // bodies: prompt text, tool results, ...
+//! # anyhow::Ok(())
+//! ```
+//!
+//! A [`Script`] is a list of [`Turn`]s; a turn is a list of [`Block`]s (text or a tool call)
+//! with a [`StopReason`], an API [`Fault`], or a hang, optionally after a delay. The turn
+//! answered is chosen from the request itself: the number of `assistant` messages in its
+//! history. So a retried request gets the same turn again, and the script needs no counter.
+//! A request with no script, or past the script's end, is answered with HTTP 500 and listed
+//! in [`ModelServer::problems`].
+//!
+//! # Protocol facts, verified against claude 2.1.330 (`tests/tests/claude_cli.rs`)
+//!
+//! What the CLI sends, with the environment of [`offline_env`]:
+//! - Only `POST {base}/v1/messages?beta=true`, one per turn: no probes, no
+//!   `count_tokens`, no telemetry (other paths are still answered and recorded, see
+//!   [`ModelServer::other_requests`]). A path prefix in `ANTHROPIC_BASE_URL` is kept.
+//! - Headers: `x-api-key` (the `ANTHROPIC_API_KEY`), `anthropic-version: 2023-06-01`, a
+//!   long `anthropic-beta` list, `x-claude-code-session-id`, `user-agent:
+//!   claude-cli/<version> (external, sdk-cli)`, `x-stainless-timeout: 600` (it waits up to
+//!   10 minutes for an answer: a hanging server hangs the CLI, the caller must time out).
+//! - Body: `model` (default `claude-opus-5-5` when `--model` is not given), `max_tokens:
+//!   128000`, `stream: true`, `system` (three text blocks), `tools` (Agent, Bash, Edit,
+//!   Read, Write, ... 12 of them), `thinking: {type: adaptive}`, `metadata`,
+//!   `context_management`, `output_config`.
+//! - `messages` starts with one `user` message of three text blocks: a `<system-reminder>`
+//!   with the git status, one with commit attribution guidance (it asks the model to add a
+//!   `Co-Authored-By: Claude` trailer, which a scripted commit of course does not), then
+//!   the prompt from stdin verbatim. Then a **`role: "system"`** message (not the public
+//!   API's shape) holding the environment section with the working directory.
+//! - Each later request repeats the history: the assistant message as one message with all
+//!   its blocks (text and tool_use merged back), then a `user` message of `tool_result`
+//!   blocks (`tool_use_id`, `content` string, `is_error` for Bash).
+//!
+//! What it needs back:
+//! - `200`, `content-type: text/event-stream`, events `message_start` (message with empty
+//!   `content`, `usage.input_tokens`), per block `content_block_start` /
+//!   `content_block_delta`* / `content_block_stop`, then `message_delta` (`stop_reason`,
+//!   `usage.output_tokens`) and `message_stop`. Text arrives as `text_delta`s; a tool call
+//!   as a `tool_use` start with `input: {}` and the input JSON split over
+//!   `input_json_delta`s (input in the start event is ignored). `ping` events are fine.
+//! - `stop_reason: tool_use` makes it run every tool_use block and send the next request;
+//!   `end_turn` ends the session, and the last text becomes the `result` line's `result`.
+//! - Tool ids must match `[a-zA-Z0-9_-]+`; `Write` accepts absolute and relative paths
+//!   (relative to the cwd); Bash runs in the cwd with the `PATH` it was given.
+//! - The reported usage drives `total_cost_usd` (100 input tokens a turn, list price of the
+//!   requested model); `num_turns` counts requests. `--model M` is sent as `model`.
+//! - `--max-turns N` with a longer script: N requests, then exit 1 with `is_error: true`
+//!   and `errors: ["Reached maximum number of turns (N)"]`.
+//!
+//! Errors (with `CLAUDE_CODE_MAX_RETRIES=0`):
+//! - HTTP 500 `api_error` or 529 `overloaded_error`: exactly one request, then exit 1 within
+//!   about a second, with a result line `is_error: true`, `subtype: "success"` (!),
+//!   `terminal_reason: "api_error"`, `api_error_status`, `api_error_type` and `result:
+//!   "API Error: 500 <message> ..."`.
+//! - An `error` event mid-stream: the CLI retries the same turn once WITHOUT streaming
+//!   (`stream` false, `max_tokens: 64000`); this server then answers with the error's HTTP
+//!   status (529 for `overloaded_error`), and the CLI exits 1 as above. A non-streaming
+//!   request for a reply turn gets the message as one JSON object.
+//! - HTTP 400 `invalid_request_error` is retried regardless of MAX_RETRIES: the CLI drops
+//!   beta headers one by one, then re-sends with all tools inline (21 instead of 12): six
+//!   requests for one turn. Hence this server's own complaints use 500.
 
 mod claude;
 mod script;
@@ -490,5 +569,146 @@ async fn messages(state: &SharedState, mut recorded: Recorded) -> Response {
             std::future::pending::<()>().await;
             json_response(StatusCode::INTERNAL_SERVER_ERROR, &Value::Null)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    /// One HTTP/1.1 request over a plain socket; returns (status line, body).
+    fn http(server: &ModelServer, method: &str, path: &str, body: &str) -> (String, String) {
+        let mut stream = std::net::TcpStream::connect(server.addr()).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        let (head, body) = response.split_once("\r\n\r\n").expect("head");
+        (
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        )
+    }
+
+    fn request(stream: bool, assistant_turns: usize) -> String {
+        let mut messages = vec![serde_json::json!({"role": "user", "content": "hi"})];
+        for _ in 0..assistant_turns {
+            messages.push(serde_json::json!({"role": "assistant", "content": [{"type": "text", "text": "x"}]}));
+            messages.push(serde_json::json!({"role": "user", "content": "more"}));
+        }
+        serde_json::json!({"model": "m", "stream": stream, "messages": messages}).to_string()
+    }
+
+    fn script() -> Script {
+        Script::new()
+            .turn(Turn::tools(vec![
+                Block::text("a long enough text to be split into more than one delta event"),
+                Block::bash("echo hi"),
+            ]))
+            .done("bye")
+    }
+
+    #[test]
+    fn streams_the_event_sequence_and_picks_the_turn_from_the_history() {
+        let server = ModelServer::start().expect("start");
+        server.set_script("a", script());
+        let (status, body) = http(
+            &server,
+            "POST",
+            "/a/v1/messages?beta=true",
+            &request(true, 0),
+        );
+        assert!(status.contains("200"), "{status}");
+        let events: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let data: Vec<Value> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).expect("json"))
+            .collect();
+        assert_eq!(data[6]["content_block"]["input"], serde_json::json!({}));
+        let partial: String = data[7..9]
+            .iter()
+            .map(|d| d["delta"]["partial_json"].as_str().expect("partial_json"))
+            .collect();
+        let input: Value = serde_json::from_str(&partial).expect("input");
+        assert_eq!(input["command"], "echo hi");
+        assert_eq!(data[10]["delta"]["stop_reason"], "tool_use");
+
+        let (_, body) = http(
+            &server,
+            "POST",
+            "/a/v1/messages?beta=true",
+            &request(true, 1),
+        );
+        assert!(body.contains(r#""stop_reason":"end_turn""#), "{body}");
+        assert_eq!(
+            server
+                .messages("a")
+                .iter()
+                .map(|r| r.turn)
+                .collect::<Vec<_>>(),
+            [Some(0), Some(1)]
+        );
+        assert!(server.problems().is_empty());
+    }
+
+    #[test]
+    fn answers_without_streaming_when_asked() {
+        let server = ModelServer::start().expect("start");
+        server.set_script("", script());
+        let (status, body) = http(&server, "POST", "/v1/messages", &request(false, 0));
+        assert!(status.contains("200"), "{status}");
+        let message: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(message["stop_reason"], "tool_use");
+        assert_eq!(message["content"][1]["input"]["command"], "echo hi");
+        assert_eq!(server.messages("")[0].agent, "");
+    }
+
+    #[test]
+    fn logs_probes_and_counts_tokens_and_reports_unscripted_requests() {
+        let server = ModelServer::start().expect("start");
+        let (status, _) = http(&server, "HEAD", "/x", "");
+        assert!(status.contains("200"), "{status}");
+        let (status, body) = http(&server, "POST", "/b/v1/messages/count_tokens", "{}");
+        assert!(
+            status.contains("200") && body.contains("input_tokens"),
+            "{body}"
+        );
+        let (status, body) = http(&server, "POST", "/c/v1/messages", &request(true, 0));
+        assert!(
+            status.contains("500") && body.contains("no script"),
+            "{body}"
+        );
+        assert_eq!(server.other_requests().len(), 2);
+        assert_eq!(server.problems(), [r#"no script for agent "c""#]);
     }
 }
