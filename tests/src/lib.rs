@@ -1,1 +1,3 @@
 //! Shared helpers for hyperloop end-to-end tests.
+
+pub mod model_server;
