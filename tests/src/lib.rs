@@ -1,3 +1,4 @@
 //! Shared helpers for hyperloop end-to-end tests.
 
 pub mod model_server;
+pub mod repo;

@@ -1,0 +1,226 @@
+//! Single host, end to end: the real `hyperloop-coordinator` binary with in-process workers,
+//! real git repositories and a scripted `command` agent (fixtures/agents/scripted-agent.sh).
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent};
+
+const SPEC_A: &str = "# A\n\nThe repository records work for A.\n";
+const SPEC_B: &str = "# B\n\nThe repository records work for B.\n";
+/// Bounds a whole coordinator run: a hung run fails the test instead of CI.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn config(max_task_rounds: u32) -> String {
+    format!(
+        "max_workers: 2\npoll_interval: 1s\nmax_task_rounds: {max_task_rounds}\n\
+         dashboard:\n  enabled: false\n  events_limit: 100000\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 20s\n\
+         \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE]\n",
+        scripted_agent().display()
+    )
+}
+
+fn repo(max_task_rounds: u32) -> TestRepo {
+    TestRepo::new(&[
+        ("specs/a.md", SPEC_A),
+        ("specs/b.md", SPEC_B),
+        (".hyperloop.yaml", &config(max_task_rounds)),
+    ])
+}
+
+fn coordinator(repo: &TestRepo, log: &Path, mode: &str) -> Command {
+    let mut cmd = Command::new(coordinator_bin());
+    cmd.args(["run", "--path"])
+        .arg(&repo.checkout)
+        .env("SCRIPTED_LOG", log)
+        .env("SCRIPTED_MODE", mode)
+        .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+        .env_remove("HYPERLOOP_PATH")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs the coordinator to its end, killing it if it exceeds [`RUN_TIMEOUT`].
+fn run_to_end(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("coordinator starts");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "coordinator did not finish within {RUN_TIMEOUT:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_converged(repo: &TestRepo) {
+    let files = repo.files("main");
+    for f in ["work/task-001.txt", "work/task-002.txt", "work/task-003.txt"] {
+        assert!(files.contains(&f.to_owned()), "{f} missing from main: {files:?}");
+    }
+    let log = repo.log("main");
+    for task in ["task-001", "task-002", "task-003"] {
+        let landed = log.matches(&format!("Task-Ref: {task}\n")).count();
+        assert_eq!(landed, 1, "{task} should land exactly once:\n{log}");
+    }
+    let spec_a = hyperloop_tests::repo::git(
+        &repo.checkout,
+        &["log", "--format=%H", "--grep", "Spec-Ref: specs/a.md", "main"],
+    );
+    assert_eq!(spec_a.lines().count(), 2, "two tasks served specs/a.md");
+}
+
+#[test]
+fn two_specs_converge_through_intake_a_failed_round_and_local_merges() {
+    let repo = repo(4);
+    let log = repo.dir.path().join("steps.log");
+    let out = run_to_end(coordinator(&repo, &log, "normal"));
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    assert_converged(&repo);
+
+    let steps = std::fs::read_to_string(&log).unwrap();
+    // The verifier failed task-001 in round 0; round 1 ran with its finding in the prompt
+    // (the scripted implementer fails otherwise, and the task would not have landed).
+    assert!(steps.contains("verifier task-001 0\n"), "{steps}");
+    assert!(steps.contains("implementer task-001 1\n"), "{steps}");
+    // The dependent task ran only after its dependency landed.
+    let done_1 = steps.find("verifier task-001 1").unwrap();
+    let start_2 = steps.find("implementer task-002 0").unwrap();
+    assert!(start_2 > done_1, "task-002 must wait for task-001:\n{steps}");
+
+    let events = repo.events();
+    let reaped = events.iter().filter(|e| e["event"] == "result_reaped").count();
+    assert!(reaped >= 7, "1 intake + 7 task steps: {reaped}");
+    assert!(events.iter().any(|e| e["event"] == "task_looped_back"));
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "merged").count(),
+        3,
+        "three merges"
+    );
+}
+
+#[test]
+fn editing_one_spec_yields_work_for_that_spec_only() {
+    let repo = repo(4);
+    let log = repo.dir.path().join("steps.log");
+    let first = run_to_end(coordinator(&repo, &log, "normal"));
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    hyperloop_tests::repo::git(&repo.checkout, &["pull", "-q", "--ff-only", "origin", "main"]);
+
+    repo.commit(&[("specs/b.md", "# B\n\nRecord work for B, twice.\n")], "Change B");
+    std::fs::write(&log, "").unwrap();
+    let second = run_to_end(coordinator(&repo, &log, "normal"));
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let steps = std::fs::read_to_string(&log).unwrap();
+    assert!(steps.starts_with("pm intake 1\n"), "{steps}");
+    assert!(steps.contains("implementer task-004 0"), "{steps}");
+    assert!(!steps.contains("task-001"), "nothing for specs/a.md: {steps}");
+    let log = repo.log("main");
+    assert!(log.contains("Spec-Ref: specs/b.md@"), "{log}");
+    assert_eq!(log.matches("Task-Ref: task-004\n").count(), 1);
+}
+
+#[test]
+fn a_second_coordinator_on_the_same_repository_refuses_naming_the_holder() {
+    let repo = repo(4);
+    let log = repo.dir.path().join("steps.log");
+    let mut first = coordinator(&repo, &log, "hang")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let second = run_to_end(coordinator(&repo, &log, "normal"));
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second.stderr));
+    let stderr = text(&second.stderr);
+    assert!(stderr.contains("another hyperloop coordinator"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
+}
+
+#[test]
+fn kill_9_at_many_moments_converges_to_the_same_main_without_duplicate_work() {
+    let repo = repo(4);
+    let log = repo.dir.path().join("steps.log");
+    // Deterministic spread of kill moments across the run (milliseconds after start).
+    let delays = [150u64, 400, 700, 250, 900, 1300, 550, 1100, 350, 1700, 800, 2000];
+    for delay in delays {
+        let mut child = coordinator(&repo, &log, "normal")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let out = run_to_end(coordinator(&repo, &log, "normal"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_converged(&repo);
+
+    // No step completed twice: each (task, step, round) result was reaped at most once.
+    let events = repo.events();
+    let mut seen = std::collections::BTreeSet::new();
+    for e in events.iter().filter(|e| e["event"] == "result_reaped") {
+        if e["task"].is_null() {
+            continue;
+        }
+        let key = (e["task"].to_string(), e["step"].to_string(), e["round"].to_string());
+        assert!(seen.insert(key.clone()), "step completed twice: {key:?}");
+    }
+    let merges = events.iter().filter(|e| e["event"] == "merged").count();
+    assert_eq!(merges, 3, "no duplicate merge");
+}
+
+#[test]
+fn bad_agents_become_findings_and_nothing_is_lost() {
+    for (mode, finding) in [
+        ("garbage", "front matter"),
+        ("exit1", "exit"),
+        ("hang", "timed out"),
+    ] {
+        let repo = repo(1);
+        let log = repo.dir.path().join("steps.log");
+        let mut cmd = coordinator(&repo, &log, mode);
+        cmd.env("HYPERLOOP_AGENT_TIMEOUT", "2s");
+        let out = run_to_end(cmd);
+        // Failed tasks never halt the coordinator with an error: the run converges (the PM
+        // is asked again with the failure history) within max_cycles or stops at it.
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(3)),
+            "{mode}: {}",
+            text(&out.stderr)
+        );
+        let events = repo.events();
+        assert!(
+            events.iter().any(|e| e["event"] == "task_failed"),
+            "{mode}: a task failed"
+        );
+        let reviews = repo.state_texts("reviews/").join("\n");
+        assert!(
+            reviews.contains(finding),
+            "{mode}: the finding names the cause ({finding:?}):\n{reviews}"
+        );
+    }
+}
