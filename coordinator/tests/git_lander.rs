@@ -410,3 +410,21 @@ fn a_missing_task_branch_that_never_landed_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("reset the task"), "{err}");
 }
+
+#[test]
+fn a_linked_worktree_on_the_base_branch_is_moved_along() {
+    let f = Fixture::new();
+    git(&f.work, &["checkout", "-q", "-b", "user-branch"]);
+    let linked = f.work.parent().unwrap().join("linked");
+    git(
+        &f.work,
+        &["worktree", "add", "-q", linked.to_str().unwrap(), "main"],
+    );
+    let landing = landed(f.lander().land(&request(MergeStrategy::Squash)).unwrap());
+    assert_eq!(landing.checkout, CheckoutSync::Updated);
+    assert_eq!(
+        std::fs::read_to_string(linked.join("feature.txt")).unwrap(),
+        "feature\n"
+    );
+    assert_eq!(git(&linked, &["status", "--porcelain"]), "");
+}
