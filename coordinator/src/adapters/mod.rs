@@ -1,0 +1,3 @@
+//! Adapters: the ports implemented over concrete technology.
+
+pub mod git;

@@ -1,0 +1,148 @@
+//! `Lander`: puts a verified task branch onto the base branch (local mode's `merge-pr`).
+//!
+//! Guarantees every adapter gives:
+//! - Idempotent: landing work that is already in the base branch (say, after a crash between
+//!   the merge and the state write) returns [`LandOutcome::AlreadyLanded`], never a second merge.
+//! - A conflict changes nothing and names the conflicting files.
+//! - The user's uncommitted changes are never overwritten.
+//! - The landing commit carries `Spec-Ref:` and `Task-Ref:` trailers, so
+//!   `git log --grep "Spec-Ref: specs/x.md"` finds all work for a spec.
+//!
+//! Calls block (git work, possibly a push over the network); call them from a blocking context.
+
+use hyperloop_shared::config::MergeStrategy;
+use hyperloop_shared::model::{SpecRef, TaskId};
+
+use crate::ports::spec_source::CommitId;
+
+/// What to land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LandRequest {
+    pub task: TaskId,
+    /// The landing commit's subject (first line only is used).
+    pub title: String,
+    pub spec_ref: SpecRef,
+    /// The task branch, e.g. `hyperloop/task-007`.
+    pub branch: String,
+    /// The commit the pipeline verified. When set, exactly this commit is landed even if the
+    /// branch moved since; when `None`, the branch tip.
+    pub head: Option<CommitId>,
+    pub strategy: MergeStrategy,
+    /// Delete the task branch (locally and on `origin`) once landed.
+    pub delete_branch: bool,
+}
+
+/// Why the work counts as already landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LandedEvidence {
+    /// A base-branch commit since the branch point carries this task's `Task-Ref:` trailer.
+    Trailer,
+    /// The task's head commit is already part of the base branch.
+    Contained,
+    /// Merging would not change the base branch's tree.
+    SameTree,
+}
+
+/// What happened to the user's checkout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckoutSync {
+    /// Not touched: the base branch is not checked out (or the repository is bare), or there
+    /// was nothing to move.
+    Untouched,
+    /// The index and working tree were moved to the landed commit; uncommitted changes to
+    /// files the landing did not touch were kept, as `git merge --ff-only` keeps them.
+    Updated,
+}
+
+/// Whether the base branch reached `origin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushStatus {
+    /// The repository has no `origin` remote.
+    NoOrigin,
+    Pushed,
+    /// Landed locally, but the push failed; landing again retries it.
+    Failed {
+        reason: String,
+    },
+}
+
+/// A landing, fresh or found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landing {
+    /// The commit that brought the work into the base branch.
+    pub commit: CommitId,
+    pub checkout: CheckoutSync,
+    pub push: PushStatus,
+    /// The branch was deleted (locally, and on `origin` when the push succeeded).
+    pub branch_deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LandOutcome {
+    Landed(Landing),
+    AlreadyLanded {
+        landing: Landing,
+        evidence: LandedEvidence,
+    },
+    /// The branch does not merge cleanly; nothing was changed.
+    Conflict {
+        files: Vec<String>,
+    },
+    /// Landing now would touch files with uncommitted changes in the user's checkout of the
+    /// base branch; nothing was changed. Try again later (an action `retry`).
+    Deferred {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LandError {
+    #[error(
+        "branch {branch} does not exist in {repo}; set target.base_branch in .hyperloop.yaml to \
+         the branch work lands on, or create it"
+    )]
+    BaseBranchMissing { branch: String, repo: String },
+    #[error(
+        "task branch {branch} of {task} was found neither locally nor on origin, and no landing \
+         of {task} is in the base branch; reset the task so its work is redone"
+    )]
+    TaskBranchMissing { task: TaskId, branch: String },
+    #[error("commit {commit} of {task} is not in the repository; reset the task")]
+    HeadMissing { task: TaskId, commit: String },
+    #[error(
+        "the base branch {branch} kept moving while landing {task} ({attempts} attempts); \
+         landing again will retry"
+    )]
+    Contended {
+        task: TaskId,
+        branch: String,
+        attempts: u32,
+    },
+    #[error("{repo} is not a usable git repository: {reason}; run hyperloop inside a git checkout")]
+    OpenRepository { repo: String, reason: String },
+    #[error("git {operation} failed while landing {task}: {reason}")]
+    Git {
+        task: TaskId,
+        operation: &'static str,
+        reason: String,
+    },
+}
+
+impl LandError {
+    /// Worth retrying as is.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LandError::Contended { .. })
+    }
+}
+
+/// Lands task branches on the base branch.
+pub trait Lander: Send + Sync {
+    /// Lands `request`, or finds it already landed; then updates the user's checkout, pushes
+    /// the base branch and deletes the task branch as requested. Every step is idempotent, so
+    /// calling again after any failure or crash completes what is missing.
+    ///
+    /// # Errors
+    /// Missing branches or commits, a repository that cannot be read or written, or a base
+    /// branch that kept moving. A conflict is an outcome, not an error.
+    fn land(&self, request: &LandRequest) -> Result<LandOutcome, LandError>;
+}
