@@ -7,8 +7,10 @@
 //! - [`ports`]: the traits adapters implement (state store, ...).
 //! - [`specs`]: finds the spec files of a repository.
 
+pub mod adapters;
 pub mod cli;
 pub mod compose;
+pub mod lock;
 pub mod ports;
 pub mod settings;
 pub mod specs;
