@@ -9,7 +9,8 @@ use hyperloop_shared::model::{
 
 use super::{Assignment, Change, Meta, Revision, SpecRecord, State, StateStore, StoreError};
 
-/// One backing (a repository, an etcd prefix, a shared map) that store instances open.
+/// One backing (a repository, an etcd prefix, a shared map) that store instances open. The
+/// backing lives as long as the harness (a temp dir is removed when it drops).
 pub trait Harness: Send + Sync + 'static {
     type Store: StateStore;
 
@@ -148,13 +149,15 @@ fn seqs(events: &[Event]) -> Vec<u64> {
 }
 
 pub async fn empty_store_loads_as_default<H: Harness>(new_harness: &impl Fn(usize) -> H) {
-    let store = new_harness(ROOMY_JOURNAL).open();
+    let harness = new_harness(ROOMY_JOURNAL);
+    let store = harness.open();
     assert_eq!(store.load().await.unwrap(), State::default());
     assert!(store.events(0, 10).await.unwrap().is_empty());
 }
 
 pub async fn every_change_kind_round_trips<H: Harness>(new_harness: &impl Fn(usize) -> H) {
-    let store = new_harness(ROOMY_JOURNAL).open();
+    let harness = new_harness(ROOMY_JOURNAL);
+    let store = harness.open();
     let meta = Meta {
         next_task_id: 3,
         next_attempt: 8,
@@ -192,7 +195,8 @@ pub async fn every_change_kind_round_trips<H: Harness>(new_harness: &impl Fn(usi
 pub async fn stale_revision_is_refused_with_conflict<H: Harness>(
     new_harness: &impl Fn(usize) -> H,
 ) {
-    let store = new_harness(ROOMY_JOURNAL).open();
+    let harness = new_harness(ROOMY_JOURNAL);
+    let store = harness.open();
     apply_ok(&store, 0, vec![Change::PutTask(task(1))]).await;
     let before = store.load().await.unwrap();
     for stale in [0, 5] {
@@ -217,7 +221,8 @@ pub async fn stale_revision_is_refused_with_conflict<H: Harness>(
 }
 
 pub async fn revision_grows_by_one_per_apply<H: Harness>(new_harness: &impl Fn(usize) -> H) {
-    let store = new_harness(ROOMY_JOURNAL).open();
+    let harness = new_harness(ROOMY_JOURNAL);
+    let store = harness.open();
     for n in 0..5 {
         // An empty batch is still a write: it proves the writer was current.
         let changes = if n == 2 {
@@ -233,7 +238,8 @@ pub async fn revision_grows_by_one_per_apply<H: Harness>(new_harness: &impl Fn(u
 pub async fn reviews_keep_the_order_they_were_added_in<H: Harness>(
     new_harness: &impl Fn(usize) -> H,
 ) {
-    let store = new_harness(ROOMY_JOURNAL).open();
+    let harness = new_harness(ROOMY_JOURNAL);
+    let store = harness.open();
     // Twelve rounds: `round 10` must not sort before `round 9` (a bug of the original).
     let mut wanted = Vec::new();
     let mut revision = 0;
@@ -256,7 +262,8 @@ pub async fn reviews_keep_the_order_they_were_added_in<H: Harness>(
 pub async fn events_are_numbered_and_the_journal_keeps_the_newest<H: Harness>(
     new_harness: &impl Fn(usize) -> H,
 ) {
-    let store = new_harness(5).open();
+    let harness = new_harness(5);
+    let store = harness.open();
     let events = apply_ok(
         &store,
         0,
@@ -294,7 +301,8 @@ pub async fn events_are_numbered_and_the_journal_keeps_the_newest<H: Harness>(
 }
 
 pub async fn deleted_specs_and_assignments_are_gone<H: Harness>(new_harness: &impl Fn(usize) -> H) {
-    let store = new_harness(ROOMY_JOURNAL).open();
+    let harness = new_harness(ROOMY_JOURNAL);
+    let store = harness.open();
     let changes = vec![
         Change::PutSpec(spec("specs/a.md")),
         Change::PutSpec(spec("specs/b.md")),
