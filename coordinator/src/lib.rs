@@ -1,16 +1,25 @@
 //! The hyperloop coordinator: owns the reconcile cycle and drives workers.
 //!
 //! - [`cli`]: the commands behind the `hyperloop-coordinator` binary and their exit codes.
+//! - [`run`]: wires store, spec source, lander, local workers and the reconcile loop.
+//! - [`reconcile`]: the reconcile loop (COLLECT / INTAKE / ADVANCE / SPAWN).
+//! - [`dispatch`]: the registry of connected workers.
 //! - [`settings`]: reads `.hyperloop.yaml` and the environment into a validated `Config`.
 //! - [`compose`]: resolves the agent/process composition from the file system and remote
 //!   git bases (with a local cache) through the pure resolver in `hyperloop_shared::compose`.
-//! - [`ports`]: the traits adapters implement (state store, ...).
-//! - [`specs`]: finds the spec files of a repository.
+//! - [`init`]: scaffolds a repository for hyperloop.
+//! - [`lock`]: one coordinator per repository.
+//! - [`ports`] and [`adapters`]: the traits the loop uses and their implementations.
+//! - [`specs`]: finds the spec files of a working tree (for `--dry-run`).
 
 pub mod adapters;
 pub mod cli;
 pub mod compose;
+pub mod dispatch;
 pub mod init;
+pub mod lock;
 pub mod ports;
+pub mod reconcile;
+pub mod run;
 pub mod settings;
 pub mod specs;

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use hyperloop_coordinator::adapters::git::GitLander;
 use hyperloop_coordinator::ports::lander::{
-    CheckoutSync, LandOutcome, LandRequest, LandedEvidence, Lander, Landing, PushStatus,
+    CheckoutSync, LandOutcome, LandRequest, LandedEvidence, Lander, Landing, PushStatus, WorkRef,
 };
 use hyperloop_coordinator::ports::spec_source::CommitId;
 use hyperloop_shared::config::MergeStrategy;
@@ -107,9 +107,9 @@ impl Fixture {
 
 fn request(strategy: MergeStrategy) -> LandRequest {
     LandRequest {
-        task: TaskId(7),
+        task: WorkRef::Task(TaskId(7)),
         title: "Add the feature\nignored second line".into(),
-        spec_ref: "specs/x.md@0000000".parse::<SpecRef>().unwrap(),
+        spec_ref: Some("specs/x.md@0000000".parse::<SpecRef>().unwrap()),
         branch: BRANCH.into(),
         head: None,
         strategy,

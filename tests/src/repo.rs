@@ -49,7 +49,10 @@ impl TestRepo {
         let dir = tempfile::tempdir().expect("temp dir");
         let origin = dir.path().join("origin.git");
         let checkout = dir.path().join("checkout");
-        git(dir.path(), &["init", "-q", "--bare", "-b", "main", "origin.git"]);
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", "-b", "main", "origin.git"],
+        );
         git(dir.path(), &["clone", "-q", "origin.git", "checkout"]);
         git(&checkout, &["checkout", "-q", "-b", "main"]);
         let repo = TestRepo {
@@ -95,7 +98,12 @@ impl TestRepo {
         String::from_utf8_lossy(&listing.stdout)
             .lines()
             .filter(|p| p.starts_with(prefix))
-            .map(|p| git(&self.checkout, &["show", &format!("refs/hyperloop/state:{p}")]))
+            .map(|p| {
+                git(
+                    &self.checkout,
+                    &["show", &format!("refs/hyperloop/state:{p}")],
+                )
+            })
             .collect()
     }
 

@@ -72,8 +72,15 @@ fn text(bytes: &[u8]) -> String {
 
 fn assert_converged(repo: &TestRepo) {
     let files = repo.files("main");
-    for f in ["work/task-001.txt", "work/task-002.txt", "work/task-003.txt"] {
-        assert!(files.contains(&f.to_owned()), "{f} missing from main: {files:?}");
+    for f in [
+        "work/task-001.txt",
+        "work/task-002.txt",
+        "work/task-003.txt",
+    ] {
+        assert!(
+            files.contains(&f.to_owned()),
+            "{f} missing from main: {files:?}"
+        );
     }
     let log = repo.log("main");
     for task in ["task-001", "task-002", "task-003"] {
@@ -82,7 +89,13 @@ fn assert_converged(repo: &TestRepo) {
     }
     let spec_a = hyperloop_tests::repo::git(
         &repo.checkout,
-        &["log", "--format=%H", "--grep", "Spec-Ref: specs/a.md", "main"],
+        &[
+            "log",
+            "--format=%H",
+            "--grep",
+            "Spec-Ref: specs/a.md",
+            "main",
+        ],
     );
     assert_eq!(spec_a.lines().count(), 2, "two tasks served specs/a.md");
 }
@@ -103,10 +116,16 @@ fn two_specs_converge_through_intake_a_failed_round_and_local_merges() {
     // The dependent task ran only after its dependency landed.
     let done_1 = steps.find("verifier task-001 1").unwrap();
     let start_2 = steps.find("implementer task-002 0").unwrap();
-    assert!(start_2 > done_1, "task-002 must wait for task-001:\n{steps}");
+    assert!(
+        start_2 > done_1,
+        "task-002 must wait for task-001:\n{steps}"
+    );
 
     let events = repo.events();
-    let reaped = events.iter().filter(|e| e["event"] == "result_reaped").count();
+    let reaped = events
+        .iter()
+        .filter(|e| e["event"] == "result_reaped")
+        .count();
     assert!(reaped >= 7, "1 intake + 7 task steps: {reaped}");
     assert!(events.iter().any(|e| e["event"] == "task_looped_back"));
     assert_eq!(
@@ -122,16 +141,25 @@ fn editing_one_spec_yields_work_for_that_spec_only() {
     let log = repo.dir.path().join("steps.log");
     let first = run_to_end(coordinator(&repo, &log, "normal"));
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
-    hyperloop_tests::repo::git(&repo.checkout, &["pull", "-q", "--ff-only", "origin", "main"]);
+    hyperloop_tests::repo::git(
+        &repo.checkout,
+        &["pull", "-q", "--ff-only", "origin", "main"],
+    );
 
-    repo.commit(&[("specs/b.md", "# B\n\nRecord work for B, twice.\n")], "Change B");
+    repo.commit(
+        &[("specs/b.md", "# B\n\nRecord work for B, twice.\n")],
+        "Change B",
+    );
     std::fs::write(&log, "").unwrap();
     let second = run_to_end(coordinator(&repo, &log, "normal"));
     assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
     let steps = std::fs::read_to_string(&log).unwrap();
     assert!(steps.starts_with("pm intake 1\n"), "{steps}");
     assert!(steps.contains("implementer task-004 0"), "{steps}");
-    assert!(!steps.contains("task-001"), "nothing for specs/a.md: {steps}");
+    assert!(
+        !steps.contains("task-001"),
+        "nothing for specs/a.md: {steps}"
+    );
     let log = repo.log("main");
     assert!(log.contains("Spec-Ref: specs/b.md@"), "{log}");
     assert_eq!(log.matches("Task-Ref: task-004\n").count(), 1);
@@ -161,7 +189,9 @@ fn kill_9_at_many_moments_converges_to_the_same_main_without_duplicate_work() {
     let repo = repo(4);
     let log = repo.dir.path().join("steps.log");
     // Deterministic spread of kill moments across the run (milliseconds after start).
-    let delays = [150u64, 400, 700, 250, 900, 1300, 550, 1100, 350, 1700, 800, 2000];
+    let delays = [
+        150u64, 400, 700, 250, 900, 1300, 550, 1100, 350, 1700, 800, 2000,
+    ];
     for delay in delays {
         let mut child = coordinator(&repo, &log, "normal")
             .stdout(Stdio::null())
@@ -186,7 +216,11 @@ fn kill_9_at_many_moments_converges_to_the_same_main_without_duplicate_work() {
         if e["task"].is_null() {
             continue;
         }
-        let key = (e["task"].to_string(), e["step"].to_string(), e["round"].to_string());
+        let key = (
+            e["task"].to_string(),
+            e["step"].to_string(),
+            e["round"].to_string(),
+        );
         assert!(seen.insert(key.clone()), "step completed twice: {key:?}");
     }
     let merges = events.iter().filter(|e| e["event"] == "merged").count();

@@ -1,3 +1,11 @@
-//! Adapters: the ports implemented over concrete technology.
+//! Adapters: port implementations over concrete technology.
+//!
+//! - [`git`]: the spec source and the local lander, over the repository with git2 and the
+//!   git CLI.
+//! - [`git_store`]: the embedded `StateStore`, records on `refs/hyperloop/state` in the
+//!   repository itself.
+//! - [`memory_store`]: a `StateStore` in a map, for tests of the reconcile loop.
 
 pub mod git;
+pub mod git_store;
+pub mod memory_store;

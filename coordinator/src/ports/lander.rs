@@ -11,17 +11,37 @@
 //! Calls block (git work, possibly a push over the network); call them from a blocking context.
 
 use hyperloop_shared::config::MergeStrategy;
+use std::fmt;
+
 use hyperloop_shared::model::{SpecRef, TaskId};
 
 use crate::ports::spec_source::CommitId;
 
+/// The work a landing carries: a task's, or the process-improver's overlay changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkRef {
+    Task(TaskId),
+    ProcessImprovement,
+}
+
+impl fmt::Display for WorkRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkRef::Task(id) => id.fmt(f),
+            WorkRef::ProcessImprovement => f.write_str("process-improvement"),
+        }
+    }
+}
+
 /// What to land.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LandRequest {
-    pub task: TaskId,
+    /// What the work is for; its `Task-Ref:` trailer value.
+    pub task: WorkRef,
     /// The landing commit's subject (first line only is used).
     pub title: String,
-    pub spec_ref: SpecRef,
+    /// The spec the work serves (its `Spec-Ref:` trailer); `None` for process improvements.
+    pub spec_ref: Option<SpecRef>,
     /// The task branch, e.g. `hyperloop/task-007`.
     pub branch: String,
     /// The commit the pipeline verified. When set, exactly this commit is landed even if the
@@ -106,15 +126,15 @@ pub enum LandError {
         "task branch {branch} of {task} was found neither locally nor on origin, and no landing \
          of {task} is in the base branch; reset the task so its work is redone"
     )]
-    TaskBranchMissing { task: TaskId, branch: String },
+    TaskBranchMissing { task: WorkRef, branch: String },
     #[error("commit {commit} of {task} is not in the repository; reset the task")]
-    HeadMissing { task: TaskId, commit: String },
+    HeadMissing { task: WorkRef, commit: String },
     #[error(
         "the base branch {branch} kept moving while landing {task} ({attempts} attempts); \
          landing again will retry"
     )]
     Contended {
-        task: TaskId,
+        task: WorkRef,
         branch: String,
         attempts: u32,
     },
@@ -122,7 +142,7 @@ pub enum LandError {
     OpenRepository { repo: String, reason: String },
     #[error("git {operation} failed while landing {task}: {reason}")]
     Git {
-        task: TaskId,
+        task: WorkRef,
         operation: &'static str,
         reason: String,
     },

@@ -83,6 +83,38 @@ pub struct State {
     pub meta: Meta,
 }
 
+impl State {
+    /// Applies one change as every store does (events are journaled, not part of `State`), so
+    /// stores and their callers agree on what a batch means.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::PutTask(task) => {
+                self.tasks.insert(task.id, task.clone());
+            }
+            Change::AddReview(review) => {
+                self.reviews
+                    .entry(review.task_id)
+                    .or_default()
+                    .push(review.clone());
+            }
+            Change::PutSpec(spec) => {
+                self.specs.insert(spec.path.clone(), spec.clone());
+            }
+            Change::DeleteSpec(path) => {
+                self.specs.remove(path);
+            }
+            Change::PutAssignment(assignment) => {
+                self.assignments.insert(assignment.task, assignment.clone());
+            }
+            Change::DeleteAssignment(task) => {
+                self.assignments.remove(task);
+            }
+            Change::PutMeta(meta) => self.meta = meta.clone(),
+            Change::AppendEvent(_) => {}
+        }
+    }
+}
+
 /// One write in an atomic batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -129,6 +161,9 @@ impl StoreError {
         )
     }
 }
+
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 
 /// The reconcile state. Implementations are cheap to share (`Clone` or behind `Arc`).
 pub trait StateStore: Send + Sync + 'static {

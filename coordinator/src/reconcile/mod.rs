@@ -32,7 +32,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{Registry, WorkerEvent};
-use crate::ports::lander::{LandOutcome, LandRequest, Lander};
+use crate::ports::lander::{LandOutcome, LandRequest, Lander, WorkRef};
+use crate::ports::spec_source::CommitId;
 use crate::ports::spec_source::SpecSource;
 use specs::SpecView;
 use crate::ports::state_store::{Assignment, Change, SpecRecord, State, StateStore, StoreError};
@@ -604,16 +605,16 @@ where
                 let mut commit = None;
                 if verdict == Verdict::Pass && !result.head_commit.is_empty() {
                     let request = LandRequest {
-                        branch: result.branch.clone(),
-                        base_branch: self.ctx.config.target.base_branch.clone(),
-                        strategy: MergeStrategy::Squash,
+                        task: WorkRef::ProcessImprovement,
                         title: "Process improvements from failed rounds".to_owned(),
                         spec_ref: None,
-                        task_ref: "process-improvement".to_owned(),
+                        branch: result.branch.clone(),
+                        head: Some(CommitId(result.head_commit.clone())),
+                        strategy: MergeStrategy::Squash,
                         delete_branch: true,
                     };
                     match self.lander.land(&request) {
-                        Ok(LandOutcome::Landed { commit: c, .. }) => commit = Some(c),
+                        Ok(LandOutcome::Landed(landing)) => commit = Some(landing.commit.0),
                         Ok(other) => {
                             tracing::warn!(?other, "process improvements did not land");
                         }
@@ -740,16 +741,18 @@ where
             return;
         };
         let request = LandRequest {
-            branch: branch.clone(),
-            base_branch: self.ctx.config.target.base_branch.clone(),
-            strategy: self.ctx.config.merge.strategy,
+            task: WorkRef::Task(task.id),
             title: format!("{} ({})", task.title, task.id),
             spec_ref: Some(task.spec_ref.clone()),
-            task_ref: task.id.to_string(),
+            branch: branch.clone(),
+            head: None,
+            strategy: self.ctx.config.merge.strategy,
             delete_branch: self.ctx.config.merge.delete_branch,
         };
+        let base_branch = self.ctx.config.target.base_branch.clone();
         match self.lander.land(&request) {
-            Ok(LandOutcome::Landed { commit }) | Ok(LandOutcome::AlreadyLanded { commit }) => {
+            Ok(LandOutcome::Landed(landing) | LandOutcome::AlreadyLanded { landing, .. }) => {
+                let commit = landing.commit.0;
                 if self.state.meta.rebase_attempts.remove(&task.id).is_some() {
                     let meta = self.state.meta.clone();
                     self.changes.push(Change::PutMeta(meta));
@@ -758,7 +761,7 @@ where
                     Some(task.id),
                     EventKind::Merged {
                         branch,
-                        into: request.base_branch.clone(),
+                        into: base_branch,
                         commit,
                         strategy: format!("{:?}", request.strategy).to_lowercase(),
                     },
@@ -794,7 +797,7 @@ where
                         detail: format!(
                             "`{action}` conflicted with {} in {} after {used} rebase attempt(s); \
                              the work must be redone on the current base",
-                            request.base_branch,
+                            base_branch,
                             files.join(", "),
                         ),
                     });
@@ -802,6 +805,9 @@ where
                 }
                 let meta = self.state.meta.clone();
                 self.changes.push(Change::PutMeta(meta));
+            }
+            Ok(LandOutcome::Deferred { reason }) => {
+                tracing::info!(task = %task.id, %reason, "landing deferred; will retry");
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(task = %task.id, error = %e, "landing will be retried");

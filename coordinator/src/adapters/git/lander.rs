@@ -26,11 +26,11 @@ use git2::{
     message_trailers_strs,
 };
 use hyperloop_shared::config::MergeStrategy;
-use hyperloop_shared::model::TaskId;
 
 use super::cli::{failure, git};
 use crate::ports::lander::{
     CheckoutSync, LandError, LandOutcome, LandRequest, LandedEvidence, Lander, Landing, PushStatus,
+    WorkRef,
 };
 use crate::ports::spec_source::CommitId;
 
@@ -77,7 +77,7 @@ impl GitLander {
 }
 
 /// A failed git2 call, labelled with the task and operation.
-fn git_err(task: TaskId, operation: &'static str) -> impl Fn(git2::Error) -> LandError {
+fn git_err(task: WorkRef, operation: &'static str) -> impl Fn(git2::Error) -> LandError {
     move |e| LandError::Git {
         task,
         operation,
@@ -189,7 +189,7 @@ impl Lander for GitLander {
 }
 
 impl GitLander {
-    fn base_tip<'r>(&self, repo: &'r Repository, task: TaskId) -> Result<Commit<'r>, LandError> {
+    fn base_tip<'r>(&self, repo: &'r Repository, task: WorkRef) -> Result<Commit<'r>, LandError> {
         match repo.find_reference(&self.base_ref()) {
             Ok(r) => r
                 .peel_to_commit()
@@ -259,7 +259,7 @@ impl GitLander {
     fn advance(
         &self,
         repo: &Repository,
-        task: TaskId,
+        task: WorkRef,
         old: Oid,
         new: Oid,
     ) -> Result<Advance, LandError> {
@@ -411,7 +411,7 @@ fn delete_remote_branch(dir: &Path, branch: &str) -> bool {
 /// `Task-Ref: <task>`: the trace of an earlier landing.
 fn find_landing(
     repo: &Repository,
-    task: TaskId,
+    task: WorkRef,
     base: Oid,
     stop: Option<Oid>,
 ) -> Result<Option<Oid>, LandError> {
@@ -444,7 +444,7 @@ fn find_landing(
     Ok(None)
 }
 
-fn conflict_files(index: &git2::Index, task: TaskId) -> Result<Vec<String>, LandError> {
+fn conflict_files(index: &git2::Index, task: WorkRef) -> Result<Vec<String>, LandError> {
     let mut files = Vec::new();
     for conflict in index.conflicts().map_err(git_err(task, "list conflicts"))? {
         let conflict = conflict.map_err(git_err(task, "list conflicts"))?;
@@ -507,9 +507,9 @@ fn landing_message(
         message.push_str(&lines.join("\n"));
         message.push_str("\n\n");
     }
-    message.push_str(&format!(
-        "Spec-Ref: {}\nTask-Ref: {task}\n",
-        request.spec_ref
-    ));
+    if let Some(spec_ref) = &request.spec_ref {
+        message.push_str(&format!("Spec-Ref: {spec_ref}\n"));
+    }
+    message.push_str(&format!("Task-Ref: {task}\n"));
     Ok(message)
 }

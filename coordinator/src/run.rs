@@ -1,0 +1,189 @@
+//! `run` / `watch`: wires the embedded state store, the git spec source and lander, the
+//! in-process workers and the reconcile loop, and runs it until it halts.
+//!
+//! Local workers are the same worker code remote ones run, attached through the same
+//! dispatcher interface: a [`Link`] pair carrying the wire messages.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyperloop_proto::v1;
+use hyperloop_shared::config::Config;
+use hyperloop_shared::project::Project;
+use hyperloop_worker::{Link, WorkerOptions};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapters::git::{GitLander, GitSpecSource};
+use crate::adapters::git_store::GitStore;
+use crate::compose::{CacheDir, compose_project};
+use crate::dispatch::WorkerEvent;
+use crate::lock::CoordinatorLock;
+use crate::reconcile::{Context, Halt, Mode, Reconciler, RunError};
+
+/// Messages from all workers to the loop. Large enough that a burst of progress lines from
+/// every worker does not stall them; results are few and small.
+const INBOX_CAPACITY: usize = 1024;
+/// Workers heartbeat this often; the coordinator tells them so on registration.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long shutdown waits for local workers to stop their agents and clean up. Above the
+/// worker's own kill ladder (a few seconds).
+const WORKER_STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "{0} is not a git repository; run `git init` there first, or pass the repository with --path"
+    )]
+    NotARepository(String),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the composition is invalid: {0}")]
+    Composition(String),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+impl StartError {
+    /// Configuration problems are exit 2; everything else is a runtime failure.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            StartError::NotARepository(_) | StartError::Composition(_)
+        )
+    }
+}
+
+/// Runs the coordinator on the repository at `root` until it halts.
+///
+/// # Errors
+/// Not a repository, another coordinator holds it, an invalid composition, or a state store
+/// failure during the run.
+pub async fn run(
+    root: &Path,
+    config: Config,
+    mode: Mode,
+    shutdown: CancellationToken,
+) -> Result<Halt, StartError> {
+    let root = std::fs::canonicalize(root)
+        .map_err(|_| StartError::NotARepository(root.display().to_string()))?;
+    let repo = git2::Repository::open(&root)
+        .map_err(|_| StartError::NotARepository(root.display().to_string()))?;
+    let git_dir = repo.path().to_path_buf();
+    drop(repo);
+    let _lock = CoordinatorLock::acquire(&git_dir)?;
+
+    let base = config.target.base_branch.clone();
+    let store = GitStore::open(&root, config.dashboard.events_limit as usize)
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let specs = GitSpecSource::open(&root, &base, &config.target.specs_dir)
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let lander = GitLander::open(&root, &base).map_err(|e| StartError::Setup(e.to_string()))?;
+    let compose = composer(root.clone(), &config);
+    compose().map_err(StartError::Composition)?;
+
+    let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+    let workers_stop = shutdown.child_token();
+    let mut workers = JoinSet::new();
+    for i in 0..config.local_worker_count() {
+        let name = format!("local-{i}");
+        let mut options = WorkerOptions::new(&name, git_dir.join("hyperloop/workers").join(&name));
+        options.capacity = 1;
+        attach_local(&mut workers, options, inbox_tx.clone(), workers_stop.clone());
+    }
+    drop(inbox_tx);
+
+    let ctx = Context {
+        repo_url: root.display().to_string(),
+        root,
+        config,
+        mode,
+    };
+    let reconciler = Reconciler::new(ctx, store, specs, lander, compose, inbox).await?;
+    let halt = reconciler.run(shutdown).await;
+    workers_stop.cancel();
+    let _ = tokio::time::timeout(WORKER_STOP_GRACE, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(halt?)
+}
+
+/// Recomposes the project from the checkout (after the process-improver landed overlays).
+fn composer(root: PathBuf, config: &Config) -> impl Fn() -> Result<Project, String> + use<> {
+    let overlay = config.overlay.clone();
+    let base_ref = config.base_ref.clone();
+    let cache = CacheDir::from_env();
+    move || {
+        let (composition, _) = compose_project(&root, &overlay, base_ref.as_deref(), &cache)
+            .map_err(|e| e.to_string())?;
+        Project::from_composition(&composition).map_err(|e| e.to_string())
+    }
+}
+
+/// Starts an in-process worker and relays its side of the stream to the loop's inbox.
+fn attach_local(
+    set: &mut JoinSet<()>,
+    options: WorkerOptions,
+    inbox: mpsc::Sender<WorkerEvent>,
+    stop: CancellationToken,
+) {
+    let (link, mut end) = Link::pair();
+    let name = options.name.clone();
+    set.spawn(async move {
+        if let Err(e) = hyperloop_worker::serve(options, link, stop).await {
+            tracing::warn!(worker = %name, error = %e, "local worker stopped with an error");
+        }
+    });
+    set.spawn(async move {
+        let mut worker = None;
+        while let Some(message) = end.inbound.recv().await {
+            let Some(body) = message.body else { continue };
+            if let v1::worker_message::Body::Hello(hello) = &body {
+                let registration = hello.registration.clone().unwrap_or_default();
+                let registered = v1::CoordinatorMessage {
+                    body: Some(v1::coordinator_message::Body::Registered(v1::Registered {
+                        worker_id: registration.name.clone(),
+                        heartbeat_interval: Some(prost_types::Duration {
+                            seconds: HEARTBEAT_INTERVAL.as_secs() as i64,
+                            nanos: 0,
+                        }),
+                        leader_term: 0,
+                        protocol_version: hyperloop_proto::PROTOCOL_VERSION,
+                        coordinator_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    })),
+                };
+                if end.outbound.send(registered).await.is_err() {
+                    break;
+                }
+                worker = Some(registration.name.clone());
+                let joined = WorkerEvent::Joined {
+                    worker: registration.name,
+                    capacity: registration.capacity.max(1),
+                    sender: end.outbound.clone(),
+                };
+                if inbox.send(joined).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            let Some(name) = worker.clone() else { continue };
+            if inbox
+                .send(WorkerEvent::Message {
+                    worker: name,
+                    message: body,
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        if let Some(worker) = worker {
+            let _ = inbox.send(WorkerEvent::Gone { worker }).await;
+        }
+    });
+}
