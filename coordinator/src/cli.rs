@@ -225,3 +225,109 @@ fn pipeline_tree(out: &mut String, steps: &[Step], depth: usize, process: &Proce
         };
     }
 }
+
+/// `hyperloop-coordinator init`: scaffolds the repository (idempotent, offline).
+pub fn init(path: &Path, base_ref: Option<&str>, overlay: Option<&str>) -> Exit {
+    match crate::init::init(path, base_ref, overlay) {
+        Ok(report) => Exit::ok(report.to_string(), String::new()),
+        Err(e @ (InitError::NotARepository { .. } | InitError::NotRepositoryRoot { .. })) => {
+            Exit::usage(e.to_string())
+        }
+        Err(e @ InitError::Invalid { .. }) => Exit::usage(e.to_string()),
+        Err(e) => Exit {
+            code: code::RUNTIME,
+            stdout: String::new(),
+            stderr: format!("error: {e}\n"),
+        },
+    }
+}
+
+/// `hyperloop-coordinator run` / `watch`: reconciles until convergence (run) or forever
+/// (watch). The first SIGINT/SIGTERM shuts down cleanly (agents stopped, state persisted);
+/// a second one exits at once.
+pub fn reconcile(root: &Path, config_file: Option<&Path>, overrides: &Overrides, mode: Mode) -> Exit {
+    let settings = match settings::load(root, config_file, overrides) {
+        Ok(s) => s,
+        Err(e) => return Exit::usage(e.to_string()),
+    };
+    let config = settings.config;
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return runtime_error(format!("cannot start the async runtime: {e}")),
+    };
+    let max_cycles = config.max_cycles;
+    let outcome = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        crate::run::run(root, config, mode, shutdown).await
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
+        Ok(Halt::Converged { complete, failed }) => Exit::ok(
+            String::new(),
+            format!("converged: {complete} task(s) complete, {failed} failed\n"),
+        ),
+        Ok(Halt::Shutdown) => Exit::ok(String::new(), "stopped; state saved\n".to_owned()),
+        Ok(Halt::MaxCycles(_)) => Exit {
+            code: code::MAX_CYCLES,
+            stdout: String::new(),
+            stderr: format!(
+                "stopped after max_cycles ({max_cycles}) before convergence; run again to continue\n"
+            ),
+        },
+        Err(e) if e.is_usage() => Exit::usage(e.to_string()),
+        Err(e) => runtime_error(e.to_string()),
+    }
+}
+
+fn runtime_error(message: String) -> Exit {
+    Exit {
+        code: code::RUNTIME,
+        stdout: String::new(),
+        stderr: format!("error: {message}\n"),
+    }
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down: stopping agents and saving state (signal again to force)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    std::process::exit(130);
+}
+
+/// Logs go to stderr, as console lines or JSON, at the configured level. `RUST_LOG`, when
+/// set, wins (for debugging one module).
+fn init_tracing(config: &hyperloop_shared::config::Config) {
+    use hyperloop_shared::config::{LogFormat, LogLevel};
+    let level = match config.observability.log_level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warning => "warn",
+        LogLevel::Error => "error",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.observability.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Console => builder.try_init(),
+    };
+}

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use hyperloop_coordinator::cli::{self, Exit};
+use hyperloop_coordinator::cli;
+use hyperloop_coordinator::reconcile::Mode;
 use hyperloop_shared::config::Overrides;
 
 /// hyperloop keeps a repository's code in sync with its markdown specs using AI coding agents.
@@ -17,11 +18,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Reconcile the repository's specs with its code.
+    /// Scaffold .hyperloop.yaml, .hyperloop/agents/ and specs/ (idempotent, offline).
+    Init(InitArgs),
+    /// Reconcile the repository's specs with its code; halt when no gap remains.
     ///
     /// With --dry-run: print the resolved configuration, pipeline, composed agent templates
     /// and the specs that would be reconciled, and change nothing.
     Run(RunArgs),
+    /// Like run, but never halt: keep reconciling as specs change.
+    Watch(RunArgs),
     /// Print the resolved Agent and Process resources as multi-document YAML, exactly as
     /// `kubectl kustomize` would for the overlay (no kustomize needed).
     Compose(ComposeArgs),
@@ -35,6 +40,20 @@ struct RepoArgs {
     /// Configuration file (default: <path>/.hyperloop.yaml; missing means all defaults).
     #[arg(short = 'c', long = "config", env = "HYPERLOOP_CONFIG")]
     config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// The repository to scaffold (its root).
+    #[arg(long, env = "HYPERLOOP_PATH", default_value = ".")]
+    path: PathBuf,
+    /// The base agent definitions as a kustomize resource (default: hyperloop's own base,
+    /// built in).
+    #[arg(long, env = "HYPERLOOP_BASE_REF")]
+    base_ref: Option<String>,
+    /// A project overlay (a kustomize resource that includes a base); replaces --base-ref.
+    #[arg(long, env = "HYPERLOOP_OVERLAY")]
+    overlay: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -99,14 +118,25 @@ fn main() -> ExitCode {
             args.repo.config.as_deref(),
             &Overrides::default(),
         ),
-        Command::Run(args) if args.dry_run => cli::dry_run(
+        Command::Init(args) => cli::init(
+            &args.path,
+            args.base_ref.as_deref(),
+            args.overlay.as_deref(),
+        ),
+        Command::Run(args) | Command::Watch(args) if args.dry_run => cli::dry_run(
             &args.repo.path,
             args.repo.config.as_deref(),
             &args.overrides(),
         ),
-        Command::Run(_) => Exit::usage(
-            "hyperloop-coordinator run: this build can only validate and preview a repository; \
-             run it with --dry-run",
+        Command::Run(args) => {
+            let mode = if args.watch { Mode::Watch } else { Mode::Run };
+            cli::reconcile(&args.repo.path, args.repo.config.as_deref(), &args.overrides(), mode)
+        }
+        Command::Watch(args) => cli::reconcile(
+            &args.repo.path,
+            args.repo.config.as_deref(),
+            &args.overrides(),
+            Mode::Watch,
         ),
     };
     exit.report()

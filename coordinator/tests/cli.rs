@@ -159,8 +159,25 @@ fn a_pipeline_with_an_undefined_gate_exits_2_naming_file_step_and_fix() {
 }
 
 #[test]
-fn run_without_dry_run_is_refused_with_usage_exit_code() {
-    let out = coordinator().args(["run"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("--dry-run"));
+fn run_outside_a_git_repository_exits_2_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = coordinator()
+        .args(["run", "--path"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("is not a git repository"));
+}
+
+#[test]
+fn init_outside_a_git_repository_exits_2_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = coordinator()
+        .args(["init", "--path"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("is not a git repository"));
 }
