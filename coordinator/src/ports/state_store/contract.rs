@@ -242,8 +242,7 @@ pub async fn reviews_keep_the_order_they_were_added_in<H: Harness>(
     let store = harness.open();
     // Twelve rounds: `round 10` must not sort before `round 9` (a bug of the original).
     let mut wanted = Vec::new();
-    let mut revision = 0;
-    for chunk in (1..=12u32).collect::<Vec<_>>().chunks(5) {
+    for (revision, chunk) in (1..=12u32).collect::<Vec<_>>().chunks(5).enumerate() {
         let mut changes = Vec::new();
         for &round in chunk {
             let r = review(4, round, Verdict::Fail);
@@ -251,8 +250,7 @@ pub async fn reviews_keep_the_order_they_were_added_in<H: Harness>(
             changes.push(Change::AddReview(r));
             changes.push(Change::AddReview(review(5, round, Verdict::Pass)));
         }
-        apply_ok(&store, revision, changes).await;
-        revision += 1;
+        apply_ok(&store, revision as u64, changes).await;
     }
     let state = store.load().await.unwrap();
     assert_eq!(state.reviews[&TaskId(4)], wanted);
