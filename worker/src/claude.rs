@@ -175,7 +175,11 @@ impl StreamState {
 
     /// Why the session failed, if it did, judged from how the process ended and the stream.
     /// `None` means the CLI reports success; the result file decides the verdict then.
-    pub(crate) fn failure(&self, ended: Ended, limits: &ClaudeLimits) -> Option<(FailureCause, String)> {
+    pub(crate) fn failure(
+        &self,
+        ended: Ended,
+        limits: &ClaudeLimits,
+    ) -> Option<(FailureCause, String)> {
         let code = match ended {
             Ended::Exited(code) => code,
             // Timeouts, cancels and signals are judged by the caller, the same for every runtime.
@@ -237,9 +241,7 @@ impl StreamState {
                 Some(if code != 0 {
                     (
                         FailureCause::NonzeroExit,
-                        format!(
-                            "claude exited with status {code} without its final `result` line"
-                        ),
+                        format!("claude exited with status {code} without its final `result` line"),
                     )
                 } else {
                     (
@@ -349,20 +351,31 @@ mod tests {
         let ok = result(false, "success");
         assert_eq!(feed(&[INIT, &ok]).failure(Ended::Exited(0), &limits), None);
 
-        let (cause, detail) = feed(&[INIT, &ok]).failure(Ended::Exited(1), &limits).unwrap();
+        let (cause, detail) = feed(&[INIT, &ok])
+            .failure(Ended::Exited(1), &limits)
+            .unwrap();
         assert_eq!(cause, FailureCause::NonzeroExit);
         assert!(detail.contains("status 1"), "{detail}");
 
         // `subtype: success` after an API error: is_error decides.
         let api_error = result(true, "success");
-        let (cause, _) = feed(&[INIT, &api_error]).failure(Ended::Exited(0), &limits).unwrap();
+        let (cause, _) = feed(&[INIT, &api_error])
+            .failure(Ended::Exited(0), &limits)
+            .unwrap();
         assert_eq!(cause, FailureCause::RuntimeUnavailable);
 
-        let (cause, detail) = feed(&[INIT, TEXT]).failure(Ended::Exited(143), &limits).unwrap();
+        let (cause, detail) = feed(&[INIT, TEXT])
+            .failure(Ended::Exited(143), &limits)
+            .unwrap();
         assert_eq!(cause, FailureCause::NonzeroExit);
-        assert!(detail.contains("without its final `result` line"), "{detail}");
+        assert!(
+            detail.contains("without its final `result` line"),
+            "{detail}"
+        );
 
-        let (cause, _) = feed(&[INIT, TEXT]).failure(Ended::Exited(0), &limits).unwrap();
+        let (cause, _) = feed(&[INIT, TEXT])
+            .failure(Ended::Exited(0), &limits)
+            .unwrap();
         assert_eq!(cause, FailureCause::RuntimeUnavailable);
     }
 
@@ -374,12 +387,16 @@ mod tests {
             budget_usd: Some(0.01),
         };
         let turns = result(true, "error_max_turns");
-        let (cause, detail) = feed(&[INIT, &turns]).failure(Ended::Exited(1), &limits).unwrap();
+        let (cause, detail) = feed(&[INIT, &turns])
+            .failure(Ended::Exited(1), &limits)
+            .unwrap();
         assert_eq!(cause, FailureCause::TurnsExhausted);
         assert!(detail.contains("max_turns 3"), "{detail}");
 
         let budget = result(true, "error_max_budget_usd");
-        let (cause, detail) = feed(&[INIT, &budget]).failure(Ended::Exited(1), &limits).unwrap();
+        let (cause, detail) = feed(&[INIT, &budget])
+            .failure(Ended::Exited(1), &limits)
+            .unwrap();
         assert_eq!(cause, FailureCause::BudgetExhausted);
         assert!(detail.contains("budget_usd 0.01"), "{detail}");
 
@@ -396,7 +413,10 @@ mod tests {
             max_turns: Some(7),
             budget_usd: Some(1.5),
         });
-        let argv: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             argv.join(" "),
             "-p --output-format stream-json --verbose --permission-mode bypassPermissions \

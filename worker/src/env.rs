@@ -29,7 +29,13 @@ pub const ALLOWED_VARS: &[&str] = &[
 /// base URLs; `CLAUDE_CODE_*` includes `CLAUDE_CODE_USE_BEDROCK`/`_USE_VERTEX`), Bedrock
 /// credentials and region (`AWS_*`) and Claude Code's per-model Vertex regions
 /// (`VERTEX_REGION_*`).
-pub const ALLOWED_PREFIXES: &[&str] = &["LC_", "ANTHROPIC_", "CLAUDE_CODE_", "AWS_", "VERTEX_REGION_"];
+pub const ALLOWED_PREFIXES: &[&str] = &[
+    "LC_",
+    "ANTHROPIC_",
+    "CLAUDE_CODE_",
+    "AWS_",
+    "VERTEX_REGION_",
+];
 
 /// Whether a host variable reaches agents without being named in `env_passthrough`.
 pub fn is_allowed_by_default(name: &str) -> bool {
@@ -78,7 +84,9 @@ mod tests {
     }
 
     fn names(env: &BTreeMap<OsString, OsString>) -> Vec<String> {
-        env.keys().map(|k| k.to_string_lossy().into_owned()).collect()
+        env.keys()
+            .map(|k| k.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]

@@ -28,14 +28,22 @@ pub enum WorkerError {
     #[error("the coordinator is not the leader (leader: {})", if .leader_address.is_empty() { "election in progress" } else { .leader_address.as_str() })]
     NotLeader { leader_address: String },
     /// The coordinator sent something other than `Registered` in answer to Hello.
-    #[error("the coordinator answered Hello with an unexpected message ({got}); is this a hyperloop coordinator?")]
+    #[error(
+        "the coordinator answered Hello with an unexpected message ({got}); is this a hyperloop coordinator?"
+    )]
     UnexpectedMessage { got: &'static str },
     /// Coordinator and worker speak different protocol versions.
     #[error(transparent)]
     Protocol(#[from] hyperloop_proto::ConversionError),
     /// The work dir could not be prepared (leftover worktrees could not be removed).
     #[error("could not prepare the work dir: {0}")]
-    Workspace(#[from] WorkspaceError),
+    Workspace(#[source] Box<WorkspaceError>),
+}
+
+impl From<WorkspaceError> for WorkerError {
+    fn from(e: WorkspaceError) -> Self {
+        Self::Workspace(Box::new(e))
+    }
 }
 
 impl WorkerError {

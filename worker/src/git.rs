@@ -79,7 +79,10 @@ pub(crate) async fn run<S: AsRef<OsStr>>(
     limit: Duration,
 ) -> Result<String, GitError> {
     let output = output(dir, args, limit).await?;
-    let rendered = render(args);
+    finish(dir, render(args), output)
+}
+
+fn finish(dir: &Path, rendered: String, output: std::process::Output) -> Result<String, GitError> {
     if output.status.success() {
         let mut out = String::from_utf8_lossy(&output.stdout).into_owned();
         while out.ends_with('\n') {
@@ -96,10 +99,42 @@ pub(crate) async fn run<S: AsRef<OsStr>>(
     }
 }
 
-/// Runs `git <args>` and reports only whether it exited 0 (for probes such as
-/// `rev-parse --verify`).
-pub(crate) async fn succeeds<S: AsRef<OsStr>>(dir: &Path, args: &[S]) -> Result<bool, GitError> {
-    Ok(output(dir, args, LOCAL_GIT_TIMEOUT).await?.status.success())
+/// Runs `git <args>` with `input` on stdin (for `cat-file --batch-check`).
+pub(crate) async fn run_with_input<S: AsRef<OsStr>>(
+    dir: &Path,
+    args: &[S],
+    input: String,
+    limit: Duration,
+) -> Result<String, GitError> {
+    let rendered = render(args);
+    let mut cmd = command(dir, args);
+    cmd.stdin(Stdio::piped());
+    let work = async {
+        let mut child = cmd.spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt as _;
+            stdin.write_all(input.as_bytes()).await?;
+        }
+        child.wait_with_output().await
+    };
+    let output = match tokio::time::timeout(limit, work).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(source)) => {
+            return Err(GitError::Spawn {
+                args: rendered,
+                dir: dir.to_owned(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(GitError::TimedOut {
+                args: rendered,
+                dir: dir.to_owned(),
+                limit,
+            });
+        }
+    };
+    finish(dir, rendered, output)
 }
 
 async fn output<S: AsRef<OsStr>>(
@@ -107,6 +142,23 @@ async fn output<S: AsRef<OsStr>>(
     args: &[S],
     limit: Duration,
 ) -> Result<std::process::Output, GitError> {
+    let mut cmd = command(dir, args);
+    match tokio::time::timeout(limit, cmd.output()).await {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(source)) => Err(GitError::Spawn {
+            args: render(args),
+            dir: dir.to_owned(),
+            source,
+        }),
+        Err(_) => Err(GitError::TimedOut {
+            args: render(args),
+            dir: dir.to_owned(),
+            limit,
+        }),
+    }
+}
+
+fn command<S: AsRef<OsStr>>(dir: &Path, args: &[S]) -> Command {
     let mut cmd = Command::new("git");
     cmd.args(args)
         .current_dir(dir)
@@ -121,19 +173,7 @@ async fn output<S: AsRef<OsStr>>(
     for var in REPO_LOCAL_VARS {
         cmd.env_remove(var);
     }
-    match tokio::time::timeout(limit, cmd.output()).await {
-        Ok(Ok(output)) => Ok(output),
-        Ok(Err(source)) => Err(GitError::Spawn {
-            args: render(args),
-            dir: dir.to_owned(),
-            source,
-        }),
-        Err(_) => Err(GitError::TimedOut {
-            args: render(args),
-            dir: dir.to_owned(),
-            limit,
-        }),
-    }
+    cmd
 }
 
 /// Renders argv for messages, hiding credentials embedded in URLs
@@ -166,7 +206,10 @@ mod tests {
             redact_url("https://x-access-token:ghp_secret@github.com/o/r.git"),
             "https://***@github.com/o/r.git"
         );
-        assert_eq!(redact_url("file:///tmp/origin.git"), "file:///tmp/origin.git");
+        assert_eq!(
+            redact_url("file:///tmp/origin.git"),
+            "file:///tmp/origin.git"
+        );
         assert_eq!(redact_url("refs/heads/a@b"), "refs/heads/a@b");
     }
 }

@@ -110,14 +110,22 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, WorkerError>
         let Some((key, value)) = entry.split_once('=') else {
             return Err(invalid(
                 "--labels",
-                format!("entry {entry:?} is not `key=value`; write e.g. `--labels os=linux,gpu=a100`"),
+                format!(
+                    "entry {entry:?} is not `key=value`; write e.g. `--labels os=linux,gpu=a100`"
+                ),
             ));
         };
         let key = key.trim();
         if key.is_empty() {
-            return Err(invalid("--labels", format!("entry {entry:?} has an empty key")));
+            return Err(invalid(
+                "--labels",
+                format!("entry {entry:?} has an empty key"),
+            ));
         }
-        if labels.insert(key.to_owned(), value.trim().to_owned()).is_some() {
+        if labels
+            .insert(key.to_owned(), value.trim().to_owned())
+            .is_some()
+        {
             return Err(invalid("--labels", format!("key {key:?} is given twice")));
         }
     }

@@ -217,7 +217,10 @@ pub(crate) async fn stop_group(pgid: Pid, mut child: Option<&mut Child>, first: 
             (Signal::SIGTERM, TERMINATE_GRACE),
             (Signal::SIGKILL, KILL_WAIT),
         ],
-        _ => &[(Signal::SIGTERM, TERMINATE_GRACE), (Signal::SIGKILL, KILL_WAIT)],
+        _ => &[
+            (Signal::SIGTERM, TERMINATE_GRACE),
+            (Signal::SIGKILL, KILL_WAIT),
+        ],
     };
     for &(signal, grace) in ladder {
         if let Some(c) = child.as_deref_mut() {
@@ -327,12 +330,24 @@ mod tests {
         let input = format!("short\n{}\nlast", "x".repeat(100));
         let mut reader = BufReader::with_capacity(7, input.as_bytes());
         let mut buf = Vec::new();
-        assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), Some(false));
+        assert_eq!(
+            read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(),
+            Some(false)
+        );
         assert_eq!(buf, b"short");
-        assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), Some(true));
+        assert_eq!(
+            read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(),
+            Some(true)
+        );
         assert_eq!(buf, b"xxxxxxxxxx");
-        assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), Some(false));
+        assert_eq!(
+            read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(),
+            Some(false)
+        );
         assert_eq!(buf, b"last");
-        assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), None);
+        assert_eq!(
+            read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(),
+            None
+        );
     }
 }

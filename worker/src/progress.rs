@@ -66,7 +66,8 @@ impl ProgressSink {
     pub fn line(&self, source: LogSource, text: &str) {
         let dropped = self.inner.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
-            let notice = format!("[hyperloop: {dropped} output lines dropped; the log buffer was full]");
+            let notice =
+                format!("[hyperloop: {dropped} output lines dropped; the log buffer was full]");
             if !self.try_push(LogSource::Worker, &notice) {
                 self.inner.dropped.fetch_add(dropped + 1, Ordering::Relaxed);
                 return;
@@ -123,7 +124,11 @@ mod tests {
         assert_eq!(got.len(), PROGRESS_BUFFER_LINES);
         sink.line(LogSource::Stdout, "after");
         let notice = stream.lines.try_recv().unwrap();
-        assert!(notice.text.contains("10 output lines dropped"), "{}", notice.text);
+        assert!(
+            notice.text.contains("10 output lines dropped"),
+            "{}",
+            notice.text
+        );
         let after = stream.lines.try_recv().unwrap();
         assert_eq!(after.text, "after");
         // Dropped lines leave gaps in the numbering.

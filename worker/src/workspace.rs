@@ -21,6 +21,8 @@
 use std::path::{Path, PathBuf};
 
 use hyperloop_shared::result_file::RESULT_FILE_PATH;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::Mutex;
 
 use crate::git::{self, GitError, LOCAL_GIT_TIMEOUT, NETWORK_GIT_TIMEOUT};
@@ -110,6 +112,12 @@ pub(crate) struct Checkout {
     pub remote_tip: Option<String>,
 }
 
+/// How many checkouts between two `git maintenance run --auto` on the mirror (which packs
+/// loose objects and refs when git's own thresholds say so). Fetches run with
+/// `--no-auto-maintenance` because their automatic maintenance forks a detached process on
+/// every step; this runs it in the step's path instead, rarely.
+pub const MAINTENANCE_EVERY_CHECKOUTS: u64 = 256;
+
 /// A worker's mirror plus its worktrees. Shared by all steps of one worker (`Arc`).
 #[derive(Debug)]
 pub struct Workspace {
@@ -118,7 +126,10 @@ pub struct Workspace {
     root: PathBuf,
     /// Serialises everything that writes the mirror's refs or worktree admin files (fetch,
     /// worktree add/remove/prune, ref updates). A tokio mutex: it is held across awaits on git.
-    lock: Mutex<()>,
+    /// Holds the URL the mirror's `origin` is known to point at (saves a `git config` per
+    /// step).
+    lock: Mutex<Option<String>>,
+    checkouts: AtomicU64,
 }
 
 impl Workspace {
@@ -129,7 +140,8 @@ impl Workspace {
             mirror_dir: root.join("mirror"),
             worktrees_dir: root.join("worktrees"),
             root,
-            lock: Mutex::new(()),
+            lock: Mutex::new(None),
+            checkouts: AtomicU64::new(0),
         }
     }
 
@@ -164,6 +176,7 @@ impl Workspace {
         if self.mirror_dir.join("HEAD").exists() {
             // Stale admin entries point at the directories just removed.
             let _ = git::run(&self.mirror_dir, &["worktree", "prune"], LOCAL_GIT_TIMEOUT).await;
+            self.maintain().await;
         }
         Ok(())
     }
@@ -175,41 +188,44 @@ impl Workspace {
         path: &Path,
     ) -> Result<Checkout, WorkspaceError> {
         let (start_commit, remote_tip) = {
-            let _guard = self.lock.lock().await;
-            self.sync_mirror(req.repo_url).await?;
+            let mut known_url = self.lock.lock().await;
+            self.sync_mirror(req.repo_url, &mut known_url).await?;
+            if self.checkouts.fetch_add(1, Ordering::Relaxed) % MAINTENANCE_EVERY_CHECKOUTS
+                == MAINTENANCE_EVERY_CHECKOUTS - 1
+            {
+                self.maintain().await;
+            }
             let mirror = &self.mirror_dir;
 
-            let remote_tip = match req.branch {
-                Some(branch) => {
-                    resolve(mirror, &format!("refs/remotes/origin/{branch}"))
-                        .await
-                        .map_err(|source| WorkspaceError::Inspect {
-                            path: mirror.clone(),
-                            source,
-                        })?
-                }
-                None => None,
-            };
-            let base_tip = resolve(mirror, &format!("refs/remotes/origin/{}", req.base_branch))
+            // One process resolves everything the checkout needs.
+            let remote_branch = req.branch.map(|b| format!("refs/remotes/origin/{b}"));
+            let names = [
+                remote_branch
+                    .clone()
+                    .unwrap_or_else(|| "refs/remotes/origin/HEAD".to_owned()),
+                format!("refs/remotes/origin/{}", req.base_branch),
+                format!("refs/heads/{}", req.base_branch),
+                if req.base_commit.is_empty() {
+                    "HEAD".to_owned()
+                } else {
+                    req.base_commit.to_owned()
+                },
+            ];
+            let [remote_tip, base_tip, local_base, base_commit] = resolve_all(mirror, &names)
                 .await
                 .map_err(|source| WorkspaceError::Inspect {
                     path: mirror.clone(),
                     source,
                 })?;
+            let remote_tip = remote_tip.filter(|_| remote_branch.is_some());
             let base_commit = if req.base_commit.is_empty() {
                 None
             } else {
                 Some(
-                    resolve(mirror, req.base_commit)
-                        .await
-                        .map_err(|source| WorkspaceError::Inspect {
-                            path: mirror.clone(),
-                            source,
-                        })?
-                        .ok_or_else(|| WorkspaceError::BaseCommitMissing {
-                            commit: req.base_commit.to_owned(),
-                            url: git::redact_url(req.repo_url),
-                        })?,
+                    base_commit.ok_or_else(|| WorkspaceError::BaseCommitMissing {
+                        commit: req.base_commit.to_owned(),
+                        url: git::redact_url(req.repo_url),
+                    })?,
                 )
             };
             let start = match (&remote_tip, &base_commit, &base_tip) {
@@ -227,6 +243,7 @@ impl Workspace {
             // The base branch as a local ref, so agents can `git diff <base>...HEAD`.
             if req.branch != Some(req.base_branch)
                 && let Some(base) = base_tip.as_ref().or(base_commit.as_ref())
+                && local_base.as_ref() != Some(base)
             {
                 let local = format!("refs/heads/{}", req.base_branch);
                 git::run(mirror, &["update-ref", &local, base], LOCAL_GIT_TIMEOUT)
@@ -237,7 +254,9 @@ impl Workspace {
                     })?;
             }
 
-            self.remove_locked(path, None).await;
+            if path.exists() {
+                self.remove_locked(path, None).await;
+            }
             let parent = path.parent().unwrap_or(&self.worktrees_dir);
             tokio::fs::create_dir_all(parent)
                 .await
@@ -289,6 +308,7 @@ impl Workspace {
             return;
         }
         let mirror = &self.mirror_dir;
+        let mut needs_prune = true;
         if path.exists() {
             let path_arg = path.as_os_str().to_string_lossy().into_owned();
             let removed = git::run(
@@ -297,8 +317,12 @@ impl Workspace {
                 LOCAL_GIT_TIMEOUT,
             )
             .await;
-            if let Err(e) = removed {
-                tracing::debug!(error = %e, "git worktree remove failed; deleting the directory");
+            match removed {
+                // `worktree remove` deletes the admin entry too.
+                Ok(_) => needs_prune = false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "git worktree remove failed; deleting the directory");
+                }
             }
             if path.exists()
                 && let Err(e) = tokio::fs::remove_dir_all(path).await
@@ -306,7 +330,9 @@ impl Workspace {
                 tracing::warn!(path = %path.display(), error = %e, "could not delete a worktree");
             }
         }
-        if let Err(e) = git::run(mirror, &["worktree", "prune"], LOCAL_GIT_TIMEOUT).await {
+        if needs_prune
+            && let Err(e) = git::run(mirror, &["worktree", "prune"], LOCAL_GIT_TIMEOUT).await
+        {
             tracing::warn!(error = %e, "git worktree prune failed");
         }
         if let Some(branch) = branch {
@@ -316,20 +342,42 @@ impl Workspace {
         }
     }
 
+    /// Packs the mirror when git thinks it is due. Failures only cost disk space: logged.
+    async fn maintain(&self) {
+        let args = ["maintenance", "run", "--auto", "--quiet"];
+        if let Err(e) = git::run(&self.mirror_dir, &args, NETWORK_GIT_TIMEOUT).await {
+            tracing::warn!(error = %e, "git maintenance on the mirror failed");
+        }
+    }
+
     /// Creates the mirror on first use (atomically: clone into a temporary directory, then
     /// rename) and fetches. Called with the lock held.
-    async fn sync_mirror(&self, url: &str) -> Result<(), WorkspaceError> {
+    async fn sync_mirror(
+        &self,
+        url: &str,
+        known_url: &mut Option<String>,
+    ) -> Result<(), WorkspaceError> {
         let mirror = &self.mirror_dir;
-        let fetch = ["fetch", "--prune", "--no-tags", "--quiet", "origin"];
+        // Auto maintenance is run by `sweep` and every MAINTENANCE_EVERY_CHECKOUTS checkouts
+        // instead: after every fetch it forks a detached `git maintenance` per step.
+        let fetch = [
+            "fetch",
+            "--prune",
+            "--no-tags",
+            "--quiet",
+            "--no-auto-maintenance",
+            "--no-write-fetch-head",
+            "origin",
+        ];
         if !mirror.join("HEAD").exists() {
             tokio::fs::create_dir_all(&self.root)
                 .await
                 .map_err(io_err(&self.root))?;
-            let tmp = self
-                .root
-                .join(format!("mirror.tmp-{}", std::process::id()));
+            let tmp = self.root.join(format!("mirror.tmp-{}", std::process::id()));
             if tmp.exists() {
-                tokio::fs::remove_dir_all(&tmp).await.map_err(io_err(&tmp))?;
+                tokio::fs::remove_dir_all(&tmp)
+                    .await
+                    .map_err(io_err(&tmp))?;
             }
             let tmp_arg = tmp.as_os_str().to_string_lossy().into_owned();
             let create = |source| WorkspaceError::CreateMirror {
@@ -337,9 +385,13 @@ impl Workspace {
                 dir: mirror.clone(),
                 source,
             };
-            git::run(&self.root, &["init", "--bare", "--quiet", &tmp_arg], LOCAL_GIT_TIMEOUT)
-                .await
-                .map_err(create)?;
+            git::run(
+                &self.root,
+                &["init", "--bare", "--quiet", &tmp_arg],
+                LOCAL_GIT_TIMEOUT,
+            )
+            .await
+            .map_err(create)?;
             git::run(&tmp, &["remote", "add", "origin", url], LOCAL_GIT_TIMEOUT)
                 .await
                 .map_err(create)?;
@@ -350,26 +402,36 @@ impl Workspace {
                     url: git::redact_url(url),
                     source,
                 })?;
-            tokio::fs::rename(&tmp, mirror).await.map_err(io_err(mirror))?;
+            tokio::fs::rename(&tmp, mirror)
+                .await
+                .map_err(io_err(mirror))?;
+            *known_url = Some(url.to_owned());
             return Ok(());
         }
-        let current = git::run(
-            mirror,
-            &["config", "--get", "remote.origin.url"],
-            LOCAL_GIT_TIMEOUT,
-        )
-        .await
-        .unwrap_or_default();
-        if current != url {
-            git::run(mirror, &["remote", "set-url", "origin", url], LOCAL_GIT_TIMEOUT)
+        if known_url.as_deref() != Some(url) {
+            let current = git::run(
+                mirror,
+                &["config", "--get", "remote.origin.url"],
+                LOCAL_GIT_TIMEOUT,
+            )
+            .await
+            .unwrap_or_default();
+            if current != url {
+                git::run(
+                    mirror,
+                    &["remote", "set-url", "origin", url],
+                    LOCAL_GIT_TIMEOUT,
+                )
                 .await
                 .map_err(|source| WorkspaceError::CreateMirror {
                     url: git::redact_url(url),
                     dir: mirror.clone(),
                     source,
                 })?;
+            }
+            ensure_excluded(mirror).await?;
+            *known_url = Some(url.to_owned());
         }
-        ensure_excluded(mirror).await?;
         git::run(mirror, &fetch, NETWORK_GIT_TIMEOUT)
             .await
             .map_err(|source| WorkspaceError::Fetch {
@@ -393,7 +455,9 @@ async fn ensure_excluded(repo: &Path) -> Result<(), WorkspaceError> {
     if current.lines().any(|l| l.trim() == line) {
         return Ok(());
     }
-    tokio::fs::create_dir_all(&info).await.map_err(io_err(&info))?;
+    tokio::fs::create_dir_all(&info)
+        .await
+        .map_err(io_err(&info))?;
     let mut text = current;
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -401,36 +465,54 @@ async fn ensure_excluded(repo: &Path) -> Result<(), WorkspaceError> {
     text.push_str("# hyperloop: the agent result file is never committed\n");
     text.push_str(&line);
     text.push('\n');
-    tokio::fs::write(&exclude, text).await.map_err(io_err(&exclude))
+    tokio::fs::write(&exclude, text)
+        .await
+        .map_err(io_err(&exclude))
 }
 
-/// The commit `rev` names, or `None` when it does not exist.
-async fn resolve(repo: &Path, rev: &str) -> Result<Option<String>, GitError> {
-    let spec = format!("{rev}^{{commit}}");
-    if !git::succeeds(repo, &["rev-parse", "--verify", "--quiet", &spec]).await? {
-        return Ok(None);
-    }
-    git::run(repo, &["rev-parse", "--verify", "--quiet", &spec], LOCAL_GIT_TIMEOUT)
-        .await
-        .map(Some)
-}
-
-/// The commit at HEAD of a worktree.
-pub(crate) async fn head(worktree: &Path) -> Result<String, WorkspaceError> {
-    git::run(worktree, &["rev-parse", "HEAD"], LOCAL_GIT_TIMEOUT)
-        .await
-        .map_err(|source| WorkspaceError::Inspect {
-            path: worktree.to_owned(),
-            source,
+/// The commits the revisions name (`None` for those that do not exist), in one
+/// `git cat-file --batch-check` process.
+async fn resolve_all<const N: usize>(
+    repo: &Path,
+    revs: &[String; N],
+) -> Result<[Option<String>; N], GitError> {
+    let input: String = revs.iter().map(|r| format!("{r}^{{commit}}\n")).collect();
+    let out = git::run_with_input(
+        repo,
+        &["cat-file", "--batch-check=%(objectname) %(objecttype)"],
+        input,
+        LOCAL_GIT_TIMEOUT,
+    )
+    .await?;
+    let mut lines = out.lines();
+    Ok(std::array::from_fn(|_| {
+        // "<oid> commit" when found; "<input> missing" (or "ambiguous") otherwise.
+        lines.next().and_then(|line| match line.split_once(' ') {
+            Some((oid, "commit")) => Some(oid.to_owned()),
+            _ => None,
         })
+    }))
 }
 
-/// Paths with uncommitted changes (tracked or untracked, not ignored), as `git status`
-/// prints them.
-pub(crate) async fn uncommitted(worktree: &Path) -> Result<Vec<String>, WorkspaceError> {
+/// The state of a worktree after the agent ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WorktreeState {
+    /// The commit at HEAD.
+    pub head: String,
+    /// Paths with uncommitted changes (tracked or untracked, not ignored).
+    pub uncommitted: Vec<String>,
+}
+
+/// HEAD and uncommitted paths, from one `git status --porcelain=v2 --branch`.
+pub(crate) async fn state(worktree: &Path) -> Result<WorktreeState, WorkspaceError> {
     let out = git::run(
         worktree,
-        &["status", "--porcelain=v1", "--untracked-files=normal"],
+        &[
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "--untracked-files=normal",
+        ],
         LOCAL_GIT_TIMEOUT,
     )
     .await
@@ -438,11 +520,30 @@ pub(crate) async fn uncommitted(worktree: &Path) -> Result<Vec<String>, Workspac
         path: worktree.to_owned(),
         source,
     })?;
-    Ok(out
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.to_owned())
-        .collect())
+    let mut head = String::new();
+    let mut uncommitted = Vec::new();
+    for line in out.lines() {
+        if let Some(oid) = line.strip_prefix("# branch.oid ") {
+            head = oid.trim().to_owned();
+            continue;
+        }
+        // Entry formats: `1 <7 fields> <path>`, `2 <8 fields> <path>\t<orig>`,
+        // `u <9 fields> <path>`, `? <path>`.
+        let path = match line.as_bytes().first() {
+            Some(b'1') => line.splitn(9, ' ').nth(8),
+            Some(b'2') => line
+                .splitn(10, ' ')
+                .nth(9)
+                .map(|p| p.split('\t').next().unwrap_or(p)),
+            Some(b'u') => line.splitn(11, ' ').nth(10),
+            Some(b'?') => line.get(2..),
+            _ => None,
+        };
+        if let Some(path) = path {
+            uncommitted.push(path.to_owned());
+        }
+    }
+    Ok(WorktreeState { head, uncommitted })
 }
 
 /// Pushes `branch` to `url`, overwriting only the commit we started from

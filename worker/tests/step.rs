@@ -9,8 +9,8 @@ use common::{BASE_BRANCH, Fixture, alive, git, wait_for_file, write_result};
 use hyperloop_proto::v1::{FailureCause, LogSource};
 use hyperloop_shared::model::Verdict;
 use hyperloop_worker::progress::progress_channel;
-use hyperloop_worker::step::INTAKE_TASK_ID;
 use hyperloop_worker::run_step;
+use hyperloop_worker::step::INTAKE_TASK_ID;
 
 const COMMIT_AND_PASS: &str = r#"set -e
 prompt=$(cat)
@@ -28,7 +28,10 @@ async fn an_agent_that_commits_and_passes_gets_its_branch_pushed() {
     let fx = Fixture::new();
     let script = fx.script(
         "agent.sh",
-        &format!("{COMMIT_AND_PASS}{}", write_result("pass", "Prompt was: $prompt")),
+        &format!(
+            "{COMMIT_AND_PASS}{}",
+            write_result("pass", "Prompt was: $prompt")
+        ),
     );
     let (sink, mut stream) = progress_channel();
     let mut ctx = fx.ctx();
@@ -39,7 +42,9 @@ async fn an_agent_that_commits_and_passes_gets_its_branch_pushed() {
     assert_eq!(report.verdict, Verdict::Pass, "{}", report.detail);
     assert_eq!(report.failure_cause, FailureCause::Unspecified);
     assert_eq!(report.detail, "Prompt was: Implement specs/hello.md");
-    let pushed = fx.origin_branch("hyperloop/task-007").expect("branch pushed");
+    let pushed = fx
+        .origin_branch("hyperloop/task-007")
+        .expect("branch pushed");
     assert_eq!(report.head_commit.as_deref(), Some(pushed.as_str()));
     assert_eq!(report.branch, "hyperloop/task-007");
     let message = git(&fx.origin, &["log", "-1", "--format=%B", &pushed]);
@@ -102,7 +107,12 @@ async fn a_step_without_commits_reports_the_existing_branch_head_and_pushes_noth
     );
     let report = run_step(&fx.assign(1, &verifier), &fx.ctx()).await;
     assert_eq!(report.verdict, Verdict::Fail);
-    assert_eq!(report.failure_cause, FailureCause::Unspecified, "{}", report.detail);
+    assert_eq!(
+        report.failure_cause,
+        FailureCause::Unspecified,
+        "{}",
+        report.detail
+    );
     assert_eq!(report.detail, "- hello.txt is missing a test");
     assert_eq!(report.head_commit, None);
     assert_eq!(fx.origin_branch("hyperloop/task-007"), None);
@@ -118,7 +128,11 @@ async fn a_garbage_result_file_fails_and_names_the_problem() {
     let report = run_step(&fx.assign(1, &script), &fx.ctx()).await;
     assert_eq!(report.verdict, Verdict::Fail);
     assert_eq!(report.failure_cause, FailureCause::ResultMalformed);
-    assert!(report.detail.contains("no front matter"), "{}", report.detail);
+    assert!(
+        report.detail.contains("no front matter"),
+        "{}",
+        report.detail
+    );
 }
 
 #[tokio::test]
@@ -134,7 +148,12 @@ async fn a_missing_or_stale_result_file_is_a_fail() {
         "printf -- '---\\ntask_id: task-007\\nround: 0\\nrole: implementer\\nverdict: pass\\n---\\nold\\n' > \"$HYPERLOOP_RESULT_FILE\"\n",
     );
     let report = run_step(&fx.assign(2, &stale), &fx.ctx()).await;
-    assert_eq!(report.failure_cause, FailureCause::ResultMismatch, "{}", report.detail);
+    assert_eq!(
+        report.failure_cause,
+        FailureCause::ResultMismatch,
+        "{}",
+        report.detail
+    );
     assert!(report.detail.contains("round"), "{}", report.detail);
 }
 
@@ -143,35 +162,54 @@ async fn a_nonzero_exit_fails_even_when_the_file_says_pass() {
     let fx = Fixture::new();
     let script = fx.script(
         "agent.sh",
-        &format!("{}echo 'boom: compiler exploded' >&2\nexit 1\n", write_result("pass", "all good")),
+        &format!(
+            "{}echo 'boom: compiler exploded' >&2\nexit 1\n",
+            write_result("pass", "all good")
+        ),
     );
     let report = run_step(&fx.assign(1, &script), &fx.ctx()).await;
     assert_eq!(report.verdict, Verdict::Fail);
     assert_eq!(report.failure_cause, FailureCause::NonzeroExit);
-    assert!(report.detail.contains("exited with status 1"), "{}", report.detail);
-    assert!(report.detail.contains("boom: compiler exploded"), "{}", report.detail);
+    assert!(
+        report.detail.contains("exited with status 1"),
+        "{}",
+        report.detail
+    );
+    assert!(
+        report.detail.contains("boom: compiler exploded"),
+        "{}",
+        report.detail
+    );
     assert!(report.detail.contains("all good"), "{}", report.detail);
 }
 
 #[tokio::test]
 async fn an_agent_killed_by_a_signal_is_a_crash() {
     let fx = Fixture::new();
-    let script = fx.script("agent.sh", &format!("{}kill -SEGV $$\n", write_result("pass", "x")));
+    let script = fx.script(
+        "agent.sh",
+        &format!("{}kill -SEGV $$\n", write_result("pass", "x")),
+    );
     let report = run_step(&fx.assign(1, &script), &fx.ctx()).await;
-    assert_eq!(report.failure_cause, FailureCause::AgentCrashed, "{}", report.detail);
+    assert_eq!(
+        report.failure_cause,
+        FailureCause::AgentCrashed,
+        "{}",
+        report.detail
+    );
     assert!(report.detail.contains("SIGSEGV"), "{}", report.detail);
 }
 
 #[tokio::test]
 async fn a_missing_agent_program_is_runtime_unavailable() {
     let fx = Fixture::new();
-    let report = run_step(
-        &fx.assign(1, &fx.path("does-not-exist.sh")),
-        &fx.ctx(),
-    )
-    .await;
+    let report = run_step(&fx.assign(1, &fx.path("does-not-exist.sh")), &fx.ctx()).await;
     assert_eq!(report.failure_cause, FailureCause::RuntimeUnavailable);
-    assert!(report.detail.contains("could not be started"), "{}", report.detail);
+    assert!(
+        report.detail.contains("could not be started"),
+        "{}",
+        report.detail
+    );
     assert!(fx.leftovers().is_empty(), "{:?}", fx.leftovers());
 }
 
@@ -184,7 +222,11 @@ async fn an_unreachable_repository_is_a_workspace_failure_not_a_panic() {
     let report = run_step(&assign, &fx.ctx()).await;
     assert_eq!(report.verdict, Verdict::Fail);
     assert_eq!(report.failure_cause, FailureCause::Workspace);
-    assert!(report.detail.contains("could not fetch"), "{}", report.detail);
+    assert!(
+        report.detail.contains("could not fetch"),
+        "{}",
+        report.detail
+    );
 
     let mut assign = fx.assign(2, &script);
     assign.base_commit = "0123456789abcdef0123456789abcdef01234567".into();
@@ -213,10 +255,7 @@ async fn a_hanging_agent_times_out_and_its_process_group_is_gone() {
     let pids = fx.path("pids");
     let script = fx.script(
         "agent.sh",
-        &format!(
-            "sleep 30 &\necho \"$$ $!\" > '{}'\nwait\n",
-            pids.display()
-        ),
+        &format!("sleep 30 &\necho \"$$ $!\" > '{}'\nwait\n", pids.display()),
     );
     let mut assign = fx.assign(1, &script);
     assign.runtime.as_mut().unwrap().timeout = Some(prost_types::Duration {
@@ -225,8 +264,17 @@ async fn a_hanging_agent_times_out_and_its_process_group_is_gone() {
     });
     let started = Instant::now();
     let report = run_step(&assign, &fx.ctx()).await;
-    assert_eq!(report.failure_cause, FailureCause::Timeout, "{}", report.detail);
-    assert!(report.detail.contains("timed out after 1s"), "{}", report.detail);
+    assert_eq!(
+        report.failure_cause,
+        FailureCause::Timeout,
+        "{}",
+        report.detail
+    );
+    assert!(
+        report.detail.contains("timed out after 1s"),
+        "{}",
+        report.detail
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     let text = std::fs::read_to_string(&pids).unwrap();
     for pid in text.split_whitespace() {
@@ -253,15 +301,29 @@ async fn cancel_signals_the_agent_within_a_second() {
     let ctx = fx.ctx();
     let cancel = ctx.cancel.clone();
     let step = tokio::spawn(async move { run_step(&assign, &ctx).await });
-    assert!(wait_for_file(&pids, Duration::from_secs(10)).await, "agent never started");
+    assert!(
+        wait_for_file(&pids, Duration::from_secs(10)).await,
+        "agent never started"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     let cancelled_at = Instant::now();
     cancel.cancel();
-    assert!(wait_for_file(&mark, Duration::from_secs(1)).await, "no SIGINT within 1 s");
+    assert!(
+        wait_for_file(&mark, Duration::from_secs(1)).await,
+        "no SIGINT within 1 s"
+    );
     let signalled_after = cancelled_at.elapsed();
     let report = step.await.unwrap();
-    assert!(signalled_after < Duration::from_secs(1), "{signalled_after:?}");
-    assert_eq!(report.failure_cause, FailureCause::Cancelled, "{}", report.detail);
+    assert!(
+        signalled_after < Duration::from_secs(1),
+        "{signalled_after:?}"
+    );
+    assert_eq!(
+        report.failure_cause,
+        FailureCause::Cancelled,
+        "{}",
+        report.detail
+    );
     for pid in std::fs::read_to_string(&pids).unwrap().split_whitespace() {
         let pid: i32 = pid.parse().unwrap();
         assert!(!alive(pid), "process {pid} survived the cancel");
@@ -319,10 +381,8 @@ async fn the_agent_sees_exactly_the_allowed_environment() {
     assert_eq!(report.verdict, Verdict::Pass, "{}", report.detail);
 
     let text = std::fs::read_to_string(&dump).unwrap();
-    let vars: std::collections::BTreeMap<&str, &str> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .collect();
+    let vars: std::collections::BTreeMap<&str, &str> =
+        text.lines().filter_map(|l| l.split_once('=')).collect();
     let names: BTreeSet<&str> = vars.keys().copied().collect();
     let expected: BTreeSet<&str> = [
         "PATH",
@@ -385,20 +445,52 @@ async fn intake_returns_the_pm_proposals() {
     assert_eq!(wire.head_commit, "");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_steps_leave_no_worktree_behind() {
-    let fx = Fixture::new();
-    let script = fx.script("agent.sh", &write_result("pass", "ok"));
+    // Four at a time, as a worker of capacity 4 would run them, each on its own task branch
+    // and half of them committing, so the shared mirror sees concurrent use.
+    const CONCURRENCY: u64 = 4;
+    let fx = std::sync::Arc::new(Fixture::new());
+    let committer = fx.script(
+        "commit.sh",
+        &format!("{COMMIT_AND_PASS}{}", write_result("pass", "ok")),
+    );
+    let passer = fx.script("pass.sh", &write_result("pass", "ok"));
     let started = Instant::now();
-    for attempt in 1..=100 {
-        let report = run_step(&fx.assign(attempt, &script), &fx.ctx()).await;
-        assert_eq!(report.verdict, Verdict::Pass, "{}", report.detail);
+    for batch in 0..100 / CONCURRENCY {
+        let mut steps = tokio::task::JoinSet::new();
+        for i in 0..CONCURRENCY {
+            let attempt = batch * CONCURRENCY + i + 1;
+            let fx = fx.clone();
+            let script = if attempt.is_multiple_of(2) {
+                &committer
+            } else {
+                &passer
+            }
+            .clone();
+            steps.spawn(async move {
+                let mut assign = fx.assign(attempt, &script);
+                assign.task_id = format!("task-{attempt:03}");
+                assign.branch = format!("hyperloop/task-{attempt:03}");
+                run_step(&assign, &fx.ctx()).await
+            });
+        }
+        while let Some(report) = steps.join_next().await {
+            let report = report.unwrap();
+            assert_eq!(report.verdict, Verdict::Pass, "{}", report.detail);
+            assert_eq!(report.head_commit.is_some(), report.attempt_id.is_multiple_of(2));
+        }
     }
-    let per_step = started.elapsed() / 100;
-    eprintln!("100 steps: {per_step:?} per step");
+    eprintln!("100 steps, 4 at a time: {:?}", started.elapsed());
     assert!(fx.leftovers().is_empty(), "{:?}", fx.leftovers());
     let branches = git(fx.workspace.mirror_dir(), &["branch", "--list"]);
-    assert_eq!(branches.trim().trim_start_matches("* "), BASE_BRANCH, "{branches}");
+    assert_eq!(
+        branches.trim().trim_start_matches("* "),
+        BASE_BRANCH,
+        "{branches}"
+    );
     let worktrees = git(fx.workspace.mirror_dir(), &["worktree", "list"]);
     assert_eq!(worktrees.lines().count(), 1, "{worktrees}");
+    let pushed = git(&fx.origin, &["branch", "--list", "hyperloop/*"]);
+    assert_eq!(pushed.lines().count(), 50);
 }

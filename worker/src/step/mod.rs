@@ -29,9 +29,9 @@ use crate::process::{self, Ended, Launch, PlainLines};
 use crate::progress::{ProgressSink, progress_channel};
 use crate::workspace::{self, Checkout, CheckoutRequest, Workspace};
 
-pub use plan::{IMPROVEMENT_TASK_ID, INTAKE_TASK_ID, InvalidAssign};
-pub(crate) use plan::StepPlan;
 use plan::Runtime;
+pub(crate) use plan::StepPlan;
+pub use plan::{IMPROVEMENT_TASK_ID, INTAKE_TASK_ID, InvalidAssign};
 
 /// Step timeout when neither the runtime settings nor the deadline give one. An hour: long
 /// agent sessions take tens of minutes; anything longer is almost certainly stuck.
@@ -307,10 +307,7 @@ async fn run_in_worktree(
         )),
         Ended::Signalled(sig) => Some((
             FailureCause::AgentCrashed,
-            format!(
-                "The agent process died from signal {}.",
-                signal_name(sig)
-            ),
+            format!("The agent process died from signal {}.", signal_name(sig)),
         )),
         Ended::Exited(code) => match (&plan.runtime, &stream) {
             (Runtime::Claude(limits), Some(state)) => state
@@ -369,9 +366,7 @@ async fn run_in_worktree(
 
 fn spawn_failed(report: &mut StepReport, program: &OsString, e: std::io::Error, claude: bool) {
     let fix = if claude {
-        format!(
-            "install the Claude Code CLI on this worker or set {CLAUDE_BIN_ENV} to its path"
-        )
+        format!("install the Claude Code CLI on this worker or set {CLAUDE_BIN_ENV} to its path")
     } else {
         "install it on this worker or fix `agent.command` in .hyperloop.yaml".to_owned()
     };
@@ -411,10 +406,26 @@ fn apply_outcome(report: &mut StepReport, outcome: Outcome) {
 }
 
 /// Notes uncommitted work, pushes new commits and records the branch head.
-async fn finish_branch(plan: &StepPlan, checkout: &Checkout, ended: Ended, report: &mut StepReport) {
+async fn finish_branch(
+    plan: &StepPlan,
+    checkout: &Checkout,
+    ended: Ended,
+    report: &mut StepReport,
+) {
     let worktree = &checkout.path;
-    match workspace::uncommitted(worktree).await {
-        Ok(paths) if !paths.is_empty() => {
+    let state = match workspace::state(worktree).await {
+        Ok(state) => state,
+        Err(e) => {
+            push_problem(
+                report,
+                format!("The worker could not inspect the worktree: {e}"),
+            );
+            return;
+        }
+    };
+    let paths = &state.uncommitted;
+    if !paths.is_empty() {
+        {
             let mut note = format!(
                 "\n\nNote: the agent left {} uncommitted path(s) in its worktree; they were \
                  discarded (only commits are kept):\n",
@@ -424,24 +435,20 @@ async fn finish_branch(plan: &StepPlan, checkout: &Checkout, ended: Ended, repor
                 let _ = writeln!(note, "    {p}");
             }
             if paths.len() > LISTED_UNCOMMITTED_PATHS {
-                let _ = writeln!(note, "    … and {} more", paths.len() - LISTED_UNCOMMITTED_PATHS);
+                let _ = writeln!(
+                    note,
+                    "    … and {} more",
+                    paths.len() - LISTED_UNCOMMITTED_PATHS
+                );
             }
             report.detail.push_str(note.trim_end());
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not list uncommitted changes"),
     }
 
     let Some(branch) = plan.branch.as_deref() else {
         return;
     };
-    let head = match workspace::head(worktree).await {
-        Ok(head) => head,
-        Err(e) => {
-            push_problem(report, format!("The worker could not read the branch head: {e}"));
-            return;
-        }
-    };
+    let head = state.head;
     let remote_tip = checkout.remote_tip.as_deref();
     let has_new_commits = head != checkout.start_commit || remote_tip.is_some_and(|t| t != head);
     if !has_new_commits {
@@ -456,7 +463,10 @@ async fn finish_branch(plan: &StepPlan, checkout: &Checkout, ended: Ended, repor
         Ok(()) => report.head_commit = Some(head),
         Err(e) => {
             report.head_commit = remote_tip.map(str::to_owned);
-            push_problem(report, format!("The worker could not push the agent's commits: {e}"));
+            push_problem(
+                report,
+                format!("The worker could not push the agent's commits: {e}"),
+            );
         }
     }
 }

@@ -112,11 +112,9 @@ impl StepPlan {
             check_branch("branch", &assign.branch)?;
             Some(assign.branch.clone())
         };
-        if !assign.base_commit.is_empty()
-            && !(assign.base_commit.len() >= 4
-                && assign.base_commit.len() <= 64
-                && assign.base_commit.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
+        let commit_ok = (4..=64).contains(&assign.base_commit.len())
+            && assign.base_commit.bytes().all(|b| b.is_ascii_hexdigit());
+        if !assign.base_commit.is_empty() && !commit_ok {
             return Err(InvalidAssign::new(
                 "base_commit",
                 format!("{:?} is not a hex commit id", assign.base_commit),
@@ -192,8 +190,7 @@ fn check_branch(field: &'static str, name: &str) -> Result<(), InvalidAssign> {
     if name.is_empty() {
         return Ok(());
     }
-    if name.starts_with(['-', '/', '.']) || name.ends_with(['/', '.']) || name.ends_with(".lock")
-    {
+    if name.starts_with(['-', '/', '.']) || name.ends_with(['/', '.']) || name.ends_with(".lock") {
         return bad("is not a valid branch name (bad first or last character)");
     }
     if name.contains("..") || name.contains("//") || name.contains("@{") || name.contains("/.") {
@@ -241,8 +238,8 @@ mod tests {
 
     #[test]
     fn subjects_come_from_the_task_id() {
-        let plan = StepPlan::from_assign(&assign(), Duration::from_secs(60), SystemTime::now())
-            .unwrap();
+        let plan =
+            StepPlan::from_assign(&assign(), Duration::from_secs(60), SystemTime::now()).unwrap();
         assert_eq!(plan.expected.subject, Subject::Task(TaskId(7)));
         let mut a = assign();
         a.task_id = INTAKE_TASK_ID.into();
@@ -261,7 +258,10 @@ mod tests {
         check(|a| a.base_branch = "ma in".into(), "base_branch");
         check(|a| a.base_commit = "HEAD~1".into(), "base_commit");
         check(|a| a.repo_url = "--help".into(), "repo_url");
-        check(|a| a.runtime.as_mut().unwrap().command.clear(), "runtime.command");
+        check(
+            |a| a.runtime.as_mut().unwrap().command.clear(),
+            "runtime.command",
+        );
         check(|a| a.runtime.as_mut().unwrap().kind = 99, "runtime.kind");
         check(|a| a.runtime = None, "runtime");
     }

@@ -22,7 +22,12 @@ pub struct Fixture {
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.invalid"])
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
         .args(args)
         .current_dir(dir)
         .env_remove("GIT_DIR")
@@ -44,16 +49,29 @@ impl Fixture {
         let origin = dir.path().join("origin.git");
         git(
             dir.path(),
-            &["init", "--bare", "-q", "-b", BASE_BRANCH, origin.to_str().unwrap()],
+            &[
+                "init",
+                "--bare",
+                "-q",
+                "-b",
+                BASE_BRANCH,
+                origin.to_str().unwrap(),
+            ],
         );
         let seed = dir.path().join("seed");
-        git(dir.path(), &["init", "-q", "-b", BASE_BRANCH, seed.to_str().unwrap()]);
+        git(
+            dir.path(),
+            &["init", "-q", "-b", BASE_BRANCH, seed.to_str().unwrap()],
+        );
         std::fs::create_dir_all(seed.join("specs")).unwrap();
         std::fs::write(seed.join("specs/hello.md"), "# Hello\nSay hello.\n").unwrap();
         std::fs::write(seed.join("README.md"), "seed\n").unwrap();
         git(&seed, &["add", "."]);
         git(&seed, &["commit", "-q", "-m", "seed"]);
-        git(&seed, &["push", "-q", origin.to_str().unwrap(), BASE_BRANCH]);
+        git(
+            &seed,
+            &["push", "-q", origin.to_str().unwrap(), BASE_BRANCH],
+        );
         let base_commit = git(&seed, &["rev-parse", "HEAD"]);
         let workspace = Arc::new(Workspace::new(dir.path().join("work")));
         Self {
@@ -112,7 +130,12 @@ impl Fixture {
     /// The commit `branch` points at in origin, if it exists.
     pub fn origin_branch(&self, branch: &str) -> Option<String> {
         let out = Command::new("git")
-            .args(["rev-parse", "--verify", "-q", &format!("refs/heads/{branch}")])
+            .args([
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("refs/heads/{branch}"),
+            ])
             .current_dir(&self.origin)
             .output()
             .unwrap();
