@@ -27,7 +27,7 @@ pub mod link;
 pub mod options;
 mod process;
 pub mod progress;
-// mod serve;
+mod serve;
 pub mod step;
 pub mod workspace;
 
@@ -35,6 +35,6 @@ pub use error::WorkerError;
 pub use git::GitError;
 pub use link::Link;
 pub use options::WorkerOptions;
-// pub use serve::serve;
+pub use serve::serve;
 pub use step::{StepContext, StepReport, run_step};
 pub use workspace::Workspace;

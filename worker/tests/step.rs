@@ -478,7 +478,10 @@ async fn a_hundred_steps_leave_no_worktree_behind() {
         while let Some(report) = steps.join_next().await {
             let report = report.unwrap();
             assert_eq!(report.verdict, Verdict::Pass, "{}", report.detail);
-            assert_eq!(report.head_commit.is_some(), report.attempt_id.is_multiple_of(2));
+            assert_eq!(
+                report.head_commit.is_some(),
+                report.attempt_id.is_multiple_of(2)
+            );
         }
     }
     eprintln!("100 steps, 4 at a time: {:?}", started.elapsed());
