@@ -128,7 +128,7 @@ fn finished_capacity(capacity: u32) -> usize {
 
 /// The one event type the loop consumes.
 enum Event {
-    Inbound(Option<CoordinatorMessage>),
+    Inbound(Option<Box<CoordinatorMessage>>),
     Finished(u64, Box<StepReport>),
     Heartbeat,
     Resend,
@@ -207,7 +207,7 @@ impl Worker {
                 biased;
                 () = self.shutdown.cancelled() => Event::Shutdown,
                 Some((attempt, report)) = finished_rx.recv() => Event::Finished(attempt, report),
-                msg = inbound.recv() => Event::Inbound(msg),
+                msg = inbound.recv() => Event::Inbound(msg.map(Box::new)),
                 _ = heartbeat.tick() => Event::Heartbeat,
                 _ = resend.tick() => Event::Resend,
             };
@@ -220,7 +220,7 @@ impl Worker {
                         (lost > 0 || !self.draining).then_some(WorkerError::LinkClosed { running });
                     return self.stop(finished_rx, err).await;
                 }
-                Event::Inbound(Some(msg)) => self.on_message(msg).await,
+                Event::Inbound(Some(msg)) => self.on_message(*msg).await,
                 Event::Finished(attempt, report) => self.on_finished(attempt, *report).await,
                 Event::Heartbeat => self.send(self.heartbeat()).await,
                 Event::Resend => self.resend_due().await,
