@@ -1,1 +1,40 @@
-//! The hyperloop worker.
+//! The hyperloop worker: runs agent sessions in git worktrees for a coordinator.
+//!
+//! The coordinator runs this library in-process for its local workers; `hyperloop-worker`
+//! runs the same code on build machines. Layout:
+//!
+//! - [`serve`]: the worker's side of the stream: Hello/Registered, heartbeats, Assign →
+//!   Accepted → Progress → StepResult (resent until ResultAck), Cancel, Drain.
+//! - [`link`]: the bounded channel pair that carries the stream ([`Link`]).
+//! - [`step`]: [`run_step`], one step from worktree to pushed branch, usable on its own.
+//! - [`workspace`]: the per-worker mirror and per-step worktrees.
+//! - [`env`]: the agent's environment allow-list.
+//! - [`claude`]: the Claude Code CLI runtime (argv and stream-json parsing).
+//! - [`progress`]: bounded, lossy-not-blocking log streaming.
+//! - `process`: agent processes in their own process group; timeout and cancel.
+//! - `git`: the git CLI with a controlled environment.
+//!
+//! Architecture Invariant: the worker never changes task state. It reports a verdict, a
+//! cause and a branch head; the coordinator decides. Everything that goes wrong on the
+//! worker becomes a failed `StepResult` with a [`v1::FailureCause`](hyperloop_proto::v1::FailureCause),
+//! never a silent pass and never a panic.
+
+pub mod claude;
+pub mod env;
+mod error;
+mod git;
+pub mod link;
+pub mod options;
+mod process;
+pub mod progress;
+mod serve;
+pub mod step;
+pub mod workspace;
+
+pub use error::WorkerError;
+pub use git::GitError;
+pub use link::Link;
+pub use options::WorkerOptions;
+pub use serve::serve;
+pub use step::{StepContext, StepReport, run_step};
+pub use workspace::Workspace;

@@ -1,0 +1,426 @@
+//! The `claude` runtime: Claude Code CLI invocation and its `stream-json` output.
+//!
+//! The CLI prints one JSON object per line: `system` (subtype `init`, later `api_retry`),
+//! `assistant` (one line per content block; blocks of one model turn share `message.id`),
+//! `user` (tool results) and a final `result` with `is_error`, `subtype`, `num_turns`,
+//! `total_cost_usd` and the closing text. Success is exit 0 AND a `result` line with
+//! `is_error == false`: `subtype` can say "success" after an API error, and SIGTERM ends the
+//! CLI (exit 143) without any `result` line.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+
+use hyperloop_proto::v1::{FailureCause, LogSource};
+use serde_json::Value;
+
+use crate::process::{Ended, LineHandler};
+use crate::progress::{ProgressSink, Usage, truncate};
+
+/// Program run for the `claude` runtime when neither the worker options nor
+/// `HYPERLOOP_CLAUDE_BIN` name one.
+pub const DEFAULT_CLAUDE_BIN: &str = "claude";
+
+/// Environment variable naming the Claude Code CLI executable on the worker host.
+pub const CLAUDE_BIN_ENV: &str = "HYPERLOOP_CLAUDE_BIN";
+
+/// How much of a tool call's input or of a text block goes into one progress line.
+const RENDERED_BYTES: usize = 1024;
+
+/// Claude Code's per-step limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClaudeLimits {
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub budget_usd: Option<f64>,
+}
+
+/// The CLI arguments (after the program) for one headless session; the prompt goes on stdin.
+pub fn args(limits: &ClaudeLimits) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        "bypassPermissions",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    if let Some(model) = limits.model.as_deref().filter(|m| !m.is_empty()) {
+        args.extend(["--model".into(), model.into()]);
+    }
+    if let Some(turns) = limits.max_turns {
+        args.extend(["--max-turns".into(), turns.to_string().into()]);
+    }
+    if let Some(budget) = limits.budget_usd {
+        args.extend(["--max-budget-usd".into(), budget.to_string().into()]);
+    }
+    args
+}
+
+/// The final `result` line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinalResult {
+    pub is_error: bool,
+    pub subtype: String,
+    pub num_turns: u32,
+    pub total_cost_usd: f64,
+    /// The session's closing text (or error message).
+    pub text: String,
+}
+
+/// Running state of one session's stream.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    turn_ids: HashSet<String>,
+    anonymous_turns: u32,
+    /// The final `result` line, once seen.
+    pub result: Option<FinalResult>,
+    /// The CLI said on stderr that the budget ran out (it may stop without a `result` line).
+    pub budget_exceeded: bool,
+}
+
+impl StreamState {
+    /// Turns so far: the final count once known, else distinct assistant messages seen.
+    pub fn turns(&self) -> u32 {
+        match &self.result {
+            Some(r) => r.num_turns,
+            None => u32::try_from(self.turn_ids.len())
+                .unwrap_or(u32::MAX)
+                .saturating_add(self.anonymous_turns),
+        }
+    }
+
+    /// Cost so far (Claude Code reports it only at the end).
+    pub fn cost_usd(&self) -> f64 {
+        self.result.as_ref().map_or(0.0, |r| r.total_cost_usd)
+    }
+
+    /// Parses one stdout line; returns the progress lines it renders to.
+    pub fn parse_line(&mut self, line: &str) -> Vec<String> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Vec::new();
+        }
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            // Not stream-json (a warning printed by a wrapper script): keep it as text.
+            return vec![line.to_owned()];
+        };
+        let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "system" => {
+                let subtype = str_field(&value, "subtype");
+                if subtype == "init" {
+                    vec![format!(
+                        "claude session {} started (model {})",
+                        str_field(&value, "session_id"),
+                        str_field(&value, "model")
+                    )]
+                } else {
+                    vec![format!("claude: {subtype}")]
+                }
+            }
+            "assistant" => {
+                let message = value.get("message");
+                match message.and_then(|m| m.get("id")).and_then(Value::as_str) {
+                    Some(id) => {
+                        self.turn_ids.insert(id.to_owned());
+                    }
+                    None => self.anonymous_turns = self.anonymous_turns.saturating_add(1),
+                }
+                let blocks = message
+                    .and_then(|m| m.get("content"))
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                blocks.iter().filter_map(render_block).collect()
+            }
+            "user" => Vec::new(),
+            "result" => {
+                let result = FinalResult {
+                    is_error: value
+                        .get("is_error")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true),
+                    subtype: str_field(&value, "subtype").to_owned(),
+                    num_turns: value
+                        .get("num_turns")
+                        .and_then(Value::as_u64)
+                        .and_then(|n| u32::try_from(n).ok())
+                        .unwrap_or_else(|| self.turns()),
+                    total_cost_usd: value
+                        .get("total_cost_usd")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0),
+                    text: str_field(&value, "result").to_owned(),
+                };
+                let line = format!(
+                    "claude finished: {} (is_error {}, {} turns, ${:.4})",
+                    result.subtype, result.is_error, result.num_turns, result.total_cost_usd
+                );
+                self.result = Some(result);
+                vec![line]
+            }
+            other => vec![format!("claude: {other} event")],
+        }
+    }
+
+    /// Notes stderr lines that explain a missing `result` line.
+    pub fn parse_stderr(&mut self, line: &str) {
+        if line.contains("Exceeded USD budget") {
+            self.budget_exceeded = true;
+        }
+    }
+
+    /// Why the session failed, if it did, judged from how the process ended and the stream.
+    /// `None` means the CLI reports success; the result file decides the verdict then.
+    pub(crate) fn failure(
+        &self,
+        ended: Ended,
+        limits: &ClaudeLimits,
+    ) -> Option<(FailureCause, String)> {
+        let code = match ended {
+            Ended::Exited(code) => code,
+            // Timeouts, cancels and signals are judged by the caller, the same for every runtime.
+            _ => return None,
+        };
+        let limit_hit = |r: Option<&FinalResult>| -> Option<(FailureCause, String)> {
+            let subtype = r.map_or("", |r| r.subtype.as_str());
+            if subtype == "error_max_turns" {
+                let limit = limits
+                    .max_turns
+                    .map_or_else(|| "its turn limit".to_owned(), |n| format!("max_turns {n}"));
+                return Some((
+                    FailureCause::TurnsExhausted,
+                    format!(
+                        "the claude session stopped after {} turns: it reached {limit}",
+                        self.turns()
+                    ),
+                ));
+            }
+            if subtype.contains("budget") || self.budget_exceeded {
+                let limit = limits
+                    .budget_usd
+                    .map_or_else(|| "its budget".to_owned(), |b| format!("budget_usd {b}"));
+                return Some((
+                    FailureCause::BudgetExhausted,
+                    format!(
+                        "the claude session stopped after spending ${:.4}: it reached {limit}",
+                        self.cost_usd()
+                    ),
+                ));
+            }
+            None
+        };
+        match &self.result {
+            Some(r) if !r.is_error && code == 0 => None,
+            Some(r) => limit_hit(Some(r)).or_else(|| {
+                let text = truncate(r.text.trim(), RENDERED_BYTES);
+                Some(if code != 0 {
+                    (
+                        FailureCause::NonzeroExit,
+                        format!(
+                            "claude exited with status {code} (result subtype `{}`): {text}",
+                            r.subtype
+                        ),
+                    )
+                } else {
+                    // is_error with exit 0: the session could not do its work (API error,
+                    // authentication, model unavailable).
+                    (
+                        FailureCause::RuntimeUnavailable,
+                        format!(
+                            "the claude session ended with an error (result subtype `{}`): {text}",
+                            r.subtype
+                        ),
+                    )
+                })
+            }),
+            None => limit_hit(None).or_else(|| {
+                Some(if code != 0 {
+                    (
+                        FailureCause::NonzeroExit,
+                        format!("claude exited with status {code} without its final `result` line"),
+                    )
+                } else {
+                    (
+                        FailureCause::RuntimeUnavailable,
+                        "claude exited 0 without printing a final stream-json `result` line; \
+                         check that HYPERLOOP_CLAUDE_BIN points at the Claude Code CLI and that \
+                         it supports `--output-format stream-json`"
+                            .to_owned(),
+                    )
+                })
+            }),
+        }
+    }
+}
+
+fn str_field<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn render_block(block: &Value) -> Option<String> {
+    match block.get("type").and_then(Value::as_str)? {
+        "text" => {
+            let text = block.get("text").and_then(Value::as_str)?.trim();
+            (!text.is_empty()).then(|| truncate(text, RENDERED_BYTES).to_owned())
+        }
+        "tool_use" => {
+            let name = block.get("name").and_then(Value::as_str).unwrap_or("?");
+            let input = block.get("input").map(Value::to_string).unwrap_or_default();
+            Some(format!("tool {name}: {}", truncate(&input, RENDERED_BYTES)))
+        }
+        _ => None,
+    }
+}
+
+/// stdout handler for the claude runtime: parses stream-json into progress and usage.
+#[derive(Debug, Default)]
+pub(crate) struct ClaudeLines {
+    pub state: StreamState,
+}
+
+impl LineHandler for ClaudeLines {
+    fn on_line(&mut self, line: &str, sink: &ProgressSink) {
+        for text in self.state.parse_line(line) {
+            sink.line(LogSource::Stdout, &text);
+        }
+        sink.usage(Usage {
+            turns: self.state.turns(),
+            cost_usd: self.state.cost_usd(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INIT: &str = r#"{"type":"system","subtype":"init","cwd":"/w","session_id":"s-1","tools":["Bash","Write"],"model":"claude-sonnet-4-5","permissionMode":"bypassPermissions"}"#;
+    const TEXT: &str = r#"{"type":"assistant","message":{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"I will write the file."}]},"session_id":"s-1"}"#;
+    const TOOL: &str = r#"{"type":"assistant","message":{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"tool_use","id":"t1","name":"Write","input":{"file_path":"a.txt","content":"hi"}}]},"session_id":"s-1"}"#;
+    const TOOL_RESULT: &str = r#"{"type":"user","message":{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"ok"}]},"session_id":"s-1"}"#;
+    const TURN2: &str = r#"{"type":"assistant","message":{"id":"msg_2","type":"message","role":"assistant","content":[{"type":"text","text":"Done."}]},"session_id":"s-1"}"#;
+
+    fn result(is_error: bool, subtype: &str) -> String {
+        format!(
+            r#"{{"type":"result","subtype":"{subtype}","is_error":{is_error},"duration_ms":812,"num_turns":3,"result":"All done","session_id":"s-1","total_cost_usd":0.0123,"usage":{{"input_tokens":10,"output_tokens":5}}}}"#
+        )
+    }
+
+    fn feed(lines: &[&str]) -> StreamState {
+        let mut state = StreamState::default();
+        for line in lines {
+            state.parse_line(line);
+        }
+        state
+    }
+
+    #[test]
+    fn turns_count_distinct_assistant_messages_until_the_result_says() {
+        let state = feed(&[INIT, TEXT, TOOL, TOOL_RESULT, TURN2]);
+        assert_eq!(state.turns(), 2);
+        assert_eq!(state.cost_usd(), 0.0);
+        let ok = result(false, "success");
+        let state = feed(&[INIT, TEXT, TOOL, TOOL_RESULT, TURN2, &ok]);
+        assert_eq!(state.turns(), 3);
+        assert!((state.cost_usd() - 0.0123).abs() < 1e-12);
+    }
+
+    #[test]
+    fn progress_renders_text_and_tool_calls() {
+        let mut state = StreamState::default();
+        assert_eq!(
+            state.parse_line(INIT),
+            ["claude session s-1 started (model claude-sonnet-4-5)"]
+        );
+        assert_eq!(state.parse_line(TEXT), ["I will write the file."]);
+        assert_eq!(
+            state.parse_line(TOOL),
+            [r#"tool Write: {"content":"hi","file_path":"a.txt"}"#]
+        );
+        assert!(state.parse_line(TOOL_RESULT).is_empty());
+        assert_eq!(state.parse_line("not json"), ["not json"]);
+    }
+
+    #[test]
+    fn success_needs_exit_zero_and_a_result_without_error() {
+        let limits = ClaudeLimits::default();
+        let ok = result(false, "success");
+        assert_eq!(feed(&[INIT, &ok]).failure(Ended::Exited(0), &limits), None);
+
+        let (cause, detail) = feed(&[INIT, &ok])
+            .failure(Ended::Exited(1), &limits)
+            .unwrap();
+        assert_eq!(cause, FailureCause::NonzeroExit);
+        assert!(detail.contains("status 1"), "{detail}");
+
+        // `subtype: success` after an API error: is_error decides.
+        let api_error = result(true, "success");
+        let (cause, _) = feed(&[INIT, &api_error])
+            .failure(Ended::Exited(0), &limits)
+            .unwrap();
+        assert_eq!(cause, FailureCause::RuntimeUnavailable);
+
+        let (cause, detail) = feed(&[INIT, TEXT])
+            .failure(Ended::Exited(143), &limits)
+            .unwrap();
+        assert_eq!(cause, FailureCause::NonzeroExit);
+        assert!(
+            detail.contains("without its final `result` line"),
+            "{detail}"
+        );
+
+        let (cause, _) = feed(&[INIT, TEXT])
+            .failure(Ended::Exited(0), &limits)
+            .unwrap();
+        assert_eq!(cause, FailureCause::RuntimeUnavailable);
+    }
+
+    #[test]
+    fn turn_and_budget_limits_are_named() {
+        let limits = ClaudeLimits {
+            model: None,
+            max_turns: Some(3),
+            budget_usd: Some(0.01),
+        };
+        let turns = result(true, "error_max_turns");
+        let (cause, detail) = feed(&[INIT, &turns])
+            .failure(Ended::Exited(1), &limits)
+            .unwrap();
+        assert_eq!(cause, FailureCause::TurnsExhausted);
+        assert!(detail.contains("max_turns 3"), "{detail}");
+
+        let budget = result(true, "error_max_budget_usd");
+        let (cause, detail) = feed(&[INIT, &budget])
+            .failure(Ended::Exited(1), &limits)
+            .unwrap();
+        assert_eq!(cause, FailureCause::BudgetExhausted);
+        assert!(detail.contains("budget_usd 0.01"), "{detail}");
+
+        let mut state = feed(&[INIT, TEXT]);
+        state.parse_stderr("Error: Exceeded USD budget (0.01)");
+        let (cause, _) = state.failure(Ended::Exited(1), &limits).unwrap();
+        assert_eq!(cause, FailureCause::BudgetExhausted);
+    }
+
+    #[test]
+    fn argv_carries_the_limits() {
+        let argv = args(&ClaudeLimits {
+            model: Some("opus".into()),
+            max_turns: Some(7),
+            budget_usd: Some(1.5),
+        });
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            argv.join(" "),
+            "-p --output-format stream-json --verbose --permission-mode bypassPermissions \
+             --model opus --max-turns 7 --max-budget-usd 1.5"
+        );
+    }
+}

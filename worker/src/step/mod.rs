@@ -1,0 +1,524 @@
+//! One step, start to finish: [`run_step`] checks out a worktree from the mirror, runs the
+//! agent in it, reads the result file, pushes the branch and removes the worktree.
+//!
+//! Every path ends in a [`StepReport`]; failures of the worker itself (fetch, worktree,
+//! push) are reported as failed steps with [`FailureCause::Workspace`], never as panics,
+//! and nothing is ever a silent pass.
+
+mod plan;
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hyperloop_proto::convert::duration_to_wire;
+use hyperloop_proto::v1::{self, Assign, AttemptPhase, FailureCause, LogSource};
+use hyperloop_shared::model::{Proposal, Verdict};
+use hyperloop_shared::result_file::{
+    MAX_RESULT_BYTES, Outcome, RESULT_FILE_PATH, Violation, evaluate_bytes,
+};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::claude::{self, CLAUDE_BIN_ENV, ClaudeLines, DEFAULT_CLAUDE_BIN};
+use crate::env::agent_env;
+use crate::process::{self, Ended, Launch, PlainLines};
+use crate::progress::{ProgressSink, progress_channel};
+use crate::workspace::{self, Checkout, CheckoutRequest, Workspace};
+
+use plan::Runtime;
+pub(crate) use plan::StepPlan;
+pub use plan::{IMPROVEMENT_TASK_ID, INTAKE_TASK_ID, InvalidAssign};
+
+/// Step timeout when neither the runtime settings nor the deadline give one. An hour: long
+/// agent sessions take tens of minutes; anything longer is almost certainly stuck.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// How many uncommitted paths a finding lists before summarising.
+const LISTED_UNCOMMITTED_PATHS: usize = 20;
+
+/// The Claude Code CLI to run: `HYPERLOOP_CLAUDE_BIN` when set, else `claude` from `PATH`.
+pub fn claude_bin_from_env() -> PathBuf {
+    std::env::var_os(CLAUDE_BIN_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_CLAUDE_BIN), PathBuf::from)
+}
+
+/// Everything a step needs besides its assignment.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    pub workspace: Arc<Workspace>,
+    /// Cancels the step: the agent's process group is signalled at once.
+    pub cancel: CancellationToken,
+    /// Where output lines and usage go; `None` discards them.
+    pub progress: Option<ProgressSink>,
+    /// Receives the step's phase as it changes (for heartbeats).
+    pub phase: Option<watch::Sender<AttemptPhase>>,
+    /// Program for the `claude` runtime.
+    pub claude_bin: PathBuf,
+    /// Used when the assignment carries no timeout.
+    pub default_timeout: Duration,
+    /// The worker host's environment, filtered into the agent's. `None` reads the process
+    /// environment; tests pass their own.
+    pub host_env: Option<Vec<(OsString, OsString)>>,
+}
+
+impl StepContext {
+    /// A context with defaults: no progress, [`claude_bin_from_env`], [`DEFAULT_STEP_TIMEOUT`].
+    pub fn new(workspace: Arc<Workspace>) -> Self {
+        Self {
+            workspace,
+            cancel: CancellationToken::new(),
+            progress: None,
+            phase: None,
+            claude_bin: claude_bin_from_env(),
+            default_timeout: DEFAULT_STEP_TIMEOUT,
+            host_env: None,
+        }
+    }
+
+    fn set_phase(&self, phase: AttemptPhase) {
+        if let Some(tx) = &self.phase {
+            tx.send_replace(phase);
+        }
+    }
+}
+
+/// The outcome of one step, as reported to the coordinator ([`StepReport::to_wire`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    pub attempt_id: u64,
+    pub task_id: String,
+    pub step_path: String,
+    pub verdict: Verdict,
+    pub detail: String,
+    /// `Unspecified` when the verdict is the agent's own.
+    pub failure_cause: FailureCause,
+    /// Tip of the task branch on the remote after the step; `None` when the step produced no
+    /// branch (no commits on a new branch, or a step without branch).
+    pub head_commit: Option<String>,
+    pub branch: String,
+    pub duration: Duration,
+    pub cost_usd: f64,
+    pub turns: u32,
+    /// PM proposals (intake steps that passed).
+    pub proposals: Vec<Proposal>,
+}
+
+impl StepReport {
+    fn new(assign: &Assign) -> Self {
+        Self {
+            attempt_id: assign.attempt_id,
+            task_id: assign.task_id.clone(),
+            step_path: assign.step_path.clone(),
+            verdict: Verdict::Fail,
+            detail: String::new(),
+            failure_cause: FailureCause::Unspecified,
+            head_commit: None,
+            branch: assign.branch.clone(),
+            duration: Duration::ZERO,
+            cost_usd: 0.0,
+            turns: 0,
+            proposals: Vec::new(),
+        }
+    }
+
+    fn fail(&mut self, cause: FailureCause, detail: impl Into<String>) {
+        self.verdict = Verdict::Fail;
+        self.failure_cause = cause;
+        self.detail = detail.into();
+        self.proposals.clear();
+    }
+
+    /// The wire message.
+    pub fn to_wire(&self) -> v1::StepResult {
+        v1::StepResult {
+            attempt_id: self.attempt_id,
+            task_id: self.task_id.clone(),
+            step_path: self.step_path.clone(),
+            result: Some(v1::WorkerResult {
+                verdict: v1::Verdict::from(self.verdict).into(),
+                detail: self.detail.clone(),
+            }),
+            head_commit: self.head_commit.clone().unwrap_or_default(),
+            branch: self.branch.clone(),
+            duration: Some(duration_to_wire(self.duration)),
+            cost_usd: self.cost_usd,
+            turns: self.turns,
+            failure_cause: self.failure_cause.into(),
+            proposals: self.proposals.iter().cloned().map(Into::into).collect(),
+        }
+    }
+}
+
+/// Runs one step. Never panics on bad input or git/process failures: every problem is a
+/// failed [`StepReport`] naming its cause. The worktree is removed before this returns,
+/// whatever happened.
+pub async fn run_step(assign: &Assign, ctx: &StepContext) -> StepReport {
+    let started = Instant::now();
+    let mut report = StepReport::new(assign);
+    let plan = match StepPlan::from_assign(assign, ctx.default_timeout, SystemTime::now()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            report.fail(e.cause(), e.to_string());
+            return report;
+        }
+    };
+    ctx.set_phase(AttemptPhase::Preparing);
+    let path = ctx.workspace.worktree_path(plan.attempt_id);
+    let request = CheckoutRequest {
+        repo_url: &plan.repo_url,
+        branch: plan.branch.as_deref(),
+        base_branch: &plan.base_branch,
+        base_commit: &plan.base_commit,
+    };
+    // Not raced against the cancel token: killing git mid-fetch can leave ref locks that
+    // break every later fetch. Git's own time limits bound this.
+    match ctx.workspace.checkout(&request, &path).await {
+        Ok(checkout) if ctx.cancel.is_cancelled() => {
+            let _ = checkout;
+            report.fail(
+                FailureCause::Cancelled,
+                "The step was cancelled before the agent started.",
+            );
+        }
+        Ok(checkout) => run_in_worktree(&plan, &checkout, ctx, &mut report).await,
+        Err(e) => report.fail(
+            FailureCause::Workspace,
+            format!("The worker could not prepare the step's git worktree: {e}"),
+        ),
+    }
+    ctx.workspace.remove(&path, plan.branch.as_deref()).await;
+    report.duration = started.elapsed();
+    report
+}
+
+async fn run_in_worktree(
+    plan: &StepPlan,
+    checkout: &Checkout,
+    ctx: &StepContext,
+    report: &mut StepReport,
+) {
+    let worktree = &checkout.path;
+    let result_path = worktree.join(RESULT_FILE_PATH);
+    if let Err(e) = clear_result_file(&result_path).await {
+        report.fail(
+            FailureCause::Workspace,
+            format!(
+                "The worker could not remove a stale result file {}: {e}",
+                result_path.display()
+            ),
+        );
+        return;
+    }
+
+    let context = [
+        ("HYPERLOOP_TASK_ID", plan.task_id.clone()),
+        ("HYPERLOOP_ROLE", plan.expected.role.clone()),
+        ("HYPERLOOP_ROUND", plan.expected.round.to_string()),
+        ("HYPERLOOP_SPEC_REF", plan.spec_ref.clone()),
+        ("HYPERLOOP_BRANCH", plan.branch.clone().unwrap_or_default()),
+        ("HYPERLOOP_BASE_BRANCH", plan.base_branch.clone()),
+        (
+            "HYPERLOOP_RESULT_FILE",
+            result_path.to_string_lossy().into_owned(),
+        ),
+    ];
+    let host = ctx
+        .host_env
+        .clone()
+        .unwrap_or_else(|| std::env::vars_os().collect());
+    let env = agent_env(host, &plan.env_passthrough, &plan.extra_env, &context);
+    let (program, args): (OsString, Vec<OsString>) = match &plan.runtime {
+        Runtime::Command(argv) => (
+            argv[0].clone().into(),
+            argv[1..].iter().map(OsString::from).collect(),
+        ),
+        Runtime::Claude(limits) => (ctx.claude_bin.clone().into(), claude::args(limits)),
+    };
+    let launch = Launch {
+        program: program.clone(),
+        args,
+        env,
+        cwd: worktree.clone(),
+        stdin: plan.prompt.clone(),
+    };
+    let sink = ctx.progress.clone().unwrap_or_else(|| progress_channel().0);
+    sink.line(
+        LogSource::Worker,
+        &format!(
+            "starting {} in {} (timeout {}s)",
+            program.to_string_lossy(),
+            worktree.display(),
+            plan.timeout.as_secs()
+        ),
+    );
+
+    ctx.set_phase(AttemptPhase::Running);
+    let (ended, stream, stderr_tail) = match &plan.runtime {
+        Runtime::Command(_) => {
+            match process::run(launch, PlainLines, sink.clone(), plan.timeout, &ctx.cancel).await {
+                Ok(f) => (f.ended, None, f.stderr_tail),
+                Err(e) => return spawn_failed(report, &program, e, false),
+            }
+        }
+        Runtime::Claude(_) => {
+            match process::run(
+                launch,
+                ClaudeLines::default(),
+                sink.clone(),
+                plan.timeout,
+                &ctx.cancel,
+            )
+            .await
+            {
+                Ok(f) => (
+                    f.ended,
+                    Some(f.handler.map(|h| h.state).unwrap_or_default()),
+                    f.stderr_tail,
+                ),
+                Err(e) => return spawn_failed(report, &program, e, true),
+            }
+        }
+    };
+    let mut stream = stream;
+    if let Some(state) = stream.as_mut() {
+        for line in &stderr_tail {
+            state.parse_stderr(line);
+        }
+        report.turns = state.turns();
+        report.cost_usd = state.cost_usd();
+    }
+
+    let agent_failure = match ended {
+        Ended::TimedOut(limit) => Some((
+            FailureCause::Timeout,
+            format!(
+                "The agent timed out after {}s and was stopped.",
+                limit.as_secs()
+            ),
+        )),
+        Ended::Cancelled => Some((
+            FailureCause::Cancelled,
+            "The step was cancelled; the agent was stopped.".to_owned(),
+        )),
+        Ended::Signalled(sig) => Some((
+            FailureCause::AgentCrashed,
+            format!("The agent process died from signal {}.", signal_name(sig)),
+        )),
+        Ended::Exited(code) => match (&plan.runtime, &stream) {
+            (Runtime::Claude(limits), Some(state)) => state
+                .failure(ended, limits)
+                .map(|(cause, text)| (cause, format!("{}.", capitalise(&text)))),
+            _ if code != 0 => Some((
+                FailureCause::NonzeroExit,
+                format!("The agent exited with status {code}."),
+            )),
+            _ => None,
+        },
+    };
+
+    let read = read_result_file(&result_path).await;
+    match (&agent_failure, read) {
+        (Some((cause, text)), read) => {
+            let mut detail = text.clone();
+            if matches!(
+                cause,
+                FailureCause::NonzeroExit
+                    | FailureCause::AgentCrashed
+                    | FailureCause::RuntimeUnavailable
+            ) && !stderr_tail.is_empty()
+            {
+                let _ = write!(
+                    detail,
+                    "\n\nLast lines of the agent's stderr:\n\n```\n{}\n```",
+                    stderr_tail.join("\n")
+                );
+            }
+            if let Ok(Some(bytes)) = read {
+                let outcome = evaluate_bytes(Some(&bytes), &plan.expected);
+                let _ = write!(
+                    detail,
+                    "\n\nThe agent's result file (not used, because the agent failed) said:\n\n{}",
+                    outcome.result.detail
+                );
+            }
+            report.fail(*cause, detail);
+        }
+        (None, Err(e)) => report.fail(
+            FailureCause::ResultMalformed,
+            format!(
+                "The result file {} could not be read: {e}",
+                result_path.display()
+            ),
+        ),
+        (None, Ok(bytes)) => {
+            let outcome = evaluate_bytes(bytes.as_deref(), &plan.expected);
+            apply_outcome(report, outcome);
+        }
+    }
+
+    finish_branch(plan, checkout, ended, report).await;
+}
+
+fn spawn_failed(report: &mut StepReport, program: &OsString, e: std::io::Error, claude: bool) {
+    let fix = if claude {
+        format!("install the Claude Code CLI on this worker or set {CLAUDE_BIN_ENV} to its path")
+    } else {
+        "install it on this worker or fix `agent.command` in .hyperloop.yaml".to_owned()
+    };
+    report.fail(
+        FailureCause::RuntimeUnavailable,
+        format!(
+            "The agent program `{}` could not be started: {e}; {fix}.",
+            program.to_string_lossy()
+        ),
+    );
+}
+
+/// Turns an accepted or rejected result file into the report.
+fn apply_outcome(report: &mut StepReport, outcome: Outcome) {
+    if outcome.is_accepted() {
+        report.verdict = outcome.result.verdict;
+        report.failure_cause = FailureCause::Unspecified;
+        report.detail = outcome.result.detail;
+        report.proposals = outcome.proposals;
+        return;
+    }
+    let cause = if outcome.violations.contains(&Violation::Missing) {
+        FailureCause::ResultMissing
+    } else if outcome.violations.iter().any(|v| {
+        matches!(
+            v,
+            Violation::TaskIdMismatch { .. }
+                | Violation::RoundMismatch { .. }
+                | Violation::RoleMismatch { .. }
+        )
+    }) {
+        FailureCause::ResultMismatch
+    } else {
+        FailureCause::ResultMalformed
+    };
+    report.fail(cause, outcome.result.detail);
+}
+
+/// Notes uncommitted work, pushes new commits and records the branch head.
+async fn finish_branch(
+    plan: &StepPlan,
+    checkout: &Checkout,
+    ended: Ended,
+    report: &mut StepReport,
+) {
+    let worktree = &checkout.path;
+    let state = match workspace::state(worktree).await {
+        Ok(state) => state,
+        Err(e) => {
+            push_problem(
+                report,
+                format!("The worker could not inspect the worktree: {e}"),
+            );
+            return;
+        }
+    };
+    let paths = &state.uncommitted;
+    if !paths.is_empty() {
+        {
+            let mut note = format!(
+                "\n\nNote: the agent left {} uncommitted path(s) in its worktree; they were \
+                 discarded (only commits are kept):\n",
+                paths.len()
+            );
+            for p in paths.iter().take(LISTED_UNCOMMITTED_PATHS) {
+                let _ = writeln!(note, "    {p}");
+            }
+            if paths.len() > LISTED_UNCOMMITTED_PATHS {
+                let _ = writeln!(
+                    note,
+                    "    … and {} more",
+                    paths.len() - LISTED_UNCOMMITTED_PATHS
+                );
+            }
+            report.detail.push_str(note.trim_end());
+        }
+    }
+
+    let Some(branch) = plan.branch.as_deref() else {
+        return;
+    };
+    let head = state.head;
+    let remote_tip = checkout.remote_tip.as_deref();
+    let has_new_commits = head != checkout.start_commit || remote_tip.is_some_and(|t| t != head);
+    if !has_new_commits {
+        report.head_commit = remote_tip.map(str::to_owned);
+        return;
+    }
+    if ended == Ended::Cancelled {
+        // A cancelled task's work is abandoned; don't delay the stop with a push.
+        return;
+    }
+    match workspace::push(worktree, &plan.repo_url, branch, remote_tip).await {
+        Ok(()) => report.head_commit = Some(head),
+        Err(e) => {
+            report.head_commit = remote_tip.map(str::to_owned);
+            push_problem(
+                report,
+                format!("The worker could not push the agent's commits: {e}"),
+            );
+        }
+    }
+}
+
+/// A worker-side failure after the agent ran: the step fails with `Workspace` unless it
+/// already failed for another reason, in which case the problem is appended.
+fn push_problem(report: &mut StepReport, problem: String) {
+    if report.verdict == Verdict::Fail && report.failure_cause != FailureCause::Unspecified {
+        let _ = write!(report.detail, "\n\n{problem}");
+    } else {
+        let previous = std::mem::take(&mut report.detail);
+        report.fail(
+            FailureCause::Workspace,
+            format!("{problem}\n\nThe agent's own findings were:\n\n{previous}"),
+        );
+    }
+}
+
+async fn clear_result_file(path: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    Ok(())
+}
+
+/// Reads at most `MAX_RESULT_BYTES + 1` bytes (enough to detect an oversized file).
+async fn read_result_file(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(MAX_RESULT_BYTES + 1).unwrap_or(u64::MAX);
+    file.take(limit).read_to_end(&mut bytes).await?;
+    Ok(Some(bytes))
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| sig.to_string(), |s| format!("{s} ({sig})"))
+}
+
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}

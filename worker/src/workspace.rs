@@ -1,0 +1,574 @@
+//! The per-worker repository mirror and the per-step worktrees created from it.
+//!
+//! Layout under the work dir:
+//!
+//! ```text
+//! <work_dir>/mirror/              bare repository; fetches `+refs/heads/*:refs/remotes/origin/*`
+//! <work_dir>/worktrees/attempt-N/ one worktree per running step, removed when it ends
+//! ```
+//!
+//! The fetch refspec only writes `refs/remotes/origin/*`, so `fetch --prune` can never delete
+//! the local task branches that running worktrees have checked out ("prune-safe"). The result
+//! file is ignored through the mirror's `info/exclude`, which every worktree shares, so the
+//! repository's own files are never touched.
+//!
+//! Guarantees: [`Workspace::remove`] is idempotent and tolerates [`Workspace::checkout`]
+//! never having run or having stopped half way; a worktree directory and its admin entry in
+//! `mirror/worktrees/` are both gone afterwards. Assumptions: one worker process per work
+//! dir (a second process would race on the mirror; the coordinator gives each local worker its
+//! own work dir).
+
+use std::path::{Path, PathBuf};
+
+use hyperloop_shared::result_file::RESULT_FILE_PATH;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Mutex;
+
+use crate::git::{self, GitError, LOCAL_GIT_TIMEOUT, NETWORK_GIT_TIMEOUT};
+
+/// A failure to prepare or clean up a step's git workspace.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("could not create the mirror of {url} in {dir}: {source}")]
+    CreateMirror {
+        url: String,
+        dir: PathBuf,
+        #[source]
+        source: GitError,
+    },
+    #[error(
+        "could not fetch {url} into the mirror: {source}; check that the repository URL is \
+         reachable from this worker and its credentials are configured"
+    )]
+    Fetch {
+        url: String,
+        #[source]
+        source: GitError,
+    },
+    #[error(
+        "base commit {commit} is not in {url} after fetching; the coordinator dispatched a \
+         commit that was never pushed (push the base branch, then retry the step)"
+    )]
+    BaseCommitMissing { commit: String, url: String },
+    #[error(
+        "branch `{branch}` does not exist in {url} and the assignment has no base commit; \
+         push the base branch or fix `base_branch` in .hyperloop.yaml"
+    )]
+    BaseBranchMissing { branch: String, url: String },
+    #[error("could not create the worktree {path}: {source}")]
+    AddWorktree {
+        path: PathBuf,
+        #[source]
+        source: GitError,
+    },
+    #[error("could not inspect the worktree {path}: {source}")]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: GitError,
+    },
+    #[error("could not push branch `{branch}` to {url}: {source}")]
+    Push {
+        branch: String,
+        url: String,
+        #[source]
+        source: GitError,
+    },
+    #[error("file system error on {path}: {source}; check permissions and free space")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
+    move |source| WorkspaceError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a step needs checked out.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckoutRequest<'a> {
+    pub repo_url: &'a str,
+    /// Task branch; `None` checks out a detached HEAD (intake runs produce no commits).
+    pub branch: Option<&'a str>,
+    pub base_branch: &'a str,
+    /// Empty means "the tip of `origin/<base_branch>`".
+    pub base_commit: &'a str,
+}
+
+/// A checked-out worktree.
+#[derive(Debug, Clone)]
+pub(crate) struct Checkout {
+    pub path: PathBuf,
+    /// The commit the worktree started at.
+    pub start_commit: String,
+    /// The task branch's tip on the remote before the step, if the branch existed there.
+    /// Pushing uses it as the force-with-lease expectation.
+    pub remote_tip: Option<String>,
+}
+
+/// How many checkouts between two `git maintenance run --auto` on the mirror (which packs
+/// loose objects and refs when git's own thresholds say so). Fetches run with
+/// `--no-auto-maintenance` because their automatic maintenance forks a detached process on
+/// every step; this runs it in the step's path instead, rarely.
+pub const MAINTENANCE_EVERY_CHECKOUTS: u64 = 256;
+
+/// A worker's mirror plus its worktrees. Shared by all steps of one worker (`Arc`).
+#[derive(Debug)]
+pub struct Workspace {
+    mirror_dir: PathBuf,
+    worktrees_dir: PathBuf,
+    root: PathBuf,
+    /// Serialises everything that writes the mirror's refs or worktree admin files (fetch,
+    /// worktree add/remove/prune, ref updates). A tokio mutex: it is held across awaits on git.
+    /// Holds the URL the mirror's `origin` is known to point at (saves a `git config` per
+    /// step).
+    lock: Mutex<Option<String>>,
+    checkouts: AtomicU64,
+}
+
+impl Workspace {
+    /// A workspace rooted at `work_dir` (created on first use).
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        let root = work_dir.into();
+        Self {
+            mirror_dir: root.join("mirror"),
+            worktrees_dir: root.join("worktrees"),
+            root,
+            lock: Mutex::new(None),
+            checkouts: AtomicU64::new(0),
+        }
+    }
+
+    /// The bare mirror repository.
+    pub fn mirror_dir(&self) -> &Path {
+        &self.mirror_dir
+    }
+
+    /// The directory that holds the step worktrees.
+    pub fn worktrees_dir(&self) -> &Path {
+        &self.worktrees_dir
+    }
+
+    /// Where the worktree for `attempt_id` lives while the step runs.
+    pub fn worktree_path(&self, attempt_id: u64) -> PathBuf {
+        self.worktrees_dir.join(format!("attempt-{attempt_id}"))
+    }
+
+    /// Removes worktrees left behind by an earlier process (crash, `kill -9`). Call before
+    /// taking work; nothing may be running in this workspace.
+    ///
+    /// # Errors
+    ///
+    /// When a leftover directory cannot be removed.
+    pub async fn sweep(&self) -> Result<(), WorkspaceError> {
+        let _guard = self.lock.lock().await;
+        if self.worktrees_dir.exists() {
+            tokio::fs::remove_dir_all(&self.worktrees_dir)
+                .await
+                .map_err(io_err(&self.worktrees_dir))?;
+        }
+        if self.mirror_dir.join("HEAD").exists() {
+            // Stale admin entries point at the directories just removed.
+            let _ = git::run(&self.mirror_dir, &["worktree", "prune"], LOCAL_GIT_TIMEOUT).await;
+            self.maintain().await;
+        }
+        Ok(())
+    }
+
+    /// Brings the mirror up to date and checks out a fresh worktree at `path`.
+    pub(crate) async fn checkout(
+        &self,
+        req: &CheckoutRequest<'_>,
+        path: &Path,
+    ) -> Result<Checkout, WorkspaceError> {
+        let (start_commit, remote_tip) = {
+            let mut known_url = self.lock.lock().await;
+            self.sync_mirror(req.repo_url, &mut known_url).await?;
+            if self.checkouts.fetch_add(1, Ordering::Relaxed) % MAINTENANCE_EVERY_CHECKOUTS
+                == MAINTENANCE_EVERY_CHECKOUTS - 1
+            {
+                self.maintain().await;
+            }
+            let mirror = &self.mirror_dir;
+
+            // One process resolves everything the checkout needs.
+            let remote_branch = req.branch.map(|b| format!("refs/remotes/origin/{b}"));
+            let names = [
+                remote_branch
+                    .clone()
+                    .unwrap_or_else(|| "refs/remotes/origin/HEAD".to_owned()),
+                format!("refs/remotes/origin/{}", req.base_branch),
+                format!("refs/heads/{}", req.base_branch),
+                if req.base_commit.is_empty() {
+                    "HEAD".to_owned()
+                } else {
+                    req.base_commit.to_owned()
+                },
+            ];
+            let [remote_tip, base_tip, local_base, base_commit] = resolve_all(mirror, &names)
+                .await
+                .map_err(|source| WorkspaceError::Inspect {
+                    path: mirror.clone(),
+                    source,
+                })?;
+            let remote_tip = remote_tip.filter(|_| remote_branch.is_some());
+            let base_commit = if req.base_commit.is_empty() {
+                None
+            } else {
+                Some(
+                    base_commit.ok_or_else(|| WorkspaceError::BaseCommitMissing {
+                        commit: req.base_commit.to_owned(),
+                        url: git::redact_url(req.repo_url),
+                    })?,
+                )
+            };
+            let start = match (&remote_tip, &base_commit, &base_tip) {
+                (Some(tip), _, _) => tip.clone(),
+                (None, Some(commit), _) => commit.clone(),
+                (None, None, Some(tip)) => tip.clone(),
+                (None, None, None) => {
+                    return Err(WorkspaceError::BaseBranchMissing {
+                        branch: req.base_branch.to_owned(),
+                        url: git::redact_url(req.repo_url),
+                    });
+                }
+            };
+
+            // The base branch as a local ref, so agents can `git diff <base>...HEAD`.
+            if req.branch != Some(req.base_branch)
+                && let Some(base) = base_tip.as_ref().or(base_commit.as_ref())
+                && local_base.as_ref() != Some(base)
+            {
+                let local = format!("refs/heads/{}", req.base_branch);
+                git::run(mirror, &["update-ref", &local, base], LOCAL_GIT_TIMEOUT)
+                    .await
+                    .map_err(|source| WorkspaceError::AddWorktree {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+            }
+
+            if path.exists() {
+                self.remove_locked(path, None).await;
+            }
+            let parent = path.parent().unwrap_or(&self.worktrees_dir);
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io_err(parent))?;
+            let path_arg = path.as_os_str().to_string_lossy().into_owned();
+            // --no-checkout under the lock (~10 ms); the file checkout, which grows with the
+            // repository, happens below without holding up other steps.
+            let mut args = vec!["worktree", "add", "--force", "--no-checkout"];
+            match req.branch {
+                Some(branch) => args.extend(["-B", branch]),
+                None => args.push("--detach"),
+            }
+            args.extend([path_arg.as_str(), start.as_str()]);
+            git::run(mirror, &args, LOCAL_GIT_TIMEOUT)
+                .await
+                .map_err(|source| WorkspaceError::AddWorktree {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            (start, remote_tip)
+        };
+
+        git::run(path, &["reset", "--hard", "--quiet"], NETWORK_GIT_TIMEOUT)
+            .await
+            .map_err(|source| WorkspaceError::AddWorktree {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Checkout {
+            path: path.to_owned(),
+            start_commit,
+            remote_tip,
+        })
+    }
+
+    /// Removes the worktree at `path` and its admin entry, and deletes the local task branch
+    /// (the remote keeps the pushed work). Idempotent; errors are logged, not returned,
+    /// because cleanup must never turn a result into a different one.
+    pub(crate) async fn remove(&self, path: &Path, branch: Option<&str>) {
+        let _guard = self.lock.lock().await;
+        self.remove_locked(path, branch).await;
+    }
+
+    async fn remove_locked(&self, path: &Path, branch: Option<&str>) {
+        if !self.mirror_dir.join("HEAD").exists() {
+            if path.exists() {
+                let _ = tokio::fs::remove_dir_all(path).await;
+            }
+            return;
+        }
+        let mirror = &self.mirror_dir;
+        let mut needs_prune = true;
+        if path.exists() {
+            let path_arg = path.as_os_str().to_string_lossy().into_owned();
+            let removed = git::run(
+                mirror,
+                &["worktree", "remove", "--force", "--force", &path_arg],
+                LOCAL_GIT_TIMEOUT,
+            )
+            .await;
+            match removed {
+                // `worktree remove` deletes the admin entry too.
+                Ok(_) => needs_prune = false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "git worktree remove failed; deleting the directory");
+                }
+            }
+            if path.exists()
+                && let Err(e) = tokio::fs::remove_dir_all(path).await
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete a worktree");
+            }
+        }
+        if needs_prune
+            && let Err(e) = git::run(mirror, &["worktree", "prune"], LOCAL_GIT_TIMEOUT).await
+        {
+            tracing::warn!(error = %e, "git worktree prune failed");
+        }
+        if let Some(branch) = branch {
+            let local = format!("refs/heads/{branch}");
+            // Fails harmlessly when another worktree still has the branch checked out.
+            let _ = git::run(mirror, &["update-ref", "-d", &local], LOCAL_GIT_TIMEOUT).await;
+        }
+    }
+
+    /// Packs the mirror when git thinks it is due. Failures only cost disk space: logged.
+    async fn maintain(&self) {
+        let args = ["maintenance", "run", "--auto", "--quiet"];
+        if let Err(e) = git::run(&self.mirror_dir, &args, NETWORK_GIT_TIMEOUT).await {
+            tracing::warn!(error = %e, "git maintenance on the mirror failed");
+        }
+    }
+
+    /// Creates the mirror on first use (atomically: clone into a temporary directory, then
+    /// rename) and fetches. Called with the lock held.
+    async fn sync_mirror(
+        &self,
+        url: &str,
+        known_url: &mut Option<String>,
+    ) -> Result<(), WorkspaceError> {
+        let mirror = &self.mirror_dir;
+        // Auto maintenance is run by `sweep` and every MAINTENANCE_EVERY_CHECKOUTS checkouts
+        // instead: after every fetch it forks a detached `git maintenance` per step.
+        let fetch = [
+            "fetch",
+            "--prune",
+            "--no-tags",
+            "--quiet",
+            "--no-auto-maintenance",
+            "--no-write-fetch-head",
+            "origin",
+        ];
+        if !mirror.join("HEAD").exists() {
+            tokio::fs::create_dir_all(&self.root)
+                .await
+                .map_err(io_err(&self.root))?;
+            let tmp = self.root.join(format!("mirror.tmp-{}", std::process::id()));
+            if tmp.exists() {
+                tokio::fs::remove_dir_all(&tmp)
+                    .await
+                    .map_err(io_err(&tmp))?;
+            }
+            let tmp_arg = tmp.as_os_str().to_string_lossy().into_owned();
+            let create = |source| WorkspaceError::CreateMirror {
+                url: git::redact_url(url),
+                dir: mirror.clone(),
+                source,
+            };
+            git::run(
+                &self.root,
+                &["init", "--bare", "--quiet", &tmp_arg],
+                LOCAL_GIT_TIMEOUT,
+            )
+            .await
+            .map_err(create)?;
+            git::run(&tmp, &["remote", "add", "origin", url], LOCAL_GIT_TIMEOUT)
+                .await
+                .map_err(create)?;
+            ensure_excluded(&tmp).await?;
+            git::run(&tmp, &fetch, NETWORK_GIT_TIMEOUT)
+                .await
+                .map_err(|source| WorkspaceError::Fetch {
+                    url: git::redact_url(url),
+                    source,
+                })?;
+            tokio::fs::rename(&tmp, mirror)
+                .await
+                .map_err(io_err(mirror))?;
+            *known_url = Some(url.to_owned());
+            return Ok(());
+        }
+        if known_url.as_deref() != Some(url) {
+            let current = git::run(
+                mirror,
+                &["config", "--get", "remote.origin.url"],
+                LOCAL_GIT_TIMEOUT,
+            )
+            .await
+            .unwrap_or_default();
+            if current != url {
+                git::run(
+                    mirror,
+                    &["remote", "set-url", "origin", url],
+                    LOCAL_GIT_TIMEOUT,
+                )
+                .await
+                .map_err(|source| WorkspaceError::CreateMirror {
+                    url: git::redact_url(url),
+                    dir: mirror.clone(),
+                    source,
+                })?;
+            }
+            ensure_excluded(mirror).await?;
+            *known_url = Some(url.to_owned());
+        }
+        git::run(mirror, &fetch, NETWORK_GIT_TIMEOUT)
+            .await
+            .map_err(|source| WorkspaceError::Fetch {
+                url: git::redact_url(url),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+/// Makes the result file git-ignored in every worktree of `repo` via `info/exclude`.
+async fn ensure_excluded(repo: &Path) -> Result<(), WorkspaceError> {
+    let info = repo.join("info");
+    let exclude = info.join("exclude");
+    let line = format!("/{RESULT_FILE_PATH}");
+    let current = match tokio::fs::read_to_string(&exclude).await {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(&exclude)(e)),
+    };
+    if current.lines().any(|l| l.trim() == line) {
+        return Ok(());
+    }
+    tokio::fs::create_dir_all(&info)
+        .await
+        .map_err(io_err(&info))?;
+    let mut text = current;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str("# hyperloop: the agent result file is never committed\n");
+    text.push_str(&line);
+    text.push('\n');
+    tokio::fs::write(&exclude, text)
+        .await
+        .map_err(io_err(&exclude))
+}
+
+/// The commits the revisions name (`None` for those that do not exist), in one
+/// `git cat-file --batch-check` process.
+async fn resolve_all<const N: usize>(
+    repo: &Path,
+    revs: &[String; N],
+) -> Result<[Option<String>; N], GitError> {
+    let input: String = revs.iter().map(|r| format!("{r}^{{commit}}\n")).collect();
+    let out = git::run_with_input(
+        repo,
+        &["cat-file", "--batch-check=%(objectname) %(objecttype)"],
+        input,
+        LOCAL_GIT_TIMEOUT,
+    )
+    .await?;
+    let mut lines = out.lines();
+    Ok(std::array::from_fn(|_| {
+        // "<oid> commit" when found; "<input> missing" (or "ambiguous") otherwise.
+        lines.next().and_then(|line| match line.split_once(' ') {
+            Some((oid, "commit")) => Some(oid.to_owned()),
+            _ => None,
+        })
+    }))
+}
+
+/// The state of a worktree after the agent ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WorktreeState {
+    /// The commit at HEAD.
+    pub head: String,
+    /// Paths with uncommitted changes (tracked or untracked, not ignored).
+    pub uncommitted: Vec<String>,
+}
+
+/// HEAD and uncommitted paths, from one `git status --porcelain=v2 --branch`.
+pub(crate) async fn state(worktree: &Path) -> Result<WorktreeState, WorkspaceError> {
+    let out = git::run(
+        worktree,
+        &[
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "--untracked-files=normal",
+        ],
+        LOCAL_GIT_TIMEOUT,
+    )
+    .await
+    .map_err(|source| WorkspaceError::Inspect {
+        path: worktree.to_owned(),
+        source,
+    })?;
+    let mut head = String::new();
+    let mut uncommitted = Vec::new();
+    for line in out.lines() {
+        if let Some(oid) = line.strip_prefix("# branch.oid ") {
+            head = oid.trim().to_owned();
+            continue;
+        }
+        // Entry formats: `1 <7 fields> <path>`, `2 <8 fields> <path>\t<orig>`,
+        // `u <9 fields> <path>`, `? <path>`.
+        let path = match line.as_bytes().first() {
+            Some(b'1') => line.splitn(9, ' ').nth(8),
+            Some(b'2') => line
+                .splitn(10, ' ')
+                .nth(9)
+                .map(|p| p.split('\t').next().unwrap_or(p)),
+            Some(b'u') => line.splitn(11, ' ').nth(10),
+            Some(b'?') => line.get(2..),
+            _ => None,
+        };
+        if let Some(path) = path {
+            uncommitted.push(path.to_owned());
+        }
+    }
+    Ok(WorktreeState { head, uncommitted })
+}
+
+/// Pushes `branch` to `url`, overwriting only the commit we started from
+/// (`--force-with-lease`; an empty expectation means "the branch must not exist yet").
+pub(crate) async fn push(
+    worktree: &Path,
+    url: &str,
+    branch: &str,
+    expected_tip: Option<&str>,
+) -> Result<(), WorkspaceError> {
+    let lease = format!(
+        "--force-with-lease=refs/heads/{branch}:{}",
+        expected_tip.unwrap_or("")
+    );
+    let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
+    git::run(
+        worktree,
+        &["push", "--quiet", "--no-verify", &lease, url, &refspec],
+        NETWORK_GIT_TIMEOUT,
+    )
+    .await
+    .map(drop)
+    .map_err(|source| WorkspaceError::Push {
+        branch: branch.to_owned(),
+        url: git::redact_url(url),
+        source,
+    })
+}
