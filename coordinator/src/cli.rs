@@ -11,7 +11,10 @@ use hyperloop_shared::project::Project;
 
 use crate::compose::{CacheDir, Composition, CompositionSource, compose_project, render};
 use crate::settings::{self, Settings};
+use crate::init::InitError;
+use crate::reconcile::{Halt, Mode};
 use crate::specs;
+use tokio_util::sync::CancellationToken;
 
 /// Exit codes (PRODUCT.md §11). Scripts depend on them.
 pub mod code {
@@ -276,6 +279,11 @@ pub fn reconcile(root: &Path, config_file: Option<&Path>, overrides: &Overrides,
                 "stopped after max_cycles ({max_cycles}) before convergence; run again to continue\n"
             ),
         },
+        Ok(Halt::IntakeFailing(detail)) => runtime_error(format!(
+            "intake failed {} times in a row; fix the pm agent or its overlay and run again. \
+             Last finding: {detail}",
+            crate::reconcile::MAX_INTAKE_FAILURES
+        )),
         Err(e) if e.is_usage() => Exit::usage(e.to_string()),
         Err(e) => runtime_error(e.to_string()),
     }

@@ -13,7 +13,7 @@ mod specs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyperloop_proto::v1;
 use hyperloop_shared::config::{AgentProgram, Config, MergeStrategy};
@@ -24,7 +24,7 @@ use hyperloop_shared::model::{
     AttemptId, Proposal, Review, SpecPath, SpecRef, Task, TaskId, TaskStatus, Verdict,
 };
 use hyperloop_shared::pipeline::{
-    ActionOutcome, Change as StepChange, Limits, Next, Outcome, Progress,
+    ActionOutcome, Change as StepChange, Limits, Next, Outcome,
 };
 use hyperloop_shared::project::Project;
 use hyperloop_shared::prompt::{self, TaskContext};
@@ -55,6 +55,8 @@ pub enum Halt {
     Converged { complete: usize, failed: usize },
     Shutdown,
     MaxCycles(u32),
+    /// `run` stopped because intake kept failing; the detail is the last finding.
+    IntakeFailing(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +107,19 @@ pub struct Reconciler<S, P, L, C> {
     changes: Vec<Change>,
     cycles_with_work: u32,
     view: SpecView,
+    /// Consecutive failed intake runs, and when the next may start (exponential backoff, so
+    /// a broken PM does not spin).
+    intake_failures: u32,
+    intake_not_before: Option<Instant>,
 }
+
+/// The first retry of a failed intake waits this long; each further failure doubles it, up
+/// to [`INTAKE_BACKOFF_MAX`].
+const INTAKE_BACKOFF_START: Duration = Duration::from_secs(1);
+const INTAKE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// `run` gives up after this many intake failures in a row (`watch` keeps retrying): a PM
+/// that fails repeatedly needs a human, not more attempts.
+pub const MAX_INTAKE_FAILURES: u32 = 3;
 
 impl<S, P, L, C> Reconciler<S, P, L, C>
 where
@@ -144,6 +158,8 @@ where
             changes: Vec::new(),
             cycles_with_work: 0,
             view: SpecView::default(),
+            intake_failures: 0,
+            intake_not_before: None,
         };
         r.refresh_specs()?;
         r.view.reconcile_records(&r.state.specs);
@@ -168,7 +184,7 @@ where
         let pipeline = self.project.process.pipeline.clone();
         let mut relocated = Vec::new();
         for task in self.state.tasks.values() {
-            let Some(progress) = task.progress() else {
+            let Ok(Some(progress)) = task.progress() else {
                 continue;
             };
             let relocation = pipeline.relocate(&progress);
@@ -220,7 +236,17 @@ where
                 let max = self.ctx.config.max_cycles;
                 return self.halt(Halt::MaxCycles(max)).await;
             }
-            let idle = self.ctx.config.poll_interval;
+            if self.ctx.mode == Mode::Run
+                && self.intake_failures >= MAX_INTAKE_FAILURES
+                && self.jobs.is_empty()
+            {
+                let detail = self.state.meta.intake_rejections.join("; ");
+                return self.halt(Halt::IntakeFailing(detail)).await;
+            }
+            let mut idle = self.ctx.config.poll_interval;
+            if let Some(at) = self.intake_not_before {
+                idle = idle.min(at.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return self.halt(Halt::Shutdown).await,
                 event = self.inbox.recv() => match event {
@@ -256,6 +282,7 @@ where
             ),
             Halt::Shutdown => ("shutdown requested".to_owned(), 0),
             Halt::MaxCycles(n) => (format!("stopped after max_cycles ({n})"), 3),
+            Halt::IntakeFailing(detail) => (format!("intake keeps failing: {detail}"), 1),
         };
         self.event(None, EventKind::CoordinatorHalted { reason, exit_code });
         self.persist().await?;
@@ -470,7 +497,7 @@ where
     /// Feeds an outcome to the pure executor and records the transition.
     fn apply_outcome(&mut self, mut task: Task, outcome: Outcome) {
         let pipeline = &self.project.process.pipeline;
-        let Some(progress) = task.progress() else {
+        let Ok(Some(progress)) = task.progress() else {
             return;
         };
         let limits = self.limits();
@@ -582,8 +609,15 @@ where
                         self.changes.push(Change::PutSpec(record));
                     }
                     self.state.meta.failed_since_intake.clear();
+                    self.intake_failures = 0;
+                    self.intake_not_before = None;
                 } else {
                     rejections.push(format!("The previous intake run failed: {detail}"));
+                    self.intake_failures += 1;
+                    let backoff = INTAKE_BACKOFF_START
+                        .saturating_mul(1 << self.intake_failures.saturating_sub(1).min(16))
+                        .min(INTAKE_BACKOFF_MAX);
+                    self.intake_not_before = Some(Instant::now() + backoff);
                 }
                 self.event(
                     None,
@@ -697,7 +731,9 @@ where
     /// The specs intake should look at now, if intake is due: new or changed specs, or tasks
     /// that failed since the last intake.
     fn intake_wanted(&self) -> Option<Vec<SpecPath>> {
-        if self.jobs.values().any(|j| matches!(j, Job::Intake { .. })) {
+        if self.jobs.values().any(|j| matches!(j, Job::Intake { .. }))
+            || self.intake_not_before.is_some_and(|at| Instant::now() < at)
+        {
             return None;
         }
         let changed: Vec<SpecPath> = self.view.pending.iter().cloned().collect();
@@ -914,8 +950,8 @@ where
         let mut starts = Vec::new();
         for d in decisions.dispatch {
             match d {
-                Dispatch::Resume { task, .. } => starts.push(task.id()),
-                Dispatch::Start { task, .. } => starts.push(task.id()),
+                Dispatch::Resume { task, .. } => starts.push(task),
+                Dispatch::Start { task, .. } => starts.push(task),
             }
         }
         drop(snapshots);

@@ -18,18 +18,26 @@ result() { # verdict, body
   {
     printf -- '---\ntask_id: %s\nround: %s\nrole: %s\nverdict: %s\n' \
       "$HYPERLOOP_TASK_ID" "$HYPERLOOP_ROUND" "$HYPERLOOP_ROLE" "$1"
-    [ -n "${PROPOSALS:-}" ] && printf 'tasks:\n%s' "$PROPOSALS"
+    case "${PROPOSALS:-}" in
+    "") ;;
+    "[]") printf 'tasks: []\n' ;;
+    *) printf 'tasks:\n%s\n' "$PROPOSALS" ;;
+    esac
     printf -- '---\n%s\n' "$2"
   } > "$HYPERLOOP_RESULT_FILE"
 }
 
 case "$HYPERLOOP_ROLE" in
 pm)
-  # One task per spec the prompt asks about.
-  PROPOSALS=$(printf '%s\n' "$prompt" | grep -o 'specs/[A-Za-z0-9_./-]*\.md' | sort -u |
+  # One task per spec the prompt asks about; their headings look like
+  # ### `specs/greeting.md@<commit>` (new)
+  PROPOSALS=$(printf '%s\n' "$prompt" | sed -n 's/^### `\(specs\/[^@]*\)@.*/\1/p' | sort -u |
     while read -r spec; do
       printf -- '- title: Implement %s\n  spec: %s\n' "$spec" "$spec"
     done)
+  if [ -z "$PROPOSALS" ]; then
+    PROPOSALS="[]"
+  fi
   result pass "Proposed one task per new or changed spec."
   ;;
 implementer)
