@@ -10,9 +10,9 @@ use hyperloop_shared::pipeline::{HookKind, Process, Step};
 use hyperloop_shared::project::Project;
 
 use crate::compose::{CacheDir, Composition, CompositionSource, compose_project, render};
-use crate::settings::{self, Settings};
 use crate::init::InitError;
 use crate::reconcile::{Halt, Mode};
+use crate::settings::{self, Settings};
 use crate::specs;
 use tokio_util::sync::CancellationToken;
 
@@ -248,7 +248,12 @@ pub fn init(path: &Path, base_ref: Option<&str>, overlay: Option<&str>) -> Exit 
 /// `hyperloop-coordinator run` / `watch`: reconciles until convergence (run) or forever
 /// (watch). The first SIGINT/SIGTERM shuts down cleanly (agents stopped, state persisted);
 /// a second one exits at once.
-pub fn reconcile(root: &Path, config_file: Option<&Path>, overrides: &Overrides, mode: Mode) -> Exit {
+pub fn reconcile(
+    root: &Path,
+    config_file: Option<&Path>,
+    overrides: &Overrides,
+    mode: Mode,
+) -> Exit {
     let settings = match settings::load(root, config_file, overrides) {
         Ok(s) => s,
         Err(e) => return Exit::usage(e.to_string()),

@@ -51,7 +51,12 @@ pub enum DispatchError {
 }
 
 impl Registry {
-    pub fn join(&mut self, name: String, capacity: u32, sender: mpsc::Sender<v1::CoordinatorMessage>) {
+    pub fn join(
+        &mut self,
+        name: String,
+        capacity: u32,
+        sender: mpsc::Sender<v1::CoordinatorMessage>,
+    ) {
         self.workers.insert(
             name.clone(),
             Worker {
@@ -92,9 +97,8 @@ impl Registry {
     /// The worker with the most free slots after `promised(name)` slots already planned
     /// for it (ties by name, for determinism).
     pub fn pick(&self, promised: impl Fn(&str) -> usize) -> Option<String> {
-        let free = |w: &Worker| {
-            (w.capacity as usize).saturating_sub(w.running.len() + promised(&w.name))
-        };
+        let free =
+            |w: &Worker| (w.capacity as usize).saturating_sub(w.running.len() + promised(&w.name));
         self.workers
             .values()
             .filter(|w| !w.draining && free(w) > 0)
@@ -132,7 +136,9 @@ impl Registry {
     /// left to acknowledge or cancel.
     pub fn tell(&self, worker: &str, kind: v1::coordinator_message::Body) {
         if let Some(w) = self.workers.get(worker) {
-            let _ = w.sender.try_send(v1::CoordinatorMessage { body: Some(kind) });
+            let _ = w
+                .sender
+                .try_send(v1::CoordinatorMessage { body: Some(kind) });
         }
     }
 

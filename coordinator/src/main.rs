@@ -130,7 +130,12 @@ fn main() -> ExitCode {
         ),
         Command::Run(args) => {
             let mode = if args.watch { Mode::Watch } else { Mode::Run };
-            cli::reconcile(&args.repo.path, args.repo.config.as_deref(), &args.overrides(), mode)
+            cli::reconcile(
+                &args.repo.path,
+                args.repo.config.as_deref(),
+                &args.overrides(),
+                mode,
+            )
         }
         Command::Watch(args) => cli::reconcile(
             &args.repo.path,

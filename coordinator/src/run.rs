@@ -92,7 +92,12 @@ pub async fn run(
         let name = format!("local-{i}");
         let mut options = WorkerOptions::new(&name, git_dir.join("hyperloop/workers").join(&name));
         options.capacity = 1;
-        attach_local(&mut workers, options, inbox_tx.clone(), workers_stop.clone());
+        attach_local(
+            &mut workers,
+            options,
+            inbox_tx.clone(),
+            workers_stop.clone(),
+        );
     }
     drop(inbox_tx);
 

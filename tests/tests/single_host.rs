@@ -190,8 +190,9 @@ fn kill_9_at_many_moments_converges_to_the_same_main_without_duplicate_work() {
     let log = repo.dir.path().join("steps.log");
     // Deterministic spread of kill moments across the run (milliseconds after start).
     let delays = [
-        150u64, 400, 700, 250, 900, 1300, 550, 1100, 350, 1700, 800, 2000,
+        120u64, 300, 200, 450, 150, 600, 250, 350, 500, 180, 700, 400,
     ];
+    let mut kills = 0;
     for delay in delays {
         let mut child = coordinator(&repo, &log, "normal")
             .stdout(Stdio::null())
@@ -204,7 +205,12 @@ fn kill_9_at_many_moments_converges_to_the_same_main_without_duplicate_work() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        kills += 1;
     }
+    assert!(
+        kills >= 6,
+        "the run must be interrupted many times, got {kills}"
+    );
     let out = run_to_end(coordinator(&repo, &log, "normal"));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_converged(&repo);
@@ -257,4 +263,38 @@ fn bad_agents_become_findings_and_nothing_is_lost() {
             "{mode}: the finding names the cause ({finding:?}):\n{reviews}"
         );
     }
+}
+
+#[test]
+fn a_pm_proposing_a_dependency_cycle_is_rejected_and_run_stops_saying_why() {
+    let repo = repo(4);
+    let log = repo.dir.path().join("steps.log");
+    let out = run_to_end(coordinator(&repo, &log, "cycle"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("intake failed 3 times in a row"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cycle"), "{stderr}");
+    // Nothing was created from the rejected proposals, and the state says why.
+    assert!(repo.state_texts("tasks/").is_empty());
+    let meta = repo.state_texts("meta.json").join("");
+    assert!(meta.contains("cycle"), "{meta}");
+}
+
+#[test]
+fn malformed_configuration_stops_run_with_exit_2_naming_file_and_key() {
+    let repo = TestRepo::new(&[
+        ("specs/a.md", SPEC_A),
+        (".hyperloop.yaml", "max_wrkers: 2\n"),
+    ]);
+    let out = run_to_end(coordinator(&repo, &repo.dir.path().join("log"), "normal"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(".hyperloop.yaml: unknown key `max_wrkers`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("max_workers"), "{stderr}");
 }

@@ -3,17 +3,16 @@
 use hyperloop_proto::v1;
 use hyperloop_shared::model::{AttemptId, SpecPath, SpecRef, Task, TaskStatus};
 use hyperloop_shared::prompt::{
-    self, FailedResult, FailedTask, ImprovementContext, IntakeContext, SpecChange,
-    SpecChangeKind,
+    self, FailedResult, FailedTask, ImprovementContext, IntakeContext, SpecChange, SpecChangeKind,
 };
 use hyperloop_shared::result_file::Subject;
 
 use super::Reconciler;
 use crate::ports::lander::Lander;
 use crate::ports::spec_source::{BlobId, SpecSource};
-use std::collections::BTreeSet;
 use crate::ports::state_store::StateStore;
 use hyperloop_shared::project::Project;
+use std::collections::BTreeSet;
 
 /// The role sent to resolve a landing conflict; it runs outside the pipeline, with the task
 /// parked at its merge action.
@@ -68,7 +67,11 @@ where
                 Some(old) => SpecChangeKind::Changed {
                     diff: self
                         .specs
-                        .diff(path, Some(&BlobId(old.blob.clone())), self.view.specs.get(path))
+                        .diff(
+                            path,
+                            Some(&BlobId(old.blob.clone())),
+                            self.view.specs.get(path),
+                        )
                         .ok(),
                 },
             };

@@ -23,9 +23,7 @@ use hyperloop_shared::intake;
 use hyperloop_shared::model::{
     AttemptId, Proposal, Review, SpecPath, SpecRef, Task, TaskId, TaskStatus, Verdict,
 };
-use hyperloop_shared::pipeline::{
-    ActionOutcome, Change as StepChange, Limits, Next, Outcome,
-};
+use hyperloop_shared::pipeline::{ActionOutcome, Change as StepChange, Limits, Next, Outcome};
 use hyperloop_shared::project::Project;
 use hyperloop_shared::prompt::{self, TaskContext};
 use tokio::sync::mpsc;
@@ -35,8 +33,8 @@ use crate::dispatch::{Registry, WorkerEvent};
 use crate::ports::lander::{LandOutcome, LandRequest, Lander, WorkRef};
 use crate::ports::spec_source::CommitId;
 use crate::ports::spec_source::SpecSource;
-use specs::SpecView;
 use crate::ports::state_store::{Assignment, Change, SpecRecord, State, StateStore, StoreError};
+use specs::SpecView;
 
 pub use jobs::Job;
 
@@ -52,7 +50,10 @@ pub enum Mode {
 /// Why the loop stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Halt {
-    Converged { complete: usize, failed: usize },
+    Converged {
+        complete: usize,
+        failed: usize,
+    },
     Shutdown,
     MaxCycles(u32),
     /// `run` stopped because intake kept failing; the detail is the last finding.
@@ -485,8 +486,7 @@ where
             }
             return;
         }
-        if task.position.as_ref().map(ToString::to_string).as_deref() != Some(&assignment.step)
-        {
+        if task.position.as_ref().map(ToString::to_string).as_deref() != Some(&assignment.step) {
             tracing::warn!(task = %task.id, "result for a step the task is no longer at; ignored");
             self.put_task(task);
             return;
@@ -532,10 +532,9 @@ where
                     round: task.round,
                 },
             ),
-            StepChange::Completed => self.event(
-                Some(id),
-                EventKind::TaskCompleted { rounds: task.round },
-            ),
+            StepChange::Completed => {
+                self.event(Some(id), EventKind::TaskCompleted { rounds: task.round })
+            }
             StepChange::Failed => {
                 let reason = task.failure.clone().unwrap_or_default();
                 self.add_review(Review {
@@ -546,16 +545,48 @@ where
                     detail: format!("The task failed: {reason}"),
                 });
                 self.event(Some(id), EventKind::TaskFailed { reason });
-                // Failure is feedback: the gap re-enters intake with this history.
-                if !self.state.meta.failed_since_intake.contains(&id) {
-                    self.state.meta.failed_since_intake.push(id);
-                    let meta = self.state.meta.clone();
-                    self.changes.push(Change::PutMeta(meta));
-                }
+                self.task_failed(id);
             }
             StepChange::Stayed | StepChange::ActionErrorCounted { .. } => {}
         }
+        let cascade = task.status == TaskStatus::Failed;
         self.put_task(task);
+        if cascade {
+            self.fail_dependents(id);
+        }
+    }
+
+    /// Failure is feedback: the gap re-enters intake with this task's history.
+    fn task_failed(&mut self, id: TaskId) {
+        if !self.state.meta.failed_since_intake.contains(&id) {
+            self.state.meta.failed_since_intake.push(id);
+            let meta = self.state.meta.clone();
+            self.changes.push(Change::PutMeta(meta));
+        }
+    }
+
+    /// Tasks waiting on a failed task can never start: they fail too, naming the dependency,
+    /// so intake can propose a different plan for the whole gap.
+    fn fail_dependents(&mut self, failed: TaskId) {
+        let mut queue = vec![failed];
+        while let Some(dep) = queue.pop() {
+            let dependents: Vec<Task> = self
+                .state
+                .tasks
+                .values()
+                .filter(|t| t.status == TaskStatus::NotStarted && t.deps.contains(&dep))
+                .cloned()
+                .collect();
+            for mut task in dependents {
+                let reason = format!("dependency {dep} failed, so this task cannot start");
+                task.status = TaskStatus::Failed;
+                task.failure = Some(reason.clone());
+                self.event(Some(task.id), EventKind::TaskFailed { reason });
+                queue.push(task.id);
+                self.task_failed(task.id);
+                self.put_task(task);
+            }
+        }
     }
 
     fn reap_job(&mut self, job: Job, worker: &str, result: v1::StepResult) {
@@ -566,6 +597,8 @@ where
                 changed,
                 known,
             } => {
+                let failures_considered =
+                    u32::try_from(self.state.meta.failed_since_intake.len()).unwrap_or(u32::MAX);
                 self.state.meta.intake_round += 1;
                 let mut created = Vec::new();
                 let mut rejections = Vec::new();
@@ -623,7 +656,7 @@ where
                     None,
                     EventKind::IntakeRun {
                         changed_specs: changed.iter().map(|(p, _)| p.to_string()).collect(),
-                        failures_considered: 0,
+                        failures_considered,
                         created,
                         rejected: rejections.clone(),
                     },
@@ -657,7 +690,9 @@ where
                     // Every agent spawned from now on sees the new overlays.
                     match (self.compose)() {
                         Ok(project) => self.project = project,
-                        Err(e) => tracing::warn!(error = %e, "recomposing after process improvements failed; keeping the previous composition"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "recomposing after process improvements failed; keeping the previous composition")
+                        }
                     }
                 }
                 tracing::info!(%worker, %verdict, "process improver finished");
@@ -884,7 +919,9 @@ where
                             commit: self.view.commit().to_owned(),
                             changed: changed
                                 .iter()
-                                .filter_map(|p| self.view.specs.get(p).map(|b| (p.clone(), b.clone())))
+                                .filter_map(|p| {
+                                    self.view.specs.get(p).map(|b| (p.clone(), b.clone()))
+                                })
                                 .collect(),
                             known: self.view.specs.keys().cloned().collect(),
                         }),
@@ -897,7 +934,10 @@ where
         if free > 0
             && !self.improvement_findings.is_empty()
             && !self.project.process.hooks.after_reap.is_empty()
-            && !self.jobs.values().any(|j| matches!(j, Job::Improvement { .. }))
+            && !self
+                .jobs
+                .values()
+                .any(|j| matches!(j, Job::Improvement { .. }))
             && let Some(worker) = self.pick_excluding(&orders)
         {
             let attempt = self.next_attempt();
@@ -930,7 +970,9 @@ where
                     dispatched_tasks.push((id, assignment.clone_with_worker(&worker)));
                     orders.push((worker, assign, None));
                 }
-                Err(e) => tracing::warn!(task = %id, error = %e, "rebase-resolver could not be prepared"),
+                Err(e) => {
+                    tracing::warn!(task = %id, error = %e, "rebase-resolver could not be prepared")
+                }
             }
         }
 
@@ -975,8 +1017,10 @@ where
                 );
                 self.put_task(task.clone());
             }
-            let Some(Next::RunAgent { role, .. }) =
-                task.position.as_ref().and_then(|p| pipeline.next_at(p).ok())
+            let Some(Next::RunAgent { role, .. }) = task
+                .position
+                .as_ref()
+                .and_then(|p| pipeline.next_at(p).ok())
             else {
                 continue; // a gate or an action: ADVANCE handles it, no worker needed
             };
@@ -993,7 +1037,11 @@ where
                     self.event(
                         Some(id),
                         EventKind::SpawnFailed {
-                            step: task.position.as_ref().map(ToString::to_string).unwrap_or_default(),
+                            step: task
+                                .position
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default(),
                             role,
                             reason: e.clone(),
                         },
@@ -1075,7 +1123,12 @@ where
             .branch
             .clone()
             .unwrap_or_else(|| format!("{}{}", self.ctx.config.branch_prefix, task.id));
-        let reviews = self.state.reviews.get(&task.id).cloned().unwrap_or_default();
+        let reviews = self
+            .state
+            .reviews
+            .get(&task.id)
+            .cloned()
+            .unwrap_or_default();
         let composed = prompt::task_prompt(
             template,
             &TaskContext {
@@ -1222,7 +1275,10 @@ fn verdict_of(result: &v1::StepResult) -> (Verdict, String) {
     match result.result.as_ref() {
         Some(r) => match hyperloop_proto::convert::parse_verdict("verdict", r.verdict) {
             Ok(v) => (v, r.detail.clone()),
-            Err(e) => (Verdict::Fail, format!("the worker sent an unusable result: {e}")),
+            Err(e) => (
+                Verdict::Fail,
+                format!("the worker sent an unusable result: {e}"),
+            ),
         },
         None => (
             Verdict::Fail,

@@ -166,6 +166,7 @@ pub async fn every_change_kind_round_trips<H: Harness>(new_harness: &impl Fn(usi
         improvement_round: 1,
         failed_since_intake: vec![TaskId(2)],
         intake_rejections: vec!["duplicate of task-001".into()],
+        rebase_attempts: [(TaskId(2), 1)].into_iter().collect(),
     };
     let changes = vec![
         Change::PutTask(task(1)),
