@@ -179,7 +179,8 @@ where
     fn recover(&mut self) {
         let orphaned: Vec<TaskId> = self.state.assignments.keys().copied().collect();
         for task in &orphaned {
-            self.changes.push(Change::DeleteAssignment(*task));
+            self.state.assignments.remove(task);
+            self.record(Change::DeleteAssignment(*task));
         }
         // A pipeline edited while tasks were on it: carry each position over explicitly.
         let pipeline = self.project.process.pipeline.clone();
@@ -199,7 +200,7 @@ where
         }
         for (task, finding) in relocated {
             if let Some(detail) = finding {
-                self.changes.push(Change::AddReview(Review {
+                self.record(Change::AddReview(Review {
                     task_id: task.id,
                     round: task.round,
                     role: "coordinator".to_owned(),
@@ -364,7 +365,7 @@ where
                     .map(|a| a.task)
                     .collect();
                 for task in tasks {
-                    self.changes.push(Change::DeleteAssignment(task));
+                    self.record(Change::DeleteAssignment(task));
                     self.state.assignments.remove(&task);
                 }
                 self.jobs.retain(|attempt, _| !lost.contains(attempt));
@@ -385,7 +386,7 @@ where
         if worked {
             self.state.meta.cycle += 1;
             let meta = self.state.meta.clone();
-            self.changes.push(Change::PutMeta(meta));
+            self.record(Change::PutMeta(meta));
             self.event(
                 None,
                 EventKind::CycleCompleted {
@@ -441,7 +442,7 @@ where
         let Some(mut task) = self.state.tasks.get(&assignment.task).cloned() else {
             return;
         };
-        self.changes.push(Change::DeleteAssignment(task.id));
+        self.record(Change::DeleteAssignment(task.id));
         self.state.assignments.remove(&task.id);
         let (verdict, detail) = verdict_of(result);
         if !result.branch.is_empty() {
@@ -561,7 +562,7 @@ where
         if !self.state.meta.failed_since_intake.contains(&id) {
             self.state.meta.failed_since_intake.push(id);
             let meta = self.state.meta.clone();
-            self.changes.push(Change::PutMeta(meta));
+            self.record(Change::PutMeta(meta));
         }
     }
 
@@ -637,9 +638,8 @@ where
                             blob: blob.0.clone(),
                             commit: commit.clone(),
                         };
-                        self.state.specs.insert(path.clone(), record.clone());
+                        self.record(Change::PutSpec(record));
                         self.view.refresh(path, &self.state.specs);
-                        self.changes.push(Change::PutSpec(record));
                     }
                     self.state.meta.failed_since_intake.clear();
                     self.intake_failures = 0;
@@ -663,12 +663,12 @@ where
                 );
                 self.state.meta.intake_rejections = rejections;
                 let meta = self.state.meta.clone();
-                self.changes.push(Change::PutMeta(meta));
+                self.record(Change::PutMeta(meta));
             }
             Job::Improvement { .. } => {
                 self.state.meta.improvement_round += 1;
                 let meta = self.state.meta.clone();
-                self.changes.push(Change::PutMeta(meta));
+                self.record(Change::PutMeta(meta));
                 let mut commit = None;
                 if verdict == Verdict::Pass && !result.head_commit.is_empty() {
                     let request = LandRequest {
@@ -725,9 +725,8 @@ where
     fn cancel_deleted_specs(&mut self) {
         let deleted: Vec<SpecPath> = self.view.deleted.iter().cloned().collect();
         for path in deleted {
-            self.state.specs.remove(&path);
+            self.record(Change::DeleteSpec(path.clone()));
             self.view.refresh(&path, &self.state.specs);
-            self.changes.push(Change::DeleteSpec(path.clone()));
             self.event(
                 None,
                 EventKind::SpecChanged {
@@ -751,7 +750,7 @@ where
                             reason: format!("spec {path} was deleted"),
                         }),
                     );
-                    self.changes.push(Change::DeleteAssignment(task.id));
+                    self.record(Change::DeleteAssignment(task.id));
                 }
                 let reason = format!("cancelled: spec {path} was deleted");
                 task.status = TaskStatus::Failed;
@@ -826,7 +825,7 @@ where
                 let commit = landing.commit.0;
                 if self.state.meta.rebase_attempts.remove(&task.id).is_some() {
                     let meta = self.state.meta.clone();
-                    self.changes.push(Change::PutMeta(meta));
+                    self.record(Change::PutMeta(meta));
                 }
                 self.event(
                     Some(task.id),
@@ -875,7 +874,7 @@ where
                     self.apply_outcome(task, Outcome::Action(ActionOutcome::Error));
                 }
                 let meta = self.state.meta.clone();
-                self.changes.push(Change::PutMeta(meta));
+                self.record(Change::PutMeta(meta));
             }
             Ok(LandOutcome::Deferred { reason }) => {
                 tracing::info!(task = %task.id, %reason, "landing deferred; will retry");
@@ -1056,10 +1055,10 @@ where
         // Persist every assignment before any step leaves.
         for (id, assignment) in &dispatched_tasks {
             self.state.assignments.insert(*id, assignment.clone());
-            self.changes.push(Change::PutAssignment(assignment.clone()));
+            self.record(Change::PutAssignment(assignment.clone()));
         }
         let meta = self.state.meta.clone();
-        self.changes.push(Change::PutMeta(meta));
+        self.record(Change::PutMeta(meta));
         for (worker, assign, _) in &orders {
             self.event(
                 parse_task(&assign.task_id),
@@ -1080,7 +1079,7 @@ where
                 tracing::warn!(%worker, error = %e, "dispatch failed; the step will be dispatched again");
                 if let Some((id, _)) = dispatched_tasks.iter().find(|(_, a)| a.attempt == attempt) {
                     self.state.assignments.remove(id);
-                    self.changes.push(Change::DeleteAssignment(*id));
+                    self.record(Change::DeleteAssignment(*id));
                 }
                 continue;
             }
@@ -1231,18 +1230,19 @@ where
 
     // --- state bookkeeping ---------------------------------------------------------------
 
+    /// Applies a change to the in-memory state and queues it for the next persist, so the
+    /// two never disagree.
+    fn record(&mut self, change: Change) {
+        self.state.apply(&change);
+        self.changes.push(change);
+    }
+
     fn put_task(&mut self, task: Task) {
-        self.state.tasks.insert(task.id, task.clone());
-        self.changes.push(Change::PutTask(task));
+        self.record(Change::PutTask(task));
     }
 
     fn add_review(&mut self, review: Review) {
-        self.state
-            .reviews
-            .entry(review.task_id)
-            .or_default()
-            .push(review.clone());
-        self.changes.push(Change::AddReview(review));
+        self.record(Change::AddReview(review));
     }
 
     fn event(&mut self, task: Option<TaskId>, kind: EventKind) {
@@ -1251,7 +1251,7 @@ where
             Some(task) => tracing::info!(event = name, task = %task, details = ?kind),
             None => tracing::info!(event = name, details = ?kind),
         }
-        self.changes.push(Change::AppendEvent(Event {
+        self.record(Change::AppendEvent(Event {
             seq: 0,
             at_ms: now_ms(),
             task,
