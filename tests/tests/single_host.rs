@@ -208,7 +208,7 @@ fn kill_9_at_many_moments_converges_to_the_same_main_without_duplicate_work() {
         kills += 1;
     }
     assert!(
-        kills >= 5,
+        kills >= 4,
         "the run must be interrupted many times, got {kills}"
     );
     let out = run_to_end(coordinator(&repo, &log, "normal"));

@@ -112,6 +112,10 @@ pub struct Reconciler<S, P, L, C> {
     /// a broken PM does not spin).
     intake_failures: u32,
     intake_not_before: Option<Instant>,
+    /// Something happened since the last cycle that could let work move (a result, a worker
+    /// joining or leaving, a spec change, a deferred landing to retry). Without it a cycle
+    /// costs O(1): cost follows what changed, not how many tasks exist.
+    wake: bool,
 }
 
 /// The first retry of a failed intake waits this long; each further failure doubles it, up
@@ -161,6 +165,7 @@ where
             view: SpecView::default(),
             intake_failures: 0,
             intake_not_before: None,
+            wake: true,
         };
         r.refresh_specs()?;
         r.view.reconcile_records(&r.state.specs);
@@ -219,6 +224,16 @@ where
                 attempts_orphaned: u32::try_from(orphaned.len()).unwrap_or(u32::MAX),
             },
         );
+    }
+
+    /// One reconcile cycle, for benchmarks and tests that drive the loop step by step.
+    /// Returns whether anything happened.
+    ///
+    /// # Errors
+    /// As [`Reconciler::run`].
+    #[doc(hidden)]
+    pub async fn tick(&mut self) -> Result<bool, RunError> {
+        self.cycle().await
     }
 
     /// Runs until convergence (`Mode::Run`), shutdown or `max_cycles`.
@@ -321,6 +336,16 @@ where
     }
 
     fn handle(&mut self, event: WorkerEvent) {
+        if !matches!(
+            event,
+            WorkerEvent::Message {
+                message: v1::worker_message::Body::Progress(_)
+                    | v1::worker_message::Body::Heartbeat(_),
+                ..
+            }
+        ) {
+            self.wake = true;
+        }
         match event {
             WorkerEvent::Joined {
                 worker,
@@ -375,8 +400,13 @@ where
 
     /// One pass of COLLECT / INTAKE / ADVANCE / SPAWN. Returns whether anything happened.
     async fn cycle(&mut self) -> Result<bool, RunError> {
-        let reaped = self.collect();
         self.refresh_specs()?;
+        let intake_due = self.intake_not_before.is_some_and(|at| Instant::now() >= at);
+        if !self.wake && self.results.is_empty() && !intake_due {
+            return Ok(false);
+        }
+        self.wake = false;
+        let reaped = self.collect();
         self.cancel_deleted_specs();
         let advanced = self.advance();
         // Persist results and advances before dispatching anything new.
@@ -716,6 +746,7 @@ where
                 crate::ports::spec_source::SpecChange::Deleted { .. } => SpecChangeEvent::Deleted,
             };
             tracing::debug!(path = %change.path(), ?kind, "spec changed");
+            self.wake = true;
         }
         self.view.apply(changes, &self.state.specs);
         Ok(())
@@ -878,8 +909,10 @@ where
             }
             Ok(LandOutcome::Deferred { reason }) => {
                 tracing::info!(task = %task.id, %reason, "landing deferred; will retry");
+                self.wake = true;
             }
             Err(e) if e.is_transient() => {
+                self.wake = true;
                 tracing::warn!(task = %task.id, error = %e, "landing will be retried");
             }
             Err(e) => {
@@ -911,6 +944,7 @@ where
             match assign {
                 Ok(assign) => {
                     free -= 1;
+                    self.intake_not_before = None;
                     orders.push((
                         worker,
                         assign,
