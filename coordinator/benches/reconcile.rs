@@ -35,7 +35,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let text = format!("# spec {d}/{f}\n\nThe system shall do thing {f} of area {d}.\n");
             dir.insert(format!("s{f:03}.md"), repo.blob(text.as_bytes())?, 0o100644)?;
         }
-        specs.insert(format!("area{d:03}"), dir.write()?, i32::from(FileMode::Tree))?;
+        specs.insert(
+            format!("area{d:03}"),
+            dir.write()?,
+            i32::from(FileMode::Tree),
+        )?;
     }
     let mut root = repo.treebuilder(None)?;
     root.insert("specs", specs.write()?, i32::from(FileMode::Tree))?;
@@ -126,7 +130,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(open, 0);
     });
 
-    println!("P5: reconcile cycle with nothing changed ({SPECS} specs, {TASKS} tasks, {ROUNDS} rounds)");
+    println!(
+        "P5: reconcile cycle with nothing changed ({SPECS} specs, {TASKS} tasks, {ROUNDS} rounds)"
+    );
     report("reference: spec source unchanged check", &check);
     report("reference: one pass over 100k tasks", &pass);
     report("cycle with nothing changed", &cycle);

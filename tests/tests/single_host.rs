@@ -298,3 +298,158 @@ fn malformed_configuration_stops_run_with_exit_2_naming_file_and_key() {
     );
     assert!(stderr.contains("max_workers"), "{stderr}");
 }
+
+/// Polls `cond` every 50 ms for up to `limit`; the test fails if it never holds.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for the child's exit, killing it (and failing) after `limit`.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the coordinator did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn landed(repo: &TestRepo, task: &str) -> bool {
+    repo.log("main").contains(&format!("Task-Ref: {task}\n"))
+}
+
+fn process_gone(pid: &str) -> bool {
+    // Zombies count as gone: nothing reaps orphans on some machines, but they run no code.
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+fn watch_picks_up_a_new_spec_and_sigterm_stops_cleanly() {
+    let repo = repo(4);
+    let log = repo.dir.path().join("steps.log");
+    let mut cmd = coordinator(&repo, &log, "normal");
+    cmd.arg("--watch")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    wait_for("the first three tasks to land", RUN_TIMEOUT, || {
+        landed(&repo, "task-003")
+    });
+    assert!(child.try_wait().unwrap().is_none(), "watch never halts");
+    repo.commit(
+        &[("specs/nested/c.md", "# C\n\nRecord work for C.\n")],
+        "Add C",
+    );
+    wait_for("the new spec's task to land", RUN_TIMEOUT, || {
+        landed(&repo, "task-004")
+    });
+    sigterm(&child);
+    assert_eq!(exit_within(&mut child, Duration::from_secs(15)), Some(0));
+    let events = repo.events();
+    let halted = events.last().unwrap();
+    assert_eq!(halted["event"], "coordinator_halted", "{halted}");
+    assert_eq!(halted["reason"], "shutdown requested");
+}
+
+#[test]
+fn deleting_a_spec_cancels_its_unfinished_tasks_and_sigterm_stops_the_agents() {
+    let repo = repo(4);
+    let log = repo.dir.path().join("steps.log");
+    let pids = repo.dir.path().join("steps.log.pids");
+    let mut cmd = coordinator(&repo, &log, "hang");
+    cmd.arg("--watch")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    wait_for("two agents to be running", RUN_TIMEOUT, || {
+        std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() >= 2)
+    });
+    hyperloop_tests::repo::git(&repo.checkout, &["rm", "-q", "specs/a.md"]);
+    hyperloop_tests::repo::git(&repo.checkout, &["commit", "-q", "-m", "Drop A"]);
+    wait_for(
+        "the tasks of specs/a.md to be cancelled",
+        RUN_TIMEOUT,
+        || {
+            let events = repo.events();
+            let cancelled: Vec<_> = events
+                .iter()
+                .filter(|e| e["event"] == "task_cancelled")
+                .map(|e| e["task"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            cancelled.contains(&"task-001".to_owned()) && cancelled.contains(&"task-002".to_owned())
+        },
+    );
+    sigterm(&child);
+    assert_eq!(exit_within(&mut child, Duration::from_secs(15)), Some(0));
+    for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+        assert!(process_gone(pid), "agent {pid} still runs after shutdown");
+    }
+    // State was persisted: B's task is still there, unfinished, to resume on restart.
+    let tasks = repo.state_texts("tasks/").join("\n");
+    assert!(tasks.contains("\"Build B\""), "{tasks}");
+}
+
+#[test]
+fn process_improvements_land_on_main_and_later_agents_see_them() {
+    let repo = repo(4);
+    let init = Command::new(coordinator_bin())
+        .args(["init", "--path"])
+        .arg(&repo.checkout)
+        .output()
+        .unwrap();
+    assert_eq!(init.status.code(), Some(0), "{}", text(&init.stderr));
+    hyperloop_tests::repo::git(&repo.checkout, &["add", "-A"]);
+    hyperloop_tests::repo::git(&repo.checkout, &["commit", "-q", "-m", "hyperloop init"]);
+    // init leaves the existing .hyperloop.yaml alone, so the scripted agent stays configured.
+    let log = repo.dir.path().join("steps.log");
+    let out = run_to_end(coordinator(&repo, &log, "improve"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        repo.files("main")
+            .contains(&".hyperloop/agents/process/implementer-rule.yaml".to_owned()),
+        "the improvement landed on main"
+    );
+    assert!(repo.log("main").contains("Task-Ref: process-improvement"));
+    let steps = std::fs::read_to_string(&log).unwrap();
+    // task-002 starts only after task-001 (whose round-0 failure triggered the improver)
+    // completed, so its implementer runs with the new guideline.
+    assert!(steps.contains("guideline-seen task-002"), "{steps}");
+}
+
+#[test]
+fn a_landing_conflict_goes_to_the_rebase_resolver_and_then_lands() {
+    let repo = repo(4);
+    let log = repo.dir.path().join("steps.log");
+    let out = run_to_end(coordinator(&repo, &log, "conflict"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_converged(&repo);
+    let events = repo.events();
+    assert!(
+        events.iter().any(|e| e["event"] == "rebase_conflict"),
+        "tasks editing the same file conflict"
+    );
+    let steps = std::fs::read_to_string(&log).unwrap();
+    assert!(steps.contains("rebase-resolver "), "{steps}");
+}

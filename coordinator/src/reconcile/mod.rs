@@ -401,7 +401,9 @@ where
     /// One pass of COLLECT / INTAKE / ADVANCE / SPAWN. Returns whether anything happened.
     async fn cycle(&mut self) -> Result<bool, RunError> {
         self.refresh_specs()?;
-        let intake_due = self.intake_not_before.is_some_and(|at| Instant::now() >= at);
+        let intake_due = self
+            .intake_not_before
+            .is_some_and(|at| Instant::now() >= at);
         if !self.wake && self.results.is_empty() && !intake_due {
             return Ok(false);
         }
