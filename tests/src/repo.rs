@@ -66,6 +66,13 @@ impl TestRepo {
 
     /// Writes `files`, commits them on the checkout's current branch and pushes to origin.
     pub fn commit(&self, files: &[(&str, &str)], message: &str) {
+        self.commit_local(files, message);
+        git(&self.checkout, &["push", "-q", "origin", "HEAD:main"]);
+    }
+
+    /// Like [`TestRepo::commit`] without the push (the coordinator pushes `main` itself, so a
+    /// test pushing while it runs would race it).
+    pub fn commit_local(&self, files: &[(&str, &str)], message: &str) {
         for (path, contents) in files {
             let full = self.checkout.join(path);
             std::fs::create_dir_all(full.parent().expect("a parent")).expect("mkdir");
@@ -73,7 +80,6 @@ impl TestRepo {
         }
         git(&self.checkout, &["add", "-A"]);
         git(&self.checkout, &["commit", "-q", "-m", message]);
-        git(&self.checkout, &["push", "-q", "origin", "HEAD:main"]);
     }
 
     /// `git log` subjects and bodies of `main` in the checkout, newest first.
@@ -117,6 +123,19 @@ impl TestRepo {
         events.sort_by_key(|e| e["seq"].as_u64().unwrap_or(0));
         events
     }
+}
+
+/// A home directory for processes under test, with a git identity, so agents' commits work
+/// on a machine whose user has none configured (and the user's own config stays out).
+pub fn test_home(dir: &Path) -> PathBuf {
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).expect("home dir");
+    std::fs::write(
+        home.join(".gitconfig"),
+        "[user]\n\tname = hyperloop test\n\temail = test@example.invalid\n",
+    )
+    .expect("gitconfig");
+    home
 }
 
 /// The `hyperloop-coordinator` binary built for this test run.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent};
+use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent, test_home};
 
 const SPEC_A: &str = "# A\n\nThe repository records work for A.\n";
 const SPEC_B: &str = "# B\n\nThe repository records work for B.\n";
@@ -37,6 +37,7 @@ fn coordinator(repo: &TestRepo, log: &Path, mode: &str) -> Command {
         .env("SCRIPTED_LOG", log)
         .env("SCRIPTED_MODE", mode)
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+        .env("HOME", test_home(repo.dir.path()))
         .env_remove("HYPERLOOP_PATH")
         .stdin(Stdio::null());
     cmd
@@ -87,6 +88,10 @@ fn assert_converged(repo: &TestRepo) {
         let landed = log.matches(&format!("Task-Ref: {task}\n")).count();
         assert_eq!(landed, 1, "{task} should land exactly once:\n{log}");
     }
+    // Local landings are pushed to origin.
+    let local = hyperloop_tests::repo::git(&repo.checkout, &["rev-parse", "main"]);
+    let pushed = hyperloop_tests::repo::git(&repo.origin, &["rev-parse", "main"]);
+    assert_eq!(local, pushed, "main is pushed to origin");
     let spec_a = hyperloop_tests::repo::git(
         &repo.checkout,
         &[
@@ -358,7 +363,7 @@ fn watch_picks_up_a_new_spec_and_sigterm_stops_cleanly() {
         landed(&repo, "task-003")
     });
     assert!(child.try_wait().unwrap().is_none(), "watch never halts");
-    repo.commit(
+    repo.commit_local(
         &[("specs/nested/c.md", "# C\n\nRecord work for C.\n")],
         "Add C",
     );
