@@ -259,6 +259,9 @@ pub fn reconcile(
         Err(e) => return Exit::usage(e.to_string()),
     };
     let config = settings.config;
+    if let Some(problem) = unavailable(&config) {
+        return Exit::usage(problem);
+    }
     init_tracing(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -292,6 +295,32 @@ pub fn reconcile(
         Err(e) if e.is_usage() => Exit::usage(e.to_string()),
         Err(e) => runtime_error(e.to_string()),
     }
+}
+
+/// Settings this build accepts but cannot act on yet. Refusing them beats silently running
+/// something else (e.g. the embedded store when etcd was asked for).
+fn unavailable(config: &hyperloop_shared::config::Config) -> Option<String> {
+    if !config.etcd.endpoints.is_empty() {
+        return Some(
+            "etcd state (--etcd / etcd.endpoints) is not available in this build; remove it to \
+             keep state in the repository"
+                .to_owned(),
+        );
+    }
+    if let Some(repo) = &config.target.repo {
+        return Some(format!(
+            "GitHub pull-request mode (--repo / target.repo = {repo}) is not available in this \
+             build; remove it to land work locally"
+        ));
+    }
+    if config.local_worker_count() == 0 {
+        return Some(
+            "--local-workers 0 leaves no worker to run agents, and joining remote workers is not \
+             available in this build; use at least 1"
+                .to_owned(),
+        );
+    }
+    None
 }
 
 fn runtime_error(message: String) -> Exit {

@@ -181,3 +181,34 @@ fn init_outside_a_git_repository_exits_2_saying_so() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("is not a git repository"));
 }
+
+#[test]
+fn settings_this_build_cannot_honour_are_refused_not_ignored() {
+    let repo = tempfile::tempdir().unwrap();
+    assert!(
+        std::process::Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(repo.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    for (flag, value, says) in [
+        ("--etcd", "http://127.0.0.1:2379", "etcd"),
+        ("--repo", "owner/repo", "GitHub pull-request mode"),
+        ("--local-workers", "0", "no worker"),
+    ] {
+        let out = coordinator()
+            .args(["run", "--path"])
+            .arg(repo.path())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{flag}: {}",
+            text(&out.stderr)
+        );
+    }
+}
