@@ -1,0 +1,339 @@
+//! The `StateStore` contract and etcd-specific guarantees of [`EtcdStore`], against a real
+//! etcd (3.4, `apt-get install etcd-server`) started per harness on loopback.
+
+mod support_etcd;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use hyperloop_coordinator::adapters::etcd_store::{EtcdStore, Fence};
+use hyperloop_coordinator::ports::state_store::contract::{self, Corruption, Harness};
+use hyperloop_coordinator::ports::state_store::{Change, Revision, StateStore, StoreError};
+use hyperloop_shared::model::TaskId;
+use support_etcd::Etcd;
+
+struct Backing {
+    etcd: Arc<Etcd>,
+    prefix: String,
+    journal_limit: usize,
+}
+
+impl Backing {
+    fn new(journal_limit: usize) -> Self {
+        Backing {
+            etcd: Arc::new(Etcd::start()),
+            prefix: "/hyperloop".into(),
+            journal_limit,
+        }
+    }
+
+    /// Another store prefix on the same etcd.
+    fn beside(&self, prefix: &str) -> Backing {
+        Backing {
+            etcd: self.etcd.clone(),
+            prefix: prefix.into(),
+            journal_limit: self.journal_limit,
+        }
+    }
+}
+
+/// Runs `f` with a fresh client on a runtime of its own: `Harness::corrupt` is synchronous
+/// and may be called from inside the test's (current-thread) runtime.
+fn with_client<T: Send + 'static>(
+    endpoint: &str,
+    f: impl AsyncFnOnce(Client) -> T + Send + 'static,
+) -> T {
+    let endpoint = endpoint.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let client = Client::connect([endpoint], None).await.unwrap();
+                f(client).await
+            })
+    })
+    .join()
+    .unwrap()
+}
+
+impl Harness for Backing {
+    type Store = EtcdStore;
+
+    fn open(&self) -> EtcdStore {
+        EtcdStore::new(
+            std::slice::from_ref(&self.etcd.endpoint),
+            &self.prefix,
+            self.journal_limit,
+        )
+    }
+
+    fn corrupt(&self, how: Corruption) -> Option<String> {
+        let key = match how {
+            Corruption::UnreadableTask(id) => format!("{}/tasks/{}", self.prefix, id.0),
+            Corruption::UnknownKey => format!("{}/tasks/notes.txt", self.prefix),
+        };
+        let put = key.clone();
+        with_client(&self.etcd.endpoint, async move |mut client| {
+            client.put(put, "{not json", None).await.unwrap();
+        });
+        Some(key)
+    }
+}
+
+hyperloop_coordinator::state_store_contract_tests!(Backing::new);
+
+#[tokio::test]
+async fn racing_writers_on_one_prefix_lose_no_write() {
+    let backing = Backing::new(100);
+    const WRITERS: u64 = 6;
+    const ATTEMPTS: u64 = 15;
+    let mut handles = Vec::new();
+    for writer in 0..WRITERS {
+        let store = backing.open();
+        handles.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            for attempt in 0..ATTEMPTS {
+                let id = writer * 1_000 + attempt + 1;
+                let at = store.load().await.unwrap().revision;
+                let changes = vec![
+                    Change::PutTask(contract::task(id)),
+                    Change::AppendEvent(contract::event(id)),
+                ];
+                match store.apply(at, changes).await {
+                    Ok((revision, events)) => won.push((id, revision, events[0].seq)),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => panic!("writer {writer}: {e}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut won = Vec::new();
+    for handle in handles {
+        won.extend(handle.await.unwrap());
+    }
+    let state = backing.open().load().await.unwrap();
+    assert_eq!(state.revision, Revision(won.len() as u64));
+    assert_eq!(state.tasks.len(), won.len(), "every winning write is there");
+    for (id, _, _) in &won {
+        assert!(state.tasks.contains_key(&TaskId(*id)));
+    }
+    won.sort_by_key(|w| w.1);
+    let revisions: Vec<u64> = won.iter().map(|w| w.1.0).collect();
+    let seqs: Vec<u64> = won.iter().map(|w| w.2).collect();
+    assert_eq!(revisions, (1..=won.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        seqs, revisions,
+        "one event per winner, numbered in commit order"
+    );
+    assert!(won.len() as u64 > ATTEMPTS / 2, "writers made progress");
+}
+
+#[tokio::test]
+async fn stores_under_different_prefixes_are_isolated() {
+    let a = Backing::new(10);
+    // `/hyperloop2` starts with `/hyperloop`: keys are `<prefix>/...`, so neither sees the other.
+    let b = a.beside("/hyperloop2");
+    let (sa, sb) = (a.open(), b.open());
+    sa.apply(
+        Revision(0),
+        vec![
+            Change::PutTask(contract::task(1)),
+            Change::AppendEvent(contract::event(1)),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sb.load().await.unwrap(),
+        Default::default(),
+        "b sees nothing of a"
+    );
+    assert!(sb.events(0, 10).await.unwrap().is_empty());
+    let (revision, events) = sb
+        .apply(
+            Revision(0),
+            vec![
+                Change::PutTask(contract::task(2)),
+                Change::AppendEvent(contract::event(2)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((revision, events[0].seq), (Revision(1), 1));
+    let state = sa.load().await.unwrap();
+    assert_eq!(state.tasks.keys().copied().collect::<Vec<_>>(), [TaskId(1)]);
+    assert_eq!(
+        sa.events(0, 10).await.unwrap()[0].at_ms,
+        contract::event(1).at_ms
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_changes_apply_as_one_transaction_and_load_across_pages() {
+    // Needs etcd's --max-txn-ops above 1,002 (the test server runs with 10,000).
+    let backing = Backing::new(10_000);
+    let store = backing.open();
+    let mut changes: Vec<Change> = (1..=700)
+        .map(|n| Change::PutTask(contract::task(n)))
+        .collect();
+    changes.extend((1..=300).map(|n| Change::AppendEvent(contract::event(n))));
+    let started = Instant::now();
+    let (revision, events) = store.apply(Revision(0), changes).await.unwrap();
+    let applied_in = started.elapsed();
+    assert_eq!(revision, Revision(1));
+    assert_eq!(events.last().unwrap().seq, 300);
+
+    let started = Instant::now();
+    let state = backing.open().load().await.unwrap();
+    let loaded_in = started.elapsed();
+    assert_eq!(state.tasks.len(), 700);
+    assert_eq!(state.revision, Revision(1));
+    assert_eq!(store.events(0, usize::MAX).await.unwrap().len(), 300);
+    eprintln!("1,000 changes: apply {applied_in:?}, load {loaded_in:?}");
+
+    // A stale writer's big batch leaves no trace either.
+    let changes = (701..=1_700)
+        .map(|n| Change::PutTask(contract::task(n)))
+        .collect();
+    let err = store.apply(Revision(0), changes).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(backing.open().load().await.unwrap().tasks.len(), 700);
+}
+
+#[tokio::test]
+async fn trimming_keeps_the_newest_events_across_big_batches() {
+    let backing = Backing::new(1_200);
+    let store = backing.open();
+    for (revision, range) in [(0, 1..=1_000u64), (1, 1_001..=2_000), (2, 2_001..=2_500)] {
+        let changes = range
+            .map(|n| Change::AppendEvent(contract::event(n)))
+            .collect();
+        store.apply(Revision(revision), changes).await.unwrap();
+    }
+    let seqs: Vec<u64> = store
+        .events(0, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1_301..=2_500).collect::<Vec<_>>());
+    assert_eq!(store.events(1_999, 2).await.unwrap()[0].seq, 2_000);
+    let count = with_client(&backing.etcd.endpoint, async |mut client| {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        client
+            .get("/hyperloop/events/", Some(options))
+            .await
+            .unwrap()
+            .count()
+    });
+    assert_eq!(count, 1_200, "trimmed events are deleted, not hidden");
+}
+
+#[tokio::test]
+async fn a_deposed_leaders_fenced_apply_fails_and_writes_nothing() {
+    let backing = Backing::new(10);
+    let endpoint = backing.etcd.endpoint.clone();
+    let mut client = Client::connect([endpoint], None).await.unwrap();
+    let lease = client.lease_grant(30, None).await.unwrap().id();
+    let mut elected = client
+        .campaign("/hyperloop-election", "coordinator-a", lease)
+        .await
+        .unwrap();
+    let leader = elected.take_leader().unwrap();
+    let fence = Fence {
+        key: leader.key().to_vec(),
+        create_revision: leader.rev(),
+    };
+    let store = backing.open().with_fence(fence);
+    store
+        .apply(Revision(0), vec![Change::PutTask(contract::task(1))])
+        .await
+        .expect("the current leader writes");
+
+    // Another coordinator takes over: this one's lease is gone, and with it its key.
+    client.lease_revoke(lease).await.unwrap();
+    let lease_b = client.lease_grant(30, None).await.unwrap().id();
+    client
+        .campaign("/hyperloop-election", "coordinator-b", lease_b)
+        .await
+        .unwrap();
+
+    let err = store
+        .apply(Revision(1), vec![Change::PutTask(contract::task(2))])
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_transient(),
+        "a deposed leader must not retry: {err}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("no longer holds leadership"), "{message}");
+    assert!(message.contains("/hyperloop-election/"), "{message}");
+    let state = backing.open().load().await.unwrap();
+    assert_eq!(state.revision, Revision(1), "nothing was written");
+    assert!(!state.tasks.contains_key(&TaskId(2)));
+
+    // Unfenced, the same store is still an ordinary conditional writer.
+    backing
+        .open()
+        .apply(Revision(1), vec![Change::PutTask(contract::task(2))])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_write_behind_the_stores_back_is_a_conflict_not_a_lost_update() {
+    let backing = Backing::new(10);
+    let store = backing.open();
+    store.apply(Revision(0), vec![]).await.unwrap(); // caches the revision record
+    // Another program rewrites the revision record with the same content.
+    let key = store.key("revision");
+    with_client(&backing.etcd.endpoint, async move |mut client| {
+        let value = client.get(key.as_str(), None).await.unwrap().kvs()[0]
+            .value()
+            .to_vec();
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(key.as_str(), value, None)]);
+        assert!(client.txn(txn).await.unwrap().succeeded());
+    });
+    let err = store.apply(Revision(1), vec![]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    // Reloaded, the writer goes on.
+    let at = store.load().await.unwrap().revision;
+    store.apply(at, vec![]).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_etcd_is_a_transient_backend_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = EtcdStore::new(&[format!("http://127.0.0.1:{port}")], "/hyperloop", 10);
+    let started = Instant::now();
+    let err = store.load().await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by the request timeout"
+    );
+}
+
+fn assert_send<T: Send>(_: T) {}
+
+#[test]
+fn store_futures_are_send() {
+    let store = EtcdStore::new(&["http://127.0.0.1:1".into()], "/x", 1);
+    assert_send(store.load());
+    assert_send(store.apply(Revision(0), vec![]));
+    assert_send(store.events(0, 1));
+}
