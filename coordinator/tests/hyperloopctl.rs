@@ -432,7 +432,9 @@ fn describe_task_shows_fields_deps_reviews_in_round_order_and_events() {
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
-    let round9 = out.find("Round 9 ").unwrap();
+    let round9 = out
+        .find("Round 9    verifier   fail\n    no logout endpoint")
+        .unwrap();
     let round10 = out.find("Round 10 ").unwrap();
     assert!(round9 < round10, "reviews in round order:\n{out}");
 

@@ -532,8 +532,18 @@ fn render_task(d: &view::TaskDetail, now: u64) -> String {
     if d.reviews.is_empty() {
         let _ = writeln!(out, "  none");
     }
+    let round_width = d.reviews.iter().map(|r| r.round.to_string().len()).max();
+    let role_width = d.reviews.iter().map(|r| r.role.chars().count()).max();
     for r in &d.reviews {
-        let _ = writeln!(out, "  Round {}   {}   {}", r.round, r.role, r.verdict);
+        let _ = writeln!(
+            out,
+            "  Round {:<rw$}   {:<ow$}   {}",
+            r.round,
+            r.role,
+            r.verdict,
+            rw = round_width.unwrap_or(0),
+            ow = role_width.unwrap_or(0),
+        );
         for line in r.detail.trim_end().lines() {
             let _ = writeln!(out, "    {line}");
         }
