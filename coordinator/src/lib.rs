@@ -1,6 +1,7 @@
 //! The hyperloop coordinator: owns the reconcile cycle and drives workers.
 //!
 //! - [`cli`]: the commands behind the `hyperloop-coordinator` binary and their exit codes.
+//! - [`ctl`]: the read-only commands behind `hyperloopctl` (state, tasks, specs, events).
 //! - [`run`]: wires store, spec source, lander, local workers and the reconcile loop.
 //! - [`reconcile`]: the reconcile loop (COLLECT / INTAKE / ADVANCE / SPAWN).
 //! - [`dispatch`]: the registry of connected workers.
@@ -15,6 +16,7 @@
 pub mod adapters;
 pub mod cli;
 pub mod compose;
+pub mod ctl;
 pub mod dispatch;
 pub mod init;
 pub mod lock;
