@@ -5,6 +5,9 @@
 //!
 //! `cargo bench -p hyperloop-coordinator --bench reconcile`
 
+#[path = "support/spec_repo.rs"]
+mod spec_repo;
+
 use std::time::{Duration, Instant};
 
 use git2::{FileMode, Repository, Signature};
@@ -16,9 +19,8 @@ use hyperloop_coordinator::reconcile::{Context, Mode, Reconciler};
 use hyperloop_shared::config::Config;
 use hyperloop_shared::model::{SpecRef, Task, TaskId, TaskStatus};
 use hyperloop_shared::project::Project;
+use spec_repo::SPECS;
 
-const SPECS: usize = 10_000;
-const DIRS: usize = 100;
 const TASKS: u64 = 100_000;
 const ROUNDS: usize = 200;
 /// P5's budget for a cycle with nothing changed.
@@ -28,21 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
     let repo = Repository::init(tmp.path())?;
     let sig = Signature::now("bench", "bench@example.invalid")?;
-    let mut specs = repo.treebuilder(None)?;
-    for d in 0..DIRS {
-        let mut dir = repo.treebuilder(None)?;
-        for f in 0..SPECS / DIRS {
-            let text = format!("# spec {d}/{f}\n\nThe system shall do thing {f} of area {d}.\n");
-            dir.insert(format!("s{f:03}.md"), repo.blob(text.as_bytes())?, 0o100644)?;
-        }
-        specs.insert(
-            format!("area{d:03}"),
-            dir.write()?,
-            i32::from(FileMode::Tree),
-        )?;
-    }
+    let (specs, _) = spec_repo::write_specs_tree(&repo)?;
     let mut root = repo.treebuilder(None)?;
-    root.insert("specs", specs.write()?, i32::from(FileMode::Tree))?;
+    root.insert("specs", specs, i32::from(FileMode::Tree))?;
     let tree = repo.find_tree(root.write()?)?;
     let commit = repo.commit(None, &sig, &sig, "specs", &tree, &[])?;
     repo.reference("refs/heads/main", commit, true, "bench")?;

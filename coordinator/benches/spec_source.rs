@@ -6,15 +6,17 @@
 //!
 //! `cargo bench -p hyperloop-coordinator --bench spec_source`
 
+#[path = "support/spec_repo.rs"]
+mod spec_repo;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use git2::{FileMode, Oid, Repository, Signature};
 use hyperloop_coordinator::adapters::git::GitSpecSource;
 use hyperloop_coordinator::ports::spec_source::SpecSource;
+use spec_repo::{DIRS, SPECS};
 
-const SPECS: usize = 10_000;
-const DIRS: usize = 100;
 /// P5's budget for a whole reconcile cycle; the spec check must be a small part of it.
 const TARGET: Duration = Duration::from_millis(20);
 
@@ -24,18 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sig = Signature::now("bench", "bench@example.invalid")?;
 
     let built = Instant::now();
-    let mut specs = repo.treebuilder(None)?;
-    let mut dirs = Vec::new();
-    for d in 0..DIRS {
-        let mut dir = repo.treebuilder(None)?;
-        for f in 0..SPECS / DIRS {
-            let text = format!("# spec {d}/{f}\n\nThe system shall do thing {f} of area {d}.\n");
-            dir.insert(format!("s{f:03}.md"), repo.blob(text.as_bytes())?, 0o100644)?;
-        }
-        dirs.push(dir.write()?);
-        specs.insert(format!("area{d:03}"), dirs[d], i32::from(FileMode::Tree))?;
-    }
-    let specs_tree = specs.write()?;
+    let (specs_tree, dirs) = spec_repo::write_specs_tree(&repo)?;
     let commit_with =
         |specs_tree: Oid, code: &str, parent: Option<Oid>| -> Result<Oid, git2::Error> {
             let mut root = repo.treebuilder(None)?;

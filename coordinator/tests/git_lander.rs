@@ -1,8 +1,9 @@
 //! The local lander against real repositories: a bare `origin` and a clone as the
 //! coordinator's checkout.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use hyperloop_coordinator::adapters::git::GitLander;
 use hyperloop_coordinator::ports::lander::{
@@ -12,23 +13,9 @@ use hyperloop_coordinator::ports::spec_source::CommitId;
 use hyperloop_shared::config::MergeStrategy;
 use hyperloop_shared::model::{SpecRef, TaskId};
 
+/// Commits made by the test stand for the agent's work on the task branch.
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "agent")
-        .env("GIT_AUTHOR_EMAIL", "agent@example.invalid")
-        .env("GIT_COMMITTER_NAME", "agent")
-        .env("GIT_COMMITTER_EMAIL", "agent@example.invalid")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    support::git_as("agent", dir, args).trim().to_owned()
 }
 
 struct Fixture {

@@ -1,36 +1,13 @@
 //! The git spec source against real repositories built with the git CLI.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use hyperloop_coordinator::adapters::git::GitSpecSource;
 use hyperloop_coordinator::ports::spec_source::{SpecChange, SpecSource, SpecSourceError};
 use hyperloop_shared::model::{SpecPath, SpecRef};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn repo() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    git(dir.path(), &["init", "-q", "-b", "main"]);
-    dir
-}
+use support::{git, init_repo as repo};
 
 fn write(dir: &Path, rel: &str, text: &str) {
     let path = dir.join(rel);

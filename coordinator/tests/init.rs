@@ -1,22 +1,13 @@
 //! `init` against real directories: fresh repositories, re-runs, and user files.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use hyperloop_coordinator::init::{EntryStatus, InitError, init};
 use hyperloop_coordinator::settings;
 use hyperloop_shared::compose::BASE_URL;
 use hyperloop_shared::config::Overrides;
-
-fn git_init(dir: &Path) {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["init", "-q", "-b", "main"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-}
 
 fn statuses(report: &hyperloop_coordinator::init::InitReport) -> Vec<(String, EntryStatus)> {
     report
@@ -26,28 +17,41 @@ fn statuses(report: &hyperloop_coordinator::init::InitReport) -> Vec<(String, En
         .collect()
 }
 
+/// The entries `init` reports, in order: the three files it writes, then the specs folder.
+const SCAFFOLD: [&str; 4] = [
+    ".hyperloop.yaml",
+    ".hyperloop/agents/kustomization.yaml",
+    ".hyperloop/agents/process/kustomization.yaml",
+    "specs/",
+];
+
+/// The scaffold's entries paired with the given statuses.
+fn scaffold(statuses: [EntryStatus; 4]) -> Vec<(String, EntryStatus)> {
+    SCAFFOLD
+        .into_iter()
+        .map(str::to_owned)
+        .zip(statuses)
+        .collect()
+}
+
 fn read(dir: &Path, rel: &str) -> String {
     std::fs::read_to_string(dir.join(rel)).unwrap()
 }
 
+/// The contents of the files `init` writes.
+fn read_scaffold_files(root: &Path) -> Vec<String> {
+    SCAFFOLD[..3].iter().map(|f| read(root, f)).collect()
+}
+
 #[test]
 fn a_fresh_repository_gets_the_whole_scaffold_and_it_validates() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::init_repo();
     let root = dir.path();
-    git_init(root);
     let report = init(root, None, None).unwrap();
     use EntryStatus::Created;
     assert_eq!(
         statuses(&report),
-        [
-            (".hyperloop.yaml".to_owned(), Created),
-            (".hyperloop/agents/kustomization.yaml".to_owned(), Created),
-            (
-                ".hyperloop/agents/process/kustomization.yaml".to_owned(),
-                Created
-            ),
-            ("specs/".to_owned(), Created),
-        ]
+        scaffold([Created, Created, Created, Created])
     );
     let kustomization = read(root, ".hyperloop/agents/kustomization.yaml");
     assert!(
@@ -76,18 +80,10 @@ fn a_fresh_repository_gets_the_whole_scaffold_and_it_validates() {
 
 #[test]
 fn running_init_twice_changes_nothing_the_second_time() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::init_repo();
     let root = dir.path();
-    git_init(root);
     init(root, None, None).unwrap();
-    let before: Vec<String> = [
-        ".hyperloop.yaml",
-        ".hyperloop/agents/kustomization.yaml",
-        ".hyperloop/agents/process/kustomization.yaml",
-    ]
-    .iter()
-    .map(|f| read(root, f))
-    .collect();
+    let before = read_scaffold_files(root);
     let again = init(root, Some("github.com/other/base//x?ref=v9"), None).unwrap();
     assert!(
         again
@@ -96,14 +92,7 @@ fn running_init_twice_changes_nothing_the_second_time() {
             .all(|e| e.status == EntryStatus::Exists),
         "{again:?}"
     );
-    let after: Vec<String> = [
-        ".hyperloop.yaml",
-        ".hyperloop/agents/kustomization.yaml",
-        ".hyperloop/agents/process/kustomization.yaml",
-    ]
-    .iter()
-    .map(|f| read(root, f))
-    .collect();
+    let after = read_scaffold_files(root);
     assert_eq!(before, after);
     assert!(again.to_string().contains("Exists  .hyperloop.yaml"));
 }
@@ -125,8 +114,7 @@ fn outside_a_git_repository_init_fails_and_creates_nothing() {
 
 #[test]
 fn a_subfolder_of_a_repository_points_to_the_root() {
-    let dir = tempfile::tempdir().unwrap();
-    git_init(dir.path());
+    let dir = support::init_repo();
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
     let err = init(&sub, None, None).unwrap_err();
@@ -137,9 +125,8 @@ fn a_subfolder_of_a_repository_points_to_the_root() {
 
 #[test]
 fn existing_user_files_are_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::init_repo();
     let root = dir.path();
-    git_init(root);
     let config = "# mine\ntarget:\n  base_branch: main\nmax_task_rounds: 5\n";
     std::fs::write(root.join(".hyperloop.yaml"), config).unwrap();
     std::fs::create_dir_all(root.join("specs")).unwrap();
@@ -149,15 +136,7 @@ fn existing_user_files_are_left_untouched() {
     use EntryStatus::{Created, Exists};
     assert_eq!(
         statuses(&report),
-        [
-            (".hyperloop.yaml".to_owned(), Exists),
-            (".hyperloop/agents/kustomization.yaml".to_owned(), Created),
-            (
-                ".hyperloop/agents/process/kustomization.yaml".to_owned(),
-                Created
-            ),
-            ("specs/".to_owned(), Exists),
-        ]
+        scaffold([Exists, Created, Created, Exists])
     );
     assert_eq!(read(root, ".hyperloop.yaml"), config);
     assert_eq!(read(root, "specs/auth.md"), "# auth\n");
@@ -166,9 +145,8 @@ fn existing_user_files_are_left_untouched() {
 
 #[test]
 fn an_overlay_replaces_the_base_in_the_kustomization() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::init_repo();
     let root = dir.path();
-    git_init(root);
     // A local overlay (itself including hyperloop's base) keeps the test offline.
     std::fs::create_dir_all(root.join("team-agents")).unwrap();
     std::fs::write(
@@ -191,9 +169,8 @@ fn an_overlay_replaces_the_base_in_the_kustomization() {
 
 #[test]
 fn an_overlay_that_does_not_compose_is_reported_with_the_file_to_fix() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::init_repo();
     let root = dir.path();
-    git_init(root);
     let err = init(root, None, Some("../../no-such-overlay")).unwrap_err();
     assert!(matches!(err, InitError::Invalid { .. }), "{err}");
     assert!(

@@ -1,8 +1,9 @@
 //! The `StateStore` contract and git-specific guarantees of the embedded store, on real
 //! repositories in temp dirs.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use git2::{Oid, Repository};
@@ -17,29 +18,14 @@ struct Repo {
     journal_limit: usize,
 }
 
+/// Untrimmed: some assertions compare whole listings, final newline included.
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    support::git_as("t", dir, args)
 }
 
 /// A repository with one commit on `main` and an uncommitted file, like a user's checkout.
 fn repo(journal_limit: usize) -> Repo {
-    let dir = tempfile::tempdir().unwrap();
-    git(dir.path(), &["init", "-q", "-b", "main"]);
+    let dir = support::init_repo();
     std::fs::write(dir.path().join("README.md"), "hello\n").unwrap();
     git(dir.path(), &["add", "README.md"]);
     git(dir.path(), &["commit", "-q", "-m", "first"]);

@@ -73,21 +73,13 @@ pub fn accept(
                 if let Some(key) = p.key.as_deref() {
                     by_key.insert(key, id);
                 }
+                let spec_ref = SpecRef {
+                    path: spec,
+                    commit: commit.to_owned(),
+                };
                 out.created.push(Task {
-                    id,
-                    title: p.title.clone(),
-                    spec_ref: SpecRef {
-                        path: spec,
-                        commit: commit.to_owned(),
-                    },
-                    status: TaskStatus::NotStarted,
                     deps,
-                    round: 0,
-                    branch: None,
-                    pr: None,
-                    position: None,
-                    action_attempts: 0,
-                    failure: None,
+                    ..Task::new(id, p.title.clone(), spec_ref)
                 });
             }
             Err(why) => {
@@ -235,29 +227,21 @@ mod tests {
 
     #[test]
     fn depending_on_a_failed_task_or_duplicating_an_open_one_is_rejected() {
-        let failed = accept(
-            &[proposal(None, "After old", "specs/b.md", &["task-003"])],
-            &specs(),
-            &existing(TaskStatus::Failed),
-            "abc123",
-            4,
-        );
+        // One proposal, next id 4, next to task-003 (on specs/a.md) in `status`.
+        let propose = |title: &str, spec: &str, deps: &[&str], status: TaskStatus| {
+            accept(
+                &[proposal(None, title, spec, deps)],
+                &specs(),
+                &existing(status),
+                "abc123",
+                4,
+            )
+        };
+        let failed = propose("After old", "specs/b.md", &["task-003"], TaskStatus::Failed);
         assert!(failed.rejections[0].contains("task-003, which failed"));
-        let duplicate = accept(
-            &[proposal(None, "Old work", "specs/a.md", &[])],
-            &specs(),
-            &existing(TaskStatus::InProgress),
-            "abc123",
-            4,
-        );
+        let duplicate = propose("Old work", "specs/a.md", &[], TaskStatus::InProgress);
         assert!(duplicate.rejections[0].contains("duplicates unfinished task-003"));
-        let redo = accept(
-            &[proposal(None, "Old work", "specs/a.md", &[])],
-            &specs(),
-            &existing(TaskStatus::Failed),
-            "abc123",
-            4,
-        );
+        let redo = propose("Old work", "specs/a.md", &[], TaskStatus::Failed);
         assert_eq!(redo.created.len(), 1, "a failed task may be proposed again");
     }
 }

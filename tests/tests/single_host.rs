@@ -67,6 +67,13 @@ fn run_to_end(mut cmd: Command) -> Output {
     }
 }
 
+/// Runs the coordinator with agents in `mode` to its end and asserts its exit code.
+fn run_expecting(repo: &TestRepo, log: &Path, mode: &str, code: i32) -> Output {
+    let out = run_to_end(coordinator(repo, log, mode));
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+    out
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -144,8 +151,7 @@ fn two_specs_converge_through_intake_a_failed_round_and_local_merges() {
 fn editing_one_spec_yields_work_for_that_spec_only() {
     let repo = repo(4);
     let log = repo.dir.path().join("steps.log");
-    let first = run_to_end(coordinator(&repo, &log, "normal"));
-    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    run_expecting(&repo, &log, "normal", 0);
     hyperloop_tests::repo::git(
         &repo.checkout,
         &["pull", "-q", "--ff-only", "origin", "main"],
@@ -156,8 +162,7 @@ fn editing_one_spec_yields_work_for_that_spec_only() {
         "Change B",
     );
     std::fs::write(&log, "").unwrap();
-    let second = run_to_end(coordinator(&repo, &log, "normal"));
-    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    run_expecting(&repo, &log, "normal", 0);
     let steps = std::fs::read_to_string(&log).unwrap();
     assert!(steps.starts_with("pm intake 1\n"), "{steps}");
     assert!(steps.contains("implementer task-004 0"), "{steps}");
@@ -216,8 +221,7 @@ fn kill_9_at_many_moments_converges_to_the_same_main_without_duplicate_work() {
         kills >= 4,
         "the run must be interrupted many times, got {kills}"
     );
-    let out = run_to_end(coordinator(&repo, &log, "normal"));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    run_expecting(&repo, &log, "normal", 0);
     assert_converged(&repo);
 
     // No step completed twice: each (task, step, round) result was reaped at most once.
@@ -274,8 +278,7 @@ fn bad_agents_become_findings_and_nothing_is_lost() {
 fn a_pm_proposing_a_dependency_cycle_is_rejected_and_run_stops_saying_why() {
     let repo = repo(4);
     let log = repo.dir.path().join("steps.log");
-    let out = run_to_end(coordinator(&repo, &log, "cycle"));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = run_expecting(&repo, &log, "cycle", 1);
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("intake failed 3 times in a row"),
@@ -429,8 +432,7 @@ fn process_improvements_land_on_main_and_later_agents_see_them() {
     hyperloop_tests::repo::git(&repo.checkout, &["commit", "-q", "-m", "hyperloop init"]);
     // init leaves the existing .hyperloop.yaml alone, so the scripted agent stays configured.
     let log = repo.dir.path().join("steps.log");
-    let out = run_to_end(coordinator(&repo, &log, "improve"));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    run_expecting(&repo, &log, "improve", 0);
     assert!(
         repo.files("main")
             .contains(&".hyperloop/agents/process/implementer-rule.yaml".to_owned()),
@@ -447,8 +449,7 @@ fn process_improvements_land_on_main_and_later_agents_see_them() {
 fn a_landing_conflict_goes_to_the_rebase_resolver_and_then_lands() {
     let repo = repo(4);
     let log = repo.dir.path().join("steps.log");
-    let out = run_to_end(coordinator(&repo, &log, "conflict"));
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    run_expecting(&repo, &log, "conflict", 0);
     assert_converged(&repo);
     let events = repo.events();
     assert!(

@@ -6,6 +6,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use hyperloop_worker::claude::{self, ClaudeLimits};
 use serde_json::Value;
 
 /// What to do when the CLI is missing.
@@ -155,22 +156,15 @@ impl ClaudeSession {
             std::fs::create_dir_all(self.state_dir.join(sub))?;
         }
         let mut cmd = Command::new(&self.bin);
-        cmd.args([
-            "-p",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--permission-mode",
-            "bypassPermissions",
-        ])
-        .args(&self.extra_args)
-        .current_dir(&self.cwd)
-        .env_clear()
-        .envs(offline_env(&self.base_url, &self.state_dir))
-        .envs(self.extra_env.iter().cloned())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.args(claude::args(&ClaudeLimits::default()))
+            .args(&self.extra_args)
+            .current_dir(&self.cwd)
+            .env_clear()
+            .envs(offline_env(&self.base_url, &self.state_dir))
+            .envs(self.extra_env.iter().cloned())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let start = Instant::now();
         let mut child = cmd
             .spawn()

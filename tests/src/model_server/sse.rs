@@ -57,6 +57,37 @@ pub fn message_start(out: &mut String, message_id: &str, model: &str) {
     );
 }
 
+/// `content_block_start` with `start` as the block, then `body` in pieces as
+/// `content_block_delta` events whose delta `delta(piece)` builds.
+fn content_block(
+    out: &mut String,
+    index: usize,
+    start: Value,
+    body: &str,
+    delta: impl Fn(&str) -> Value,
+) {
+    event(
+        out,
+        "content_block_start",
+        &json!({
+            "type": "content_block_start",
+            "index": index,
+            "content_block": start
+        }),
+    );
+    for piece in chunks(body) {
+        event(
+            out,
+            "content_block_delta",
+            &json!({
+                "type": "content_block_delta",
+                "index": index,
+                "delta": delta(&piece)
+            }),
+        );
+    }
+}
+
 /// A complete streamed message. `tool_id(i)` names the tool_use block at index `i`.
 pub fn message(
     message_id: &str,
@@ -73,55 +104,29 @@ pub fn message(
         match block {
             Block::Text(text) => {
                 output_chars += text.len();
-                event(
+                content_block(
                     &mut out,
-                    "content_block_start",
-                    &json!({
-                        "type": "content_block_start",
-                        "index": index,
-                        "content_block": {"type": "text", "text": ""}
-                    }),
+                    index,
+                    json!({"type": "text", "text": ""}),
+                    text,
+                    |piece| json!({"type": "text_delta", "text": piece}),
                 );
-                for piece in chunks(text) {
-                    event(
-                        &mut out,
-                        "content_block_delta",
-                        &json!({
-                            "type": "content_block_delta",
-                            "index": index,
-                            "delta": {"type": "text_delta", "text": piece}
-                        }),
-                    );
-                }
             }
             Block::ToolUse { name, input } => {
                 let input = input.to_string();
                 output_chars += input.len();
-                event(
+                content_block(
                     &mut out,
-                    "content_block_start",
-                    &json!({
-                        "type": "content_block_start",
-                        "index": index,
-                        "content_block": {
-                            "type": "tool_use",
-                            "id": tool_id(index),
-                            "name": name,
-                            "input": {}
-                        }
+                    index,
+                    json!({
+                        "type": "tool_use",
+                        "id": tool_id(index),
+                        "name": name,
+                        "input": {}
                     }),
+                    &input,
+                    |piece| json!({"type": "input_json_delta", "partial_json": piece}),
                 );
-                for piece in chunks(&input) {
-                    event(
-                        &mut out,
-                        "content_block_delta",
-                        &json!({
-                            "type": "content_block_delta",
-                            "index": index,
-                            "delta": {"type": "input_json_delta", "partial_json": piece}
-                        }),
-                    );
-                }
             }
         }
         event(
