@@ -4,8 +4,15 @@
 //!
 //! ```text
 //! <work_dir>/mirror/              bare repository; fetches `+refs/heads/*:refs/remotes/origin/*`
-//! <work_dir>/worktrees/attempt-N/ one worktree per running step, removed when it ends
+//! <work_dir>/worktrees/attempt-N/ one worktree per running step
+//! <work_dir>/spare/N/             finished worktrees, cleaned and parked for reuse
 //! ```
+//!
+//! A finished step's worktree is reset, cleaned of everything untracked or ignored, detached
+//! from its branch and parked (at most [`MAX_SPARE_WORKTREES`]); the next step moves a parked
+//! one into place and checks out its commit, which rewrites only the files that differ. On a
+//! large repository this turns agent start from "write every file" into "write the diff"
+//! (PERFORMANCE P2), while each step still starts from a pristine tree.
 //!
 //! The fetch refspec only writes `refs/remotes/origin/*`, so `fetch --prune` can never delete
 //! the local task branches that running worktrees have checked out ("prune-safe"). The result
@@ -118,17 +125,31 @@ pub(crate) struct Checkout {
 /// every step; this runs it in the step's path instead, rarely.
 pub const MAINTENANCE_EVERY_CHECKOUTS: u64 = 256;
 
+/// Parked worktrees kept for reuse. Bounded so disk use does not grow with the number of
+/// steps; a handful covers a worker's concurrent steps.
+pub const MAX_SPARE_WORKTREES: usize = 4;
+
+/// What the mirror lock protects besides the mirror itself.
+#[derive(Debug, Default)]
+struct MirrorState {
+    /// The URL the mirror's `origin` is known to point at (saves a `git config` per step).
+    url: Option<String>,
+    /// Parked worktrees, ready to be moved into place.
+    spares: Vec<PathBuf>,
+    next_spare: u64,
+}
+
 /// A worker's mirror plus its worktrees. Shared by all steps of one worker (`Arc`).
 #[derive(Debug)]
 pub struct Workspace {
     mirror_dir: PathBuf,
     worktrees_dir: PathBuf,
+    spare_dir: PathBuf,
     root: PathBuf,
     /// Serialises everything that writes the mirror's refs or worktree admin files (fetch,
-    /// worktree add/remove/prune, ref updates). A tokio mutex: it is held across awaits on git.
-    /// Holds the URL the mirror's `origin` is known to point at (saves a `git config` per
-    /// step).
-    lock: Mutex<Option<String>>,
+    /// worktree add/move/remove/prune, ref updates). A tokio mutex: it is held across awaits
+    /// on git.
+    lock: Mutex<MirrorState>,
     checkouts: AtomicU64,
 }
 
@@ -139,8 +160,9 @@ impl Workspace {
         Self {
             mirror_dir: root.join("mirror"),
             worktrees_dir: root.join("worktrees"),
+            spare_dir: root.join("spare"),
             root,
-            lock: Mutex::new(None),
+            lock: Mutex::new(MirrorState::default()),
             checkouts: AtomicU64::new(0),
         }
     }
@@ -167,11 +189,12 @@ impl Workspace {
     ///
     /// When a leftover directory cannot be removed.
     pub async fn sweep(&self) -> Result<(), WorkspaceError> {
-        let _guard = self.lock.lock().await;
-        if self.worktrees_dir.exists() {
-            tokio::fs::remove_dir_all(&self.worktrees_dir)
-                .await
-                .map_err(io_err(&self.worktrees_dir))?;
+        let mut state = self.lock.lock().await;
+        state.spares.clear();
+        for dir in [&self.worktrees_dir, &self.spare_dir] {
+            if dir.exists() {
+                tokio::fs::remove_dir_all(dir).await.map_err(io_err(dir))?;
+            }
         }
         if self.mirror_dir.join("HEAD").exists() {
             // Stale admin entries point at the directories just removed.
@@ -187,9 +210,9 @@ impl Workspace {
         req: &CheckoutRequest<'_>,
         path: &Path,
     ) -> Result<Checkout, WorkspaceError> {
-        let (start_commit, remote_tip) = {
-            let mut known_url = self.lock.lock().await;
-            self.sync_mirror(req.repo_url, &mut known_url).await?;
+        let (start_commit, remote_tip, reused) = {
+            let mut state = self.lock.lock().await;
+            self.sync_mirror(req.repo_url, &mut state.url).await?;
             if self.checkouts.fetch_add(1, Ordering::Relaxed) % MAINTENANCE_EVERY_CHECKOUTS
                 == MAINTENANCE_EVERY_CHECKOUTS - 1
             {
@@ -262,29 +285,62 @@ impl Workspace {
                 .await
                 .map_err(io_err(parent))?;
             let path_arg = path.as_os_str().to_string_lossy().into_owned();
-            // --no-checkout under the lock (~10 ms); the file checkout, which grows with the
-            // repository, happens below without holding up other steps.
-            let mut args = vec!["worktree", "add", "--force", "--no-checkout"];
+            let mut reused = false;
+            if let Some(spare) = state.spares.pop() {
+                let spare_arg = spare.as_os_str().to_string_lossy().into_owned();
+                match git::run(
+                    mirror,
+                    &["worktree", "move", &spare_arg, &path_arg],
+                    LOCAL_GIT_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(_) => reused = true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not reuse a parked worktree; adding one");
+                        self.remove_locked(&spare, None).await;
+                    }
+                }
+            }
+            if !reused {
+                // --no-checkout under the lock (~10 ms); the file checkout, which grows with
+                // the repository, happens below without holding up other steps.
+                let mut args = vec!["worktree", "add", "--force", "--no-checkout"];
+                match req.branch {
+                    Some(branch) => args.extend(["-B", branch]),
+                    None => args.push("--detach"),
+                }
+                args.extend([path_arg.as_str(), start.as_str()]);
+                git::run(mirror, &args, LOCAL_GIT_TIMEOUT)
+                    .await
+                    .map_err(|source| WorkspaceError::AddWorktree {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+            }
+            (start, remote_tip, reused)
+        };
+
+        let add_err = |source| WorkspaceError::AddWorktree {
+            path: path.to_owned(),
+            source,
+        };
+        if reused {
+            // Only the files that differ from the parked tree are written.
+            let mut args = vec!["checkout", "--force", "--quiet"];
             match req.branch {
                 Some(branch) => args.extend(["-B", branch]),
                 None => args.push("--detach"),
             }
-            args.extend([path_arg.as_str(), start.as_str()]);
-            git::run(mirror, &args, LOCAL_GIT_TIMEOUT)
+            args.push(start_commit.as_str());
+            git::run(path, &args, NETWORK_GIT_TIMEOUT)
                 .await
-                .map_err(|source| WorkspaceError::AddWorktree {
-                    path: path.to_owned(),
-                    source,
-                })?;
-            (start, remote_tip)
-        };
-
-        git::run(path, &["reset", "--hard", "--quiet"], NETWORK_GIT_TIMEOUT)
-            .await
-            .map_err(|source| WorkspaceError::AddWorktree {
-                path: path.to_owned(),
-                source,
-            })?;
+                .map_err(add_err)?;
+        } else {
+            git::run(path, &["reset", "--hard", "--quiet"], NETWORK_GIT_TIMEOUT)
+                .await
+                .map_err(add_err)?;
+        }
         Ok(Checkout {
             path: path.to_owned(),
             start_commit,
@@ -296,8 +352,55 @@ impl Workspace {
     /// (the remote keeps the pushed work). Idempotent; errors are logged, not returned,
     /// because cleanup must never turn a result into a different one.
     pub(crate) async fn remove(&self, path: &Path, branch: Option<&str>) {
-        let _guard = self.lock.lock().await;
+        let mut state = self.lock.lock().await;
+        if state.spares.len() < MAX_SPARE_WORKTREES
+            && let Some(spare) = self.park(path, &mut state).await
+        {
+            state.spares.push(spare);
+            if let Some(branch) = branch {
+                let local = format!("refs/heads/{branch}");
+                let _ = git::run(
+                    &self.mirror_dir,
+                    &["update-ref", "-d", &local],
+                    LOCAL_GIT_TIMEOUT,
+                )
+                .await;
+            }
+            return;
+        }
         self.remove_locked(path, branch).await;
+    }
+
+    /// Cleans a finished worktree (tracked files reset, untracked and ignored files deleted,
+    /// branch detached) and moves it under `spare/`. `None` when any step fails; the caller
+    /// then removes it instead.
+    async fn park(&self, path: &Path, state: &mut MirrorState) -> Option<PathBuf> {
+        if !path.exists() || !self.mirror_dir.join("HEAD").exists() {
+            return None;
+        }
+        for args in [
+            &["checkout", "--detach", "--quiet"][..],
+            &["reset", "--hard", "--quiet"],
+            &["clean", "-ffdxq"],
+        ] {
+            if let Err(e) = git::run(path, args, LOCAL_GIT_TIMEOUT).await {
+                tracing::debug!(error = %e, "could not park a worktree; removing it");
+                return None;
+            }
+        }
+        tokio::fs::create_dir_all(&self.spare_dir).await.ok()?;
+        let spare = self.spare_dir.join(state.next_spare.to_string());
+        state.next_spare += 1;
+        let from = path.as_os_str().to_string_lossy().into_owned();
+        let to = spare.as_os_str().to_string_lossy().into_owned();
+        git::run(
+            &self.mirror_dir,
+            &["worktree", "move", &from, &to],
+            LOCAL_GIT_TIMEOUT,
+        )
+        .await
+        .ok()?;
+        Some(spare)
     }
 
     async fn remove_locked(&self, path: &Path, branch: Option<&str>) {

@@ -145,14 +145,21 @@ impl Fixture {
     }
 
     /// Entries left in the worktrees dir and in the mirror's worktree admin dir.
+    /// Step worktrees and worktree admin entries that outlived their step. Parked worktrees
+    /// (bounded, cleaned, kept for reuse under `spare/`) are not leftovers.
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
-        for dir in [
-            self.workspace.worktrees_dir().to_owned(),
-            self.workspace.mirror_dir().join("worktrees"),
-        ] {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                left.extend(entries.flatten().map(|e| e.path().display().to_string()));
+        if let Ok(entries) = std::fs::read_dir(self.workspace.worktrees_dir()) {
+            left.extend(entries.flatten().map(|e| e.path().display().to_string()));
+        }
+        let spare = self.workspace.mirror_dir().with_file_name("spare");
+        if let Ok(entries) = std::fs::read_dir(self.workspace.mirror_dir().join("worktrees")) {
+            for entry in entries.flatten() {
+                let gitdir =
+                    std::fs::read_to_string(entry.path().join("gitdir")).unwrap_or_default();
+                if !std::path::Path::new(gitdir.trim()).starts_with(&spare) {
+                    left.push(entry.path().display().to_string());
+                }
             }
         }
         left
