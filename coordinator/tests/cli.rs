@@ -159,27 +159,25 @@ fn a_pipeline_with_an_undefined_gate_exits_2_naming_file_step_and_fix() {
 }
 
 #[test]
-fn run_outside_a_git_repository_exits_2_saying_so() {
+fn run_and_init_outside_a_git_repository_exit_2_saying_so() {
     let dir = tempfile::tempdir().unwrap();
-    let out = coordinator()
-        .args(["run", "--path"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("is not a git repository"));
-}
-
-#[test]
-fn init_outside_a_git_repository_exits_2_saying_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = coordinator()
-        .args(["init", "--path"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("is not a git repository"));
+    for command in ["run", "init"] {
+        let out = coordinator()
+            .args([command, "--path"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("is not a git repository"),
+            "{command}"
+        );
+    }
 }
 
 #[test]

@@ -2,9 +2,13 @@
 //! state was written through `GitStore`, with tasks placed in the pipeline by the real
 //! executor.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command as Git, Output};
+
+use std::process::Output;
 use std::time::{SystemTime, UNIX_EPOCH};
+use support::git;
 
 use assert_cmd::Command;
 use hyperloop_coordinator::adapters::git_store::GitStore;
@@ -21,25 +25,6 @@ use hyperloop_shared::project::Project;
 use tempfile::TempDir;
 
 const DAY_MS: u64 = 86_400_000;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Git::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()
