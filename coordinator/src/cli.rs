@@ -313,13 +313,6 @@ fn unavailable(config: &hyperloop_shared::config::Config) -> Option<String> {
              build; remove it to land work locally"
         ));
     }
-    if config.local_worker_count() == 0 {
-        return Some(
-            "--local-workers 0 leaves no worker to run agents, and joining remote workers is not \
-             available in this build; use at least 1"
-                .to_owned(),
-        );
-    }
     None
 }
 

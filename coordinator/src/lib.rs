@@ -5,6 +5,8 @@
 //! - [`run`]: wires store, spec source, lander, local workers and the reconcile loop.
 //! - [`reconcile`]: the reconcile loop (COLLECT / INTAKE / ADVANCE / SPAWN).
 //! - [`dispatch`]: the registry of connected workers.
+//! - [`grpc`]: `WorkerService.Join` for remote workers and the relay every worker stream
+//!   (remote or in-process) goes through.
 //! - [`settings`]: reads `.hyperloop.yaml` and the environment into a validated `Config`.
 //! - [`compose`]: resolves the agent/process composition from the file system and remote
 //!   git bases (with a local cache) through the pure resolver in `hyperloop_shared::compose`.
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod compose;
 pub mod ctl;
 pub mod dispatch;
+pub mod grpc;
 pub mod init;
 pub mod lock;
 pub mod ports;

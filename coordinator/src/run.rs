@@ -2,32 +2,33 @@
 //! in-process workers and the reconcile loop, and runs it until it halts.
 //!
 //! Local workers are the same worker code remote ones run, attached through the same
-//! dispatcher interface: a [`Link`] pair carrying the wire messages.
+//! dispatcher interface: a [`Link`] pair carrying the wire messages, admitted and relayed by
+//! the same code as a remote worker's gRPC stream ([`crate::grpc`]), which is served on
+//! `config.listen` for the life of the run.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyperloop_proto::v1;
 use hyperloop_shared::config::Config;
 use hyperloop_shared::project::Project;
 use hyperloop_worker::{Link, WorkerOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::git::{GitLander, GitSpecSource};
 use crate::adapters::git_store::GitStore;
 use crate::compose::{CacheDir, compose_project};
 use crate::dispatch::WorkerEvent;
+use crate::grpc::{self, Admission, relay};
 use crate::lock::CoordinatorLock;
 use crate::reconcile::{Context, Halt, Mode, Reconciler, RunError};
 
 /// Messages from all workers to the loop. Large enough that a burst of progress lines from
 /// every worker does not stall them; results are few and small.
 const INBOX_CAPACITY: usize = 1024;
-/// Workers heartbeat this often; the coordinator tells them so on registration.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// How long shutdown waits for local workers to stop their agents and clean up. Above the
+/// How long shutdown waits for local workers (and the worker endpoint) to stop their agents and clean up. Above the
 /// worker's own kill ladder (a few seconds).
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -99,6 +100,38 @@ pub async fn run(
             workers_stop.clone(),
         );
     }
+    // Without local workers the endpoint is the only way work gets done, so failing to bind
+    // is fatal; with them the run still works and only joining is lost (two single-host
+    // coordinators of different repositories on one machine share the default port).
+    match grpc::bind(config.listen).await {
+        Ok(listener) => {
+            tracing::info!(listen = %config.listen, "accepting workers");
+            let endpoint = grpc::serve(
+                listener,
+                Admission::with_token(config.join_token.clone()),
+                inbox_tx.clone(),
+                workers_stop.clone(),
+            );
+            workers.spawn(async move {
+                if let Err(e) = endpoint.await {
+                    tracing::error!(error = %e, "the worker endpoint failed");
+                }
+            });
+        }
+        Err(e) if config.local_worker_count() == 0 => {
+            return Err(StartError::Setup(format!(
+                "cannot listen for workers on {} ({e}) and --local-workers is 0, so no worker \
+                 could join; pick another address with --listen",
+                config.listen
+            )));
+        }
+        Err(e) => tracing::warn!(
+            listen = %config.listen,
+            error = %e,
+            "cannot listen for workers; running with local workers only (set --listen to let \
+             remote workers join)"
+        ),
+    }
     drop(inbox_tx);
 
     let ctx = Context {
@@ -129,66 +162,29 @@ fn composer(root: PathBuf, config: &Config) -> impl Fn() -> Result<Project, Stri
     }
 }
 
-/// Starts an in-process worker and relays its side of the stream to the loop's inbox.
+/// Starts an in-process worker and relays its side of the stream to the loop's inbox,
+/// through the same admission and relay as a remote worker.
 fn attach_local(
     set: &mut JoinSet<()>,
     options: WorkerOptions,
     inbox: mpsc::Sender<WorkerEvent>,
     stop: CancellationToken,
 ) {
-    let (link, mut end) = Link::pair();
+    let (link, end) = Link::pair();
     let name = options.name.clone();
+    let worker_stop = stop.clone();
     set.spawn(async move {
-        if let Err(e) = hyperloop_worker::serve(options, link, stop).await {
+        if let Err(e) = hyperloop_worker::serve(options, link, worker_stop).await {
             tracing::warn!(worker = %name, error = %e, "local worker stopped with an error");
         }
     });
     set.spawn(async move {
-        let mut worker = None;
-        while let Some(message) = end.inbound.recv().await {
-            let Some(body) = message.body else { continue };
-            if let v1::worker_message::Body::Hello(hello) = &body {
-                let registration = hello.registration.clone().unwrap_or_default();
-                let registered = v1::CoordinatorMessage {
-                    body: Some(v1::coordinator_message::Body::Registered(v1::Registered {
-                        worker_id: registration.name.clone(),
-                        heartbeat_interval: Some(prost_types::Duration {
-                            seconds: HEARTBEAT_INTERVAL.as_secs() as i64,
-                            nanos: 0,
-                        }),
-                        leader_term: 0,
-                        protocol_version: hyperloop_proto::PROTOCOL_VERSION,
-                        coordinator_version: env!("CARGO_PKG_VERSION").to_owned(),
-                    })),
-                };
-                if end.outbound.send(registered).await.is_err() {
-                    break;
-                }
-                worker = Some(registration.name.clone());
-                let joined = WorkerEvent::Joined {
-                    worker: registration.name,
-                    capacity: registration.capacity.max(1),
-                    sender: end.outbound.clone(),
-                };
-                if inbox.send(joined).await.is_err() {
-                    break;
-                }
-                continue;
+        let mut inbound = ReceiverStream::new(end.inbound);
+        match Admission::open().admit(&mut inbound).await {
+            Ok(registration) => relay(registration, inbound, end.outbound, inbox, stop).await,
+            Err(status) => {
+                tracing::warn!(reason = status.message(), "local worker refused");
             }
-            let Some(name) = worker.clone() else { continue };
-            if inbox
-                .send(WorkerEvent::Message {
-                    worker: name,
-                    message: body,
-                })
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        if let Some(worker) = worker {
-            let _ = inbox.send(WorkerEvent::Gone { worker }).await;
         }
     });
 }

@@ -194,7 +194,6 @@ fn settings_this_build_cannot_honour_are_refused_not_ignored() {
     for (flag, value, says) in [
         ("--etcd", "http://127.0.0.1:2379", "etcd"),
         ("--repo", "owner/repo", "GitHub pull-request mode"),
-        ("--local-workers", "0", "no worker"),
     ] {
         let out = coordinator()
             .args(["run", "--path"])

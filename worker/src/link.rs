@@ -1,7 +1,7 @@
 //! [`Link`]: the worker's end of the coordinator stream, as a pair of bounded channels.
 //!
 //! In-process workers are wired straight to the coordinator's dispatcher with
-//! [`Link::pair`]; the remote worker (a later build) will bridge the same channels to the
+//! [`Link::pair`]; `hyperloop-worker` bridges the same channels to the
 //! gRPC `Join` stream, so the protocol logic in [`serve`](crate::serve) is shared.
 
 use hyperloop_proto::v1::{CoordinatorMessage, WorkerMessage};

@@ -13,40 +13,44 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A loopback URL nothing listens on (the port was free a moment ago).
+fn unreachable_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
 #[test]
-fn valid_flags_exit_2_saying_remote_join_is_not_in_this_build() {
+fn an_unreachable_coordinator_exits_1_naming_every_url() {
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (unreachable_url(), unreachable_url());
     let out = worker()
-        .args([
-            "--join",
-            "http://127.0.0.1:7070,http://10.0.0.2:7070",
-            "--capacity",
-            "4",
-            "--labels",
-            "os=linux,gpu=a100",
-            "--name",
-            "builder-1",
-        ])
+        .args(["--join", &format!("{a},{b}")])
+        .args(["--capacity", "4", "--labels", "os=linux,gpu=a100"])
+        .args(["--name", "builder-1", "--work-dir"])
+        .arg(work.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("not available in this build"), "{err}");
-    assert!(err.contains("--local-workers"), "{err}");
+    assert!(err.contains("cannot reach a coordinator"), "{err}");
+    assert!(err.contains(&a) && err.contains(&b), "{err}");
 }
 
 #[test]
 fn join_comes_from_the_environment_too() {
+    let work = tempfile::tempdir().unwrap();
+    let url = unreachable_url();
     let out = worker()
-        .env("HYPERLOOP_JOIN", "https://coord:7070")
+        .env("HYPERLOOP_JOIN", &url)
         .env("HYPERLOOP_NAME", "w")
+        .env("HYPERLOOP_WORK_DIR", work.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("https://coord:7070"),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&url), "{}", stderr(&out));
 }
 
 #[test]
