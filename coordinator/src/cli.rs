@@ -270,7 +270,10 @@ pub fn reconcile(
     let max_cycles = config.max_cycles;
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(hyperloop_worker::signals::watch(
+            shutdown.clone(),
+            "stopping agents and saving state",
+        ));
         crate::run::run(root, config, mode, shutdown).await
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -322,27 +325,6 @@ fn runtime_error(message: String) -> Exit {
         stdout: String::new(),
         stderr: format!("error: {message}\n"),
     }
-}
-
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down: stopping agents and saving state (signal again to force)");
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    std::process::exit(130);
 }
 
 /// Logs go to stderr, as console lines or JSON, at the configured level. `RUST_LOG`, when

@@ -198,12 +198,10 @@ fn a_second_coordinator_on_the_same_repository_refuses_naming_the_holder() {
 fn kill_9_at_many_moments_converges_to_the_same_main_without_duplicate_work() {
     let repo = repo(4);
     let log = repo.dir.path().join("steps.log");
-    // Deterministic spread of kill moments across the run (milliseconds after start).
-    let delays = [
-        120u64, 300, 200, 450, 150, 600, 250, 350, 500, 180, 700, 400,
-    ];
+    // Kill ever later after each start (25 ms, 50 ms, ...) until a run finishes on its own:
+    // the kills land at many different moments of the work, whatever the machine's speed.
     let mut kills = 0;
-    for delay in delays {
+    for delay in (1..=80u64).map(|i| i * 25) {
         let mut child = coordinator(&repo, &log, "normal")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -28,6 +28,7 @@ pub mod options;
 mod process;
 pub mod progress;
 mod serve;
+pub mod signals;
 pub mod step;
 pub mod workspace;
 

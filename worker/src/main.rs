@@ -64,7 +64,10 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(hyperloop_worker::signals::watch(
+            shutdown.clone(),
+            "stopping agents",
+        ));
         join(&cli.join, options, shutdown).await
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
@@ -204,28 +207,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// First SIGINT/SIGTERM: stop agents and leave cleanly; a second one exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down: stopping agents (signal again to force)");
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    std::process::exit(130);
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level.

@@ -103,6 +103,9 @@ pub(crate) async fn run<H: LineHandler>(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
+    // Recorded beside the worktree so a worker restarted after `kill -9` can stop an agent
+    // its predecessor left running (see `orphans::reap`).
+    let record = pgid.and_then(|pgid| orphans::record(&launch.cwd, pgid));
 
     if let Some(mut stdin) = child.stdin.take() {
         let prompt = launch.stdin;
@@ -176,6 +179,9 @@ pub(crate) async fn run<H: LineHandler>(
         stop_group(pgid, Some(&mut child), Signal::SIGTERM).await;
     }
     let _ = child.wait().await;
+    if let Some(record) = record {
+        let _ = std::fs::remove_file(record);
+    }
 
     let handler = match stdout {
         Some(task) => tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, task)
@@ -349,5 +355,62 @@ mod tests {
             read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(),
             None
         );
+    }
+}
+
+/// Agent process groups that outlive their worker (the worker was killed with `kill -9`):
+/// each running agent is recorded in `<worktree>.agent` as `<pgid> <start time>`; the next
+/// worker start kills the groups still alive whose leader has the same start time (so a
+/// reused pid is never hit).
+pub(crate) mod orphans {
+    use std::path::{Path, PathBuf};
+
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+
+    fn record_path(worktree: &Path) -> PathBuf {
+        worktree.with_extension("agent")
+    }
+
+    /// The kernel's start time of `pid` (field 22 of /proc/PID/stat), in clock ticks.
+    fn start_time(pid: i32) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may contain spaces; fields after it are plain.
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        after_name.split_whitespace().nth(19).map(str::to_owned)
+    }
+
+    pub(crate) fn record(worktree: &Path, pgid: Pid) -> Option<PathBuf> {
+        let path = record_path(worktree);
+        let started = start_time(pgid.as_raw())?;
+        std::fs::write(&path, format!("{} {started}\n", pgid.as_raw())).ok()?;
+        Some(path)
+    }
+
+    /// Kills the recorded agent groups in `dir` that are still alive; returns how many.
+    pub(crate) fn reap(dir: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut killed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("agent") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut fields = text.split_whitespace();
+            if let (Some(pgid), Some(started)) = (
+                fields.next().and_then(|p| p.parse::<i32>().ok()),
+                fields.next(),
+            ) && start_time(pgid).as_deref() == Some(started)
+                && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+            {
+                tracing::warn!(pgid, "stopped an agent left running by an earlier worker");
+                killed += 1;
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        killed
     }
 }

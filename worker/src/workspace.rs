@@ -191,6 +191,9 @@ impl Workspace {
     pub async fn sweep(&self) -> Result<(), WorkspaceError> {
         let mut state = self.lock.lock().await;
         state.spares.clear();
+        // An earlier worker killed with `kill -9` may have left agents running in these
+        // worktrees; they would race this worker's steps for the same branches.
+        crate::process::orphans::reap(&self.worktrees_dir);
         for dir in [&self.worktrees_dir, &self.spare_dir] {
             if dir.exists() {
                 tokio::fs::remove_dir_all(dir).await.map_err(io_err(dir))?;
