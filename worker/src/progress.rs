@@ -95,17 +95,7 @@ impl ProgressSink {
     }
 }
 
-/// The longest prefix of `s` of at most `max` bytes ending on a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub(crate) use hyperloop_shared::result_file::truncate;
 
 #[cfg(test)]
 mod tests {
