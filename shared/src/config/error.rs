@@ -107,6 +107,13 @@ pub enum ConfigError {
     )]
     ListenWithoutToken { addr: String, token_env: String },
 
+    #[error(
+        "listen = {addr} is reachable from other machines but the endpoint has no TLS: set \
+         tls.cert and tls.key (HYPERLOOP_TLS_CERT / HYPERLOOP_TLS_KEY, or --tls-cert / \
+         --tls-key), or set tls.allow_plaintext: true on a trusted network"
+    )]
+    PlaintextListen { addr: String },
+
     #[error("{} configuration problems:\n{}", .0.len(), bullet_list(.0))]
     Several(Vec<ConfigError>),
 }

@@ -103,6 +103,27 @@ pub const KEYS: &[Key] = &[
         "address of the coordinator's gRPC endpoint (workers, hyperloopctl)",
     ),
     key(
+        "advertise",
+        "URL workers and hyperloopctl use to reach this coordinator; unset = derived from listen",
+    ),
+    key(
+        "target.clone_url",
+        "URL workers fetch from and push to; unset = this checkout (single host) or its origin (etcd)",
+    ),
+    key(
+        "tls.cert",
+        "PEM certificate chain the gRPC endpoint serves; enables TLS",
+    ),
+    key("tls.key", "PEM private key of tls.cert"),
+    key(
+        "tls.client_ca",
+        "PEM CA certificates client certificates must chain to; enables mutual TLS",
+    ),
+    key(
+        "tls.allow_plaintext",
+        "allow plain TCP on a non-loopback listen address (trusted networks only)",
+    ),
+    key(
         "join_token_env",
         "environment variable holding the token workers must present",
     ),
@@ -113,6 +134,10 @@ pub const KEYS: &[Key] = &[
     key(
         "etcd.prefix",
         "etcd key prefix; unset = derived from the repository's origin URL",
+    ),
+    key(
+        "etcd.lease_ttl",
+        "leader lease time to live: how soon a standby takes over a dead leader",
     ),
     key(
         "notifications.type",
@@ -187,12 +212,20 @@ pub const KEYS: &[Key] = &[
         "agent.env_passthrough",
         "extra environment variable names handed to agents",
     ),
+    key(
+        "agent.labels",
+        "worker labels a step requires, like [gpu=a100]; steps only go to matching workers",
+    ),
     key("agent.roles.*.runtime", "per-role agent.runtime"),
     key("agent.roles.*.command", "per-role agent.command"),
     key("agent.roles.*.model", "per-role agent.model"),
     key("agent.roles.*.max_turns", "per-role agent.max_turns"),
     key("agent.roles.*.timeout", "per-role agent.timeout"),
     key("agent.roles.*.budget_usd", "per-role agent.budget_usd"),
+    key(
+        "agent.roles.*.labels",
+        "per-role agent.labels (replaces the list)",
+    ),
     key(
         "agent.roles.*.env_passthrough",
         "per-role agent.env_passthrough (replaces the list)",

@@ -46,6 +46,10 @@ const POLL_INTERVAL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// `agent.timeout` bounds: a step shorter than a second cannot start an agent; one longer than
 /// a day is almost certainly a unit mistake (`30` meant as minutes).
 const AGENT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// Below a second a leader could not renew in time on a loaded host; above a minute a dead
+/// leader stalls everything too long.
+const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
+const LEASE_TTL_MAX: Duration = Duration::from_secs(60);
 const AGENT_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// The validated configuration. Field layout mirrors the nested file layout, so serializing it
@@ -72,6 +76,10 @@ pub struct Config {
     pub branch_prefix: String,
     /// The coordinator's gRPC endpoint.
     pub listen: SocketAddr,
+    /// The URL others reach that endpoint at (the leader announces it to standbys, which
+    /// send workers there); `None` = derived from `listen`.
+    pub advertise: Option<String>,
+    pub tls: TlsConfig,
     /// Name of the environment variable the join token is read from.
     pub join_token_env: String,
     /// The join token itself, from `--join-token` or the `join_token_env` variable. Never
@@ -92,6 +100,9 @@ pub struct TargetConfig {
     pub base_branch: String,
     /// Relative to the repository root; never contains `..`.
     pub specs_dir: String,
+    /// Where workers fetch from and push to; `None` = the coordinator's checkout (single
+    /// host) or its `origin` remote (etcd mode, where coordinators do not share a checkout).
+    pub clone_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -128,6 +139,20 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// `None` = derive from the repository's `origin` URL, so every clone agrees.
     pub prefix: Option<String>,
+    /// Leader lease: a dead leader is replaced this long after its last keep-alive.
+    #[serde(serialize_with = "serialize_duration")]
+    pub lease_ttl: Duration,
+}
+
+/// TLS for the gRPC endpoint (rustls). Without `cert` the endpoint is plain TCP, which a
+/// non-loopback `listen` only accepts with `allow_plaintext`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct TlsConfig {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Set = mutual TLS: clients must present a certificate chaining to these CAs.
+    pub client_ca: Option<String>,
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -215,6 +240,9 @@ pub struct AgentConfig {
     pub timeout: Duration,
     pub budget_usd: Option<f64>,
     pub env_passthrough: Vec<String>,
+    /// Worker labels (`k=v`) every step requires unless its role says otherwise.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub roles: BTreeMap<String, RoleOverrides>,
 }
@@ -249,6 +277,9 @@ pub struct RoleOverrides {
     /// Replaces (does not extend) `agent.env_passthrough`, so a role can also get fewer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env_passthrough: Option<Vec<String>>,
+    /// Replaces `agent.labels`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// The agent settings for one role, role overrides applied.
@@ -261,6 +292,8 @@ pub struct ResolvedAgent {
     pub timeout: Duration,
     pub budget_usd: Option<f64>,
     pub env_passthrough: Vec<String>,
+    /// Worker labels the step requires.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What to execute for an agent step.
@@ -310,6 +343,14 @@ pub struct Overrides {
     pub etcd_prefix: Option<String>,
     /// `--join-token TOKEN`
     pub join_token: Option<String>,
+    /// `--advertise URL`
+    pub advertise: Option<String>,
+    /// `--tls-cert FILE`
+    pub tls_cert: Option<String>,
+    /// `--tls-key FILE`
+    pub tls_key: Option<String>,
+    /// `--tls-client-ca FILE`
+    pub tls_client_ca: Option<String>,
     /// `--overlay REF`
     pub overlay: Option<String>,
     /// `--base-ref REF`
@@ -327,6 +368,7 @@ impl Default for Config {
                 repo: None,
                 base_branch: "main".to_owned(),
                 specs_dir: "specs".to_owned(),
+                clone_url: None,
             },
             runtime: RuntimeConfig {
                 default: RuntimeKind::Local,
@@ -345,11 +387,14 @@ impl Default for Config {
             max_rebase_attempts: 3,
             branch_prefix: "hyperloop/".to_owned(),
             listen: loopback(7070),
+            advertise: None,
+            tls: TlsConfig::default(),
             join_token_env: "HYPERLOOP_JOIN_TOKEN".to_owned(),
             join_token: None,
             etcd: EtcdConfig {
                 endpoints: Vec::new(),
                 prefix: None,
+                lease_ttl: Duration::from_secs(3),
             },
             notifications: NotificationsConfig {
                 kind: NotificationKind::None,
@@ -373,6 +418,7 @@ impl Default for Config {
                 timeout: Duration::from_secs(30 * 60),
                 budget_usd: None,
                 env_passthrough: Vec::new(),
+                labels: BTreeMap::new(),
                 roles: BTreeMap::new(),
             },
         }
@@ -438,6 +484,9 @@ impl Config {
             env_passthrough: role_overrides
                 .env_passthrough
                 .unwrap_or_else(|| agent.env_passthrough.clone()),
+            labels: role_overrides
+                .labels
+                .unwrap_or_else(|| agent.labels.clone()),
         }
     }
 
@@ -582,6 +631,7 @@ impl Resolver<'_> {
                     string_where(relative, is_repo_relative_path),
                 )
                 .unwrap_or(d.target.specs_dir),
+            clone_url: self.get("target.clone_url", string),
         };
         let runtime = RuntimeConfig {
             default: self
@@ -624,6 +674,7 @@ impl Resolver<'_> {
                 token_env: join_token_env.clone(),
             });
         }
+        let tls = self.tls(listen);
 
         Config {
             overlay: self.get("overlay", string).unwrap_or(d.overlay),
@@ -658,6 +709,11 @@ impl Resolver<'_> {
                 )
                 .unwrap_or(d.branch_prefix),
             listen,
+            advertise: self.get(
+                "advertise",
+                string_where("a URL like https://coordinator-1:7070", is_http_url),
+            ),
+            tls,
             join_token_env,
             join_token,
             etcd: EtcdConfig {
@@ -675,6 +731,9 @@ impl Resolver<'_> {
                     "etcd.prefix",
                     string_where("a key prefix", |p| !p.contains(char::is_whitespace)),
                 ),
+                lease_ttl: self
+                    .get("etcd.lease_ttl", duration(LEASE_TTL_MIN, LEASE_TTL_MAX))
+                    .unwrap_or(d.etcd.lease_ttl),
             },
             notifications: NotificationsConfig {
                 kind: self
@@ -805,6 +864,7 @@ impl Resolver<'_> {
             timeout: defaults.timeout.unwrap_or(d.timeout),
             budget_usd: defaults.budget_usd,
             env_passthrough: defaults.env_passthrough.unwrap_or(d.env_passthrough),
+            labels: defaults.labels.unwrap_or(d.labels),
             roles: BTreeMap::new(),
         };
         for role in self.raw.names_under("agent.roles") {
@@ -888,7 +948,35 @@ impl Resolver<'_> {
                     is_env_name,
                 ),
             ),
+            labels: self.get(&key("labels"), labels),
         }
+    }
+
+    /// `tls.*`: a certificate needs its key (and the other way round), and a non-loopback
+    /// endpoint without TLS needs an explicit `allow_plaintext`.
+    fn tls(&mut self, listen: SocketAddr) -> TlsConfig {
+        use parse::*;
+        let tls = TlsConfig {
+            cert: self.get("tls.cert", string),
+            key: self.get("tls.key", string),
+            client_ca: self.get("tls.client_ca", string),
+            allow_plaintext: self.get("tls.allow_plaintext", boolean).unwrap_or(false),
+        };
+        let missing = match (&tls.cert, &tls.key, &tls.client_ca) {
+            (Some(_), None, _) => Some(("tls.key", "serving TLS with tls.cert")),
+            (None, Some(_), _) => Some(("tls.cert", "serving TLS with tls.key")),
+            (None, None, Some(_)) => Some(("tls.cert", "mutual TLS with tls.client_ca")),
+            _ => None,
+        };
+        if let Some((key, needed_for)) = missing {
+            self.require(key, needed_for);
+        }
+        if !listen.ip().is_loopback() && tls.cert.is_none() && !tls.allow_plaintext {
+            self.errors.push(ConfigError::PlaintextListen {
+                addr: listen.to_string(),
+            });
+        }
+        tls
     }
 }
 

@@ -1,6 +1,7 @@
 //! Turning one raw value (a YAML node or an environment string) into a typed value.
 //! Every parser says what it expected, so errors can tell the user what to write instead.
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -282,6 +283,32 @@ pub(crate) fn choice<T: Copy>(
                 wrong(format!("one of {}", names.join(", ")), input)
             })
     }
+}
+
+/// Worker labels: a mapping (`{gpu: a100}`) or a list of `k=v` (`[gpu=a100]`, or
+/// `gpu=a100,os=linux` in an environment variable).
+pub(crate) fn labels(input: &Input) -> Parsed<BTreeMap<String, String>> {
+    let expected = "labels like {gpu: a100} or [gpu=a100, os=linux]";
+    if let Input::Yaml(Value::Mapping(map)) = input {
+        return map
+            .iter()
+            .map(|(k, v)| {
+                let key = string(&Input::Yaml(k.clone()))?;
+                let value = string(&Input::Yaml(v.clone()))?;
+                Ok((key, value))
+            })
+            .collect::<Result<_, Invalid>>()
+            .map_err(|_| wrong(expected, input));
+    }
+    let pairs = list(ListSyntax::Commas, expected, |item| {
+        item.split_once('=')
+            .is_some_and(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty())
+    })(input)?;
+    Ok(pairs
+        .iter()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect())
 }
 
 pub(crate) fn socket_addr(input: &Input) -> Parsed<SocketAddr> {

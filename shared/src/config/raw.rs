@@ -163,6 +163,14 @@ impl RawConfig {
                 .map(|urls| Value::Sequence(urls.into_iter().map(Value::String).collect())),
         );
         cli("--etcd-prefix", "etcd.prefix", text(&overrides.etcd_prefix));
+        cli("--advertise", "advertise", text(&overrides.advertise));
+        cli("--tls-cert", "tls.cert", text(&overrides.tls_cert));
+        cli("--tls-key", "tls.key", text(&overrides.tls_key));
+        cli(
+            "--tls-client-ca",
+            "tls.client_ca",
+            text(&overrides.tls_client_ca),
+        );
         cli("--overlay", "overlay", text(&overrides.overlay));
         cli("--base-ref", "base_ref", text(&overrides.base_ref));
     }

@@ -184,7 +184,7 @@ fn every_key_can_be_set() {
     let yaml = r#"
 overlay: git@github.com:org/gitops//overlays/api
 base_ref: github.com/org/hyperloop//base?ref=v2
-target: {repo: acme/widgets, base_branch: trunk, specs_dir: docs/specs}
+target: {repo: acme/widgets, base_branch: trunk, specs_dir: docs/specs, clone_url: "ssh://git@host/acme/widgets.git"}
 runtime: {default: local, max_workers: 12}
 local_workers: 0
 merge: {auto_merge: false, strategy: merge, delete_branch: false}
@@ -195,8 +195,10 @@ max_action_attempts: 4
 max_rebase_attempts: 0
 branch_prefix: hl-
 listen: "[::1]:9000"
+advertise: "https://coordinator-1:9000"
+tls: {cert: /etc/hl/cert.pem, key: /etc/hl/key.pem, client_ca: /etc/hl/ca.pem, allow_plaintext: true}
 join_token_env: MY_JOIN_TOKEN
-etcd: {endpoints: ["http://10.0.0.1:2379", "etcd-2:2379"], prefix: /hl/acme}
+etcd: {endpoints: ["http://10.0.0.1:2379", "etcd-2:2379"], prefix: /hl/acme, lease_ttl: 5s}
 notifications: {type: github-comment}
 observability:
   log_format: json
@@ -219,6 +221,7 @@ agent:
   timeout: 1h30m
   budget_usd: 2.5
   env_passthrough: [AWS_PROFILE]
+  labels: {os: linux}
   roles:
     verifier:
       runtime: claude
@@ -228,6 +231,7 @@ agent:
       timeout: 600
       budget_usd: 1
       env_passthrough: []
+      labels: [gpu=a100, os=linux]
 "#;
     check(yaml, |c| {
         c.overlay = "git@github.com:org/gitops//overlays/api".into();
@@ -236,6 +240,7 @@ agent:
             repo: Some("acme/widgets".into()),
             base_branch: "trunk".into(),
             specs_dir: "docs/specs".into(),
+            clone_url: Some("ssh://git@host/acme/widgets.git".into()),
         };
         c.runtime.max_workers = 12;
         c.local_workers = Some(0);
@@ -252,9 +257,17 @@ agent:
         c.branch_prefix = "hl-".into();
         c.listen = "[::1]:9000".parse().expect("address");
         c.join_token_env = "MY_JOIN_TOKEN".into();
+        c.advertise = Some("https://coordinator-1:9000".into());
+        c.tls = TlsConfig {
+            cert: Some("/etc/hl/cert.pem".into()),
+            key: Some("/etc/hl/key.pem".into()),
+            client_ca: Some("/etc/hl/ca.pem".into()),
+            allow_plaintext: true,
+        };
         c.etcd = EtcdConfig {
             endpoints: vec!["http://10.0.0.1:2379".into(), "etcd-2:2379".into()],
             prefix: Some("/hl/acme".into()),
+            lease_ttl: secs(5),
         };
         c.notifications.kind = NotificationKind::GithubComment;
         c.observability = ObservabilityConfig {
@@ -287,6 +300,7 @@ agent:
             timeout: secs(5400),
             budget_usd: Some(2.5),
             env_passthrough: vec!["AWS_PROFILE".into()],
+            labels: BTreeMap::from([("os".into(), "linux".into())]),
             roles: BTreeMap::from([(
                 "verifier".to_owned(),
                 RoleOverrides {
@@ -297,6 +311,10 @@ agent:
                     timeout: Some(secs(600)),
                     budget_usd: Some(1.0),
                     env_passthrough: Some(vec![]),
+                    labels: Some(BTreeMap::from([
+                        ("gpu".into(), "a100".into()),
+                        ("os".into(), "linux".into()),
+                    ])),
                 },
             )]),
         };
@@ -706,6 +724,7 @@ agent:
         timeout: secs(1200),
         budget_usd: Some(5.0),
         env_passthrough: vec!["AWS_PROFILE".into(), "NPM_TOKEN".into()],
+        labels: BTreeMap::new(),
     };
     let check = |role: &str, edit: &dyn Fn(&mut ResolvedAgent)| {
         let mut expected = ResolvedAgent {
@@ -829,6 +848,10 @@ fn command_line_overrides_apply_and_are_validated() {
         join_token: Some("s3cret".into()),
         overlay: Some("overlays/dev".into()),
         base_ref: Some("github.com/o/r//base?ref=v1".into()),
+        advertise: Some("http://127.0.0.1:7171".into()),
+        tls_cert: Some("c.pem".into()),
+        tls_key: Some("k.pem".into()),
+        tls_client_ca: Some("ca.pem".into()),
     };
     check_with("repo: acme/old", &[], &overrides, |c| {
         c.target.repo = Some("acme/api".into());
@@ -841,6 +864,13 @@ fn command_line_overrides_apply_and_are_validated() {
         c.join_token = Some(Secret::new("s3cret"));
         c.overlay = "overlays/dev".into();
         c.base_ref = Some("github.com/o/r//base?ref=v1".into());
+        c.advertise = Some("http://127.0.0.1:7171".into());
+        c.tls = TlsConfig {
+            cert: Some("c.pem".into()),
+            key: Some("k.pem".into()),
+            client_ca: Some("ca.pem".into()),
+            allow_plaintext: false,
+        };
     });
     check_errors_with(
         "",
@@ -863,22 +893,39 @@ fn listening_beyond_loopback_needs_a_join_token() {
     let message = "`listen` is 0.0.0.0:7070, which is not a loopback address, but no join token \
                    is set; set one in environment variable HYPERLOOP_JOIN_TOKEN (or pass \
                    --join-token), or listen on 127.0.0.1";
-    check_errors("listen: 0.0.0.0:7070", &[message]);
-    check_with(
+    let plaintext = "listen = 0.0.0.0:7070 is reachable from other machines but the endpoint \
+                     has no TLS: set tls.cert and tls.key (HYPERLOOP_TLS_CERT / \
+                     HYPERLOOP_TLS_KEY, or --tls-cert / --tls-key), or set \
+                     tls.allow_plaintext: true on a trusted network";
+    check_errors("listen: 0.0.0.0:7070", &[message, plaintext]);
+    check_errors_with(
         "listen: 0.0.0.0:7070",
+        &[("HYPERLOOP_JOIN_TOKEN", "t0k")],
+        &Overrides::default(),
+        &[plaintext],
+    );
+    check_with(
+        "listen: 0.0.0.0:7070\ntls: {cert: c.pem, key: k.pem}",
         &[("HYPERLOOP_JOIN_TOKEN", "t0k")],
         &Overrides::default(),
         |c| {
             c.listen = "0.0.0.0:7070".parse().expect("address");
             c.join_token = Some(Secret::new("t0k"));
+            c.tls.cert = Some("c.pem".into());
+            c.tls.key = Some("k.pem".into());
         },
     );
+    check_errors(
+        "tls: {cert: c.pem}",
+        &[".hyperloop.yaml: `tls.key` is required serving TLS with tls.cert"],
+    );
     check_with(
-        "listen: 0.0.0.0:7070\njoin_token_env: CUSTOM",
+        "listen: 0.0.0.0:7070\njoin_token_env: CUSTOM\ntls: {allow_plaintext: true}",
         &[("CUSTOM", "t0k"), ("HYPERLOOP_JOIN_TOKEN", "ignored")],
         &Overrides::default(),
         |c| {
             c.listen = "0.0.0.0:7070".parse().expect("address");
+            c.tls.allow_plaintext = true;
             c.join_token_env = "CUSTOM".into();
             c.join_token = Some(Secret::new("t0k"));
         },
