@@ -4,6 +4,7 @@
 //! - [`ctl`]: the read-only commands behind `hyperloopctl` (state, tasks, specs, events).
 //! - [`run`]: wires store, spec source, lander, local workers and the reconcile loop.
 //! - [`reconcile`]: the reconcile loop (COLLECT / INTAKE / ADVANCE / SPAWN).
+//! - [`control`]: what the loop shares with the admin API (live view, operator commands).
 //! - [`dispatch`]: the registry of connected workers.
 //! - [`grpc`]: `WorkerService.Join` for remote workers and the relay every worker stream
 //!   (remote or in-process) goes through.
@@ -18,6 +19,7 @@
 pub mod adapters;
 pub mod cli;
 pub mod compose;
+pub mod control;
 pub mod ctl;
 pub mod dispatch;
 pub mod grpc;

@@ -1,0 +1,115 @@
+//! What the reconcile loop shares with the admin API (`hyperloopctl --server`):
+//!
+//! - [`Live`]: the loop's view of things that are not in the state store (connected workers,
+//!   running attempts, leadership, the current composition), published on a `watch` channel
+//!   whenever it changes. Reads of stored state go to the store itself.
+//! - [`Command`]: operator actions (approve, cancel, drain), sent to the leader's loop, which
+//!   applies them between cycles and answers on a oneshot channel, so every state change still
+//!   happens in one place.
+//!
+//! Architecture Invariant: the admin API never writes state itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hyperloop_proto::v1::AttemptPhase;
+use hyperloop_shared::model::{Task, TaskId};
+use hyperloop_shared::project::Project;
+use tokio::sync::oneshot;
+
+/// The coordinator leading the cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    /// The leader's `--advertise` URL (what workers and hyperloopctl dial).
+    pub address: String,
+    pub term: u64,
+    pub since_ms: u64,
+}
+
+/// A step running on a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptView {
+    pub attempt: u64,
+    pub task_id: String,
+    pub step_path: String,
+    pub role: String,
+    pub round: u32,
+    pub worker: String,
+    pub phase: AttemptPhase,
+    pub started_at_ms: u64,
+    pub deadline_ms: u64,
+    pub turns: u32,
+    pub cost_usd: f64,
+}
+
+/// A connected worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerView {
+    pub name: String,
+    pub worker_id: String,
+    pub capacity: u32,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+    pub last_heartbeat_ms: u64,
+    pub connected_since_ms: u64,
+    pub draining: bool,
+    /// In-process (`--local-workers`).
+    pub local: bool,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// The loop's live view. Cheap to clone (published as `Arc<Live>`).
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// This coordinator's identity (its advertise URL, or `single-host`).
+    pub coordinator_id: String,
+    /// `None` while no leader is known.
+    pub leader: Option<LeaderView>,
+    /// Whether this coordinator leads (mutations and logs are served only by the leader).
+    pub leading: bool,
+    pub workers: Vec<WorkerView>,
+    pub cycle: u64,
+    pub last_cycle_at_ms: u64,
+    pub converged: bool,
+    /// The composition the loop works with (to explain why tasks wait); `None` on a standby
+    /// that has not composed yet.
+    pub project: Option<Arc<Project>>,
+}
+
+/// Why an operator command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// No such task or worker.
+    #[error("{0}")]
+    NotFound(String),
+    /// The command does not apply now (task not at a gate, already finished, ...).
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+/// The loop's answer to a command.
+pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+/// An operator action for the leader's loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Clears the gate the task waits at (`gate`: only if it is that one), recording the
+    /// comment as a human review.
+    Approve {
+        task: TaskId,
+        gate: Option<String>,
+        comment: String,
+        reply: Reply<Task>,
+    },
+    /// Stops the task: its running agent is cancelled and it fails with the reason.
+    Cancel {
+        task: TaskId,
+        reason: String,
+        reply: Reply<Task>,
+    },
+    /// Asks a worker to finish its steps, take no new ones and exit.
+    Drain {
+        worker: String,
+        reply: Reply<WorkerView>,
+    },
+}
