@@ -15,7 +15,7 @@ use hyperloop_coordinator::adapters::git::{GitLander, GitSpecSource};
 use hyperloop_coordinator::adapters::memory_store::MemoryStore;
 use hyperloop_coordinator::ports::spec_source::{SpecChange, SpecSource};
 use hyperloop_coordinator::ports::state_store::{Change, Revision, SpecRecord, StateStore};
-use hyperloop_coordinator::reconcile::{Context, Mode, Reconciler};
+use hyperloop_coordinator::reconcile::{Context, Links, Mode, Reconciler};
 use hyperloop_shared::config::Config;
 use hyperloop_shared::model::{SpecRef, Task, TaskId, TaskStatus};
 use hyperloop_shared::project::Project;
@@ -75,6 +75,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root: tmp.path().to_path_buf(),
         repo_url: tmp.path().display().to_string(),
         mode: Mode::Watch,
+        distributed: false,
+        coordinator_id: "bench".to_owned(),
+        term: 1,
     };
     let lander = GitLander::open(tmp.path(), "main")?;
     let compose = || -> Result<Project, String> {
@@ -97,6 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         lander,
         compose,
         inbox,
+        Links::detached(),
     ))?;
     // The first cycle after start looks at everything once; the ones after are the subject.
     runtime.block_on(reconciler.tick())?;

@@ -295,6 +295,9 @@ pub fn reconcile(
              Last finding: {detail}",
             crate::reconcile::MAX_INTAKE_FAILURES
         )),
+        Ok(Halt::Deposed) => runtime_error(
+            "this coordinator lost its leadership and stopped; another one carries on".to_owned(),
+        ),
         Err(e) if e.is_usage() => Exit::usage(e.to_string()),
         Err(e) => runtime_error(e.to_string()),
     }

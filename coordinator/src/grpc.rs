@@ -7,6 +7,7 @@
 //! never logged). A refused worker gets an error status instead of a stream.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyperloop_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
@@ -19,16 +20,50 @@ use tokio_stream::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::dispatch::WorkerEvent;
+use crate::dispatch::{Joined, WorkerEvent};
 
 /// Workers heartbeat this often; the coordinator tells them so on registration.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// A worker silent this long (several missed heartbeats) is lost: its stream is closed and
+/// its steps are given to others.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long a new stream may stay silent before its `Hello`. Below the worker's own
 /// registration timeout, so a stuck handshake is refused by us first, with a reason.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages buffered towards one remote worker; the same bound as an in-process link, so a
 /// worker that stops reading pushes back on the loop the same way wherever it runs.
 const TO_WORKER_CAPACITY: usize = hyperloop_worker::link::LINK_CAPACITY;
+
+/// Where admitted worker streams go: to this coordinator's loop while it leads, or back to
+/// the worker with `NotLeader` while it stands by.
+#[derive(Debug, Clone)]
+pub enum Route {
+    Leading {
+        inbox: mpsc::Sender<WorkerEvent>,
+        /// Cancelled when this term ends (shutdown or deposition).
+        stop: CancellationToken,
+        term: u64,
+        /// What workers hear when the term ends.
+        farewell: Farewell,
+    },
+    Following {
+        /// The leader's advertised URL; `None` during an election.
+        leader: Option<String>,
+        term: u64,
+    },
+}
+
+/// The message a relay sends when its term ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Farewell {
+    /// Single host: there is no other coordinator, so workers finish and exit.
+    Drain,
+    /// Several coordinators: workers go and find the next leader.
+    NotLeader,
+}
+
+/// Connection ids, unique per process: a reconnecting worker gets a new one.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Who may join: the configured join token, if any.
 #[derive(Clone)]
@@ -53,7 +88,7 @@ impl Admission {
     /// # Errors
     /// INVALID_ARGUMENT / FAILED_PRECONDITION for a missing or different protocol version,
     /// UNAUTHENTICATED for a missing or wrong join token.
-    fn check(&self, hello: &v1::Hello) -> Result<v1::Registration, Status> {
+    fn check(&self, hello: &v1::Hello) -> Result<(), Status> {
         hyperloop_proto::check_protocol_version("hello.protocol_version", hello.protocol_version)?;
         if let Some(expected) = &self.token {
             if hello.token.is_empty() {
@@ -71,14 +106,14 @@ impl Admission {
         }
         let registration = hello
             .registration
-            .clone()
+            .as_ref()
             .ok_or_else(|| Status::invalid_argument("`hello.registration` is missing"))?;
         if registration.name.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "`hello.registration.name` is empty; give the worker a --name",
             ));
         }
-        Ok(registration)
+        Ok(())
     }
 
     /// Reads the stream's first message and admits it.
@@ -86,7 +121,7 @@ impl Admission {
     /// # Errors
     /// The stream ended or stayed silent, the first message was not a `Hello`, or
     /// [`check`](Self::check) refused it.
-    pub async fn admit<S>(&self, inbound: &mut S) -> Result<v1::Registration, Status>
+    pub async fn admit<S>(&self, inbound: &mut S) -> Result<v1::Hello, Status>
     where
         S: Stream<Item = WorkerMessage> + Unpin,
     {
@@ -100,7 +135,7 @@ impl Admission {
             })?
             .ok_or_else(|| Status::cancelled("the stream ended before its Hello"))?;
         match first.body {
-            Some(v1::worker_message::Body::Hello(hello)) => self.check(&hello),
+            Some(v1::worker_message::Body::Hello(hello)) => self.check(&hello).map(|()| hello),
             _ => Err(Status::invalid_argument(
                 "the first message on a worker stream must be Hello",
             )),
@@ -122,56 +157,94 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The answer to an admitted `Hello`.
-fn registered(worker_id: &str) -> CoordinatorMessage {
+fn registered(worker_id: &str, term: u64) -> CoordinatorMessage {
     CoordinatorMessage {
         body: Some(v1::coordinator_message::Body::Registered(v1::Registered {
             worker_id: worker_id.to_owned(),
             heartbeat_interval: Some(prost_types::Duration {
                 seconds: HEARTBEAT_INTERVAL.as_secs() as i64,
-                nanos: 0,
+                nanos: HEARTBEAT_INTERVAL.subsec_nanos() as i32,
             }),
-            leader_term: 0,
+            leader_term: term,
             protocol_version: hyperloop_proto::PROTOCOL_VERSION,
             coordinator_version: env!("CARGO_PKG_VERSION").to_owned(),
         })),
     }
 }
 
-/// Relays one admitted worker's stream to the loop: answers with `Registered`, emits
-/// `Joined`, forwards every message, and emits `Gone` when the stream ends. On `stop` it
-/// tells the worker to drain and lets go of the stream.
+fn not_leader(leader: Option<&str>, term: u64) -> CoordinatorMessage {
+    CoordinatorMessage {
+        body: Some(v1::coordinator_message::Body::NotLeader(v1::NotLeader {
+            leader_address: leader.unwrap_or_default().to_owned(),
+            leader_term: term,
+        })),
+    }
+}
+
+/// Relays one admitted worker's stream to the loop while `route` leads: answers with
+/// `Registered`, emits `Joined`, forwards every message, and emits `Gone` when the stream
+/// ends or the loop closes the connection. When the term ends it says its farewell (drain,
+/// or go find the new leader) and lets go of the stream. A following route answers
+/// `NotLeader` at once.
 pub async fn relay<S>(
-    registration: v1::Registration,
+    hello: v1::Hello,
     mut inbound: S,
     outbound: mpsc::Sender<CoordinatorMessage>,
-    inbox: mpsc::Sender<WorkerEvent>,
-    stop: CancellationToken,
+    route: Route,
+    local: bool,
 ) where
     S: Stream<Item = WorkerMessage> + Unpin,
 {
-    let worker = registration.name;
-    if outbound.send(registered(&worker)).await.is_err() {
+    let (inbox, stop, term, farewell) = match route {
+        Route::Leading {
+            inbox,
+            stop,
+            term,
+            farewell,
+        } => (inbox, stop, term, farewell),
+        Route::Following { leader, term } => {
+            let _ = outbound.send(not_leader(leader.as_deref(), term)).await;
+            return;
+        }
+    };
+    let registration = hello.registration.unwrap_or_default();
+    let worker = registration.name.clone();
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    if outbound
+        .send(registered(&format!("{worker}#{conn}"), term))
+        .await
+        .is_err()
+    {
         return;
     }
-    let joined = WorkerEvent::Joined {
-        worker: worker.clone(),
-        capacity: registration.capacity.max(1),
+    let close = stop.child_token();
+    let joined = WorkerEvent::Joined(Box::new(Joined {
+        conn,
+        registration,
+        held: hello.attempts,
+        local,
         sender: outbound.clone(),
-    };
+        close: close.clone(),
+    }));
     if inbox.send(joined).await.is_err() {
         return;
     }
-    tracing::info!(worker = %worker, "worker joined");
+    tracing::info!(worker = %worker, conn, "worker joined");
     loop {
         let message = tokio::select! {
             message = inbound.next() => message,
-            () = stop.cancelled() => {
-                // Best effort: a full queue means the worker is not reading anyway.
-                let _ = outbound.try_send(CoordinatorMessage {
-                    body: Some(v1::coordinator_message::Body::Drain(v1::Drain {
-                        reason: "the coordinator is stopping".to_owned(),
-                    })),
-                });
+            () = close.cancelled() => {
+                if stop.is_cancelled() {
+                    // Best effort: a full queue means the worker is not reading anyway.
+                    let _ = outbound.try_send(match farewell {
+                        Farewell::Drain => CoordinatorMessage {
+                            body: Some(v1::coordinator_message::Body::Drain(v1::Drain {
+                                reason: "the coordinator is stopping".to_owned(),
+                            })),
+                        },
+                        Farewell::NotLeader => not_leader(None, term),
+                    });
+                }
                 break;
             }
         };
@@ -179,21 +252,24 @@ pub async fn relay<S>(
         let Some(body) = message.body else { continue };
         let event = WorkerEvent::Message {
             worker: worker.clone(),
+            conn,
             message: body,
         };
         if inbox.send(event).await.is_err() {
             break;
         }
     }
-    tracing::info!(worker = %worker, "worker left");
-    let _ = inbox.send(WorkerEvent::Gone { worker }).await;
+    tracing::info!(worker = %worker, conn, "worker left");
+    let _ = inbox.send(WorkerEvent::Gone { worker, conn }).await;
 }
+
+/// The current [`Route`], shared by the endpoint and whoever runs the election.
+pub type RouteCell = tokio::sync::watch::Receiver<Route>;
 
 /// `WorkerService` for remote workers: admits, then relays.
 struct Service {
     admission: Admission,
-    inbox: mpsc::Sender<WorkerEvent>,
-    stop: CancellationToken,
+    route: RouteCell,
 }
 
 #[tonic::async_trait]
@@ -213,21 +289,16 @@ impl WorkerService for Service {
                 None
             }
         });
-        let registration = match self.admission.admit(&mut inbound).await {
-            Ok(registration) => registration,
+        let hello = match self.admission.admit(&mut inbound).await {
+            Ok(hello) => hello,
             Err(status) => {
                 tracing::warn!(peer = ?peer, code = ?status.code(), reason = status.message(), "refused a worker");
                 return Err(status);
             }
         };
         let (outbound, to_worker) = mpsc::channel(TO_WORKER_CAPACITY);
-        tokio::spawn(relay(
-            registration,
-            Box::pin(inbound),
-            outbound,
-            self.inbox.clone(),
-            self.stop.clone(),
-        ));
+        let route = self.route.borrow().clone();
+        tokio::spawn(relay(hello, Box::pin(inbound), outbound, route, false));
         Ok(Response::new(Box::pin(
             ReceiverStream::new(to_worker).map(Ok),
         )))
@@ -243,23 +314,31 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `WorkerService` on `listener` until `stop` is cancelled.
+/// The `WorkerService` for remote workers: admits, then relays along the current route.
+pub fn worker_service(
+    admission: Admission,
+    route: RouteCell,
+) -> WorkerServiceServer<impl WorkerService> {
+    WorkerServiceServer::new(Service { admission, route })
+}
+
+/// Serves `routes` (the worker and admin services) on `listener`, over TLS when `tls` is
+/// set, until `stop` is cancelled.
 ///
 /// # Errors
-/// The transport failed.
+/// The transport failed (or the TLS configuration was refused).
 pub async fn serve(
     listener: TcpListener,
-    admission: Admission,
-    inbox: mpsc::Sender<WorkerEvent>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    routes: tonic::service::Routes,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let service = Service {
-        admission,
-        inbox,
-        stop: stop.clone(),
-    };
-    tonic::transport::Server::builder()
-        .add_service(WorkerServiceServer::new(service))
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
         .await
 }

@@ -25,6 +25,7 @@ pub mod dispatch;
 pub mod grpc;
 pub mod init;
 pub mod lock;
+pub mod logs;
 pub mod ports;
 pub mod reconcile;
 pub mod run;

@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 /// The role sent to resolve a landing conflict; it runs outside the pipeline, with the task
 /// parked at its merge action.
 pub const REBASE_RESOLVER: &str = "rebase-resolver";
-const PM: &str = "pm";
-const PROCESS_IMPROVER: &str = "process-improver";
+pub const PM: &str = "pm";
+pub const PROCESS_IMPROVER: &str = "process-improver";
 
 /// A non-task run in flight, with what its result needs to be applied.
 #[derive(Debug, Clone)]

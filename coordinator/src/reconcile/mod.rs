@@ -10,6 +10,7 @@
 
 mod jobs;
 mod specs;
+mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,10 +27,14 @@ use hyperloop_shared::model::{
 use hyperloop_shared::pipeline::{ActionOutcome, Change as StepChange, Limits, Next, Outcome};
 use hyperloop_shared::project::Project;
 use hyperloop_shared::prompt::{self, TaskContext};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{Command, Live};
 use crate::dispatch::{Registry, WorkerEvent};
+use crate::logs::LogHub;
 use crate::ports::lander::{LandOutcome, LandRequest, Lander, WorkRef};
 use crate::ports::spec_source::CommitId;
 use crate::ports::spec_source::SpecSource;
@@ -37,6 +42,14 @@ use crate::ports::state_store::{Assignment, Change, SpecRecord, State, StateStor
 use specs::SpecView;
 
 pub use jobs::Job;
+use workers::Attempt;
+pub use workers::{RECONNECT_GRACE, TAKEOVER_GRACE};
+
+/// How often worker liveness and lease deadlines are checked.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
+/// How long a transient state store failure (an etcd member down, a leader election inside
+/// etcd) is retried before the loop gives up its term.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(15);
 
 /// How the loop ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +71,8 @@ pub enum Halt {
     MaxCycles(u32),
     /// `run` stopped because intake kept failing; the detail is the last finding.
     IntakeFailing(String),
+    /// Leadership was lost; another coordinator carries on.
+    Deposed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +93,35 @@ pub struct Context {
     /// Where workers fetch from and push to.
     pub repo_url: String,
     pub mode: Mode,
+    /// Several coordinators share the state (etcd): a new term waits for workers to reclaim
+    /// their steps, and stopping sends workers to the next leader instead of draining them.
+    pub distributed: bool,
+    /// This coordinator's name in events (its advertise URL, or `single-host`).
+    pub coordinator_id: String,
+    pub term: u64,
+}
+
+/// The loop's connections to the admin API.
+pub struct Links {
+    pub live: watch::Sender<Arc<Live>>,
+    pub commands: mpsc::Receiver<Command>,
+    pub logs: Arc<LogHub>,
+    /// Cancelled when leadership is lost: the loop stops without writing.
+    pub deposed: CancellationToken,
+}
+
+impl Links {
+    /// Links nobody listens to (benchmarks and tests that drive the loop alone).
+    pub fn detached() -> Self {
+        let (live, _) = watch::channel(Arc::new(Live::default()));
+        let (_, commands) = mpsc::channel(1);
+        Links {
+            live,
+            commands,
+            logs: Arc::new(LogHub::new()),
+            deposed: CancellationToken::new(),
+        }
+    }
 }
 
 /// A result waiting to be reaped.
@@ -95,10 +139,22 @@ pub struct Reconciler<S, P, L, C> {
     /// Recomposes the project after the process-improver changed overlays.
     compose: C,
     project: Project,
+    /// The same composition, shared with the admin API.
+    shared_project: Arc<Project>,
     state: State,
     registry: Registry,
     inbox: mpsc::Receiver<WorkerEvent>,
+    /// Every dispatched attempt (task steps and jobs), for leases and the live view.
+    attempts: BTreeMap<AttemptId, Attempt>,
+    live: watch::Sender<Arc<Live>>,
+    live_dirty: bool,
+    last_cycle_at_ms: u64,
+    commands: mpsc::Receiver<Command>,
+    logs: Arc<LogHub>,
+    deposed: CancellationToken,
     results: Vec<Reaped>,
+    /// Results reaped but not yet stored, acknowledged after the next persist.
+    acks: Vec<(String, AttemptId)>,
     /// Intake and process-improver runs in flight (not task steps).
     jobs: BTreeMap<AttemptId, Job>,
     /// Tasks whose landing conflicted and that wait for a rebase-resolver slot.
@@ -143,6 +199,7 @@ where
         lander: L,
         compose: C,
         inbox: mpsc::Receiver<WorkerEvent>,
+        links: Links,
     ) -> Result<Self, RunError> {
         let project = compose().map_err(RunError::Compose)?;
         let state = store.load().await?;
@@ -152,11 +209,20 @@ where
             specs,
             lander,
             compose,
+            shared_project: Arc::new(project.clone()),
             project,
             state,
             registry: Registry::default(),
             inbox,
+            attempts: BTreeMap::new(),
+            live: links.live,
+            live_dirty: true,
+            last_cycle_at_ms: 0,
+            commands: links.commands,
+            logs: links.logs,
+            deposed: links.deposed,
             results: Vec::new(),
+            acks: Vec::new(),
             jobs: BTreeMap::new(),
             needs_rebase: BTreeSet::new(),
             improvement_findings: Vec::new(),
@@ -174,18 +240,50 @@ where
             None,
             EventKind::CoordinatorStarted {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
-                mode: "single-host".to_owned(),
+                mode: if r.ctx.distributed {
+                    "distributed"
+                } else {
+                    "single-host"
+                }
+                .to_owned(),
             },
         );
+        if r.ctx.distributed {
+            r.event(
+                None,
+                EventKind::LeaderElected {
+                    coordinator: r.ctx.coordinator_id.clone(),
+                    term: r.ctx.term,
+                },
+            );
+        }
         r.persist().await?;
         Ok(r)
     }
 
+    /// Stored assignments become orphaned leases: their workers may reconnect and reclaim
+    /// them within [`TAKEOVER_GRACE`] (in-process workers of a previous run rejoin at once
+    /// without them, which gives them up immediately).
     fn recover(&mut self) {
-        let orphaned: Vec<TaskId> = self.state.assignments.keys().copied().collect();
-        for task in &orphaned {
-            self.state.assignments.remove(task);
-            self.record(Change::DeleteAssignment(*task));
+        let until = Instant::now() + TAKEOVER_GRACE;
+        let orphaned: Vec<Assignment> = self.state.assignments.values().cloned().collect();
+        for a in &orphaned {
+            self.attempts.insert(
+                a.attempt,
+                Attempt {
+                    task_id: a.task.to_string(),
+                    step: a.step.clone(),
+                    role: a.role.clone(),
+                    round: a.round,
+                    worker: a.worker.clone(),
+                    phase: v1::AttemptPhase::Unspecified,
+                    started_at_ms: a.dispatched_at_ms,
+                    deadline_ms: 0,
+                    turns: 0,
+                    cost_usd: 0.0,
+                    orphaned_until: Some(until),
+                },
+            );
         }
         // A pipeline edited while tasks were on it: carry each position over explicitly.
         let pipeline = self.project.process.pipeline.clone();
@@ -260,22 +358,29 @@ where
                 let detail = self.state.meta.intake_rejections.join("; ");
                 return self.halt(Halt::IntakeFailing(detail)).await;
             }
+            self.publish();
             let mut idle = self.ctx.config.poll_interval;
             if let Some(at) = self.intake_not_before {
                 idle = idle.min(at.saturating_duration_since(Instant::now()));
             }
+            if !self.registry.is_empty() || self.next_orphan_deadline().is_some() {
+                idle = idle.min(HOUSEKEEPING_EVERY);
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return self.halt(Halt::Shutdown).await,
+                () = self.deposed.cancelled() => return Ok(Halt::Deposed),
                 event = self.inbox.recv() => match event {
                     Some(event) => self.handle(event),
                     None => return self.halt(Halt::Shutdown).await,
                 },
+                Some(command) = self.commands.recv() => self.command(command),
                 () = tokio::time::sleep(idle) => {}
             }
             // Merge wake-ups: take everything already queued before deciding again.
             while let Ok(event) = self.inbox.try_recv() {
                 self.handle(event);
             }
+            self.housekeeping();
         }
     }
 
@@ -291,7 +396,10 @@ where
                 );
             }
         }
-        self.registry.drain_all("coordinator stopped");
+        // With standbys, workers move on to the next leader instead of exiting.
+        if !self.ctx.distributed {
+            self.registry.drain_all("coordinator stopped");
+        }
         let (reason, exit_code) = match &halt {
             Halt::Converged { complete, failed } => (
                 format!("converged: {complete} task(s) complete, {failed} failed"),
@@ -300,6 +408,7 @@ where
             Halt::Shutdown => ("shutdown requested".to_owned(), 0),
             Halt::MaxCycles(n) => (format!("stopped after max_cycles ({n})"), 3),
             Halt::IntakeFailing(detail) => (format!("intake keeps failing: {detail}"), 1),
+            Halt::Deposed => return Ok(halt),
         };
         self.event(None, EventKind::CoordinatorHalted { reason, exit_code });
         self.persist().await?;
@@ -335,69 +444,6 @@ where
         })
     }
 
-    fn handle(&mut self, event: WorkerEvent) {
-        if !matches!(
-            event,
-            WorkerEvent::Message {
-                message: v1::worker_message::Body::Progress(_)
-                    | v1::worker_message::Body::Heartbeat(_),
-                ..
-            }
-        ) {
-            self.wake = true;
-        }
-        match event {
-            WorkerEvent::Joined {
-                worker,
-                capacity,
-                sender,
-            } => {
-                self.event(
-                    None,
-                    EventKind::WorkerJoined {
-                        worker: worker.clone(),
-                        capacity,
-                    },
-                );
-                self.registry.join(worker, capacity, sender);
-            }
-            WorkerEvent::Message { worker, message } => match message {
-                v1::worker_message::Body::StepResult(result) => {
-                    self.results.push(Reaped { worker, result });
-                }
-                v1::worker_message::Body::Progress(p) => {
-                    for line in p.lines {
-                        tracing::debug!(attempt = p.attempt_id, %worker, line = %line.text, "agent output");
-                    }
-                }
-                _ => {}
-            },
-            WorkerEvent::Gone { worker } => {
-                let lost = self.registry.leave(&worker);
-                self.event(
-                    None,
-                    EventKind::WorkerLost {
-                        worker: worker.clone(),
-                        reason: "connection closed".to_owned(),
-                    },
-                );
-                // Their tasks go back to being runnable at the same position.
-                let tasks: Vec<TaskId> = self
-                    .state
-                    .assignments
-                    .values()
-                    .filter(|a| lost.contains(&a.attempt))
-                    .map(|a| a.task)
-                    .collect();
-                for task in tasks {
-                    self.record(Change::DeleteAssignment(task));
-                    self.state.assignments.remove(&task);
-                }
-                self.jobs.retain(|attempt, _| !lost.contains(attempt));
-            }
-        }
-    }
-
     /// One pass of COLLECT / INTAKE / ADVANCE / SPAWN. Returns whether anything happened.
     async fn cycle(&mut self) -> Result<bool, RunError> {
         self.refresh_specs()?;
@@ -413,9 +459,19 @@ where
         let advanced = self.advance();
         // Persist results and advances before dispatching anything new.
         self.persist().await?;
+        for (worker, attempt) in std::mem::take(&mut self.acks) {
+            self.registry.tell(
+                &worker,
+                v1::coordinator_message::Body::ResultAck(v1::ResultAck {
+                    attempt_id: attempt.0,
+                }),
+            );
+        }
         let dispatched = self.spawn().await?;
         let worked = reaped + advanced + dispatched > 0;
         if worked {
+            self.live_dirty = true;
+            self.last_cycle_at_ms = now_ms();
             self.state.meta.cycle += 1;
             let meta = self.state.meta.clone();
             self.record(Change::PutMeta(meta));
@@ -441,14 +497,28 @@ where
         for Reaped { worker, result } in results {
             let attempt = AttemptId(result.attempt_id);
             self.registry.finished(&worker, attempt);
-            // Acknowledge even stale results so the worker stops resending them; the state
-            // write that makes a current result durable happens before the next send.
-            self.registry.tell(
-                &worker,
-                v1::coordinator_message::Body::ResultAck(v1::ResultAck {
-                    attempt_id: attempt.0,
-                }),
-            );
+            if self.attempts.remove(&attempt).is_none() {
+                self.registry.tell(
+                    &worker,
+                    v1::coordinator_message::Body::ResultAck(v1::ResultAck {
+                        attempt_id: attempt.0,
+                    }),
+                );
+                tracing::warn!(%attempt, %worker, task = %result.task_id, "rejected a late result: the attempt is no longer current (its step was given to another worker)");
+                self.event(
+                    parse_task(&result.task_id),
+                    EventKind::OrphanFound {
+                        kind: "result".to_owned(),
+                        name: format!("attempt {attempt} of {} from {worker}", result.task_id),
+                        action: "rejected: the attempt is no longer current".to_owned(),
+                    },
+                );
+                continue;
+            }
+            self.logs.finished(attempt.0);
+            // Acknowledged once its consequences are stored: a coordinator killed before
+            // that hears the result again from the worker.
+            self.acks.push((worker.clone(), attempt));
             if let Some(job) = self.jobs.remove(&attempt) {
                 reaped += 1;
                 self.reap_job(job, &worker, result);
@@ -939,7 +1009,7 @@ where
         // Intake first: new work cannot be planned without it.
         if free > 0
             && let Some(changed) = self.intake_wanted()
-            && let Some(worker) = self.pick_excluding(&orders)
+            && let Some(worker) = self.pick_excluding(&orders, jobs::PM)
         {
             let attempt = self.next_attempt();
             let assign = self.intake_assign(&changed, attempt);
@@ -973,7 +1043,7 @@ where
                 .jobs
                 .values()
                 .any(|j| matches!(j, Job::Improvement { .. }))
-            && let Some(worker) = self.pick_excluding(&orders)
+            && let Some(worker) = self.pick_excluding(&orders, jobs::PROCESS_IMPROVER)
         {
             let attempt = self.next_attempt();
             let findings = std::mem::take(&mut self.improvement_findings);
@@ -994,7 +1064,7 @@ where
                 self.needs_rebase.remove(&id);
                 continue;
             };
-            let Some(worker) = self.pick_excluding(&orders) else {
+            let Some(worker) = self.pick_excluding(&orders, jobs::REBASE_RESOLVER) else {
                 break;
             };
             let attempt = self.next_attempt();
@@ -1059,8 +1129,9 @@ where
             else {
                 continue; // a gate or an action: ADVANCE handles it, no worker needed
             };
-            let Some(worker) = self.pick_excluding(&orders) else {
-                break;
+            // No free worker carries the labels this role needs: it waits, others may go.
+            let Some(worker) = self.pick_excluding(&orders, &role) else {
+                continue;
             };
             let attempt = self.next_attempt();
             match self.task_assign(&task, &role, attempt) {
@@ -1111,7 +1182,11 @@ where
         let count = u32::try_from(orders.len()).unwrap_or(u32::MAX);
         for (worker, assign, job) in orders {
             let attempt = AttemptId(assign.attempt_id);
+            self.attempts.insert(attempt, Attempt::of(&assign, &worker));
+            self.logs
+                .started(&assign.task_id, attempt.0, &assign.step_path, &assign.role);
             if let Err(e) = self.registry.send_assign(&worker, assign) {
+                self.attempts.remove(&attempt);
                 tracing::warn!(%worker, error = %e, "dispatch failed; the step will be dispatched again");
                 if let Some((id, _)) = dispatched_tasks.iter().find(|(_, a)| a.attempt == attempt) {
                     self.state.assignments.remove(id);
@@ -1128,9 +1203,15 @@ where
 
     /// A worker with a slot left after the orders already planned in this cycle (the
     /// registry only counts them once they are sent).
-    fn pick_excluding(&self, orders: &[(String, v1::Assign, Option<Job>)]) -> Option<String> {
-        self.registry
-            .pick(|name| orders.iter().filter(|(w, _, _)| w == name).count())
+    fn pick_excluding(
+        &self,
+        orders: &[(String, v1::Assign, Option<Job>)],
+        role: &str,
+    ) -> Option<String> {
+        let required = self.ctx.config.agent_for(role).labels;
+        self.registry.pick(&required, |name| {
+            orders.iter().filter(|(w, _, _)| w == name).count()
+        })
     }
 
     fn next_attempt(&mut self) -> AttemptId {
@@ -1301,9 +1382,25 @@ where
             return Ok(());
         }
         let changes = std::mem::take(&mut self.changes);
-        let (revision, _) = self.store.apply(self.state.revision, changes).await?;
-        self.state.revision = revision;
-        Ok(())
+        let give_up = Instant::now() + STORE_RETRY_FOR;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.store.apply(self.state.revision, changes.clone()).await {
+                Ok((revision, _)) => {
+                    self.state.revision = revision;
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && Instant::now() < give_up => {
+                    if self.deposed.is_cancelled() {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(error = %e, "state store write failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
