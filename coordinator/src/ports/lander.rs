@@ -165,4 +165,14 @@ pub trait Lander: Send + Sync {
     /// Missing branches or commits, a repository that cannot be read or written, or a base
     /// branch that kept moving. A conflict is an outcome, not an error.
     fn land(&self, request: &LandRequest) -> Result<LandOutcome, LandError>;
+
+    /// Brings the local view of the base branch up to date with where landings go (a no-op
+    /// when they go here). Called when a term starts and then every `poll_interval`, so spec
+    /// changes pushed elsewhere are seen.
+    ///
+    /// # Errors
+    /// The shared repository cannot be reached; the caller retries later.
+    fn sync(&self) -> Result<(), LandError> {
+        Ok(())
+    }
 }

@@ -149,6 +149,8 @@ pub struct Reconciler<S, P, L, C> {
     live: watch::Sender<Arc<Live>>,
     live_dirty: bool,
     last_cycle_at_ms: u64,
+    /// When the base branch was last brought up to date ([`Lander::sync`]).
+    last_sync: Option<Instant>,
     commands: mpsc::Receiver<Command>,
     logs: Arc<LogHub>,
     deposed: CancellationToken,
@@ -218,6 +220,7 @@ where
             live: links.live,
             live_dirty: true,
             last_cycle_at_ms: 0,
+            last_sync: None,
             commands: links.commands,
             logs: links.logs,
             deposed: links.deposed,
@@ -446,6 +449,15 @@ where
 
     /// One pass of COLLECT / INTAKE / ADVANCE / SPAWN. Returns whether anything happened.
     async fn cycle(&mut self) -> Result<bool, RunError> {
+        if self
+            .last_sync
+            .is_none_or(|at| at.elapsed() >= self.ctx.config.poll_interval)
+        {
+            self.last_sync = Some(Instant::now());
+            if let Err(e) = self.lander.sync() {
+                tracing::warn!(error = %e, "could not bring the base branch up to date; retrying later");
+            }
+        }
         self.refresh_specs()?;
         let intake_due = self
             .intake_not_before

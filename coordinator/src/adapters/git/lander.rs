@@ -48,6 +48,10 @@ const LISTED_COMMITS: usize = 50;
 pub struct GitLander {
     path: PathBuf,
     base_branch: String,
+    /// Several coordinators (each with its own checkout) land into one `origin`: its base
+    /// branch is the truth. Each landing starts from origin's tip and counts only once
+    /// pushed; a rejected push starts over on the new tip.
+    shared_origin: bool,
 }
 
 impl GitLander {
@@ -57,9 +61,79 @@ impl GitLander {
         let lander = Self {
             path: path.to_owned(),
             base_branch: base_branch.to_owned(),
+            shared_origin: false,
         };
         lander.repo()?;
         Ok(lander)
+    }
+
+    /// A lander whose landings count only once pushed to `origin` (see `shared_origin`).
+    ///
+    /// # Errors
+    /// `path` is not a git repository or has no `origin` remote.
+    pub fn open_shared(path: &Path, base_branch: &str) -> Result<Self, LandError> {
+        let mut lander = Self::open(path, base_branch)?;
+        lander.shared_origin = true;
+        let repo = lander.repo()?;
+        repo.find_remote("origin")
+            .map_err(|_| LandError::OpenRepository {
+                repo: path.display().to_string(),
+                reason: "it has no `origin` remote, which coordinators sharing state land \
+                         into; add one with `git remote add origin URL`"
+                    .to_owned(),
+            })?;
+        Ok(lander)
+    }
+
+    /// Fetches origin's base branch and moves the local one there; returns origin's tip.
+    fn pull_base(&self, repo: &Repository, task: WorkRef) -> Result<Oid, LandError> {
+        let remote = self
+            .fetch_branch(repo, &self.base_branch)
+            .ok_or_else(|| LandError::Git {
+                task,
+                operation: "fetch the base branch from origin",
+                reason: format!(
+                    "origin has no branch {} or cannot be reached",
+                    self.base_branch
+                ),
+            })?;
+        let local = repo.refname_to_id(&self.base_ref()).ok();
+        match local {
+            Some(local) if local == remote => {}
+            Some(local) => match self.advance(repo, task, local, remote)? {
+                Advance::Moved(_) => {}
+                Advance::Raced => {
+                    return Err(LandError::Contended {
+                        task,
+                        branch: self.base_branch.clone(),
+                        attempts: 1,
+                    });
+                }
+                Advance::Deferred(reason) => {
+                    return Err(LandError::Git {
+                        task,
+                        operation: "update the base branch from origin",
+                        reason,
+                    });
+                }
+            },
+            None => {
+                repo.reference(
+                    &self.base_ref(),
+                    remote,
+                    false,
+                    "hyperloop: base from origin",
+                )
+                .map_err(git_err(task, "create the base branch"))?;
+            }
+        }
+        Ok(remote)
+    }
+
+    /// Pushes the landed base branch; false if origin refused (it moved meanwhile).
+    fn push_base(&self, repo: &Repository) -> bool {
+        let spec = format!("{0}:{0}", self.base_ref());
+        git(cli_dir(repo), ["push", "-q", "origin", &spec]).is_ok_and(|out| out.status.success())
     }
 
     fn repo(&self) -> Result<Repository, LandError> {
@@ -102,6 +176,9 @@ impl Lander for GitLander {
         let repo = self.repo()?;
         let task = request.task;
         for _ in 0..MAX_ATTEMPTS {
+            if self.shared_origin {
+                self.pull_base(&repo, task)?;
+            }
             let base = self.base_tip(&repo, task)?;
             let Some(head) = self.task_head(&repo, request)? else {
                 // The branch is gone: fine only if an earlier run landed it and deleted it.
@@ -171,6 +248,10 @@ impl Lander for GitLander {
                 .commit(None, &author, &committer, &message, &tree, &parents)
                 .map_err(git_err(task, "write the landing commit"))?;
             match self.advance(&repo, task, base.id(), landed)? {
+                Advance::Moved(_) if self.shared_origin && !self.push_base(&repo) => {
+                    // Origin moved since the fetch: undo locally and start over on its tip.
+                    let _ = self.advance(&repo, task, landed, base.id())?;
+                }
                 Advance::Moved(checkout) => {
                     return Ok(LandOutcome::Landed(
                         self.finish(&repo, request, landed, checkout),
@@ -185,6 +266,18 @@ impl Lander for GitLander {
             branch: self.base_branch.clone(),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// In shared mode, brings the local base branch (and a checkout of it) to origin's tip.
+    /// Local commits origin does not have are dropped: nothing counts as landed before it
+    /// was pushed.
+    fn sync(&self) -> Result<(), LandError> {
+        if !self.shared_origin {
+            return Ok(());
+        }
+        let repo = self.repo()?;
+        self.pull_base(&repo, WorkRef::ProcessImprovement)
+            .map(|_| ())
     }
 }
 
