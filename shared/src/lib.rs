@@ -12,6 +12,7 @@
 //! - [`result_file`]: parsing and validating an agent's `.hyperloop/result.md`.
 //! - [`project`]: a composition read as validated agent templates plus the process.
 //! - [`prompt`]: assembling the prompt an agent receives.
+//! - [`origin`]: the etcd key prefix derived from a repository's origin URL.
 
 pub mod base;
 pub mod compose;
@@ -20,6 +21,7 @@ pub mod decide;
 pub mod event;
 pub mod intake;
 pub mod model;
+pub mod origin;
 pub mod pipeline;
 pub mod project;
 pub mod prompt;

@@ -1,13 +1,17 @@
 //! Adapters: port implementations over concrete technology.
 //!
+//! - [`etcd_election`]: the `Election` over etcd's election API and a kept-alive lease.
 //! - [`etcd_store`]: the `StateStore` in etcd, for several coordinators sharing one state.
 //! - [`git`]: the spec source and the local lander, over the repository with git2 and the
 //!   git CLI.
 //! - [`git_store`]: the embedded `StateStore`, records on `refs/hyperloop/state` in the
 //!   repository itself.
+//! - [`local_election`]: the `Election` of a single host: leader at once.
 //! - [`memory_store`]: a `StateStore` in a map, for tests of the reconcile loop.
 
+pub mod etcd_election;
 pub mod etcd_store;
 pub mod git;
 pub mod git_store;
+pub mod local_election;
 pub mod memory_store;

@@ -2,6 +2,7 @@
 //! Adapters live under `crate::adapters`; every port has a contract test suite that all
 //! its adapters pass.
 
+pub mod election;
 pub mod lander;
 pub mod spec_source;
 pub mod state_store;

@@ -44,6 +44,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
 use self::layout::{Prefix, Record, RevisionRecord};
+// Where the fence comes from; re-exported for callers that only know the store.
+pub use crate::ports::election::Fence;
 use crate::ports::state_store::{
     Assignment, Change, Meta, Revision, SpecRecord, State, StateStore, StoreError,
 };
@@ -63,16 +65,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records per range request when loading. tonic refuses responses over 4 MiB by default;
 /// 500 records of a few KiB each stay well below it.
 const PAGE_SIZE: i64 = 500;
-
-/// Leadership the store's writes are conditional on: an etcd election's leader key and its
-/// create revision (what `etcd_client::LeaderKey` carries). When the leader's lease expires
-/// or it resigns, the key is deleted (create revision 0) or re-created by the next leader
-/// (a new create revision), so every later apply of the deposed leader fails.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    pub key: Vec<u8>,
-    pub create_revision: i64,
-}
 
 /// A [`StateStore`] over etcd. Clones share the connection and the revision cache.
 #[derive(Clone)]
@@ -564,12 +556,29 @@ fn corrupt(key: &str, reason: impl Into<String>) -> StoreError {
     }
 }
 
+/// Whether a retry can fix `error`: an unreachable or overloaded member, a leader election
+/// in progress, a timeout.
+pub(crate) fn is_transient(error: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::Cancelled
+                | Code::ResourceExhausted
+                | Code::Unknown
+        ),
+        _ => false,
+    }
+}
+
 /// Maps an etcd client error; what a retry can fix (an unreachable or overloaded member, a
 /// leader election in progress, a timeout) is transient.
 fn backend(operation: &'static str, error: &etcd_client::Error) -> StoreError {
-    use tonic::Code;
     let (transient, hint) = match error {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => (true, ""),
         etcd_client::Error::GRpcStatus(status) => {
             let message = status.message();
             if message.contains("too many operations in txn request") {
@@ -584,19 +593,10 @@ fn backend(operation: &'static str, error: &etcd_client::Error) -> StoreError {
                     "; the batch is bigger than etcd's --max-request-bytes allows: raise it",
                 )
             } else {
-                let transient = matches!(
-                    status.code(),
-                    Code::Unavailable
-                        | Code::DeadlineExceeded
-                        | Code::Aborted
-                        | Code::Cancelled
-                        | Code::ResourceExhausted
-                        | Code::Unknown
-                );
-                (transient, "")
+                (is_transient(error), "")
             }
         }
-        _ => (false, ""),
+        _ => (is_transient(error), ""),
     };
     StoreError::Backend {
         operation,

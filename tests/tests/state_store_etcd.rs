@@ -1,8 +1,6 @@
 //! The `StateStore` contract and etcd-specific guarantees of [`EtcdStore`], against a real
 //! etcd (3.4, `apt-get install etcd-server`) started per harness on loopback.
 
-mod support_etcd;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +9,7 @@ use hyperloop_coordinator::adapters::etcd_store::{EtcdStore, Fence};
 use hyperloop_coordinator::ports::state_store::contract::{self, Corruption, Harness};
 use hyperloop_coordinator::ports::state_store::{Change, Revision, StateStore, StoreError};
 use hyperloop_shared::model::TaskId;
-use support_etcd::Etcd;
+use hyperloop_tests::etcd::{Etcd, EtcdCluster};
 
 struct Backing {
     etcd: Arc<Etcd>,
@@ -336,4 +334,50 @@ fn store_futures_are_send() {
     assert_send(store.load());
     assert_send(store.apply(Revision(0), vec![]));
     assert_send(store.events(0, 1));
+}
+
+#[tokio::test]
+async fn the_store_keeps_working_with_one_of_three_members_killed() {
+    let mut cluster = EtcdCluster::start(3);
+    let store = EtcdStore::new(&cluster.endpoints(), "/hyperloop", 10);
+    store
+        .apply(Revision(0), vec![Change::PutTask(contract::task(1))])
+        .await
+        .unwrap();
+    // The raft leader, the hardest member to lose: the others elect a new one first.
+    let leader = cluster.leader().expect("a healthy cluster has a leader");
+    cluster.kill_member(leader);
+    let killed = Instant::now();
+
+    let (revision, _) = retrying_transient_errors(|| {
+        store.apply(Revision(1), vec![Change::PutTask(contract::task(2))])
+    })
+    .await;
+    eprintln!("applied {revision:?} {:?} after the kill", killed.elapsed());
+    // A fresh client, whose list still names the dead member.
+    let fresh = EtcdStore::new(&cluster.endpoints(), "/hyperloop", 10);
+    let state = retrying_transient_errors(|| fresh.load()).await;
+    assert_eq!(state.revision, Revision(2));
+    assert_eq!(state.tasks.len(), 2);
+}
+
+/// Calls `f` until it succeeds, as the reconcile loop does: right after a member dies, a
+/// request may be routed to it (connection refused, broken pipe) or wait out the request
+/// timeout while the survivors elect a raft leader. Other errors, or transient ones for
+/// longer than two request timeouts, fail the test.
+async fn retrying_transient_errors<T, F: Future<Output = Result<T, StoreError>>>(
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline =
+        Instant::now() + 2 * hyperloop_coordinator::adapters::etcd_store::REQUEST_TIMEOUT;
+    loop {
+        match f().await {
+            Ok(value) => return value,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                eprintln!("retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

@@ -1,0 +1,369 @@
+//! [`EtcdElection`]: the [`Election`] over etcd's election API, for several coordinators of
+//! one repository.
+//!
+//! A candidate grants itself a lease (TTL [`DEFAULT_TTL`] unless configured), keeps it alive
+//! every TTL/3 and campaigns under `<prefix>/election` with it; etcd elects the candidate
+//! whose key under that name is oldest. The leader key's create revision is the term (etcd
+//! revisions only grow, so a later leader's is larger) and, with the key, the [`Fence`] the
+//! state store's writes compare.
+//!
+//! Leadership is lost ([`Leadership::lost`]) when:
+//! - a keep-alive says the lease is gone, or the leader key is deleted (watched);
+//! - no keep-alive was acknowledged for so long that the lease may have expired: the lease
+//!   is certainly alive until TTL after the last acknowledged keep-alive was *sent*, and
+//!   `lost` fires [`MARGIN_DIVISOR`]ths of a TTL before that, so the deposed leader stops
+//!   before etcd can elect a successor.
+//!
+//! Resigning or dropping the leadership revokes the lease, which deletes the key and elects
+//! the next candidate at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, LeaseClient, LeaseKeepAliveStream, LeaseKeeper,
+    SortOrder, SortTarget, WatchOptions,
+};
+use tokio::sync::OnceCell;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::etcd_store::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, is_transient};
+use crate::ports::election::{Election, ElectionError, Fence, LeaderInfo, Leadership};
+
+/// Lease TTL: how long a crashed leader blocks the election, and how long an etcd hiccup may
+/// last before a healthy leader steps down.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
+
+/// `lost` fires TTL/`MARGIN_DIVISOR` before the lease may have expired.
+const MARGIN_DIVISOR: u32 = 6;
+
+/// A candidate in the election of one key prefix. Clones share the connection.
+#[derive(Clone)]
+pub struct EtcdElection {
+    endpoints: Arc<[String]>,
+    options: ConnectOptions,
+    client: Arc<OnceCell<Client>>,
+    /// `<prefix>/election`; candidates' keys are `<name>/<lease id>`.
+    name: Arc<str>,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for EtcdElection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdElection")
+            .field("endpoints", &self.endpoints)
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdElection {
+    /// A candidate over `endpoints` in the election under `<prefix>/election` (`prefix` as
+    /// the state store's). It connects on first use.
+    pub fn new(endpoints: &[String], prefix: &str) -> Self {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            // A member cut off from its cluster must not renew leases or keep watches.
+            .with_require_leader(true);
+        Self::with_options(endpoints, options, prefix)
+    }
+
+    /// Like [`EtcdElection::new`] with the caller's connect options (TLS, user). They must
+    /// not set a request timeout (`with_timeout`): a campaign waits for as long as another
+    /// candidate leads. Short calls are bounded here.
+    pub fn with_options(endpoints: &[String], options: ConnectOptions, prefix: &str) -> Self {
+        Self {
+            endpoints: endpoints.into(),
+            options,
+            client: Arc::new(OnceCell::new()),
+            name: format!("{}/election", prefix.trim_end_matches('/')).into(),
+            ttl: DEFAULT_TTL,
+        }
+    }
+
+    /// This candidate with a lease of `ttl` (rounded up to whole seconds; etcd may raise
+    /// it to its minimum, about 2 s with default heartbeat settings).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The election's name: candidates' keys live under `<name>/`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn client(&self) -> Result<Client, ElectionError> {
+        self.client
+            .get_or_try_init(|| {
+                Client::connect(self.endpoints.as_ref(), Some(self.options.clone()))
+            })
+            .await
+            .cloned()
+            .map_err(|e| self.error("connect", &e))
+    }
+
+    fn error(&self, operation: &'static str, error: &etcd_client::Error) -> ElectionError {
+        classify(&self.endpoints, operation, error)
+    }
+
+    fn timed_out(&self, operation: &'static str) -> ElectionError {
+        ElectionError::Unreachable {
+            endpoints: self.endpoints.join(","),
+            reason: format!("{operation} got no answer within {REQUEST_TIMEOUT:?}"),
+        }
+    }
+}
+
+impl Election for EtcdElection {
+    async fn campaign(&self, value: String) -> Result<Leadership, ElectionError> {
+        let client = self.client().await?;
+        let ttl_secs = i64::try_from(self.ttl.as_millis().div_ceil(1000))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let granted_at = Instant::now();
+        let grant = timeout(REQUEST_TIMEOUT, client.lease_client().grant(ttl_secs, None))
+            .await
+            .map_err(|_| self.timed_out("lease grant"))?
+            .map_err(|e| self.error("lease grant", &e))?;
+        let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(0));
+        let lease = grant.id();
+
+        let (lost, step_down) = (CancellationToken::new(), CancellationToken::new());
+        let session = tokio::spawn(keep_alive(
+            client.lease_client(),
+            lease,
+            ttl,
+            granted_at + ttl,
+            lost.clone(),
+            step_down.clone(),
+        ));
+        // Until the campaign is won, failing or being dropped ends the session (revoking
+        // the lease, and with it this candidate's key).
+        let unwon = step_down.clone().drop_guard();
+
+        let mut election = client.election_client();
+        let won = tokio::select! {
+            won = election.campaign(self.name.as_bytes(), value, lease) => {
+                won.map_err(|e| self.error("campaign", &e))?
+            }
+            () = lost.cancelled() => {
+                return Err(ElectionError::Backend {
+                    operation: "campaign",
+                    reason: format!(
+                        "this candidate's lease could not be kept alive while it waited \
+                         (etcd at {} unreachable for about the lease TTL of {ttl:?})",
+                        self.endpoints.join(",")
+                    ),
+                    transient: true,
+                });
+            }
+        };
+        let key = won.leader().map(|l| (l.key().to_vec(), l.rev()));
+        let Some((key, create_revision)) = key else {
+            return Err(ElectionError::Backend {
+                operation: "campaign",
+                reason: "etcd elected this candidate without naming its leader key".into(),
+                transient: true,
+            });
+        };
+        tokio::spawn(watch_key(
+            client,
+            key.clone(),
+            create_revision,
+            lost.clone(),
+        ));
+        unwon.disarm();
+        Ok(Leadership::new(
+            u64::try_from(create_revision).unwrap_or(0),
+            Some(Fence {
+                key,
+                create_revision,
+            }),
+            lost,
+            step_down,
+            Some(session),
+        ))
+    }
+
+    async fn leader(&self) -> Result<Option<LeaderInfo>, ElectionError> {
+        let client = self.client().await?;
+        // What etcd's `Leader` call does, without its "no leader" error: the oldest key.
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        let response = timeout(
+            REQUEST_TIMEOUT,
+            client
+                .kv_client()
+                .get(format!("{}/", self.name), Some(options)),
+        )
+        .await
+        .map_err(|_| self.timed_out("leader lookup"))?
+        .map_err(|e| self.error("leader lookup", &e))?;
+        Ok(response.kvs().first().map(|kv| LeaderInfo {
+            value: String::from_utf8_lossy(kv.value()).into_owned(),
+            term: u64::try_from(kv.create_revision()).unwrap_or(0),
+        }))
+    }
+}
+
+/// Keeps `lease` alive until `step_down` or `lost`, then revokes it. Fires `lost` when the
+/// lease is gone or may expire before the next renewal could land.
+async fn keep_alive(
+    mut leases: LeaseClient,
+    lease: i64,
+    ttl: Duration,
+    mut valid_until: Instant,
+    lost: CancellationToken,
+    step_down: CancellationToken,
+) {
+    let every = ttl / 3;
+    let margin = ttl / MARGIN_DIVISOR;
+    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    loop {
+        let sent = Instant::now();
+        let renewed = tokio::select! {
+            () = step_down.cancelled() => break,
+            () = lost.cancelled() => break,
+            renewed = timeout(every, renew(&mut leases, lease, ttl, &mut stream)) => renewed,
+        };
+        match renewed {
+            Ok(Ok(Some(left))) => valid_until = sent + left,
+            Ok(Ok(None)) => {
+                tracing::warn!(lease, "etcd says this coordinator's lease is gone");
+                break;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(lease, error = %e, "renewing the election lease failed");
+                stream = None;
+            }
+            Err(_) => {
+                tracing::warn!(lease, "renewing the election lease timed out");
+                stream = None;
+            }
+        }
+        let doubtful = valid_until.checked_sub(margin).unwrap_or(valid_until);
+        if Instant::now() >= doubtful {
+            tracing::warn!(lease, "the election lease may have expired");
+            break;
+        }
+        tokio::select! {
+            () = step_down.cancelled() => break,
+            () = lost.cancelled() => break,
+            () = sleep_until((sent + every).min(doubtful)) => {}
+        }
+    }
+    lost.cancel();
+    // Best effort: a lease that cannot be revoked expires within its TTL anyway.
+    if let Ok(Err(e)) = timeout(REQUEST_TIMEOUT, leases.revoke(lease)).await
+        && !e.to_string().contains("lease not found")
+    {
+        tracing::debug!(lease, error = %e, "revoking the election lease");
+    }
+}
+
+/// One keep-alive round trip: `Some(remaining TTL)`, or `None` if the lease is gone.
+async fn renew(
+    leases: &mut LeaseClient,
+    lease: i64,
+    ttl: Duration,
+    stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> Result<Option<Duration>, etcd_client::Error> {
+    let Some((keeper, responses)) = stream else {
+        // Opening the stream sends a first keep-alive and checks its answer.
+        return match leases.keep_alive(lease).await {
+            Ok((keeper, responses)) => {
+                *stream = Some((keeper, responses));
+                // etcd renewed it to its full TTL (the first answer is checked, not returned).
+                Ok(Some(ttl))
+            }
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(None),
+            Err(e) => Err(e),
+        };
+    };
+    keeper.keep_alive().await?;
+    match responses.message().await? {
+        Some(answer) if answer.ttl() > 0 => Ok(Some(Duration::from_secs(
+            u64::try_from(answer.ttl()).unwrap_or(0),
+        ))),
+        Some(_) => Ok(None),
+        None => Err(etcd_client::Error::LeaseKeepAliveError(
+            "the keep-alive stream ended".into(),
+        )),
+    }
+}
+
+/// Fires `lost` when the leader key is deleted (lease expired or revoked, or removed by
+/// hand) or can no longer be watched.
+async fn watch_key(client: Client, key: Vec<u8>, created: i64, lost: CancellationToken) {
+    // From the key's creation on, so a delete between the campaign and now is seen too.
+    let options = WatchOptions::new().with_start_revision(created);
+    let watched = async {
+        let mut stream = client
+            .watch_client()
+            .watch(key.clone(), Some(options))
+            .await?;
+        while let Some(response) = stream.message().await? {
+            if response.canceled() {
+                return Ok("the watch was cancelled by etcd");
+            }
+            if response
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                return Ok("the leader key was deleted");
+            }
+        }
+        Ok::<_, etcd_client::Error>("the watch ended")
+    };
+    tokio::select! {
+        () = lost.cancelled() => {}
+        why = watched => {
+            match why {
+                Ok(why) => tracing::warn!(key = %String::from_utf8_lossy(&key), "leadership lost: {why}"),
+                Err(e) => tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "leadership lost: watching the leader key failed"),
+            }
+            lost.cancel();
+        }
+    }
+}
+
+fn classify(
+    endpoints: &[String],
+    operation: &'static str,
+    error: &etcd_client::Error,
+) -> ElectionError {
+    use tonic::Code;
+    let unreachable = match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => status.code() == Code::Unavailable,
+        _ => false,
+    };
+    if unreachable {
+        return ElectionError::Unreachable {
+            endpoints: endpoints.join(","),
+            reason: format!("{operation}: {error}"),
+        };
+    }
+    if let etcd_client::Error::GRpcStatus(status) = error
+        && matches!(
+            status.code(),
+            Code::Unauthenticated | Code::PermissionDenied
+        )
+    {
+        return ElectionError::Denied {
+            operation,
+            reason: error.to_string(),
+        };
+    }
+    ElectionError::Backend {
+        operation,
+        reason: error.to_string(),
+        transient: is_transient(error),
+    }
+}
