@@ -13,6 +13,7 @@
 //!   git bases (with a local cache) through the pure resolver in `hyperloop_shared::compose`.
 //! - [`init`]: scaffolds a repository for hyperloop.
 //! - [`lock`]: one coordinator per repository.
+//! - [`logs`]: recent agent output per task, for `hyperloopctl logs`.
 //! - [`ports`] and [`adapters`]: the traits the loop uses and their implementations.
 //! - [`specs`]: finds the spec files of a working tree (for `--dry-run`).
 
@@ -25,6 +26,7 @@ pub mod dispatch;
 pub mod grpc;
 pub mod init;
 pub mod lock;
+pub mod logs;
 pub mod ports;
 pub mod reconcile;
 pub mod run;
