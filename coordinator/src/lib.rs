@@ -15,6 +15,7 @@
 //! - [`lock`]: one coordinator per repository.
 //! - [`logs`]: recent agent output per task, for `hyperloopctl logs`.
 //! - [`ports`] and [`adapters`]: the traits the loop uses and their implementations.
+//! - [`tls`]: TLS for the gRPC endpoint and for `hyperloopctl --server`.
 //! - [`specs`]: finds the spec files of a working tree (for `--dry-run`).
 
 pub mod adapters;
@@ -32,3 +33,4 @@ pub mod reconcile;
 pub mod run;
 pub mod settings;
 pub mod specs;
+pub mod tls;

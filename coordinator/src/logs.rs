@@ -297,7 +297,10 @@ mod tests {
         hub.lines(3, vec![line(1)]);
         hub.finished(3);
         let first = rx.try_recv().unwrap();
-        assert_eq!((first.attempt_id, seqs(std::slice::from_ref(&first))), (3, vec![1]));
+        assert_eq!(
+            (first.attempt_id, seqs(std::slice::from_ref(&first))),
+            (3, vec![1])
+        );
         assert!(rx.try_recv().unwrap().attempt_finished);
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
     }
