@@ -1,5 +1,6 @@
 //! The hyperloop coordinator: owns the reconcile cycle and drives workers.
 //!
+//! - [`admin`]: the operator API (`hyperloop.v1.AdminService`) behind `hyperloopctl --server`.
 //! - [`cli`]: the commands behind the `hyperloop-coordinator` binary and their exit codes.
 //! - [`ctl`]: the read-only commands behind `hyperloopctl` (state, tasks, specs, events).
 //! - [`run`]: wires store, spec source, lander, local workers and the reconcile loop.
@@ -19,6 +20,7 @@
 //! - [`specs`]: finds the spec files of a working tree (for `--dry-run`).
 
 pub mod adapters;
+pub mod admin;
 pub mod cli;
 pub mod compose;
 pub mod control;
