@@ -1,5 +1,6 @@
 //! The hyperloop coordinator: owns the reconcile cycle and drives workers.
 //!
+//! - [`admin`]: the operator API (`hyperloop.v1.AdminService`) behind `hyperloopctl --server`.
 //! - [`cli`]: the commands behind the `hyperloop-coordinator` binary and their exit codes.
 //! - [`ctl`]: the read-only commands behind `hyperloopctl` (state, tasks, specs, events).
 //! - [`run`]: wires store, spec source, lander, local workers and the reconcile loop.
@@ -13,10 +14,13 @@
 //!   git bases (with a local cache) through the pure resolver in `hyperloop_shared::compose`.
 //! - [`init`]: scaffolds a repository for hyperloop.
 //! - [`lock`]: one coordinator per repository.
+//! - [`logs`]: recent agent output per task, for `hyperloopctl logs`.
 //! - [`ports`] and [`adapters`]: the traits the loop uses and their implementations.
+//! - [`tls`]: TLS for the gRPC endpoint and for `hyperloopctl --server`.
 //! - [`specs`]: finds the spec files of a working tree (for `--dry-run`).
 
 pub mod adapters;
+pub mod admin;
 pub mod cli;
 pub mod compose;
 pub mod control;
@@ -31,3 +35,4 @@ pub mod reconcile;
 pub mod run;
 pub mod settings;
 pub mod specs;
+pub mod tls;

@@ -255,9 +255,17 @@ impl Loaded {
             state: &self.state,
             events: &self.events,
             pipeline: match &self.pipeline {
-                Ok((p, workers)) => Ok((p, *workers)),
+                Ok((p, _)) => Ok(p),
                 Err(e) => Err(e),
             },
+            // Without a coordinator, `max_workers` less what is assigned is what it would use.
+            free_slots: match &self.pipeline {
+                Ok((_, max_workers)) => {
+                    (*max_workers as usize).saturating_sub(self.state.assignments.len())
+                }
+                Err(_) => 0,
+            },
+            workers: None,
         }
     }
 }

@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use hyperloop_shared::decide::{TaskSnapshot, decide};
+use hyperloop_shared::decide::{Dispatch, Idle, Stage, TaskSnapshot, decide};
 use hyperloop_shared::event::{Event, EventKind};
 use hyperloop_shared::model::{Review, SpecPath, Task, TaskId, TaskStatus};
-use hyperloop_shared::pipeline::Pipeline;
+use hyperloop_shared::pipeline::{Pipeline, StepKind};
 use serde::Serialize;
 
+use crate::control::WorkerView;
 use crate::ports::state_store::{Assignment, SpecRecord, State};
 
 /// Events `status` shows from the end of the journal.
@@ -24,8 +25,68 @@ pub struct Snapshot<'a> {
     pub state: &'a State,
     /// The whole journal, oldest first.
     pub events: &'a [Event],
-    /// The current pipeline and worker slots, or why the project could not be composed.
-    pub pipeline: Result<(&'a Pipeline, u32), &'a str>,
+    /// The current pipeline, or why the project could not be composed.
+    pub pipeline: Result<&'a Pipeline, &'a str>,
+    /// Worker slots free for new steps.
+    pub free_slots: usize,
+    /// The connected workers, when a live coordinator answers (`--server`): lets the
+    /// explanation tell "no worker has the labels" and "dispatched, not yet accepted" apart.
+    pub workers: Option<LiveWorkers<'a>>,
+}
+
+/// The connected workers and the labels each agent role requires of them.
+#[derive(Clone, Copy)]
+pub struct LiveWorkers<'a> {
+    pub workers: &'a [WorkerView],
+    pub labels_for: &'a dyn Fn(&str) -> BTreeMap<String, String>,
+}
+
+impl LiveWorkers<'_> {
+    /// `None` when some connected worker carries every label `role` requires; otherwise
+    /// what is missing.
+    fn unmatched(&self, role: &str) -> Option<String> {
+        let required = (self.labels_for)(role);
+        let fits = |w: &WorkerView| required.iter().all(|(k, v)| w.labels.get(k) == Some(v));
+        if self.workers.iter().any(|w| !w.draining && fits(w)) {
+            return None;
+        }
+        let labels: Vec<String> = required.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Some(if labels.is_empty() {
+            format!("no worker connected to run `{role}`")
+        } else {
+            format!(
+                "no connected worker has the labels `{role}` requires ({})",
+                labels.join(", ")
+            )
+        })
+    }
+
+    fn running(&self, attempt: u64) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.attempts.iter().any(|a| a.attempt == attempt))
+    }
+}
+
+/// The kind of reason a task waits (`hyperloop.v1.WaitReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaitKind {
+    Dependencies,
+    Capacity,
+    NoMatchingWorker,
+    Gate,
+    Backoff,
+    Dispatching,
+    /// Runnable (dispatched at the next cycle), or a stale position being relocated.
+    Other,
+}
+
+/// Why a task is not running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waiting {
+    pub reason: WaitKind,
+    pub detail: String,
 }
 
 /// Task counts by status.
@@ -87,6 +148,8 @@ pub struct TaskView {
     /// could not be composed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_reason: Option<WaitKind>,
 }
 
 impl TaskView {
@@ -171,12 +234,14 @@ impl Snapshot<'_> {
                     .assignments
                     .get(&task.id)
                     .map(|a| a.worker.clone());
+                let waiting = waiting.remove(&task.id);
                 TaskView {
                     step: task
                         .position
                         .as_ref()
                         .map(|p| format!("{}:{}", p.step().kind, p.step().name)),
-                    waiting: waiting.remove(&task.id),
+                    wait_reason: waiting.as_ref().map(|w| w.reason),
+                    waiting: waiting.map(|w| w.detail),
                     worker,
                     task: task.clone(),
                 }
@@ -184,12 +249,14 @@ impl Snapshot<'_> {
             .collect()
     }
 
-    /// For each non-terminal task without a worker: why it is not running, as `decide()`
-    /// would see it now. Empty when the pipeline is unknown.
-    fn waiting_reasons(&self) -> BTreeMap<TaskId, String> {
-        let Ok((pipeline, max_workers)) = self.pipeline else {
+    /// For each non-terminal task without a worker (or whose step a worker has not accepted
+    /// yet): why it is not running, as `decide()` would see it now. Empty when the pipeline
+    /// is unknown.
+    pub fn waiting_reasons(&self) -> BTreeMap<TaskId, Waiting> {
+        let Ok(pipeline) = self.pipeline else {
             return BTreeMap::new();
         };
+        let wait = |reason, detail: String| Waiting { reason, detail };
         let mut reasons = BTreeMap::new();
         let mut snapshots = Vec::with_capacity(self.state.tasks.len());
         for task in self.state.tasks.values() {
@@ -197,26 +264,85 @@ impl Snapshot<'_> {
             match TaskSnapshot::of(task, pipeline, busy) {
                 Ok(s) => snapshots.push(s),
                 Err(e) => {
-                    reasons.insert(
-                        task.id,
-                        format!(
-                            "its position does not fit the current pipeline ({e}); the \
-                             coordinator relocates it when it starts"
-                        ),
+                    let detail = format!(
+                        "its position does not fit the current pipeline ({e}); the \
+                         coordinator relocates it when it starts"
                     );
+                    reasons.insert(task.id, wait(WaitKind::Other, detail));
                 }
             }
         }
-        let free = (max_workers as usize).saturating_sub(self.state.assignments.len());
-        let decisions = decide(&snapshots, free);
+        let first = pipeline.first_position();
+        // The role a task's next agent step needs a worker for, if any.
+        let role_of = |stage: Option<Stage<'_>>| match stage? {
+            Stage::AgentReady { role } => Some(role.to_owned()),
+            Stage::NotStarted {
+                first_step: StepKind::Agent,
+            } => Some(first.step().name.clone()),
+            _ => None,
+        };
+        let stage_of = |id: TaskId| snapshots.iter().find(|s| s.id == id).map(|s| s.stage);
+        let unmatched = |id: TaskId| {
+            let live = self.workers?;
+            live.unmatched(&role_of(stage_of(id))?)
+        };
+        let decisions = decide(&snapshots, self.free_slots);
         for d in decisions.dispatch {
-            reasons.insert(
-                d.task(),
-                "runnable: the coordinator dispatches it at its next cycle".to_owned(),
-            );
+            let (id, role) = match d {
+                Dispatch::Resume { task, role } => (task, Some(role.to_owned())),
+                Dispatch::Start { task, .. } => (task, role_of(stage_of(task))),
+            };
+            let missing = self
+                .workers
+                .zip(role)
+                .and_then(|(live, role)| live.unmatched(&role));
+            let reason = match missing {
+                Some(detail) => wait(WaitKind::NoMatchingWorker, detail),
+                None => wait(
+                    WaitKind::Other,
+                    "runnable: the coordinator dispatches it at its next cycle".to_owned(),
+                ),
+            };
+            reasons.insert(id, reason);
         }
         for (id, idle) in decisions.idle {
-            reasons.insert(id, idle.to_string());
+            let kind = match idle {
+                Idle::WaitingOnDeps(_)
+                | Idle::DependencyFailed(_)
+                | Idle::DependencyBlocked(_)
+                | Idle::UnknownDeps(_)
+                | Idle::OnCycle(_) => WaitKind::Dependencies,
+                Idle::NoCapacity => match unmatched(id) {
+                    Some(detail) => {
+                        reasons.insert(id, wait(WaitKind::NoMatchingWorker, detail));
+                        continue;
+                    }
+                    None => WaitKind::Capacity,
+                },
+                Idle::AtGate(_) => WaitKind::Gate,
+                Idle::ActionPending(_)
+                    if self
+                        .state
+                        .tasks
+                        .get(&id)
+                        .is_some_and(|t| t.action_attempts > 0) =>
+                {
+                    WaitKind::Backoff
+                }
+                Idle::ActionPending(_) => WaitKind::Other,
+            };
+            reasons.insert(id, wait(kind, idle.to_string()));
+        }
+        if let Some(live) = self.workers {
+            for a in self.state.assignments.values() {
+                if !live.running(a.attempt.0) {
+                    let detail = format!(
+                        "{} dispatched to {} ({}), not yet accepted",
+                        a.role, a.worker, a.attempt
+                    );
+                    reasons.insert(a.task, wait(WaitKind::Dispatching, detail));
+                }
+            }
         }
         reasons
     }
