@@ -304,15 +304,8 @@ pub fn reconcile(
 }
 
 /// Settings this build accepts but cannot act on yet. Refusing them beats silently running
-/// something else (e.g. the embedded store when etcd was asked for).
+/// something else (local merges when pull requests were asked for).
 fn unavailable(config: &hyperloop_shared::config::Config) -> Option<String> {
-    if !config.etcd.endpoints.is_empty() {
-        return Some(
-            "etcd state (--etcd / etcd.endpoints) is not available in this build; remove it to \
-             keep state in the repository"
-                .to_owned(),
-        );
-    }
     if let Some(repo) = &config.target.repo {
         return Some(format!(
             "GitHub pull-request mode (--repo / target.repo = {repo}) is not available in this \

@@ -93,6 +93,18 @@ struct RunArgs {
     /// Token workers must present to join (required when listening beyond loopback).
     #[arg(long)]
     join_token: Option<String>,
+    /// URL workers and other coordinators reach this one at (default: derived from --listen).
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+    /// PEM certificate chain the gRPC endpoint serves over TLS.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
+    /// PEM CA certificates that client certificates must chain to (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<String>,
 }
 
 impl RunArgs {
@@ -105,6 +117,10 @@ impl RunArgs {
             etcd_endpoints: self.etcd.clone(),
             etcd_prefix: self.etcd_prefix.clone(),
             join_token: self.join_token.clone(),
+            advertise: self.advertise.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
             ..Overrides::default()
         }
     }

@@ -19,10 +19,13 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::adapters::etcd_election::EtcdElection;
+use crate::adapters::etcd_store::EtcdStore;
 use crate::adapters::git::{GitLander, GitSpecSource};
 use crate::adapters::git_store::GitStore;
 use crate::compose::{CacheDir, compose_project};
-use crate::control::Live;
+use crate::control::{Command, LeaderView, Live};
+use crate::ports::election::Election;
 use crate::grpc::{self, Admission, Farewell, Route, relay};
 use crate::lock::CoordinatorLock;
 use crate::logs::LogHub;
@@ -39,6 +42,10 @@ const INBOX_CAPACITY: usize = 1024;
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Operator commands queued for the loop; a person types them, a handful is plenty.
 const COMMANDS_CAPACITY: usize = 16;
+/// How often a standby checks who leads (for NotLeader answers and `hyperloopctl status`).
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// The coordinator id and leader address of a single-host run.
+const SINGLE_HOST: &str = "single-host";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,6 +59,9 @@ pub enum StartError {
     Setup(String),
     #[error("the composition is invalid: {0}")]
     Composition(String),
+    /// Bad settings found only when starting (unreadable TLS files, no origin for etcd).
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Run(#[from] RunError),
 }
@@ -61,16 +71,18 @@ impl StartError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            StartError::NotARepository(_) | StartError::Composition(_)
+            StartError::NotARepository(_) | StartError::Composition(_) | StartError::Usage(_)
         )
     }
 }
 
-/// Runs the coordinator on the repository at `root` until it halts.
+/// Runs the coordinator on the repository at `root` until it halts: alone with the
+/// embedded store, or (with etcd endpoints) as one candidate among several coordinators,
+/// leading while elected and standing by otherwise.
 ///
 /// # Errors
-/// Not a repository, another coordinator holds it, an invalid composition, or a state store
-/// failure during the run.
+/// Not a repository, another coordinator holds it, an invalid composition, an endpoint that
+/// cannot be served, or a state store failure during the run.
 pub async fn run(
     root: &Path,
     config: Config,
@@ -82,96 +94,397 @@ pub async fn run(
     let repo = git2::Repository::open(&root)
         .map_err(|_| StartError::NotARepository(root.display().to_string()))?;
     let git_dir = repo.path().to_path_buf();
+    let origin = repo
+        .find_remote("origin")
+        .ok()
+        .and_then(|r| r.url().ok().map(str::to_owned));
     drop(repo);
-    let _lock = CoordinatorLock::acquire(&git_dir)?;
-
-    let base = config.target.base_branch.clone();
-    let store = GitStore::open(&root, config.dashboard.events_limit as usize)
-        .map_err(|e| StartError::Setup(e.to_string()))?;
     let compose = composer(root.clone(), &config);
     compose().map_err(StartError::Composition)?;
+    let tls = crate::tls::server_tls(&config.tls).map_err(|e| StartError::Usage(e.to_string()))?;
+    let place = Place {
+        git_dir,
+        root,
+        origin,
+        tls,
+    };
+    if config.etcd.endpoints.is_empty() {
+        single_host(place, config, mode, compose, shutdown).await
+    } else {
+        distributed(place, config, mode, compose, shutdown).await
+    }
+}
 
-    let (route_tx, route) = watch::channel(Route::Following {
-        leader: None,
-        term: 0,
-    });
-    let endpoint_stop = CancellationToken::new();
-    let mut endpoint = JoinSet::new();
-    // Without local workers the endpoint is the only way work gets done, so failing to bind
-    // is fatal; with them the run still works and only joining is lost (two single-host
-    // coordinators of different repositories on one machine share the default port).
-    match grpc::bind(config.listen).await {
-        Ok(listener) => {
-            tracing::info!(listen = %config.listen, "accepting workers");
-            let routes = tonic::service::Routes::new(grpc::worker_service(
-                Admission::with_token(config.join_token.clone()),
-                route.clone(),
-            ));
-            let serving = grpc::serve(listener, None, routes, endpoint_stop.clone());
-            endpoint.spawn(async move {
-                if let Err(e) = serving.await {
-                    tracing::error!(error = %e, "the worker endpoint failed");
-                }
-            });
+/// Where this coordinator runs.
+struct Place {
+    root: PathBuf,
+    git_dir: PathBuf,
+    /// The checkout's `origin` URL.
+    origin: Option<String>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// The gRPC endpoint (workers and hyperloopctl) for the life of the process.
+struct Endpoint {
+    route: watch::Sender<Route>,
+    live: watch::Sender<Arc<Live>>,
+    commands: Arc<tokio::sync::Mutex<mpsc::Receiver<Command>>>,
+    logs: Arc<LogHub>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Endpoint {
+    /// Binds `config.listen` and serves the worker and admin services there. `required`:
+    /// failing to bind is fatal (otherwise a warning: local workers still do the work).
+    async fn start<S: StateStore>(
+        config: &Config,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+        store: Arc<S>,
+        coordinator_id: String,
+        required: bool,
+    ) -> Result<Self, StartError> {
+        let (route, route_rx) = watch::channel(Route::Following {
+            leader: None,
+            term: 0,
+        });
+        let (live, live_rx) = watch::channel(Arc::new(Live {
+            coordinator_id,
+            ..Live::default()
+        }));
+        let (commands_tx, commands) = mpsc::channel(COMMANDS_CAPACITY);
+        let logs = Arc::new(LogHub::new());
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        match grpc::bind(config.listen).await {
+            Ok(listener) => {
+                tracing::info!(listen = %config.listen, tls = tls.is_some(), "serving workers and hyperloopctl");
+                let routes = tonic::service::Routes::new(grpc::worker_service(
+                    Admission::with_token(config.join_token.clone()),
+                    route_rx,
+                ))
+                .add_service(crate::admin::service(
+                    store,
+                    live_rx,
+                    Some(commands_tx),
+                    logs.clone(),
+                    Arc::new(config.clone()),
+                ));
+                let serving = grpc::serve(listener, tls, routes, stop.clone());
+                tasks.spawn(async move {
+                    if let Err(e) = serving.await {
+                        tracing::error!(error = %crate::tls::error_chain(&e), "the gRPC endpoint failed");
+                    }
+                });
+            }
+            Err(e) if required => {
+                return Err(StartError::Setup(format!(
+                    "cannot listen on {} ({e}); workers and other coordinators need it: pick \
+                     another address with --listen",
+                    config.listen
+                )));
+            }
+            Err(e) => tracing::warn!(
+                listen = %config.listen,
+                error = %e,
+                "cannot listen for workers; running with local workers only (set --listen to \
+                 let remote workers join and hyperloopctl connect)"
+            ),
         }
-        Err(e) if config.local_worker_count() == 0 => {
-            return Err(StartError::Setup(format!(
-                "cannot listen for workers on {} ({e}) and --local-workers is 0, so no worker \
-                 could join; pick another address with --listen",
-                config.listen
-            )));
-        }
-        Err(e) => tracing::warn!(
-            listen = %config.listen,
-            error = %e,
-            "cannot listen for workers; running with local workers only (set --listen to let \
-             remote workers join)"
-        ),
+        Ok(Endpoint {
+            route,
+            live,
+            commands: Arc::new(tokio::sync::Mutex::new(commands)),
+            logs,
+            stop,
+            tasks,
+        })
     }
 
-    let (live, _) = watch::channel(Arc::new(Live {
-        coordinator_id: "single-host".to_owned(),
-        leading: true,
-        ..Live::default()
-    }));
-    let (_commands_tx, commands) = mpsc::channel(COMMANDS_CAPACITY);
+    fn links(&self, deposed: CancellationToken) -> Links {
+        Links {
+            live: self.live.clone(),
+            commands: self.commands.clone(),
+            logs: self.logs.clone(),
+            deposed,
+        }
+    }
+
+    /// Marks this coordinator as leading (or not) in the live view.
+    fn set_leader(&self, leader: Option<LeaderView>, leading: bool) {
+        self.live.send_modify(|live| {
+            *live = Arc::new(Live {
+                leader,
+                leading,
+                ..(**live).clone()
+            });
+        });
+    }
+
+    async fn stop(mut self) {
+        let _ = self.route.send(Route::Following {
+            leader: None,
+            term: 0,
+        });
+        self.stop.cancel();
+        let _ = tokio::time::timeout(WORKER_STOP_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+async fn single_host<C>(
+    place: Place,
+    config: Config,
+    mode: Mode,
+    compose: C,
+    shutdown: CancellationToken,
+) -> Result<Halt, StartError>
+where
+    C: Fn() -> Result<Project, String>,
+{
+    let _lock = CoordinatorLock::acquire(&place.git_dir)?;
+    let base = config.target.base_branch.clone();
+    let store = GitStore::open(&place.root, config.dashboard.events_limit as usize)
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let endpoint = Endpoint::start(
+        &config,
+        place.tls,
+        Arc::new(store.clone()),
+        SINGLE_HOST.to_owned(),
+        config.local_worker_count() == 0,
+    )
+    .await?;
+    endpoint.set_leader(
+        Some(LeaderView {
+            address: SINGLE_HOST.to_owned(),
+            term: 1,
+            since_ms: now_ms(),
+        }),
+        true,
+    );
     let term = Term {
         number: 1,
         farewell: Farewell::Drain,
         deposed: CancellationToken::new(),
     };
+    let repo_url = config
+        .target
+        .clone_url
+        .clone()
+        .unwrap_or_else(|| place.root.display().to_string());
     let ctx = Context {
-        repo_url: root.display().to_string(),
-        root: root.clone(),
+        repo_url,
+        root: place.root.clone(),
         config,
         mode,
         distributed: false,
-        coordinator_id: "single-host".to_owned(),
+        coordinator_id: SINGLE_HOST.to_owned(),
         term: term.number,
     };
-    let links = Links {
-        live,
-        commands,
-        logs: Arc::new(LogHub::new()),
-        deposed: term.deposed.clone(),
-    };
-    let specs = GitSpecSource::open(&root, &base, &ctx.config.target.specs_dir)
+    let specs = GitSpecSource::open(&place.root, &base, &ctx.config.target.specs_dir)
         .map_err(|e| StartError::Setup(e.to_string()))?;
-    let lander = GitLander::open(&root, &base).map_err(|e| StartError::Setup(e.to_string()))?;
+    let lander =
+        GitLander::open(&place.root, &base).map_err(|e| StartError::Setup(e.to_string()))?;
+    let links = endpoint.links(term.deposed.clone());
     let halt = lead(
-        ctx, store, specs, lander, compose, &git_dir, &route_tx, term, links, &shutdown,
+        ctx,
+        store,
+        specs,
+        lander,
+        compose,
+        &place.git_dir,
+        &endpoint.route,
+        term,
+        links,
+        &shutdown,
     )
     .await;
-    let _ = route_tx.send(Route::Following {
-        leader: None,
-        term: 0,
-    });
-    endpoint_stop.cancel();
-    let _ = tokio::time::timeout(WORKER_STOP_GRACE, async {
-        while endpoint.join_next().await.is_some() {}
-    })
-    .await;
+    endpoint.stop().await;
     halt
+}
+
+/// Several coordinators over etcd: campaign; while elected, lead (fenced on the
+/// leadership); when deposed, stand by and campaign again. A standby answers workers with
+/// the leader's address and serves hyperloopctl's reads.
+async fn distributed<C>(
+    place: Place,
+    config: Config,
+    mode: Mode,
+    compose: C,
+    shutdown: CancellationToken,
+) -> Result<Halt, StartError>
+where
+    C: Fn() -> Result<Project, String> + Clone,
+{
+    let Some(origin) = place.origin.clone() else {
+        return Err(StartError::Usage(format!(
+            "{} has no `origin` remote; with --etcd, coordinators on different hosts share \
+             the repository through it: add one with `git remote add origin URL`",
+            place.root.display()
+        )));
+    };
+    let prefix = match &config.etcd.prefix {
+        Some(prefix) => prefix.clone(),
+        None => hyperloop_shared::origin::etcd_prefix(&origin)
+            .map_err(|e| StartError::Usage(e.to_string()))?,
+    };
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        let scheme = if place.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", config.listen)
+    });
+    let repo_url = config.target.clone_url.clone().unwrap_or(origin);
+    let endpoints = &config.etcd.endpoints;
+    let journal = config.dashboard.events_limit as usize;
+    let store = EtcdStore::new(endpoints, &prefix, journal);
+    let election = EtcdElection::new(endpoints, &prefix).with_ttl(config.etcd.lease_ttl);
+    let base = config.target.base_branch.clone();
+    let endpoint = Endpoint::start(
+        &config,
+        place.tls.clone(),
+        Arc::new(store.clone()),
+        advertise.clone(),
+        true,
+    )
+    .await?;
+    tracing::info!(%prefix, %advertise, "standing by for leadership");
+    let mut follower = follow_leader(election.clone(), &endpoint);
+    let mut backoff = Duration::from_millis(200);
+    let halt = loop {
+        let leadership = tokio::select! {
+            () = shutdown.cancelled() => break Ok(Halt::Shutdown),
+            elected = election.campaign(advertise.clone()) => elected,
+        };
+        let leadership = match leadership {
+            Ok(leadership) => leadership,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "campaign failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break Ok(Halt::Shutdown),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(e) => break Err(StartError::Setup(e.to_string())),
+        };
+        backoff = Duration::from_millis(200);
+        follower.abort();
+        tracing::info!(term = leadership.term, "leading");
+        endpoint.set_leader(
+            Some(LeaderView {
+                address: advertise.clone(),
+                term: leadership.term,
+                since_ms: now_ms(),
+            }),
+            true,
+        );
+        let fenced = match &leadership.fence {
+            Some(fence) => store.with_fence(fence.clone()),
+            None => store.clone(),
+        };
+        let term = Term {
+            number: leadership.term,
+            farewell: Farewell::NotLeader,
+            deposed: leadership.lost.clone(),
+        };
+        let ctx = Context {
+            repo_url: repo_url.clone(),
+            root: place.root.clone(),
+            config: config.clone(),
+            mode,
+            distributed: true,
+            coordinator_id: advertise.clone(),
+            term: term.number,
+        };
+        let parts = GitSpecSource::open(&place.root, &base, &config.target.specs_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|specs| {
+                GitLander::open_shared(&place.root, &base)
+                    .map(|lander| (specs, lander))
+                    .map_err(|e| e.to_string())
+            });
+        let (specs, lander) = match parts {
+            Ok(parts) => parts,
+            Err(e) => {
+                leadership.resign().await;
+                break Err(StartError::Setup(e));
+            }
+        };
+        let links = endpoint.links(term.deposed.clone());
+        let lost = leadership.lost.clone();
+        let outcome = lead(
+            ctx,
+            fenced,
+            specs,
+            lander,
+            compose.clone(),
+            &place.git_dir,
+            &endpoint.route,
+            term,
+            links,
+            &shutdown,
+        )
+        .await;
+        endpoint.set_leader(None, false);
+        match outcome {
+            Ok(Halt::Deposed) => {
+                tracing::warn!("lost the leadership; standing by");
+            }
+            Err(StartError::Run(RunError::Store(e))) if lost.is_cancelled() || !e.is_transient() => {
+                tracing::warn!(error = %e, "stepping down after a failed state write; standing by");
+                leadership.resign().await;
+            }
+            other => {
+                leadership.resign().await;
+                break other;
+            }
+        }
+        follower = follow_leader(election.clone(), &endpoint);
+    };
+    follower.abort();
+    endpoint.stop().await;
+    halt
+}
+
+/// While standing by, keeps the route (what joining workers hear) and the live view
+/// pointing at the current leader.
+fn follow_leader(election: EtcdElection, endpoint: &Endpoint) -> tokio::task::JoinHandle<()> {
+    let route = endpoint.route.clone();
+    let live = endpoint.live.clone();
+    tokio::spawn(async move {
+        loop {
+            let leader = election.leader().await.ok().flatten();
+            let view = leader.as_ref().map(|l| LeaderView {
+                address: l.value.clone(),
+                term: l.term,
+                since_ms: 0,
+            });
+            let _ = route.send(Route::Following {
+                leader: leader.as_ref().map(|l| l.value.clone()),
+                term: leader.as_ref().map_or(0, |l| l.term),
+            });
+            live.send_if_modified(|current| {
+                if current.leader == view && !current.leading {
+                    return false;
+                }
+                *current = Arc::new(Live {
+                    leader: view.clone(),
+                    leading: false,
+                    ..(**current).clone()
+                });
+                true
+            });
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One leadership term.
@@ -236,7 +549,10 @@ where
     outcome
 }
 /// Recomposes the project from the checkout (after the process-improver landed overlays).
-fn composer(root: PathBuf, config: &Config) -> impl Fn() -> Result<Project, String> + use<> {
+fn composer(
+    root: PathBuf,
+    config: &Config,
+) -> impl Fn() -> Result<Project, String> + Clone + use<> {
     let overlay = config.overlay.clone();
     let base_ref = config.base_ref.clone();
     let cache = CacheDir::from_env();

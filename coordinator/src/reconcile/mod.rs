@@ -104,7 +104,8 @@ pub struct Context {
 /// The loop's connections to the admin API.
 pub struct Links {
     pub live: watch::Sender<Arc<Live>>,
-    pub commands: mpsc::Receiver<Command>,
+    /// Shared across terms: the admin API keeps one sender for the life of the process.
+    pub commands: Arc<tokio::sync::Mutex<mpsc::Receiver<Command>>>,
     pub logs: Arc<LogHub>,
     /// Cancelled when leadership is lost: the loop stops without writing.
     pub deposed: CancellationToken,
@@ -117,7 +118,7 @@ impl Links {
         let (_, commands) = mpsc::channel(1);
         Links {
             live,
-            commands,
+            commands: Arc::new(tokio::sync::Mutex::new(commands)),
             logs: Arc::new(LogHub::new()),
             deposed: CancellationToken::new(),
         }
@@ -151,7 +152,7 @@ pub struct Reconciler<S, P, L, C> {
     last_cycle_at_ms: u64,
     /// When the base branch was last brought up to date ([`Lander::sync`]).
     last_sync: Option<Instant>,
-    commands: mpsc::Receiver<Command>,
+    commands: Arc<tokio::sync::Mutex<mpsc::Receiver<Command>>>,
     logs: Arc<LogHub>,
     deposed: CancellationToken,
     results: Vec<Reaped>,
@@ -342,6 +343,8 @@ where
     /// # Errors
     /// A state store failure (state is never written past a failed write) or unreadable specs.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<Halt, RunError> {
+        let commands = self.commands.clone();
+        let mut commands = commands.lock().await;
         loop {
             let worked = self.cycle().await?;
             if worked {
@@ -376,7 +379,7 @@ where
                     Some(event) => self.handle(event),
                     None => return self.halt(Halt::Shutdown).await,
                 },
-                Some(command) = self.commands.recv() => self.command(command),
+                Some(command) = commands.recv() => self.command(command),
                 () = tokio::time::sleep(idle) => {}
             }
             // Merge wake-ups: take everything already queued before deciding again.
