@@ -28,6 +28,7 @@ use tokio::sync::OnceCell;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
+use super::etcd_store::layout::{self, Prefix};
 use super::etcd_store::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, is_transient};
 use crate::ports::election::{Election, ElectionError, Fence, LeaderInfo, Leadership};
 
@@ -78,7 +79,7 @@ impl EtcdElection {
             endpoints: endpoints.into(),
             options,
             client: Arc::new(OnceCell::new()),
-            name: format!("{}/election", prefix.trim_end_matches('/')).into(),
+            name: Prefix::new(prefix).key(layout::ELECTION).into(),
             ttl: DEFAULT_TTL,
         }
     }
@@ -298,39 +299,52 @@ async fn renew(
 }
 
 /// Fires `lost` when the leader key is deleted (lease expired or revoked, or removed by
-/// hand) or can no longer be watched.
+/// hand). A broken watch (its member died) is re-established, through another member if
+/// there is one; an unreachable etcd is the keep-alive's to judge.
 async fn watch_key(client: Client, key: Vec<u8>, created: i64, lost: CancellationToken) {
-    // From the key's creation on, so a delete between the campaign and now is seen too.
-    let options = WatchOptions::new().with_start_revision(created);
-    let watched = async {
-        let mut stream = client
-            .watch_client()
-            .watch(key.clone(), Some(options))
-            .await?;
-        while let Some(response) = stream.message().await? {
-            if response.canceled() {
-                return Ok("the watch was cancelled by etcd");
+    let name = String::from_utf8_lossy(&key).into_owned();
+    let deleted = async {
+        loop {
+            match watch_once(&client, &key, created).await {
+                Ok(Some(why)) => return why,
+                Ok(None) => tracing::debug!(key = %name, "the leader key's watch ended"),
+                Err(e) => tracing::debug!(key = %name, error = %e, "watching the leader key"),
             }
-            if response
-                .events()
-                .iter()
-                .any(|e| e.event_type() == EventType::Delete)
-            {
-                return Ok("the leader key was deleted");
-            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok::<_, etcd_client::Error>("the watch ended")
     };
     tokio::select! {
         () = lost.cancelled() => {}
-        why = watched => {
-            match why {
-                Ok(why) => tracing::warn!(key = %String::from_utf8_lossy(&key), "leadership lost: {why}"),
-                Err(e) => tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "leadership lost: watching the leader key failed"),
-            }
+        why = deleted => {
+            tracing::warn!(key = %name, "leadership lost: {why}");
             lost.cancel();
         }
     }
+}
+
+/// Watches `key` from its creation on (so a delete before the watch started is seen too):
+/// why the leadership ended, or `None` if the watch ended first.
+async fn watch_once(
+    client: &Client,
+    key: &[u8],
+    created: i64,
+) -> Result<Option<&'static str>, etcd_client::Error> {
+    let options = WatchOptions::new().with_start_revision(created);
+    let mut stream = client.watch_client().watch(key, Some(options)).await?;
+    while let Some(response) = stream.message().await? {
+        if response.canceled() {
+            // Compacted past the key's creation: whether it still exists is unknowable here.
+            return Ok(Some("etcd cancelled the watch of the leader key"));
+        }
+        if response
+            .events()
+            .iter()
+            .any(|e| e.event_type() == EventType::Delete)
+        {
+            return Ok(Some("the leader key was deleted"));
+        }
+    }
+    Ok(None)
 }
 
 fn classify(

@@ -9,6 +9,8 @@
 //! <prefix>/specs/<path, percent-encoded>     SpecRecord
 //! <prefix>/assignments/<id>                  Assignment
 //! <prefix>/events/<seq, 20 digits>           Event
+//! <prefix>/election/<lease id, hex>          a candidate's gRPC URL (etcd's election API,
+//!                                            see `etcd_election`; not a store record)
 //! ```
 //!
 //! Values are JSON. Ids are plain decimal (`tasks/42`); everything whose keys must sort in
@@ -28,6 +30,14 @@ pub const REVIEWS: &str = "reviews/";
 pub const SPECS: &str = "specs/";
 pub const ASSIGNMENTS: &str = "assignments/";
 pub const EVENTS: &str = "events/";
+/// The election's name: candidates' keys are `election/<lease id>`, owned by etcd's election
+/// API. They sort between `assignments/` and `events/`, so a load skips them by range.
+pub const ELECTION: &str = "election";
+
+/// The first candidate key of the election.
+pub fn election_start() -> String {
+    format!("{ELECTION}/")
+}
 
 /// The record under `<prefix>/revision`: the store version every `apply` compares, and the
 /// journal counter, so numbering an event needs no extra key.
@@ -224,6 +234,18 @@ mod tests {
         assert!(r(10, 9) < r(10, 10));
         assert!(event(9) < event(10));
         assert!(event(u64::MAX) < events_end());
+    }
+
+    #[test]
+    fn election_keys_sort_apart_from_every_record() {
+        let election = election_start();
+        for name in [REVISION, META, TASKS, REVIEWS, SPECS, ASSIGNMENTS, EVENTS] {
+            assert!(
+                name < election.as_str() || name > events_end().as_str() || name == EVENTS,
+                "{name} would fall into the range a load skips"
+            );
+        }
+        assert!(ASSIGNMENTS < election.as_str() && election.as_str() < EVENTS);
     }
 
     #[test]

@@ -245,13 +245,14 @@ impl EtcdStore {
 impl StateStore for EtcdStore {
     async fn load(&self) -> Result<State, StoreError> {
         let mut kv = self.kv().await?;
-        // Everything but the journal, in two ranges at one etcd revision: a consistent
-        // snapshot even when it takes several pages.
+        // Everything but the election and the journal (which sort next to each other), in
+        // two ranges at one etcd revision: a consistent snapshot even when it takes several
+        // pages.
         let (mut kvs, at) = self
             .range(
                 &mut kv,
                 self.key(""),
-                &self.key(layout::EVENTS),
+                &self.key(&layout::election_start()),
                 None,
                 usize::MAX,
             )
