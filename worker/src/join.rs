@@ -107,7 +107,7 @@ pub async fn connect_loop(config: JoinConfig, links: mpsc::Sender<Link>) -> Resu
                 if links.send(link).await.is_err() {
                     return Ok(());
                 }
-                bridge(channel, end).await
+                bridge(channel, end, url.starts_with("https://")).await
             }
         };
         let mut wait = true;
@@ -117,7 +117,7 @@ pub async fn connect_loop(config: JoinConfig, links: mpsc::Sender<Link>) -> Resu
                 registered_once = true;
                 backoff = Backoff::default();
                 redirects = 0;
-                tracing::warn!(coordinator = %url, "stream ended ({ended}); reconnecting");
+                tracing::info!(coordinator = %url, "stream ended ({ended}); reconnecting");
                 redirect = Some(url);
             }
             Outcome::NotLeader(leader) if !leader.is_empty() && leader != url => {
@@ -133,7 +133,11 @@ pub async fn connect_loop(config: JoinConfig, links: mpsc::Sender<Link>) -> Resu
             Outcome::Failed(cause) => {
                 redirects = 0;
                 warnings.warn(&url, &cause);
-                last_errors.insert(url, cause);
+                // Keep the failure that names a fix over a vaguer one that followed it.
+                let named_fix = |c: &str| hint(c, url.starts_with("https://")).is_some();
+                if named_fix(&cause) || !last_errors.get(&url).is_some_and(|c| named_fix(c)) {
+                    last_errors.insert(url, cause);
+                }
             }
         }
         if !registered_once
@@ -143,7 +147,11 @@ pub async fn connect_loop(config: JoinConfig, links: mpsc::Sender<Link>) -> Resu
             return Err(give_up(&config.urls, limit, &last_errors));
         }
         if wait {
-            tokio::time::sleep(backoff.next_delay()).await;
+            let mut delay = backoff.next_delay();
+            if !registered_once && let Some(limit) = config.connect_timeout {
+                delay = delay.min(limit.saturating_sub(started.elapsed()));
+            }
+            tokio::time::sleep(delay).await;
         }
     }
 }
@@ -151,10 +159,11 @@ pub async fn connect_loop(config: JoinConfig, links: mpsc::Sender<Link>) -> Resu
 /// Opens a connection (TCP, and TLS for `https://`).
 async fn dial(config: &JoinConfig, url: &str) -> Result<Channel, String> {
     let endpoint = endpoint(url, config.tls.as_ref())?;
+    let https = url.starts_with("https://");
     endpoint
         .connect()
         .await
-        .map_err(|e| explain(&error_chain(&e)))
+        .map_err(|e| explain(&error_chain(&e), https))
 }
 
 /// The tonic endpoint for `url`, with TLS for `https://`. Also used to check the TLS flags at
@@ -186,7 +195,7 @@ pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, St
 }
 
 /// Carries one `Join` call between the gRPC stream and `end`, until either side ends it.
-async fn bridge(channel: Channel, end: CoordinatorEnd) -> Outcome {
+async fn bridge(channel: Channel, end: CoordinatorEnd, https: bool) -> Outcome {
     let CoordinatorEnd {
         outbound: to_worker,
         inbound: from_worker,
@@ -199,7 +208,7 @@ async fn bridge(channel: Channel, end: CoordinatorEnd) -> Outcome {
     };
     let mut inbound = match response {
         Ok(response) => response.into_inner(),
-        Err(status) => return from_status(status),
+        Err(status) => return from_status(status, https),
     };
     let mut registered = false;
     let mut leader = None;
@@ -220,7 +229,7 @@ async fn bridge(channel: Channel, end: CoordinatorEnd) -> Outcome {
                 }
             }
             Ok(None) => break "the coordinator closed it".to_owned(),
-            Err(status) => match from_status(status) {
+            Err(status) => match from_status(status, https) {
                 Outcome::Failed(cause) => break cause,
                 refused => return refused,
             },
@@ -233,12 +242,23 @@ async fn bridge(channel: Channel, end: CoordinatorEnd) -> Outcome {
     }
 }
 
-fn from_status(status: tonic::Status) -> Outcome {
+fn from_status(status: tonic::Status, https: bool) -> Outcome {
     match status.code() {
         Code::Unauthenticated | Code::FailedPrecondition | Code::InvalidArgument => {
             Outcome::Refused(status)
         }
-        code => Outcome::Failed(explain(&format!("{code:?}: {}", error_chain(&status)))),
+        code => Outcome::Failed(explain(&status_text(code, &status), https)),
+    }
+}
+
+/// `Unknown: transport error: connection error: received fatal alert: ...` (tonic's Display
+/// of a Status repeats the code, message and source in debug form).
+fn status_text(code: Code, status: &tonic::Status) -> String {
+    let message = status.message();
+    match std::error::Error::source(status).map(error_chain) {
+        Some(chain) if chain.starts_with(message) => format!("{code:?}: {chain}"),
+        Some(chain) => format!("{code:?}: {message}: {chain}"),
+        None => format!("{code:?}: {message}"),
     }
 }
 
@@ -281,8 +301,15 @@ fn give_up(urls: &[String], limit: Duration, errors: &BTreeMap<String, String>) 
 }
 
 /// Adds the likely fix to a connection failure that names a TLS problem.
-fn explain(cause: &str) -> String {
-    let hint = if cause.contains("CertificateRequired") || cause.contains("certificate required") {
+fn explain(cause: &str, https: bool) -> String {
+    match hint(cause, https) {
+        Some(hint) => format!("{cause} ({hint})"),
+        None => cause.to_owned(),
+    }
+}
+
+fn hint(cause: &str, https: bool) -> Option<&'static str> {
+    if cause.contains("CertificateRequired") || cause.contains("certificate required") {
         Some(
             "the coordinator requires a client certificate: pass --tls-cert and --tls-key \
              signed by a CA it trusts",
@@ -304,12 +331,14 @@ fn explain(cause: &str) -> String {
         )
     } else if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
         Some("the coordinator does not speak TLS there: join it with http://")
+    } else if https && cause.contains("connection closed") {
+        // TLS 1.3: a missing client certificate often surfaces as a bare close.
+        Some(
+            "closed during the TLS exchange: if the coordinator requires mutual TLS, pass \
+             --tls-cert and --tls-key signed by a CA it trusts",
+        )
     } else {
         None
-    };
-    match hint {
-        Some(hint) => format!("{cause} ({hint})"),
-        None => cause.to_owned(),
     }
 }
 
@@ -396,10 +425,11 @@ mod tests {
 
     #[test]
     fn tls_failures_name_the_fix() {
-        assert!(explain("received fatal alert: CertificateRequired").contains("--tls-cert"));
-        assert!(explain("invalid peer certificate: UnknownIssuer").contains("--tls-ca"));
-        assert!(explain("NotValidForName").contains("--tls-server-name"));
-        assert_eq!(explain("connection refused"), "connection refused");
+        assert!(explain("received fatal alert: CertificateRequired", true).contains("--tls-cert"));
+        assert!(explain("invalid peer certificate: UnknownIssuer", true).contains("--tls-ca"));
+        assert!(explain("NotValidForName", true).contains("--tls-server-name"));
+        assert_eq!(explain("connection refused", true), "connection refused");
+        assert_eq!(explain("connection closed", false), "connection closed");
     }
 
     #[test]

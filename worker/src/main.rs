@@ -108,6 +108,9 @@ async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Failure> {
     let (links_tx, links) = mpsc::channel(1);
+    // `serve_links` stops once no further link can come; here only drain, shutdown or the
+    // connector's verdict (below) end the worker, so the channel stays open to the end.
+    let _links_open = links_tx.clone();
     let mut worker = tokio::spawn(hyperloop_worker::serve_links(
         options,
         links,

@@ -207,11 +207,6 @@ impl Worker {
                 Ended::Stop(error) => return self.stop(finished_rx, error).await,
                 Ended::Lost(e) => {
                     self.outbound.send_replace(None);
-                    tracing::warn!(
-                        running = self.running.len(),
-                        unacknowledged = self.unacked.len(),
-                        "coordinator stream ended ({e}); running steps continue"
-                    );
                     last_end = e;
                 }
             }
@@ -285,7 +280,16 @@ impl Worker {
             match outcome {
                 Ok(Sent::Delivered) => {}
                 Ok(Sent::Stopped) => return Ended::Stop(None),
-                Err(e) => return Ended::from_error(e),
+                Err(e) => {
+                    // Before registration the caller that dialled reports why; from here on
+                    // the loss matters because steps may be held.
+                    tracing::warn!(
+                        running = self.running.len(),
+                        unacknowledged = self.unacked.len(),
+                        "coordinator stream ended ({e}); running steps continue"
+                    );
+                    return Ended::from_error(e);
+                }
             }
         }
     }

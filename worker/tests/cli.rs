@@ -73,6 +73,29 @@ fn bad_flags_exit_2_naming_the_flag() {
             "--labels",
         ),
         (vec!["--capacity", "2"], "--join"),
+        (vec!["--join", "https://c:1", "--name", "w"], "--tls-ca"),
+        (
+            vec![
+                "--join",
+                "https://c:1",
+                "--name",
+                "w",
+                "--tls-cert",
+                "/dev/null",
+            ],
+            "--tls-key",
+        ),
+        (
+            vec![
+                "--join",
+                "http://c:1",
+                "--name",
+                "w",
+                "--connect-timeout",
+                "soon",
+            ],
+            "--connect-timeout",
+        ),
     ] {
         let out = worker().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
