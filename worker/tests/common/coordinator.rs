@@ -29,6 +29,8 @@ pub const TOKEN: &str = "s3cret-join-token";
 pub enum Answer {
     /// Registered (heartbeat every 100 ms) for the right token; UNAUTHENTICATED otherwise.
     Admit,
+    /// As Admit, with this heartbeat interval.
+    AdmitEvery(Duration),
     /// NotLeader with this leader address, then the end of the stream.
     NotLeader(String),
 }
@@ -197,21 +199,26 @@ impl WorkerService for Fake {
                 let once = tokio_stream::once(Ok(CoordinatorMessage { body: Some(answer) }));
                 return Ok(Response::new(Box::pin(once)));
             }
-            Answer::Admit if hello.token != TOKEN => {
+            Answer::Admit | Answer::AdmitEvery(_) if hello.token != TOKEN => {
                 return Err(Status::unauthenticated(
                     "invalid join token; use the token printed by `hyperloop-coordinator token`",
                 ));
             }
-            Answer::Admit => coordinator_message::Body::Registered(v1::Registered {
-                worker_id: format!("w-{}", hello.registration.as_ref().map_or("", |r| &r.name)),
-                heartbeat_interval: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 100_000_000,
-                }),
-                leader_term: 1,
-                protocol_version: PROTOCOL_VERSION,
-                coordinator_version: "fake".into(),
-            }),
+            Answer::Admit | Answer::AdmitEvery(_) => {
+                coordinator_message::Body::Registered(v1::Registered {
+                    worker_id: format!("w-{}", hello.registration.as_ref().map_or("", |r| &r.name)),
+                    heartbeat_interval: Some(
+                        prost_types::Duration::try_from(match &self.answer {
+                            Answer::AdmitEvery(every) => *every,
+                            _ => Duration::from_millis(100),
+                        })
+                        .unwrap(),
+                    ),
+                    leader_term: 1,
+                    protocol_version: PROTOCOL_VERSION,
+                    coordinator_version: "fake".into(),
+                })
+            }
         };
         to_worker
             .send(Ok(CoordinatorMessage { body: Some(first) }))
