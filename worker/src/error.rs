@@ -13,7 +13,7 @@ pub enum WorkerError {
     },
     /// The coordinator's side of the link closed while the worker still had work.
     #[error(
-        "the coordinator closed the connection{}; the worker stopped",
+        "the coordinator closed the connection{}",
         if *.running > 0 { format!(" with {} step(s) still running", .running) } else { String::new() }
     )]
     LinkClosed { running: usize },

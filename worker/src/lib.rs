@@ -4,7 +4,8 @@
 //! runs the same code on build machines. Layout:
 //!
 //! - [`serve`]: the worker's side of the stream: Hello/Registered, heartbeats, Assign →
-//!   Accepted → Progress → StepResult (resent until ResultAck), Cancel, Drain.
+//!   Accepted → Progress → StepResult (resent until ResultAck), Cancel, Drain;
+//!   [`serve_links`] keeps steps running across reconnects.
 //! - [`link`]: the bounded channel pair that carries the stream ([`Link`]).
 //! - [`step`]: [`run_step`], one step from worktree to pushed branch, usable on its own.
 //! - [`workspace`]: the per-worker mirror and per-step worktrees.
@@ -36,6 +37,6 @@ pub use error::WorkerError;
 pub use git::GitError;
 pub use link::Link;
 pub use options::WorkerOptions;
-pub use serve::serve;
+pub use serve::{serve, serve_links};
 pub use step::{StepContext, StepReport, run_step};
 pub use workspace::Workspace;

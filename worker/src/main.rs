@@ -1,31 +1,35 @@
 //! `hyperloop-worker`: joins a coordinator and runs agent steps for it.
 //!
 //! Exit codes: 0 clean shutdown (drained, or SIGINT/SIGTERM), 1 runtime failure (no
-//! coordinator reachable, connection lost), 2 bad usage or configuration (including a join
-//! token or protocol version the coordinator refuses).
+//! coordinator registered this worker within `--connect-timeout`), 2 bad usage or
+//! configuration (including a join token or protocol version the coordinator refuses).
 //!
-//! Joins the first reachable `--join` URL (plain http; TLS is not wired yet), bridges the
-//! gRPC `Join` stream to a [`Link`] and runs [`hyperloop_worker::serve`] over it. There is
-//! no reconnect with backoff yet: when the coordinator goes away the worker exits.
+//! Finds the leader among the `--join` URLs (`http://`, or `https://` with `--tls-ca` and,
+//! for mutual TLS, `--tls-cert`/`--tls-key`), bridges each gRPC `Join` stream to a [`Link`]
+//! and runs [`hyperloop_worker::serve_links`] over them. When a stream ends the running steps
+//! keep running while the worker reconnects with backoff, following NotLeader redirects; the
+//! next Hello lists the held attempts and unacknowledged results are resent (see `join`).
 
-use std::path::PathBuf;
+mod join;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use hyperloop_proto::v1::worker_service_client::WorkerServiceClient;
-use hyperloop_worker::link::CoordinatorEnd;
+use hyperloop_shared::config::parse_duration;
 use hyperloop_worker::options::parse_labels;
-use hyperloop_worker::{Link, WorkerError, WorkerOptions};
-use tokio_stream::wrappers::ReceiverStream;
+use hyperloop_worker::{WorkerError, WorkerOptions};
+use join::{Failure, JoinConfig, RUNTIME, USAGE};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// Run hyperloop agent steps for a coordinator.
 #[derive(Debug, Parser)]
 #[command(name = "hyperloop-worker", version)]
 struct Cli {
-    /// Coordinator gRPC URL(s); the worker finds the leader among them.
+    /// Coordinator gRPC URL(s); the worker finds the leader among them and follows it.
     #[arg(long, env = "HYPERLOOP_JOIN", value_delimiter = ',', required = true)]
     join: Vec<String>,
     /// Join token (required when the coordinator listens beyond loopback).
@@ -43,12 +47,28 @@ struct Cli {
     /// Worker name shown by `hyperloopctl get workers` (default: the host name).
     #[arg(long, env = "HYPERLOOP_NAME")]
     name: Option<String>,
+    /// Give up (exit 1) if no coordinator registers the worker within this time at startup,
+    /// e.g. `60s`, `5m`; `0` retries forever. Once registered, the worker always reconnects.
+    #[arg(long, env = "HYPERLOOP_CONNECT_TIMEOUT", default_value = "60s")]
+    connect_timeout: String,
+    /// CA certificate(s) (PEM) to trust for `https://` join URLs; required for https.
+    #[arg(long, env = "HYPERLOOP_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long, env = "HYPERLOOP_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "HYPERLOOP_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Name to verify the coordinator's certificate against (default: the URL's host).
+    #[arg(long, env = "HYPERLOOP_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let options = match options(&cli) {
-        Ok(options) => options,
+    let (options, config) = match options(&cli).and_then(|o| Ok((o, join_config(&cli)?))) {
+        Ok(settings) => settings,
         Err(message) => {
             eprintln!("hyperloop-worker: {message}");
             return ExitCode::from(USAGE);
@@ -68,11 +88,11 @@ fn main() -> ExitCode {
             shutdown.clone(),
             "stopping agents",
         ));
-        join(&cli.join, options, shutdown).await
+        run(config, options, shutdown).await
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
     match outcome {
-        Ok(()) => ExitCode::from(OK),
+        Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("hyperloop-worker: {}", failure.message);
             ExitCode::from(failure.code)
@@ -80,104 +100,43 @@ fn main() -> ExitCode {
     }
 }
 
-/// Exit codes (PRODUCT.md §11).
-const OK: u8 = 0;
-const RUNTIME: u8 = 1;
-const USAGE: u8 = 2;
-
-/// Why the worker stopped, and the exit code that says so.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-/// Connects to the first reachable coordinator in `urls`, bridges the `Join` stream to a
-/// [`Link`] and runs the worker protocol over it until drained, shut down or disconnected.
-/// No reconnect yet: a lost coordinator ends the process (a supervisor restarts it).
-async fn join(
-    urls: &[String],
+/// Runs the worker over reconnecting streams until it is drained or shut down (Ok), a
+/// coordinator refuses it, or none registers it in time at startup.
+async fn run(
+    config: JoinConfig,
     options: WorkerOptions,
     shutdown: CancellationToken,
 ) -> Result<(), Failure> {
-    let mut client = None;
-    let mut errors = Vec::new();
-    for url in urls {
-        let url = url.trim();
-        match WorkerServiceClient::connect(url.to_owned()).await {
-            Ok(c) => {
-                tracing::info!(coordinator = url, "connected");
-                client = Some(c);
-                break;
+    let (links_tx, links) = mpsc::channel(1);
+    // `serve_links` stops once no further link can come; here only drain, shutdown or the
+    // connector's verdict (below) end the worker, so the channel stays open to the end.
+    let _links_open = links_tx.clone();
+    let mut worker = tokio::spawn(hyperloop_worker::serve_links(
+        options,
+        links,
+        shutdown.clone(),
+    ));
+    let mut connector = tokio::spawn(join::connect_loop(config, links_tx));
+    let result = tokio::select! {
+        result = &mut worker => result,
+        ended = &mut connector => {
+            if let Ok(Err(failure)) = ended {
+                shutdown.cancel();
+                let _ = worker.await;
+                return Err(failure);
             }
-            Err(e) => errors.push(format!("{url}: {}", error_chain(&e))),
-        }
-    }
-    let Some(mut client) = client else {
-        return Err(Failure {
-            code: RUNTIME,
-            message: format!(
-                "cannot reach a coordinator ({}); check --join and that `hyperloop-coordinator \
-                 run` is listening there",
-                errors.join("; ")
-            ),
-        });
-    };
-
-    let (link, end) = Link::pair();
-    let CoordinatorEnd {
-        outbound: to_worker,
-        inbound: from_worker,
-    } = end;
-    let worker = tokio::spawn(hyperloop_worker::serve(options, link, shutdown.clone()));
-    // The request stream carries what `serve` sends (Hello first); the coordinator reads
-    // the Hello before it answers, so a refusal arrives here as the call's status.
-    let response = tokio::select! {
-        response = client.join(ReceiverStream::new(from_worker)) => response,
-        () = shutdown.cancelled() => {
-            drop(to_worker);
-            let _ = worker.await;
-            return Ok(());
+            worker.await
         }
     };
-    let mut inbound = match response {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            worker.abort();
-            let code = match status.code() {
-                Code::Unauthenticated | Code::FailedPrecondition | Code::InvalidArgument => USAGE,
-                _ => RUNTIME,
-            };
-            return Err(Failure {
-                code,
-                message: format!(
-                    "the coordinator refused to let this worker join: {}",
-                    status.message()
-                ),
-            });
-        }
-    };
-    let bridge = tokio::spawn(async move {
-        loop {
-            match inbound.message().await {
-                Ok(Some(message)) => {
-                    if to_worker.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::warn!(code = ?status.code(), reason = status.message(), "the coordinator stream failed");
-                    break;
-                }
-            }
-        }
-    });
-    let result = worker.await;
-    bridge.abort();
+    // The worker is done (drained or shut down); an open stream does not keep it alive.
+    connector.abort();
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Failure {
-            code: if matches!(e, WorkerError::InvalidOption { .. }) {
+            code: if matches!(
+                e,
+                WorkerError::InvalidOption { .. } | WorkerError::Protocol(_)
+            ) {
                 USAGE
             } else {
                 RUNTIME
@@ -191,24 +150,6 @@ async fn join(
     }
 }
 
-/// A transport error with its causes (tonic's top-level message is just "transport error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    let mut last = text.clone();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // hyper and tonic repeat a cause's text one level up; print it once.
-        if cause_text != last {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        last = cause_text;
-        source = cause.source();
-    }
-    text
-}
-
 /// Logs go to stderr; `RUST_LOG` overrides the default level.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -220,17 +161,6 @@ fn init_tracing() {
 }
 
 fn options(cli: &Cli) -> Result<WorkerOptions, String> {
-    for url in &cli.join {
-        let url = url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.len() <= "https://".len()
-        {
-            return Err(format!(
-                "invalid --join URL {url:?}: write the coordinator's gRPC address as \
-                 http://HOST:PORT or https://HOST:PORT"
-            ));
-        }
-    }
     let name = match &cli.name {
         Some(name) => name.clone(),
         None => nix::unistd::gethostname()
@@ -244,4 +174,79 @@ fn options(cli: &Cli) -> Result<WorkerOptions, String> {
     options.token = cli.token.clone().unwrap_or_default();
     options.validate().map_err(|e| e.to_string())?;
     Ok(options)
+}
+
+fn join_config(cli: &Cli) -> Result<JoinConfig, String> {
+    let urls: Vec<String> = cli
+        .join
+        .iter()
+        .map(|url| url.trim().trim_end_matches('/').to_owned())
+        .collect();
+    for url in &urls {
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() <= "https://".len()
+        {
+            return Err(format!(
+                "invalid --join URL {url:?}: write the coordinator's gRPC address as \
+                 http://HOST:PORT or https://HOST:PORT"
+            ));
+        }
+    }
+    let connect_timeout = parse_duration(&cli.connect_timeout).ok_or_else(|| {
+        format!(
+            "invalid --connect-timeout {:?}: write e.g. 60s, 5m or 0 (wait forever)",
+            cli.connect_timeout
+        )
+    })?;
+    let tls = tls_config(cli)?;
+    if tls.is_some() && !urls.iter().any(|url| url.starts_with("https://")) {
+        return Err(
+            "TLS flags (--tls-*) are set but no --join URL is https://; write https://HOST:PORT"
+                .to_owned(),
+        );
+    }
+    // Builds each endpoint once so a missing --tls-ca or a malformed PEM is a usage error now.
+    for url in &urls {
+        join::endpoint(url, tls.as_ref())?;
+    }
+    Ok(JoinConfig {
+        urls,
+        tls,
+        connect_timeout: (!connect_timeout.is_zero()).then_some(connect_timeout),
+    })
+}
+
+fn tls_config(cli: &Cli) -> Result<Option<ClientTlsConfig>, String> {
+    let identity = match (&cli.tls_cert, &cli.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(Identity::from_pem(
+            read_pem("--tls-cert", cert)?,
+            read_pem("--tls-key", key)?,
+        )),
+        (Some(_), None) => return Err("--tls-cert needs --tls-key (its private key)".to_owned()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert (its certificate)".to_owned()),
+    };
+    let Some(ca) = &cli.tls_ca else {
+        if identity.is_some() || cli.tls_server_name.is_some() {
+            return Err(
+                "--tls-cert, --tls-key and --tls-server-name need --tls-ca, the CA certificate \
+                 (PEM) that signed the coordinator's certificate"
+                    .to_owned(),
+            );
+        }
+        return Ok(None);
+    };
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem("--tls-ca", ca)?));
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    if let Some(name) = &cli.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(Some(tls))
+}
+
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
 }

@@ -1,9 +1,10 @@
-//! [`serve`]: the worker's side of the coordinator stream.
+//! [`serve`] and [`serve_links`]: the worker's side of the coordinator stream.
 //!
 //! One event loop owns all state (running steps, unacknowledged results, draining) and
 //! consumes one closed [`Event`] enum; steps run as tracked tasks and report back through a
-//! bounded channel. Nothing else holds the link's sender except the per-step progress
-//! forwarders, which only ever send `Progress`.
+//! bounded channel. That state outlives any one stream: `serve_links` takes a new [`Link`]
+//! per reconnect and carries on. Nothing else sends on a stream except the per-step
+//! progress forwarders, which only ever send `Progress` to whichever stream is current.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,8 +32,9 @@ use crate::workspace::Workspace;
 /// reporting its result anyway (a coordinator that stopped reading must not hold results).
 const PROGRESS_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Runs the worker protocol over `link` until drained (Ok), shut down (Ok) or the link
-/// fails (Err).
+/// Runs the worker protocol over one `link` until drained (Ok), shut down (Ok) or the link
+/// ends (Err): [`serve_links`] with a single link, as used by the coordinator's in-process
+/// workers. When that link closes the worker stops its steps.
 ///
 /// Sends Hello, waits for Registered, then heartbeats every `Registered.heartbeat_interval`,
 /// accepts up to `options.capacity` concurrent Assigns (Accepted, or Declined with the
@@ -50,13 +52,35 @@ pub async fn serve(
     link: Link,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    let (links_tx, links) = mpsc::channel(1);
+    // A fresh channel with room for one: this send cannot fail.
+    let _ = links_tx.try_send(link);
+    drop(links_tx);
+    serve_links(options, links, shutdown).await
+}
+
+/// [`serve`] across reconnects: every [`Link`] received from `links` is a new stream to a
+/// (possibly different) coordinator.
+///
+/// When a stream ends or fails, running steps keep running and finished ones keep their
+/// results. The next link starts with a Hello listing every held attempt (running ones with
+/// their phase, unacknowledged results as REPORTING), and right after Registered every
+/// unacknowledged StepResult is sent again. Progress produced while no stream is up is
+/// dropped. Once `links` is closed and the last stream has ended, the worker stops its steps
+/// and returns why that stream ended.
+///
+/// # Errors
+///
+/// As [`serve`]. A stream that ended in a way a reconnect may fix (closed, registration
+/// timeout, NotLeader) is only an error when no further link comes.
+pub async fn serve_links(
+    options: WorkerOptions,
+    links: mpsc::Receiver<Link>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     options.validate()?;
     let workspace = Arc::new(Workspace::new(&options.work_dir));
     workspace.sweep().await?;
-    let Link {
-        outbound,
-        mut inbound,
-    } = link;
     let registration = Registration {
         name: options.name.clone(),
         instance_id: instance_id(),
@@ -64,48 +88,10 @@ pub async fn serve(
         labels: options.labels.clone().into_iter().collect(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let hello = worker_message::Body::Hello(v1::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        registration: Some(registration.clone()),
-        token: options.token.clone(),
-        attempts: Vec::new(),
-    });
-    if send_or_stop(&outbound, hello, &shutdown).await? == Sent::Stopped {
-        return Ok(());
-    }
-
-    let answer = tokio::select! {
-        msg = inbound.recv() => msg,
-        () = tokio::time::sleep(options.registration_timeout) => {
-            return Err(WorkerError::RegistrationTimeout { waited: options.registration_timeout });
-        }
-        () = shutdown.cancelled() => return Ok(()),
-    };
-    let heartbeat_interval = match answer.and_then(|m| m.body) {
-        Some(coordinator_message::Body::Registered(r)) => {
-            check_protocol_version("registered.protocol_version", r.protocol_version)?;
-            tracing::info!(worker_id = %r.worker_id, leader_term = r.leader_term, "registered");
-            parse_duration("registered.heartbeat_interval", r.heartbeat_interval)
-                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
-                .max(MIN_HEARTBEAT_INTERVAL)
-        }
-        Some(coordinator_message::Body::NotLeader(n)) => {
-            return Err(WorkerError::NotLeader {
-                leader_address: n.leader_address,
-            });
-        }
-        Some(other) => {
-            return Err(WorkerError::UnexpectedMessage {
-                got: body_name(&other),
-            });
-        }
-        None => return Err(WorkerError::LinkClosed { running: 0 }),
-    };
-
     let (finished_tx, finished_rx) = mpsc::channel(finished_capacity(options.capacity));
     let worker = Worker {
         workspace,
-        outbound,
+        outbound: watch::channel(None).0,
         registration,
         running: HashMap::new(),
         unacked: BTreeMap::new(),
@@ -115,7 +101,7 @@ pub async fn serve(
         shutdown,
         options,
     };
-    worker.run(inbound, finished_rx, heartbeat_interval).await
+    worker.run(links, finished_rx).await
 }
 
 /// Every step sends exactly one report; room for all of them means a step never waits to
@@ -126,13 +112,33 @@ fn finished_capacity(capacity: u32) -> usize {
         .clamp(1, 1024)
 }
 
-/// The one event type the loop consumes.
+/// The one event type the connected loop consumes.
 enum Event {
     Inbound(Option<Box<CoordinatorMessage>>),
     Finished(u64, Box<StepReport>),
     Heartbeat,
     Resend,
     Shutdown,
+}
+
+/// How one stream ended.
+enum Ended {
+    /// Draining is complete: every step finished and every result was acknowledged.
+    Drained,
+    /// Shutdown (None) or a failure no reconnect fixes.
+    Stop(Option<WorkerError>),
+    /// The stream is gone; the next link may carry on.
+    Lost(WorkerError),
+}
+
+impl Ended {
+    fn from_error(e: WorkerError) -> Self {
+        if e.is_transient() {
+            Self::Lost(e)
+        } else {
+            Self::Stop(Some(e))
+        }
+    }
 }
 
 struct Running {
@@ -148,10 +154,13 @@ struct Pending {
     last_sent: Instant,
 }
 
+/// The current stream's sender, shared with the progress forwarders; None between streams.
+type Outbound = watch::Sender<Option<mpsc::Sender<WorkerMessage>>>;
+
 struct Worker {
     options: WorkerOptions,
     workspace: Arc<Workspace>,
-    outbound: mpsc::Sender<WorkerMessage>,
+    outbound: Outbound,
     registration: Registration,
     running: HashMap<u64, Running>,
     unacked: BTreeMap<u64, Pending>,
@@ -167,41 +176,88 @@ enum Sent {
     Stopped,
 }
 
-async fn send_or_stop(
-    outbound: &mpsc::Sender<WorkerMessage>,
-    body: worker_message::Body,
-    shutdown: &CancellationToken,
-) -> Result<Sent, WorkerError> {
-    let msg = WorkerMessage { body: Some(body) };
-    tokio::select! {
-        sent = outbound.send(msg) => match sent {
-            Ok(()) => Ok(Sent::Delivered),
-            Err(_) => Err(WorkerError::LinkClosed { running: 0 }),
-        },
-        () = shutdown.cancelled() => Ok(Sent::Stopped),
-    }
-}
-
 impl Worker {
     async fn run(
         mut self,
-        mut inbound: mpsc::Receiver<CoordinatorMessage>,
+        mut links: mpsc::Receiver<Link>,
         mut finished_rx: mpsc::Receiver<(u64, Box<StepReport>)>,
-        heartbeat_interval: Duration,
     ) -> Result<(), WorkerError> {
+        let mut last_end = WorkerError::LinkClosed { running: 0 };
+        loop {
+            // Between streams: steps keep running; finished ones wait in `unacked`.
+            let link = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return self.stop(finished_rx, None).await,
+                Some((attempt, report)) = finished_rx.recv() => {
+                    self.record(attempt, *report);
+                    continue;
+                }
+                link = links.recv() => match link {
+                    Some(link) => link,
+                    None => return self.stop(finished_rx, Some(last_end)).await,
+                },
+            };
+            match self.session(link, &mut finished_rx).await {
+                Ended::Drained => {
+                    self.outbound.send_replace(None);
+                    self.tracker.close();
+                    self.tracker.wait().await;
+                    return Ok(());
+                }
+                Ended::Stop(error) => return self.stop(finished_rx, error).await,
+                Ended::Lost(e) => {
+                    self.outbound.send_replace(None);
+                    last_end = e;
+                }
+            }
+        }
+    }
+
+    /// One stream: Hello with the held attempts, Registered, the unacknowledged results
+    /// again, then the protocol until the stream ends.
+    async fn session(
+        &mut self,
+        link: Link,
+        finished_rx: &mut mpsc::Receiver<(u64, Box<StepReport>)>,
+    ) -> Ended {
+        let Link {
+            outbound,
+            mut inbound,
+        } = link;
+        self.outbound.send_replace(Some(outbound));
+        let hello = worker_message::Body::Hello(v1::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            registration: Some(self.registration.clone()),
+            token: self.options.token.clone(),
+            attempts: self.held(),
+        });
+        match self.send(hello).await {
+            Ok(Sent::Delivered) => {}
+            Ok(Sent::Stopped) => return Ended::Stop(None),
+            Err(e) => return Ended::from_error(e),
+        }
+        let heartbeat_interval = match self.handshake(&mut inbound, finished_rx).await {
+            Ok(Some(interval)) => interval,
+            Ok(None) => return Ended::Stop(None),
+            Err(e) => return Ended::from_error(e),
+        };
+        // Results that finished while no stream was up go out now, not at the next tick.
+        match self.resend(true).await {
+            Ok(Sent::Delivered) => {}
+            Ok(Sent::Stopped) => return Ended::Stop(None),
+            Err(e) => return Ended::from_error(e),
+        }
+
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + heartbeat_interval, heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let resend_every = self.options.result_resend_interval;
         let mut resend = tokio::time::interval_at(Instant::now() + resend_every, resend_every);
         resend.set_missed_tick_behavior(MissedTickBehavior::Delay);
-
         loop {
             if self.draining && self.running.is_empty() && self.unacked.is_empty() {
                 tracing::info!("drained");
-                self.tracker.close();
-                self.tracker.wait().await;
-                return Ok(());
+                return Ended::Drained;
             }
             let event = tokio::select! {
                 biased;
@@ -212,29 +268,98 @@ impl Worker {
                 _ = resend.tick() => Event::Resend,
             };
             let outcome = match event {
-                Event::Shutdown => return self.stop(finished_rx, None).await,
-                Event::Inbound(None) => {
-                    let running = self.running.len();
-                    let lost = running + self.unacked.len();
-                    let err =
-                        (lost > 0 || !self.draining).then_some(WorkerError::LinkClosed { running });
-                    return self.stop(finished_rx, err).await;
-                }
+                Event::Shutdown => return Ended::Stop(None),
+                Event::Inbound(None) => Err(WorkerError::LinkClosed {
+                    running: self.running.len(),
+                }),
                 Event::Inbound(Some(msg)) => self.on_message(*msg).await,
                 Event::Finished(attempt, report) => self.on_finished(attempt, *report).await,
                 Event::Heartbeat => self.send(self.heartbeat()).await,
-                Event::Resend => self.resend_due().await,
+                Event::Resend => self.resend(false).await,
             };
             match outcome {
                 Ok(Sent::Delivered) => {}
-                Ok(Sent::Stopped) => return self.stop(finished_rx, None).await,
-                Err(e) => return self.stop(finished_rx, Some(e)).await,
+                Ok(Sent::Stopped) => return Ended::Stop(None),
+                Err(e) => {
+                    // Before registration the caller that dialled reports why; from here on
+                    // the loss matters because steps may be held.
+                    tracing::warn!(
+                        running = self.running.len(),
+                        unacknowledged = self.unacked.len(),
+                        "coordinator stream ended ({e}); running steps continue"
+                    );
+                    return Ended::from_error(e);
+                }
             }
         }
     }
 
+    /// Waits for the answer to Hello: the heartbeat interval once Registered, None on
+    /// shutdown. Steps finishing meanwhile are recorded for the resend that follows.
+    async fn handshake(
+        &mut self,
+        inbound: &mut mpsc::Receiver<CoordinatorMessage>,
+        finished_rx: &mut mpsc::Receiver<(u64, Box<StepReport>)>,
+    ) -> Result<Option<Duration>, WorkerError> {
+        let deadline = tokio::time::sleep(self.options.registration_timeout);
+        tokio::pin!(deadline);
+        let answer = loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Ok(None),
+                Some((attempt, report)) = finished_rx.recv() => {
+                    self.record(attempt, *report);
+                }
+                msg = inbound.recv() => break msg,
+                () = &mut deadline => {
+                    return Err(WorkerError::RegistrationTimeout {
+                        waited: self.options.registration_timeout,
+                    });
+                }
+            }
+        };
+        match answer.and_then(|m| m.body) {
+            Some(coordinator_message::Body::Registered(r)) => {
+                check_protocol_version("registered.protocol_version", r.protocol_version)?;
+                tracing::info!(
+                    worker_id = %r.worker_id,
+                    leader_term = r.leader_term,
+                    held = self.running.len() + self.unacked.len(),
+                    "registered"
+                );
+                Ok(Some(
+                    parse_duration("registered.heartbeat_interval", r.heartbeat_interval)
+                        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
+                        .max(MIN_HEARTBEAT_INTERVAL),
+                ))
+            }
+            Some(coordinator_message::Body::NotLeader(n)) => Err(WorkerError::NotLeader {
+                leader_address: n.leader_address,
+            }),
+            Some(other) => Err(WorkerError::UnexpectedMessage {
+                got: body_name(&other),
+            }),
+            None => Err(WorkerError::LinkClosed {
+                running: self.running.len(),
+            }),
+        }
+    }
+
+    /// Sends on the current stream; no stream is the same as a closed one.
     async fn send(&self, body: worker_message::Body) -> Result<Sent, WorkerError> {
-        send_or_stop(&self.outbound, body, &self.shutdown).await
+        let Some(outbound) = self.outbound.borrow().clone() else {
+            return Err(WorkerError::LinkClosed {
+                running: self.running.len(),
+            });
+        };
+        let msg = WorkerMessage { body: Some(body) };
+        tokio::select! {
+            sent = outbound.send(msg) => match sent {
+                Ok(()) => Ok(Sent::Delivered),
+                Err(_) => Err(WorkerError::LinkClosed { running: self.running.len() }),
+            },
+            () = self.shutdown.cancelled() => Ok(Sent::Stopped),
+        }
     }
 
     async fn on_message(&mut self, msg: CoordinatorMessage) -> Result<Sent, WorkerError> {
@@ -333,7 +458,7 @@ impl Worker {
         };
         let forwarder =
             self.tracker
-                .spawn(forward_progress(attempt, stream, self.outbound.clone()));
+                .spawn(forward_progress(attempt, stream, self.outbound.subscribe()));
         let finished = self.finished_tx.clone();
         self.tracker.spawn(async move {
             let report = run_step(&assign, &ctx).await;
@@ -344,11 +469,13 @@ impl Worker {
         Ok(sent)
     }
 
-    async fn on_finished(
-        &mut self,
-        attempt: u64,
-        mut report: StepReport,
-    ) -> Result<Sent, WorkerError> {
+    async fn on_finished(&mut self, attempt: u64, report: StepReport) -> Result<Sent, WorkerError> {
+        let result = self.record(attempt, report);
+        self.send(worker_message::Body::StepResult(result)).await
+    }
+
+    /// Moves a finished step from `running` to `unacked` and returns its result.
+    fn record(&mut self, attempt: u64, mut report: StepReport) -> v1::StepResult {
         if let Some(step) = self.running.remove(&attempt)
             && report.failure_cause == FailureCause::Cancelled
             && let Some(reason) = step.cancel_reason.filter(|r| !r.is_empty())
@@ -370,14 +497,15 @@ impl Worker {
                 last_sent: Instant::now(),
             },
         );
-        self.send(worker_message::Body::StepResult(result)).await
+        result
     }
 
-    async fn resend_due(&mut self) -> Result<Sent, WorkerError> {
+    /// Sends unacknowledged results again: those not sent for a resend interval, or `all`.
+    async fn resend(&mut self, all: bool) -> Result<Sent, WorkerError> {
         let due: Vec<u64> = self
             .unacked
             .iter()
-            .filter(|(_, p)| p.last_sent.elapsed() >= self.options.result_resend_interval)
+            .filter(|(_, p)| all || p.last_sent.elapsed() >= self.options.result_resend_interval)
             .map(|(id, _)| *id)
             .collect();
         for attempt in due {
@@ -393,7 +521,8 @@ impl Worker {
         Ok(Sent::Delivered)
     }
 
-    fn heartbeat(&self) -> worker_message::Body {
+    /// Every attempt this worker holds, for Hello and Heartbeat.
+    fn held(&self) -> Vec<HeldAttempt> {
         let mut attempts: Vec<HeldAttempt> = self
             .running
             .iter()
@@ -411,17 +540,21 @@ impl Worker {
             phase: AttemptPhase::Reporting.into(),
         }));
         attempts.sort_by_key(|a| a.attempt_id);
+        attempts
+    }
+
+    fn heartbeat(&self) -> worker_message::Body {
         worker_message::Body::Heartbeat(v1::Heartbeat {
             protocol_version: PROTOCOL_VERSION,
             registration: Some(self.registration.clone()),
-            attempts,
+            attempts: self.held(),
             draining: self.draining,
         })
     }
 
     /// Stops every running step (their tokens are children of `shutdown`, or cancelled here),
     /// waits up to the shutdown grace for them to clean up, and offers their results to the
-    /// link without waiting.
+    /// current stream, if any, without waiting.
     async fn stop(
         mut self,
         mut finished_rx: mpsc::Receiver<(u64, Box<StepReport>)>,
@@ -440,12 +573,15 @@ impl Worker {
                 "steps did not stop within the shutdown grace"
             );
         }
+        let outbound = self.outbound.borrow().clone();
         while let Ok((attempt, report)) = finished_rx.try_recv() {
             self.running.remove(&attempt);
             let msg = WorkerMessage {
                 body: Some(worker_message::Body::StepResult(report.to_wire())),
             };
-            let _ = self.outbound.try_send(msg);
+            if let Some(outbound) = &outbound {
+                let _ = outbound.try_send(msg);
+            }
         }
         match error {
             Some(WorkerError::LinkClosed { .. }) => Err(WorkerError::LinkClosed {
@@ -457,16 +593,21 @@ impl Worker {
     }
 }
 
-/// Forwards a step's output as `Progress` batches of at most [`MAX_PROGRESS_LINES`] lines.
-/// Waits on the link (backpressure lands here and makes the step's buffer drop lines; the
-/// agent itself never waits).
+/// Forwards a step's output as `Progress` batches of at most [`MAX_PROGRESS_LINES`] lines
+/// to whichever stream is up. Waits on the stream (backpressure lands here and makes the
+/// step's buffer drop lines; the agent itself never waits); with no stream up a batch is
+/// dropped.
 async fn forward_progress(
     attempt: u64,
     mut stream: ProgressStream,
-    outbound: mpsc::Sender<WorkerMessage>,
+    outbound: watch::Receiver<Option<mpsc::Sender<WorkerMessage>>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_PROGRESS_LINES);
     while stream.lines.recv_many(&mut batch, MAX_PROGRESS_LINES).await > 0 {
+        let Some(link) = outbound.borrow().clone() else {
+            batch.clear();
+            continue;
+        };
         let usage = *stream.usage.borrow();
         let progress = v1::Progress {
             attempt_id: attempt,
@@ -477,9 +618,8 @@ async fn forward_progress(
         let msg = WorkerMessage {
             body: Some(worker_message::Body::Progress(progress)),
         };
-        if outbound.send(msg).await.is_err() {
-            return;
-        }
+        // A stream that ended meanwhile loses this batch; the next one goes to its successor.
+        let _ = link.send(msg).await;
     }
 }
 

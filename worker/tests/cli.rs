@@ -29,7 +29,13 @@ fn an_unreachable_coordinator_exits_1_naming_every_url() {
     let out = worker()
         .args(["--join", &format!("{a},{b}")])
         .args(["--capacity", "4", "--labels", "os=linux,gpu=a100"])
-        .args(["--name", "builder-1", "--work-dir"])
+        .args([
+            "--name",
+            "builder-1",
+            "--connect-timeout",
+            "1s",
+            "--work-dir",
+        ])
         .arg(work.path())
         .output()
         .unwrap();
@@ -47,6 +53,7 @@ fn join_comes_from_the_environment_too() {
         .env("HYPERLOOP_JOIN", &url)
         .env("HYPERLOOP_NAME", "w")
         .env("HYPERLOOP_WORK_DIR", work.path())
+        .env("HYPERLOOP_CONNECT_TIMEOUT", "1")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -66,6 +73,29 @@ fn bad_flags_exit_2_naming_the_flag() {
             "--labels",
         ),
         (vec!["--capacity", "2"], "--join"),
+        (vec!["--join", "https://c:1", "--name", "w"], "--tls-ca"),
+        (
+            vec![
+                "--join",
+                "https://c:1",
+                "--name",
+                "w",
+                "--tls-cert",
+                "/dev/null",
+            ],
+            "--tls-key",
+        ),
+        (
+            vec![
+                "--join",
+                "http://c:1",
+                "--name",
+                "w",
+                "--connect-timeout",
+                "soon",
+            ],
+            "--connect-timeout",
+        ),
     ] {
         let out = worker().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

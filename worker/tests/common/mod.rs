@@ -1,6 +1,8 @@
 //! Test fixtures: a real bare "origin" repository, agent scripts, assignments.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod coordinator;
+
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
