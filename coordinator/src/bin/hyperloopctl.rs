@@ -167,10 +167,11 @@ fn dispatch(cli: Cli) -> Exit {
                     Some("--since and --limit apply to `get events`")
                 }
                 Resource::Events if spec.is_some() => Some("--spec applies to `get tasks`"),
-                Resource::Specs | Resource::Workers
-                    if spec.is_some() || since.is_some() || limit.is_some() =>
-                {
-                    Some("`get specs` and `get workers` take no filters")
+                Resource::Specs if spec.is_some() || since.is_some() || limit.is_some() => {
+                    Some("`get specs` takes no filters")
+                }
+                Resource::Workers if spec.is_some() || since.is_some() || limit.is_some() => {
+                    Some("`get workers` takes no filters")
                 }
                 _ => None,
             };

@@ -60,21 +60,32 @@ pub fn run(server: &str, tls: &ClientTls, format: Format, command: Remote) -> Ex
             Err(e) => return runtime_error(e.to_string()),
         };
         let client = AdminServiceClient::new(channel);
-        match execute(client, format, command).await {
+        match execute(server, client, format, command).await {
             Ok(exit) | Err(exit) => exit,
         }
     })
 }
 
 /// NOT_FOUND, INVALID_ARGUMENT and FAILED_PRECONDITION are the operator's to fix (exit 2);
-/// anything else is a runtime failure.
-fn status_exit(s: tonic::Status) -> Exit {
+/// anything else is a runtime failure. A dropped connection is usually a refused handshake
+/// (mutual TLS without a client certificate) or a coordinator that went away.
+fn status_exit(server: &str) -> impl Fn(tonic::Status) -> Exit + '_ {
     use tonic::Code;
-    match s.code() {
+    move |s| match s.code() {
         Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
             Exit::usage(s.message().to_owned())
         }
-        _ => runtime_error(format!("{}: {}", s.code().description(), s.message())),
+        // The connection broke under the call: no answer from the coordinator itself.
+        Code::Unknown | Code::Cancelled => runtime_error(format!(
+            "the connection to the coordinator at {server} failed ({}); if it requires \
+                 mutual TLS pass --tls-cert and --tls-key, otherwise check that it is running",
+            crate::tls::error_chain(&s)
+        )),
+        _ => runtime_error(format!(
+            "{} (from {server}): {}",
+            s.code().description(),
+            s.message()
+        )),
     }
 }
 
@@ -287,18 +298,23 @@ fn render_worker(w: &WorkerView, now: u64) -> String {
 
 type Client = AdminServiceClient<Channel>;
 
-async fn all_tasks(client: &mut Client, spec: String) -> Result<Vec<TaskView>, Exit> {
+async fn all_tasks(server: &str, client: &mut Client, spec: String) -> Result<Vec<TaskView>, Exit> {
     let r = client
         .list_tasks(v1::ListTasksRequest {
             statuses: vec![],
             spec_path: spec,
         })
         .await
-        .map_err(status_exit)?;
+        .map_err(status_exit(server))?;
     r.into_inner().tasks.into_iter().map(task_view).collect()
 }
 
-async fn journal(client: &mut Client, after: u64, limit: u32) -> Result<Vec<Event>, Exit> {
+async fn journal(
+    server: &str,
+    client: &mut Client,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<Event>, Exit> {
     let r = client
         .list_events(v1::ListEventsRequest {
             after_seq: after,
@@ -306,7 +322,7 @@ async fn journal(client: &mut Client, after: u64, limit: u32) -> Result<Vec<Even
             task_id: String::new(),
         })
         .await
-        .map_err(status_exit)?;
+        .map_err(status_exit(server))?;
     events(r.into_inner().events)
 }
 
@@ -314,14 +330,19 @@ fn task_id_arg(raw: &str) -> Result<String, Exit> {
     parse_task_id(raw).map(|id| id.to_string())
 }
 
-async fn execute(mut client: Client, format: Format, command: Remote) -> Result<Exit, Exit> {
+async fn execute(
+    server: &str,
+    mut client: Client,
+    format: Format,
+    command: Remote,
+) -> Result<Exit, Exit> {
     let now = now_ms();
     let exit = match command {
         Remote::Read(Command::Status) => {
             let s = client
                 .get_status(v1::GetStatusRequest {})
                 .await
-                .map_err(status_exit)?
+                .map_err(status_exit(server))?
                 .into_inner();
             let status = ServerStatus {
                 coordinator: s.coordinator_id,
@@ -347,17 +368,17 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
             emit(format, &status, || render_status(&status, now))
         }
         Remote::Read(Command::GetTasks { spec }) => {
-            let tasks = all_tasks(&mut client, spec.unwrap_or_default()).await?;
+            let tasks = all_tasks(server, &mut client, spec.unwrap_or_default()).await?;
             emit(format, &tasks, || render_tasks(&tasks))
         }
         Remote::Read(Command::GetSpecs) => {
             let specs = client
                 .list_specs(v1::ListSpecsRequest {})
                 .await
-                .map_err(status_exit)?
+                .map_err(status_exit(server))?
                 .into_inner()
                 .specs;
-            let tasks = all_tasks(&mut client, String::new()).await?;
+            let tasks = all_tasks(server, &mut client, String::new()).await?;
             let rows: Vec<SpecRow> = specs
                 .into_iter()
                 .map(|s| spec_row(s, &tasks))
@@ -367,8 +388,8 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
         Remote::Read(Command::GetEvents { since, limit }) => {
             let limit32 = u32::try_from(limit).unwrap_or(u32::MAX);
             let list = match since {
-                Some(after) => journal(&mut client, after, limit32).await?,
-                None => newest(journal(&mut client, 0, u32::MAX).await?, limit),
+                Some(after) => journal(server, &mut client, after, limit32).await?,
+                None => newest(journal(server, &mut client, 0, u32::MAX).await?, limit),
             };
             emit(format, &list, || render_events(&list, now, ""))
         }
@@ -377,9 +398,9 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
             let r = client
                 .get_task(v1::GetTaskRequest { task_id: id })
                 .await
-                .map_err(status_exit)?
+                .map_err(status_exit(server))?
                 .into_inner();
-            let all = all_tasks(&mut client, String::new()).await?;
+            let all = all_tasks(server, &mut client, String::new()).await?;
             let mut view = task_view(r.task.ok_or_else(|| bad_reply("no task"))?)?;
             view.worker = r.attempt.as_ref().map(|a| a.worker.clone());
             let id = view.task.id;
@@ -422,7 +443,7 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
             let r = client
                 .get_spec(v1::GetSpecRequest { path })
                 .await
-                .map_err(status_exit)?
+                .map_err(status_exit(server))?
                 .into_inner();
             let task_list: Vec<TaskView> = r
                 .tasks
@@ -431,7 +452,7 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
                 .collect::<Result<_, _>>()?;
             let row = spec_row(r.spec.ok_or_else(|| bad_reply("no spec"))?, &task_list)?;
             let ids: Vec<TaskId> = task_list.iter().map(|v| v.task.id).collect();
-            let events = journal(&mut client, 0, u32::MAX)
+            let events = journal(server, &mut client, 0, u32::MAX)
                 .await?
                 .into_iter()
                 .filter(|e| e.task.is_some_and(|t| ids.contains(&t)))
@@ -447,7 +468,7 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
             let workers: Vec<WorkerView> = client
                 .list_workers(v1::ListWorkersRequest {})
                 .await
-                .map_err(status_exit)?
+                .map_err(status_exit(server))?
                 .into_inner()
                 .workers
                 .into_iter()
@@ -461,14 +482,14 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
             let w = client
                 .get_worker(v1::GetWorkerRequest { name })
                 .await
-                .map_err(status_exit)?
+                .map_err(status_exit(server))?
                 .into_inner()
                 .worker
                 .map(worker_from_wire)
                 .ok_or_else(|| bad_reply("no worker"))?;
             emit(format, &WorkerRow::from(&w), || render_worker(&w, now))
         }
-        Remote::Logs { task, follow } => logs(client, &task_id_arg(&task)?, follow).await?,
+        Remote::Logs { task, follow } => logs(server, client, &task_id_arg(&task)?, follow).await?,
         Remote::Approve {
             task,
             gate,
@@ -481,7 +502,7 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
                     comment,
                 })
                 .await
-                .map_err(status_exit)?;
+                .map_err(status_exit(server))?;
             let view = task_view(r.into_inner().task.ok_or_else(|| bad_reply("no task"))?)?;
             emit(format, &view, || format!("{} approved\n", view.task.id))
         }
@@ -492,7 +513,7 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
                     reason,
                 })
                 .await
-                .map_err(status_exit)?;
+                .map_err(status_exit(server))?;
             let view = task_view(r.into_inner().task.ok_or_else(|| bad_reply("no task"))?)?;
             emit(format, &view, || format!("{} cancelled\n", view.task.id))
         }
@@ -500,7 +521,7 @@ async fn execute(mut client: Client, format: Format, command: Remote) -> Result<
             let w = client
                 .drain_worker(v1::DrainWorkerRequest { name })
                 .await
-                .map_err(status_exit)?
+                .map_err(status_exit(server))?
                 .into_inner()
                 .worker
                 .map(worker_from_wire)
@@ -530,7 +551,7 @@ fn spec_row(s: v1::SpecInfo, tasks: &[TaskView]) -> Result<SpecRow, Exit> {
 
 /// Prints agent output as it arrives, one line per `LogLine`, noting lines lost (a gap in an
 /// attempt's `seq`) and the end of each attempt. Returns when the stream ends.
-async fn logs(mut client: Client, task: &str, follow: bool) -> Result<Exit, Exit> {
+async fn logs(server: &str, mut client: Client, task: &str, follow: bool) -> Result<Exit, Exit> {
     use std::io::Write as _;
     let mut stream = client
         .stream_logs(v1::StreamLogsRequest {
@@ -539,7 +560,7 @@ async fn logs(mut client: Client, task: &str, follow: bool) -> Result<Exit, Exit
             tail: 0,
         })
         .await
-        .map_err(status_exit)?
+        .map_err(status_exit(server))?
         .into_inner();
     let mut last: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut stdout = std::io::stdout();
@@ -547,7 +568,7 @@ async fn logs(mut client: Client, task: &str, follow: bool) -> Result<Exit, Exit
         let message = match stream.message().await {
             Ok(Some(m)) => m,
             Ok(None) => break,
-            Err(s) => return Err(status_exit(s)),
+            Err(s) => return Err(status_exit(server)(s)),
         };
         let mut out = String::new();
         let prev = last.entry(message.attempt_id).or_insert(0);
