@@ -560,15 +560,22 @@ fn commands_that_need_a_running_coordinator_say_so_with_exit_2() {
         &["drain", "local-0"],
         &["get", "workers"],
         &["describe", "worker", "local-0"],
-        &["--server", "http://127.0.0.1:7070", "status"],
     ] {
         let err = failed(&ctl(dir.path(), args), 2);
         assert!(
-            err.contains("needs a running coordinator's admin API")
-                && err.contains("does not serve yet"),
+            err.contains("needs a running coordinator") && err.contains("--server URL"),
             "{args:?}: {err}"
         );
     }
+    // Nothing listens there: exit 1 naming the URL and what to check.
+    let err = failed(
+        &ctl(dir.path(), &["--server", "http://127.0.0.1:9", "status"]),
+        1,
+    );
+    assert!(
+        err.contains("http://127.0.0.1:9") && err.contains("coordinator is running"),
+        "{err}"
+    );
     let err = failed(&ctl(dir.path(), &["get", "specs", "--since", "3"]), 2);
     assert!(err.contains("takes no filters"), "{err}");
 }

@@ -1,30 +1,43 @@
 //! `hyperloopctl`: the operator's CLI. Parses the command line and hands over to
 //! `hyperloop_coordinator::ctl`.
 //!
-//! The whole PRODUCT.md §11 surface is accepted, so `--help` shows it and scripts get a
-//! clear answer instead of "unrecognized subcommand": commands that need a running
-//! coordinator's admin API exit 2 saying that this build does not serve it yet.
+//! With `--server URL` every command goes to a coordinator's admin API; with `--path` (the
+//! default) the read-only ones read the embedded state and the live ones (workers, logs,
+//! approve, cancel, drain) exit 2 saying to pass `--server`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hyperloop_coordinator::cli::Exit;
+use hyperloop_coordinator::ctl::remote::{self, Remote};
 use hyperloop_coordinator::ctl::{self, Command as Read, DEFAULT_EVENT_LIMIT, Format, Target};
+use hyperloop_coordinator::tls::ClientTls;
 
 /// Inspect hyperloop: tasks, specs, events and why work is waiting.
 ///
 /// With --path DIR (the default: the current directory) it reads the repository's embedded
-/// state directly; no coordinator needs to be running.
+/// state directly; no coordinator needs to be running. With --server URL it asks a running
+/// coordinator, which also shows workers and logs and takes approve, cancel and drain.
 #[derive(Debug, Parser)]
 #[command(name = "hyperloopctl", version, about, long_about)]
 struct Cli {
     /// The repository whose embedded state to read (its root).
     #[arg(long, env = "HYPERLOOP_PATH", default_value = ".", global = true)]
     path: PathBuf,
-    /// A running coordinator's admin endpoint (not served by this build yet).
+    /// A running coordinator's gRPC address (http(s)://HOST:PORT); any coordinator answers
+    /// reads, the leader answers the rest.
     #[arg(long, env = "HYPERLOOP_SERVER", value_name = "URL", global = true)]
     server: Option<String>,
+    /// CA certificate (PEM) that signed the coordinator's certificate (https).
+    #[arg(long, env = "HYPERLOOP_TLS_CA", value_name = "FILE", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a coordinator that requires mutual TLS.
+    #[arg(long, env = "HYPERLOOP_TLS_CERT", value_name = "FILE", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "HYPERLOOP_TLS_KEY", value_name = "FILE", global = true)]
+    tls_key: Option<PathBuf>,
     /// Configuration file (default: <path>/.hyperloop.yaml): its overlay and max_workers
     /// explain why tasks wait.
     #[arg(short = 'c', long = "config", env = "HYPERLOOP_CONFIG", global = true)]
@@ -64,17 +77,30 @@ enum Command {
     },
     /// Show one resource in detail.
     Describe { kind: Kind, name: String },
-    /// Follow a task's agent output (needs a running coordinator).
+    /// A task's agent output (needs --server).
     Logs {
         task: String,
+        /// Keep following, across attempts, until Ctrl-C.
         #[arg(short, long)]
         follow: bool,
     },
-    /// Clear the gate a task waits at (needs a running coordinator).
-    Approve { task: String },
-    /// Cancel a task (needs a running coordinator).
-    Cancel { task: String },
-    /// Stop giving a worker new steps (needs a running coordinator).
+    /// Clear the gate a task waits at (needs --server).
+    Approve {
+        task: String,
+        /// Only if the task waits at this gate.
+        #[arg(long)]
+        gate: Option<String>,
+        /// Recorded as a human review.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Cancel a task (needs --server).
+    Cancel {
+        task: String,
+        #[arg(long, default_value = "cancelled by an operator")]
+        reason: String,
+    },
+    /// Let a worker finish its steps, give it no new ones (needs --server).
     Drain { worker: String },
 }
 
@@ -102,20 +128,34 @@ fn main() -> ExitCode {
     dispatch(cli).report()
 }
 
+/// A command that needs a coordinator (named for the error with `--path`), or a read.
+enum Plan {
+    Live(&'static str, Remote),
+    Read(Read),
+}
+
 fn dispatch(cli: Cli) -> Exit {
-    let command = match cli.command {
-        Command::Logs { .. } => return ctl::needs_server("`logs`"),
-        Command::Approve { .. } => return ctl::needs_server("`approve`"),
-        Command::Cancel { .. } => return ctl::needs_server("`cancel`"),
-        Command::Drain { .. } => return ctl::needs_server("`drain`"),
-        Command::Get {
-            resource: Resource::Workers,
-            ..
-        }
-        | Command::Describe {
-            kind: Kind::Worker, ..
-        } => return ctl::needs_server("the worker registry (`get workers`, `describe worker`)"),
-        Command::Status => Read::Status,
+    let plan = match cli.command {
+        Command::Logs { task, follow } => Plan::Live("`logs`", Remote::Logs { task, follow }),
+        Command::Approve {
+            task,
+            gate,
+            comment,
+        } => Plan::Live(
+            "`approve`",
+            Remote::Approve {
+                task,
+                gate,
+                comment,
+            },
+        ),
+        Command::Cancel { task, reason } => Plan::Live("`cancel`", Remote::Cancel { task, reason }),
+        Command::Drain { worker } => Plan::Live("`drain`", Remote::Drain(worker)),
+        Command::Describe {
+            kind: Kind::Worker,
+            name,
+        } => Plan::Live("`describe worker`", Remote::DescribeWorker(name)),
+        Command::Status => Plan::Read(Read::Status),
         Command::Get {
             resource,
             spec,
@@ -130,32 +170,50 @@ fn dispatch(cli: Cli) -> Exit {
                 Resource::Specs if spec.is_some() || since.is_some() || limit.is_some() => {
                     Some("`get specs` takes no filters")
                 }
+                Resource::Workers if spec.is_some() || since.is_some() || limit.is_some() => {
+                    Some("`get workers` takes no filters")
+                }
                 _ => None,
             };
             if let Some(problem) = misplaced {
                 return Exit::usage(problem);
             }
             match resource {
-                Resource::Specs => Read::GetSpecs,
-                Resource::Tasks => Read::GetTasks { spec },
-                Resource::Events | Resource::Workers => Read::GetEvents {
+                Resource::Specs => Plan::Read(Read::GetSpecs),
+                Resource::Tasks => Plan::Read(Read::GetTasks { spec }),
+                Resource::Workers => Plan::Live("`get workers`", Remote::GetWorkers),
+                Resource::Events => Plan::Read(Read::GetEvents {
                     since,
                     limit: limit.unwrap_or(DEFAULT_EVENT_LIMIT),
-                },
+                }),
             }
         }
         Command::Describe {
             kind: Kind::Task,
             name,
-        } => Read::DescribeTask(name),
-        Command::Describe { name, .. } => Read::DescribeSpec(name),
+        } => Plan::Read(Read::DescribeTask(name)),
+        Command::Describe {
+            kind: Kind::Spec,
+            name,
+        } => Plan::Read(Read::DescribeSpec(name)),
     };
-    if cli.server.is_some() {
-        return ctl::needs_server("--server");
+    let tls = ClientTls {
+        ca: cli.tls_ca,
+        cert: cli.tls_cert,
+        key: cli.tls_key,
+    };
+    match (plan, &cli.server) {
+        (Plan::Live(_, command), Some(server)) => remote::run(server, &tls, cli.output, command),
+        (Plan::Live(what, _), None) => ctl::needs_server(what),
+        (Plan::Read(command), Some(server)) => {
+            remote::run(server, &tls, cli.output, Remote::Read(command))
+        }
+        (Plan::Read(command), None) => {
+            let target = Target {
+                path: cli.path,
+                config: cli.config,
+            };
+            ctl::run(&target, cli.output, &command)
+        }
     }
-    let target = Target {
-        path: cli.path,
-        config: cli.config,
-    };
-    ctl::run(&target, cli.output, &command)
 }

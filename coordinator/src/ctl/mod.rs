@@ -15,6 +15,7 @@
 //! read separately, so the journal can be a few events ahead of the state; neither is ever
 //! half-written (the store's batches are atomic).
 
+pub mod remote;
 pub mod table;
 pub mod view;
 
@@ -161,12 +162,12 @@ pub fn run(target: &Target, format: Format, command: &Command) -> Exit {
     }
 }
 
-/// The answer for a command that needs a running coordinator's admin API.
+/// The answer for a live-only command run with `--path`.
 pub fn needs_server(what: &str) -> Exit {
     Exit::usage(format!(
-        "{what} needs a running coordinator's admin API, which this build does not serve yet; \
-         the read-only commands (status, get specs|tasks|events, describe task|spec) work \
-         without a coordinator using --path DIR"
+        "{what} needs a running coordinator: pass --server URL (or HYPERLOOP_SERVER) with its \
+         address; only status, get specs|tasks|events and describe task|spec work from the \
+         embedded state with --path"
     ))
 }
 

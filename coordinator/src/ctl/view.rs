@@ -100,7 +100,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, status: TaskStatus) {
+    pub fn add(&mut self, status: TaskStatus) {
         match status {
             TaskStatus::NotStarted => self.not_started += 1,
             TaskStatus::InProgress => self.in_progress += 1,
