@@ -25,10 +25,10 @@ use crate::adapters::git::{GitLander, GitSpecSource};
 use crate::adapters::git_store::GitStore;
 use crate::compose::{CacheDir, compose_project};
 use crate::control::{Command, LeaderView, Live};
-use crate::ports::election::Election;
 use crate::grpc::{self, Admission, Farewell, Route, relay};
 use crate::lock::CoordinatorLock;
 use crate::logs::LogHub;
+use crate::ports::election::Election;
 use crate::ports::lander::Lander;
 use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::StateStore;
@@ -432,7 +432,9 @@ where
             Ok(Halt::Deposed) => {
                 tracing::warn!("lost the leadership; standing by");
             }
-            Err(StartError::Run(RunError::Store(e))) if lost.is_cancelled() || !e.is_transient() => {
+            Err(StartError::Run(RunError::Store(e)))
+                if lost.is_cancelled() || !e.is_transient() =>
+            {
                 tracing::warn!(error = %e, "stepping down after a failed state write; standing by");
                 leadership.resign().await;
             }
