@@ -1,0 +1,128 @@
+//! A local pipeline with a gate: the task waits there (holding no worker) until an operator
+//! runs `hyperloopctl approve`, whose comment becomes a review; then it lands.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent, test_home};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+const OVERLAY: &str = "apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- github.com/hyperloop-dev/hyperloop//base?ref=v0.1.0
+patches:
+- patch: |-
+    apiVersion: hyperloop.io/v1
+    kind: Process
+    metadata:
+      name: default
+    pipeline:
+    - loop:
+      - agent: implementer
+      - agent: verifier
+    - gate: lgtm
+    - action: merge-pr
+    gates:
+      lgtm:
+        type: label
+";
+
+fn hyperloopctl(server: &str, args: &[&str]) -> std::process::Output {
+    Command::new(coordinator_bin().with_file_name("hyperloopctl"))
+        .args(["--server", server])
+        .args(args)
+        .env_remove("HYPERLOOP_PATH")
+        .output()
+        .expect("hyperloopctl runs")
+}
+
+#[test]
+fn a_gate_waits_for_hyperloopctl_approve_and_the_comment_becomes_a_review() {
+    let config = format!(
+        "max_workers: 1\npoll_interval: 1s\ndashboard:\n  enabled: false\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n",
+        scripted_agent().display()
+    );
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop.yaml", &config),
+        (".hyperloop/agents/kustomization.yaml", OVERLAY),
+    ]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let mut coordinator = Command::new(coordinator_bin())
+        .args(["run", "--path"])
+        .arg(&repo.checkout)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("HOME", test_home(repo.dir.path()))
+        .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+        .env_remove("HYPERLOOP_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("coordinator starts");
+
+    // Approving before the task reaches the gate is refused (exit 2, saying why); keep
+    // trying until it waits there.
+    let started = Instant::now();
+    let mut refusals = Vec::new();
+    loop {
+        let out = hyperloopctl(
+            &server,
+            &["approve", "task-001", "--comment", "ship it, A-OK-5Z"],
+        );
+        if out.status.success() {
+            break;
+        }
+        refusals.push((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+        assert!(
+            started.elapsed() < LIMIT,
+            "the task never reached its gate; last answers: {:?}",
+            &refusals[refusals.len().saturating_sub(3)..]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        refusals
+            .iter()
+            .any(|(code, err)| *code == Some(2) && err.contains("not waiting at a gate")),
+        "an early approve should be refused, naming why: {:?}",
+        &refusals[..refusals.len().min(3)]
+    );
+
+    let status = loop {
+        if let Some(status) = coordinator.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the run did not converge after approval"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = coordinator
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        repo.files("main").contains(&"work/task-001.txt".to_owned()),
+        "{:?}",
+        repo.files("main")
+    );
+    let reviews = repo.state_texts("reviews/").join("\n");
+    assert!(
+        reviews.contains("A-OK-5Z"),
+        "the comment is not a review: {reviews}"
+    );
+}
