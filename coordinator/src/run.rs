@@ -349,7 +349,7 @@ where
     )
     .await?;
     tracing::info!(%prefix, %advertise, "standing by for leadership");
-    let mut follower = follow_leader(election.clone(), &endpoint);
+    let mut follower = Some(follow_leader(election.clone(), &endpoint));
     let mut backoff = Duration::from_millis(200);
     let halt = loop {
         let leadership = tokio::select! {
@@ -370,7 +370,7 @@ where
             Err(e) => break Err(StartError::Setup(e.to_string())),
         };
         backoff = Duration::from_millis(200);
-        follower.abort();
+        stop_following(&mut follower).await;
         tracing::info!(term = leadership.term, "leading");
         endpoint.set_leader(
             Some(LeaderView {
@@ -432,10 +432,14 @@ where
             Ok(Halt::Deposed) => {
                 tracing::warn!("lost the leadership; standing by");
             }
-            Err(StartError::Run(RunError::Store(e)))
-                if lost.is_cancelled() || !e.is_transient() =>
-            {
-                tracing::warn!(error = %e, "stepping down after a failed state write; standing by");
+            // Fenced out, or etcd struggling: let whoever can write lead.
+            Err(StartError::Run(RunError::Store(e))) => {
+                let why = if lost.is_cancelled() {
+                    "leadership lost"
+                } else {
+                    "state store failing"
+                };
+                tracing::warn!(error = %e, why, "stepping down; standing by");
                 leadership.resign().await;
             }
             other => {
@@ -443,11 +447,20 @@ where
                 break other;
             }
         }
-        follower = follow_leader(election.clone(), &endpoint);
+        follower = Some(follow_leader(election.clone(), &endpoint));
     };
-    follower.abort();
+    stop_following(&mut follower).await;
     endpoint.stop().await;
     halt
+}
+
+/// Stops the follower and waits for it: aborted mid-update, it must not overwrite the route
+/// a new term is about to set.
+async fn stop_following(follower: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = follower.take() {
+        task.abort();
+        let _ = task.await;
+    }
 }
 
 /// While standing by, keeps the route (what joining workers hear) and the live view
