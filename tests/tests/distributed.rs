@@ -215,15 +215,21 @@ impl Site {
             .collect()
     }
 
-    /// The journal in etcd, oldest first.
+    /// The journal in etcd, oldest first. Retried: the client may try a killed member first.
     fn events(&self) -> Vec<Event> {
         let store = EtcdStore::new(&self.etcd.endpoints(), PREFIX, 100_000);
-        tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("runtime")
-            .block_on(store.events(0, 100_000))
-            .expect("events from etcd")
+            .expect("runtime");
+        let mut attempts = 0;
+        loop {
+            match runtime.block_on(store.events(0, 100_000)) {
+                Ok(events) => return events,
+                Err(e) if e.is_transient() && attempts < 20 => attempts += 1,
+                Err(e) => panic!("reading events from etcd: {e}"),
+            }
+        }
     }
 
     /// What every scenario must end with: origin's main has each task's work exactly once,

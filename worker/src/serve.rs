@@ -280,6 +280,12 @@ impl Worker {
             match outcome {
                 Ok(Sent::Delivered) => {}
                 Ok(Sent::Stopped) => return Ended::Stop(None),
+                // Drained as the coordinator went away (its Drain and the end of the stream
+                // arrive together when it stops): nothing is lost, so leave.
+                Err(_) if self.draining && self.running.is_empty() && self.unacked.is_empty() => {
+                    tracing::info!("drained");
+                    return Ended::Drained;
+                }
                 Err(e) => {
                     // Before registration the caller that dialled reports why; from here on
                     // the loss matters because steps may be held.
