@@ -471,6 +471,8 @@ fn mutual_tls_admits_clients_with_certificates_and_refuses_the_rest() {
         "hyperloopctl without a client certificate should say to pass one:\n{}",
         refused.stderr
     );
+    // Said in words, not as Rust debug output.
+    assert!(!refused.stderr.contains("tonic::"), "{}", refused.stderr);
 
     let mut args: Vec<String> = site.client_tls(false);
     args.extend(["--connect-timeout", "2s"].map(String::from));

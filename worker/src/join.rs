@@ -262,11 +262,11 @@ fn status_text(code: Code, status: &tonic::Status) -> String {
     }
 }
 
-/// The exit-2 message for a refusal, naming the fix. The coordinator's message never holds
-/// the token (and neither does anything here).
+/// The exit-2 message for a refusal, naming the fix (unless the coordinator's message already
+/// does). The coordinator's message never holds the token (and neither does anything here).
 fn refusal(url: &str, status: &tonic::Status) -> Failure {
     let fix = match status.code() {
-        Code::Unauthenticated => {
+        Code::Unauthenticated if !status.message().contains("--token") => {
             "; check the join token (--token or HYPERLOOP_TOKEN) against the coordinator's"
         }
         Code::FailedPrecondition => "; run a worker and coordinator of the same release",
@@ -430,6 +430,21 @@ mod tests {
         assert!(explain("NotValidForName", true).contains("--tls-server-name"));
         assert_eq!(explain("connection refused", true), "connection refused");
         assert_eq!(explain("connection closed", false), "connection closed");
+    }
+
+    #[test]
+    fn a_refused_token_names_the_flag_once() {
+        let bare = refusal("http://c:1", &tonic::Status::unauthenticated("bad token"));
+        assert_eq!(bare.code, USAGE);
+        assert!(
+            bare.message.contains("join token (--token"),
+            "{}",
+            bare.message
+        );
+        let named =
+            tonic::Status::unauthenticated("the join token was refused; pass it with --token");
+        let message = refusal("http://c:1", &named).message;
+        assert_eq!(message.matches("--token").count(), 1, "{message}");
     }
 
     #[test]

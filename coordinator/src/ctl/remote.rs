@@ -75,11 +75,13 @@ fn status_exit(server: &str) -> impl Fn(tonic::Status) -> Exit + '_ {
         Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
             Exit::usage(s.message().to_owned())
         }
-        // The connection broke under the call: no answer from the coordinator itself.
+        // The connection broke under the call: no answer from the coordinator itself. The
+        // transport error's chain says why (a Status's own Display is debug-formatted).
         Code::Unknown | Code::Cancelled => runtime_error(format!(
             "the connection to the coordinator at {server} failed ({}); if it requires \
                  mutual TLS pass --tls-cert and --tls-key, otherwise check that it is running",
-            crate::tls::error_chain(&s)
+            std::error::Error::source(&s)
+                .map_or_else(|| s.message().to_owned(), crate::tls::error_chain)
         )),
         _ => runtime_error(format!(
             "{} (from {server}): {}",
