@@ -7,12 +7,14 @@
 //! run. Starting one member takes ~0.1–0.5 s, a 3-member cluster about a second.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::free_port;
 
 /// How long a fresh etcd may take to report healthy (it usually needs well under a second;
 /// a loaded CI machine running many tests in parallel needs more).
@@ -206,13 +208,6 @@ fn spawn_member(
         endpoint,
         log,
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a free loopback port")
-        .port()
 }
 
 /// `GET /health`: true once the member serves and its cluster has a leader.

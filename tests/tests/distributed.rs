@@ -4,7 +4,6 @@
 //! and push to `origin`.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use hyperloop_coordinator::adapters::etcd_store::EtcdStore;
 use hyperloop_coordinator::ports::state_store::StateStore;
 use hyperloop_shared::event::{Event, EventKind};
 use hyperloop_tests::etcd::EtcdCluster;
+use hyperloop_tests::free_port;
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent, test_home};
 
 const SPEC_A: &str = "# A\n\nThe repository records work for A.\n";
@@ -21,14 +21,6 @@ const TOKEN: &str = "distributed-join-token-4R";
 const PREFIX: &str = "/hyperloop-test";
 /// Bounds a whole run: a hung run fails the test instead of CI.
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// The repository, an etcd cluster, and the processes of one scenario.
 struct Site {

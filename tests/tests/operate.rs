@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyperloop_shared::event::{Event, EventKind};
+use hyperloop_tests::free_port;
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent, test_home};
 use serde_json::Value;
 
@@ -26,14 +26,6 @@ const TOKEN: &str = "operate-join-token-3M";
 const LIMIT: Duration = Duration::from_secs(60);
 /// What issue 4 promises for cancel: the agent is gone within 1 s.
 const CANCEL_WITHIN: Duration = Duration::from_secs(1);
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn now_ms() -> u64 {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
@@ -338,15 +330,11 @@ impl Site {
         self.await_exit(child, "the coordinator").code()
     }
 
-    fn await_worker(&mut self, name: &str) -> Finished {
+    /// Waits for worker `name` to exit; its exit code and output.
+    fn await_worker(&mut self, name: &str) -> (Option<i32>, String) {
         let child = self.workers.remove(name).expect("a worker");
         let code = self.await_exit(child, &format!("worker {name}")).code();
-        let log = self.log(&format!("worker-{name}"));
-        Finished {
-            code,
-            stdout: String::new(),
-            stderr: log,
-        }
+        (code, self.log(&format!("worker-{name}")))
     }
 
     /// Every task's work is on main exactly once.
@@ -479,12 +467,12 @@ fn mutual_tls_admits_clients_with_certificates_and_refuses_the_rest() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cmd = site.worker_command("nocert", TOKEN, &args);
     site.start_worker("nocert", cmd);
-    let nocert = site.await_worker("nocert");
-    assert_ne!(nocert.code, Some(0), "{}", nocert.stderr);
+    let (code, nocert) = site.await_worker("nocert");
+    assert!(code.is_some_and(|c| c != 0), "{code:?}: {nocert}");
+    let last = nocert.lines().last().unwrap_or_default();
     assert!(
-        nocert.stderr.contains("--tls-cert") && nocert.stderr.contains("--tls-key"),
-        "a worker without a client certificate should name the flags:\n{}",
-        nocert.stderr
+        last.contains("--tls-cert") && last.contains("--tls-key"),
+        "a worker without a client certificate should end naming the flags:\n{nocert}"
     );
 
     let wrong = "wrong-token-over-tls-8P";
@@ -492,9 +480,9 @@ fn mutual_tls_admits_clients_with_certificates_and_refuses_the_rest() {
     let args: Vec<&str> = tls.iter().map(String::as_str).collect();
     let cmd = site.worker_command("wrong", wrong, &args);
     site.start_worker("wrong", cmd);
-    let refused = site.await_worker("wrong");
-    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
-    assert!(refused.stderr.contains("join token"), "{}", refused.stderr);
+    let (code, refused) = site.await_worker("wrong");
+    assert_eq!(code, Some(2), "{refused}");
+    assert!(refused.contains("join token"), "{refused}");
 
     let mut args = tls.clone();
     args.extend(["--capacity", "2"].map(String::from));
@@ -503,8 +491,8 @@ fn mutual_tls_admits_clients_with_certificates_and_refuses_the_rest() {
     site.start_worker("w1", cmd);
     let code = site.await_coordinator();
     assert_eq!(code, Some(0), "{}", site.logs());
-    let w1 = site.await_worker("w1");
-    assert_eq!(w1.code, Some(0), "{}", w1.stderr);
+    let (code, w1) = site.await_worker("w1");
+    assert_eq!(code, Some(0), "{w1}");
     site.assert_landed();
     assert!(site.steps("w1").contains("implementer task-003 0"));
 
@@ -533,8 +521,8 @@ fn a_worker_joins_over_tls_and_the_run_converges() {
     site.start_worker("w1", cmd);
     let code = site.await_coordinator();
     assert_eq!(code, Some(0), "{}", site.logs());
-    let w1 = site.await_worker("w1");
-    assert_eq!(w1.code, Some(0), "{}", w1.stderr);
+    let (code, w1) = site.await_worker("w1");
+    assert_eq!(code, Some(0), "{w1}");
     site.assert_landed();
 }
 
@@ -608,8 +596,8 @@ fn a_drained_worker_finishes_its_step_takes_no_other_and_exits_0() {
     let out = site.ctl_ok(&["drain", "w1"]);
     let steps_at_drain = site.steps("w1");
     assert!(out.contains("worker w1 draining"), "{out}");
-    let w1 = site.await_worker("w1");
-    assert_eq!(w1.code, Some(0), "{}", w1.stderr);
+    let (code, w1) = site.await_worker("w1");
+    assert_eq!(code, Some(0), "{w1}");
     assert_eq!(
         site.steps("w1"),
         steps_at_drain,
@@ -660,6 +648,20 @@ fn status_lists_the_worker_and_logs_follow_a_running_step() {
         age < 5_000,
         "the last heartbeat is {age} ms old: {status:#}"
     );
+    // Heartbeats keep coming (every second), not just the registration's timestamp.
+    let started = Instant::now();
+    loop {
+        let status = site.ctl_json(&["status"]);
+        let later = status["workers"][0]["last_heartbeat_ms"].as_u64();
+        if later > Some(heartbeat) {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "no heartbeat after {heartbeat}: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(w1["load"].as_u64() >= Some(1), "{status:#}");
     assert!(
         status["tasks"]["in-progress"].as_u64() >= Some(1),

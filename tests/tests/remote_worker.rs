@@ -1,11 +1,11 @@
 //! A coordinator with no in-process workers and a `hyperloop-worker` process that joins it
 //! over gRPC on loopback: the real binaries, real git and the scripted `command` agent.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hyperloop_tests::free_port;
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent, test_home};
 
 const SPEC_A: &str = "# A\n\nThe repository records work for A.\n";
@@ -31,14 +31,6 @@ fn repo() -> TestRepo {
         ("specs/b.md", SPEC_B),
         (".hyperloop.yaml", &config),
     ])
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// `hyperloop-worker`, built next to the coordinator.
