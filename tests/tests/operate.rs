@@ -108,7 +108,7 @@ struct Finished {
 }
 
 /// The repository, the coordinator and the workers of one scenario. Dropping it stops every
-/// process (workers first, gracefully, so their agents are stopped too).
+/// process with SIGTERM (a worker then stops its agents) and kills what is left.
 struct Site {
     repo: TestRepo,
     port: u16,
