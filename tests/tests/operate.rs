@@ -166,12 +166,23 @@ impl Site {
         std::fs::read_to_string(self.file(&format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// Every process's output, for failure messages.
+    /// Every process's output (workers that already exited included), for failure messages.
     fn logs(&self) -> String {
         let mut all = format!("\n===== coordinator\n{}", self.log("coordinator"));
-        for name in self.workers.keys() {
-            let log = self.log(&format!("worker-{name}"));
-            all.push_str(&format!("\n===== worker {name}\n{log}"));
+        let mut workers: Vec<String> = std::fs::read_dir(self.repo.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("worker-")
+                    .then(|| name.strip_suffix(".log").map(str::to_owned))
+                    .flatten()
+            })
+            .collect();
+        workers.sort();
+        for name in workers {
+            all.push_str(&format!("\n===== {name}\n{}", self.log(&name)));
         }
         all
     }

@@ -163,6 +163,30 @@ async fn hello_registered_assign_accepted_result_resent_until_acked_then_drained
     h.finish().await.expect("drained cleanly");
 }
 
+/// A halting coordinator sends Drain and closes the stream at once; the worker's own answer
+/// to Drain then finds the stream gone, and it is drained all the same (not reconnecting).
+#[tokio::test]
+async fn drain_followed_by_a_closed_stream_is_a_clean_drain() {
+    let fx = Fixture::new();
+    let mut h = start(options(&fx, 1)).await;
+    h.register().await;
+    h.tell(coordinator_message::Body::Drain(v1::Drain {
+        reason: "coordinator stopped".into(),
+    }))
+    .await;
+    let Harness {
+        end,
+        worker,
+        shutdown: _shutdown,
+    } = h;
+    drop(end);
+    tokio::time::timeout(WAIT, worker)
+        .await
+        .expect("serve returns")
+        .expect("no panic")
+        .expect("drained cleanly");
+}
+
 #[tokio::test]
 async fn at_capacity_and_while_draining_new_steps_are_declined_and_running_ones_finish() {
     let fx = Fixture::new();
