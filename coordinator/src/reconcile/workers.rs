@@ -31,19 +31,11 @@ pub const RECONNECT_GRACE: Duration = Duration::from_secs(2);
 /// before giving those steps to others. Above a worker's reconnect backoff cap.
 pub const TAKEOVER_GRACE: Duration = Duration::from_secs(6);
 
-/// A dispatched attempt as the loop tracks it (tasks and jobs alike).
+/// A dispatched attempt as the loop tracks it (tasks and jobs alike): what the live view
+/// shows, plus its lease.
 #[derive(Debug, Clone)]
 pub struct Attempt {
-    pub task_id: String,
-    pub step: String,
-    pub role: String,
-    pub round: u32,
-    pub worker: String,
-    pub phase: AttemptPhase,
-    pub started_at_ms: u64,
-    pub deadline_ms: u64,
-    pub turns: u32,
-    pub cost_usd: f64,
+    pub view: AttemptView,
     /// Set while nobody holds it: the worker is gone and may still come back until then.
     pub orphaned_until: Option<Instant>,
 }
@@ -51,19 +43,22 @@ pub struct Attempt {
 impl Attempt {
     pub fn of(assign: &v1::Assign, worker: &str) -> Self {
         Attempt {
-            task_id: assign.task_id.clone(),
-            step: assign.step_path.clone(),
-            role: assign.role.clone(),
-            round: assign.round,
-            worker: worker.to_owned(),
-            phase: AttemptPhase::Unspecified,
-            started_at_ms: now_ms(),
-            deadline_ms: assign
-                .deadline
-                .as_ref()
-                .map_or(0, |t| u64::try_from(t.seconds).unwrap_or(0) * 1000),
-            turns: 0,
-            cost_usd: 0.0,
+            view: AttemptView {
+                attempt: assign.attempt_id,
+                task_id: assign.task_id.clone(),
+                step_path: assign.step_path.clone(),
+                role: assign.role.clone(),
+                round: assign.round,
+                worker: worker.to_owned(),
+                phase: AttemptPhase::Unspecified,
+                started_at_ms: now_ms(),
+                deadline_ms: assign
+                    .deadline
+                    .as_ref()
+                    .map_or(0, |t| u64::try_from(t.seconds).unwrap_or(0) * 1000),
+                turns: 0,
+                cost_usd: 0.0,
+            },
             orphaned_until: None,
         }
     }
@@ -134,7 +129,7 @@ where
         let mine: Vec<AttemptId> = self
             .attempts
             .iter()
-            .filter(|(_, a)| a.worker == worker)
+            .filter(|(_, a)| a.view.worker == worker)
             .map(|(id, _)| *id)
             .collect();
         for attempt in mine {
@@ -142,7 +137,7 @@ where
                 self.registry.hold(&worker, attempt);
                 if let Some(a) = self.attempts.get_mut(&attempt) {
                     a.orphaned_until = None;
-                    a.phase = AttemptPhase::try_from(h.phase).unwrap_or_default();
+                    a.view.phase = AttemptPhase::try_from(h.phase).unwrap_or_default();
                 }
             } else {
                 self.lose(attempt, &format!("{worker} reconnected without it"));
@@ -151,9 +146,9 @@ where
         for h in held {
             let attempt = AttemptId(h.attempt_id);
             if let Some(a) = self.attempts.get_mut(&attempt) {
-                if a.worker != worker {
+                if a.view.worker != worker {
                     // Moved hosts under another name: it is this worker's now.
-                    a.worker.clone_from(&worker);
+                    a.view.worker.clone_from(&worker);
                     a.orphaned_until = None;
                     self.registry.hold(&worker, attempt);
                     self.rebind_assignment(attempt, &worker);
@@ -196,7 +191,7 @@ where
             }
             Body::Accepted(a) => {
                 if let Some(attempt) = self.attempts.get_mut(&AttemptId(a.attempt_id)) {
-                    attempt.phase = AttemptPhase::Preparing;
+                    attempt.view.phase = AttemptPhase::Preparing;
                 }
             }
             Body::Declined(d) => {
@@ -207,16 +202,16 @@ where
             }
             Body::Progress(p) => {
                 if let Some(attempt) = self.attempts.get_mut(&AttemptId(p.attempt_id)) {
-                    attempt.phase = AttemptPhase::Running;
-                    attempt.turns = p.turns;
-                    attempt.cost_usd = p.cost_usd;
+                    attempt.view.phase = AttemptPhase::Running;
+                    attempt.view.turns = p.turns;
+                    attempt.view.cost_usd = p.cost_usd;
                 }
                 self.logs.lines(p.attempt_id, p.lines);
             }
             Body::Heartbeat(hb) => {
                 for h in hb.attempts {
                     if let Some(a) = self.attempts.get_mut(&AttemptId(h.attempt_id)) {
-                        a.phase = AttemptPhase::try_from(h.phase).unwrap_or(a.phase);
+                        a.view.phase = AttemptPhase::try_from(h.phase).unwrap_or(a.view.phase);
                     }
                 }
             }
@@ -248,7 +243,7 @@ where
             .attempts
             .iter()
             .filter(|(_, a)| a.orphaned_until.is_some_and(|t| t <= now))
-            .map(|(id, a)| (*id, a.worker.clone()))
+            .map(|(id, a)| (*id, a.view.worker.clone()))
             .collect();
         for (attempt, worker) in expired {
             self.lose(attempt, &format!("{worker} did not come back in time"));
@@ -270,17 +265,17 @@ where
             return;
         };
         self.event(
-            parse_task(&a.task_id),
+            parse_task(&a.view.task_id),
             EventKind::OrphanFound {
                 kind: "attempt".to_owned(),
                 name: format!(
                     "attempt {attempt} ({} {}) on {}",
-                    a.task_id, a.role, a.worker
+                    a.view.task_id, a.view.role, a.view.worker
                 ),
                 action: format!("{why}; dispatched again"),
             },
         );
-        self.registry.finished(&a.worker, attempt);
+        self.registry.finished(&a.view.worker, attempt);
         self.drop_attempt(attempt);
         self.wake = true;
     }
@@ -456,7 +451,7 @@ where
                 attempts: w
                     .running
                     .iter()
-                    .filter_map(|id| self.attempts.get(id).map(|a| attempt_view(*id, a)))
+                    .filter_map(|id| self.attempts.get(id).map(|a| a.view.clone()))
                     .collect(),
             })
             .collect()
@@ -483,21 +478,5 @@ where
                 ..(**live).clone()
             });
         });
-    }
-}
-
-fn attempt_view(id: AttemptId, a: &Attempt) -> AttemptView {
-    AttemptView {
-        attempt: id.0,
-        task_id: a.task_id.clone(),
-        step_path: a.step.clone(),
-        role: a.role.clone(),
-        round: a.round,
-        worker: a.worker.clone(),
-        phase: a.phase,
-        started_at_ms: a.started_at_ms,
-        deadline_ms: a.deadline_ms,
-        turns: a.turns,
-        cost_usd: a.cost_usd,
     }
 }
