@@ -334,6 +334,17 @@ fn killing_the_leader_mid_run_hands_over_without_duplicate_work() {
         site.logs()
     );
     site.assert_converged_once();
+    // In-flight work was resumed, not redone: every task step ran exactly once.
+    let steps = site.steps();
+    let mut runs = BTreeMap::new();
+    for line in steps.lines().filter(|l| !l.starts_with("pm ")) {
+        *runs.entry(line).or_insert(0) += 1;
+    }
+    let repeated: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "steps ran again after the takeover: {repeated:?}\n{steps}"
+    );
 }
 
 /// Issue test 3: `kill -9` a worker mid-step; its step is reassigned and completes.
