@@ -125,6 +125,9 @@ impl Links {
     }
 }
 
+/// A step planned for a worker: its Assign, and the job it is when not a task step.
+type Order = (String, v1::Assign, Option<Job>);
+
 /// A result waiting to be reaped.
 #[derive(Debug)]
 struct Reaped {
@@ -475,17 +478,8 @@ where
         let reaped = self.collect();
         self.cancel_deleted_specs();
         let advanced = self.advance();
-        // Persist results and advances before dispatching anything new.
-        self.persist().await?;
-        for (worker, attempt) in std::mem::take(&mut self.acks) {
-            self.registry.tell(
-                &worker,
-                v1::coordinator_message::Body::ResultAck(v1::ResultAck {
-                    attempt_id: attempt.0,
-                }),
-            );
-        }
-        let dispatched = self.spawn().await?;
+        let orders = self.spawn();
+        let dispatched = u32::try_from(orders.len()).unwrap_or(u32::MAX);
         let worked = reaped + advanced + dispatched > 0;
         if worked {
             self.live_dirty = true;
@@ -502,8 +496,19 @@ where
                     dispatched,
                 },
             );
-            self.persist().await?;
         }
+        // One atomic write holds the results' consequences, the advances and the new
+        // assignments: only then is a result acknowledged or a step sent.
+        self.persist().await?;
+        for (worker, attempt) in std::mem::take(&mut self.acks) {
+            self.registry.tell(
+                &worker,
+                v1::coordinator_message::Body::ResultAck(v1::ResultAck {
+                    attempt_id: attempt.0,
+                }),
+            );
+        }
+        self.send_orders(orders);
         Ok(worked)
     }
 
@@ -1020,8 +1025,10 @@ where
 
     // --- SPAWN ---------------------------------------------------------------------------
 
-    async fn spawn(&mut self) -> Result<u32, RunError> {
-        let mut orders: Vec<(String, v1::Assign, Option<Job>)> = Vec::new();
+    /// Plans this cycle's dispatches and records their assignments; the caller persists them
+    /// and then sends them ([`Reconciler::send_orders`]).
+    fn spawn(&mut self) -> Vec<Order> {
+        let mut orders: Vec<Order> = Vec::new();
         let mut free = self.registry.free_slots();
 
         // Intake first: new work cannot be planned without it.
@@ -1175,9 +1182,8 @@ where
         }
 
         if orders.is_empty() {
-            return Ok(0);
+            return orders;
         }
-        // Persist every assignment before any step leaves.
         for (id, assignment) in &dispatched_tasks {
             self.state.assignments.insert(*id, assignment.clone());
             self.record(Change::PutAssignment(assignment.clone()));
@@ -1196,8 +1202,12 @@ where
                 },
             );
         }
-        self.persist().await?;
-        let count = u32::try_from(orders.len()).unwrap_or(u32::MAX);
+        orders
+    }
+
+    /// Sends planned steps to their workers (after their assignments are stored). A worker
+    /// that cannot take one gives it back: the assignment is dropped and it is planned again.
+    fn send_orders(&mut self, orders: Vec<Order>) {
         for (worker, assign, job) in orders {
             let attempt = AttemptId(assign.attempt_id);
             self.attempts.insert(attempt, Attempt::of(&assign, &worker));
@@ -1206,24 +1216,20 @@ where
             if let Err(e) = self.registry.send_assign(&worker, assign) {
                 self.attempts.remove(&attempt);
                 tracing::warn!(%worker, error = %e, "dispatch failed; the step will be dispatched again");
-                if let Some((id, _)) = dispatched_tasks.iter().find(|(_, a)| a.attempt == attempt) {
-                    self.state.assignments.remove(id);
-                    self.record(Change::DeleteAssignment(*id));
-                }
+                self.drop_attempt(attempt);
                 continue;
             }
             if let Some(job) = job {
                 self.jobs.insert(attempt, job);
             }
         }
-        Ok(count)
     }
 
     /// A worker with a slot left after the orders already planned in this cycle (the
     /// registry only counts them once they are sent).
     fn pick_excluding(
         &self,
-        orders: &[(String, v1::Assign, Option<Job>)],
+        orders: &[Order],
         role: &str,
     ) -> Option<String> {
         let required = self.ctx.config.agent_for(role).labels;
