@@ -18,8 +18,9 @@
 //!   StepDispatched of the same step to another worker. P4: `kill -9` of the leading
 //!   coordinator → the new leader's first StepDispatched, `P4_RUNS` times.
 //!
-//! `cargo bench -p hyperloop-tests --bench distributed` (builds the two binaries in the bench
-//! profile first, so the processes measured are the current code in release mode).
+//! `cargo bench -p hyperloop-tests --bench distributed`. It first builds the two binaries in
+//! the bench profile into `target/distributed-bench` (minutes the first time, a no-op after),
+//! so the processes measured are always the current code; the scenarios take ~40 s.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -39,7 +40,7 @@ use hyperloop_proto::v1::{
 };
 use hyperloop_shared::event::{Event, EventKind};
 use hyperloop_tests::etcd::Etcd;
-use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent, test_home};
+use hyperloop_tests::repo::{TestRepo, git, scripted_agent, test_home};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -55,17 +56,22 @@ const P6_TASKS: usize = 300;
 const FAKE_WORKERS: usize = 2;
 const CAPACITY: u32 = 8;
 const P4_RUNS: usize = 3;
+/// Where the coordinator and worker binaries are (see [`build_binaries`]).
+static BINS: OnceLock<PathBuf> = OnceLock::new();
 /// Bounds every wait: a stuck scenario fails the bench with the logs instead of hanging.
 const WAIT: Duration = Duration::from_secs(90);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    build_binaries();
+    BINS.set(build_binaries()).expect("set once");
     let mut rows = Vec::new();
 
     let etcd = Etcd::start();
     let (rtt, raw_rate) = raw_txns(&etcd.endpoint).await;
-    rows.push(row_dist("reference: one etcd txn (serial round trip)", &rtt));
+    rows.push(row_dist(
+        "reference: one etcd txn (serial round trip)",
+        &rtt,
+    ));
     let (p1, p6) = fake_worker_run(&etcd).await;
     rows.push(row_dist(
         "**P1 result sent → next step's Assign received**",
@@ -114,7 +120,10 @@ async fn main() {
     ]);
     for (i, (elected, dispatched)) in failovers.iter().enumerate() {
         rows.push(vec![
-            format!("**P4 leader `kill -9` → new leader dispatching, run {}**", i + 1),
+            format!(
+                "**P4 leader `kill -9` → new leader dispatching, run {}**",
+                i + 1
+            ),
             ms(*dispatched),
             format!("elected after {}", ms(*elected)),
         ]);
@@ -128,17 +137,33 @@ async fn main() {
 
 // --- helpers ---------------------------------------------------------------------------
 
-/// Builds the binaries the bench runs, in the profile of this bench (cargo does not build a
-/// dependency's binaries for another package's bench), so they are never stale.
-fn build_binaries() {
+/// Builds the binaries the bench runs in the bench profile, so they are never stale (cargo
+/// does not build another package's binaries for this bench), and returns where they are.
+/// A target dir of their own: built together with this bench, cargo unifies features
+/// differently and each build would invalidate the other's dependencies.
+fn build_binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench executable path");
+    // target/release/deps/<bench> → target/distributed-bench
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("target dir")
+        .join("distributed-bench");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--profile", "bench", "--bins"])
         .args(["-p", "hyperloop-coordinator", "-p", "hyperloop-worker"])
+        .arg("--target-dir")
+        .arg(&target)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building the binaries failed");
+    target.join("release")
+}
+
+fn bin(name: &str) -> PathBuf {
+    BINS.get().expect("binaries built").join(name)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -211,7 +236,9 @@ fn proposals_committed(endpoint: &str) -> u64 {
 
 /// Serial round trips of a fenced put, and their rate.
 async fn raw_txns(endpoint: &str) -> (Vec<Duration>, f64) {
-    let mut client = Client::connect([endpoint], None).await.expect("etcd client");
+    let mut client = Client::connect([endpoint], None)
+        .await
+        .expect("etcd client");
     let fence = client
         .put("/bench-raw/fence", "leader", None)
         .await
@@ -301,7 +328,7 @@ impl Site {
         } else {
             self.path(&format!("checkout-{i}"))
         };
-        let mut cmd = self.command(coordinator_bin(), &format!("coordinator-{i}"));
+        let mut cmd = self.command(bin("hyperloop-coordinator"), &format!("coordinator-{i}"));
         cmd.args(["run", "--path"])
             .arg(checkout)
             .args(["--local-workers", "0", "--listen"])
@@ -313,10 +340,7 @@ impl Site {
 
     fn start_worker(&mut self, name: &str, delay: &str) {
         let urls: Vec<String> = (0..self.ports.len()).map(|i| self.url(i)).collect();
-        let mut cmd = self.command(
-            coordinator_bin().with_file_name("hyperloop-worker"),
-            &format!("worker-{name}"),
-        );
+        let mut cmd = self.command(bin("hyperloop-worker"), &format!("worker-{name}"));
         cmd.args(["--join", &urls.join(",")])
             .args(["--token", TOKEN, "--capacity", "1", "--name", name])
             .args(["--connect-timeout", "0", "--work-dir"])
@@ -335,8 +359,8 @@ impl Site {
         names
             .iter()
             .map(|n| {
-                let text = std::fs::read_to_string(self.path(&format!("{n}.log")))
-                    .unwrap_or_default();
+                let text =
+                    std::fs::read_to_string(self.path(&format!("{n}.log"))).unwrap_or_default();
                 format!("\n===== {n}\n{text}")
             })
             .collect()
@@ -493,7 +517,11 @@ async fn fake_worker(url: String, name: String, journal: Arc<Journal>) {
                 journal.note(Seen::Sent, &assign.task_id);
             }
             Some(Tell::ResultAck(ack)) => {
-                let task = journal.attempts.lock().expect("attempts").remove(&ack.attempt_id);
+                let task = journal
+                    .attempts
+                    .lock()
+                    .expect("attempts")
+                    .remove(&ack.attempt_id);
                 journal.note(Seen::Acked, &task.unwrap_or_default());
             }
             _ => {}
@@ -583,7 +611,13 @@ async fn fake_worker_run(etcd: &Etcd) -> (Vec<Duration>, Throughput) {
     let url = site.url(0);
     wait_for_port(site.ports[0], &site).await;
     let workers: Vec<_> = (0..FAKE_WORKERS)
-        .map(|i| tokio::spawn(fake_worker(url.clone(), format!("fake{i}"), journal.clone())))
+        .map(|i| {
+            tokio::spawn(fake_worker(
+                url.clone(),
+                format!("fake{i}"),
+                journal.clone(),
+            ))
+        })
         .collect();
     let started = Instant::now();
     let code = loop {
@@ -595,7 +629,11 @@ async fn fake_worker_run(etcd: &Etcd) -> (Vec<Duration>, Throughput) {
         {
             break status.code();
         }
-        assert!(started.elapsed() < WAIT, "the run did not converge{}", site.logs());
+        assert!(
+            started.elapsed() < WAIT,
+            "the run did not converge{}",
+            site.logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     site.coordinators[0] = None;
@@ -668,8 +706,15 @@ async fn wait_for_port(port: u16, site: &Site) {
 fn running_implementers(events: &[Event]) -> BTreeMap<String, (u64, String)> {
     let mut latest = BTreeMap::new();
     for e in events {
-        if let (Some(task), EventKind::StepDispatched { role, attempt, worker, .. }) =
-            (e.task, &e.kind)
+        if let (
+            Some(task),
+            EventKind::StepDispatched {
+                role,
+                attempt,
+                worker,
+                ..
+            },
+        ) = (e.task, &e.kind)
             && role == "implementer"
         {
             latest.insert(task.to_string(), (*attempt, worker.clone()));
