@@ -10,7 +10,7 @@
 //! - A stream that was registered and then ended → the same coordinator first (it may have
 //!   blipped), then the list. Backoff restarts from its floor after every registration.
 //! - Unreachable, TLS failure, stream error → the next URL in the list after a backoff of
-//!   100 ms doubling to 5 s, with jitter so a fleet of workers does not reconnect in step.
+//!   100 ms doubling to 1 s, with jitter so a fleet of workers does not reconnect in step.
 //!   Each failure is logged at warn, at most once per [`REPEAT_WARNING_EVERY`] for the same
 //!   URL and cause.
 //! - A refusal no retry can fix (wrong join token, protocol version, invalid Hello) ends the
@@ -57,7 +57,10 @@ pub struct JoinConfig {
 
 /// First retry delay, and the delay after a registration.
 const BACKOFF_FLOOR: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Low on purpose: a leader failover takes a few seconds (the etcd lease), and a worker that
+/// backed off further would keep the new leader waiting. A reconnect costs one TCP (and TLS)
+/// handshake, cheap enough for hundreds of workers once a second.
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// The same failure at the same URL is logged at warn at most this often.
 const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(30);
 /// TCP connect and TLS handshake, each. Loopback and LAN answer in milliseconds.
@@ -360,7 +363,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Exponential backoff with jitter: 100 ms doubling to 5 s, each delay drawn from its upper
+/// Exponential backoff with jitter: 100 ms doubling to 1 s, each delay drawn from its upper
 /// half so workers that lost the same coordinator spread out.
 #[derive(Debug)]
 struct Backoff {
