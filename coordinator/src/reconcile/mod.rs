@@ -1227,11 +1227,7 @@ where
 
     /// A worker with a slot left after the orders already planned in this cycle (the
     /// registry only counts them once they are sent).
-    fn pick_excluding(
-        &self,
-        orders: &[Order],
-        role: &str,
-    ) -> Option<String> {
+    fn pick_excluding(&self, orders: &[Order], role: &str) -> Option<String> {
         let required = self.ctx.config.agent_for(role).labels;
         self.registry.pick(&required, |name| {
             orders.iter().filter(|(w, _, _)| w == name).count()
