@@ -8,7 +8,7 @@ use std::path::Path;
 
 use std::process::Output;
 use std::time::{SystemTime, UNIX_EPOCH};
-use support::git;
+use support::{failed, git, ok};
 
 use assert_cmd::Command;
 use hyperloop_coordinator::adapters::git_store::GitStore;
@@ -256,26 +256,6 @@ fn ctl(root: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failed(out: &Output, code: i32) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn json(out: &Output) -> serde_json::Value {

@@ -25,7 +25,7 @@ use hyperloop_shared::config::{Config, Overrides, TlsConfig};
 use hyperloop_shared::event::{Event, EventKind};
 use hyperloop_shared::model::{SpecPath, SpecRef, Task, TaskId};
 use hyperloop_shared::project::Project;
-use support::git;
+use support::{failed, git, ok};
 use tempfile::TempDir;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
@@ -265,27 +265,6 @@ impl Harness {
     fn received(&self) -> Vec<String> {
         self.received.lock().unwrap().clone()
     }
-}
-
-fn ok(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failed(out: &Output, code: i32) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,7 +40,7 @@ use hyperloop_proto::v1::{
 };
 use hyperloop_shared::event::{Event, EventKind};
 use hyperloop_tests::etcd::Etcd;
-use hyperloop_tests::repo::{TestRepo, git, scripted_agent, test_home};
+use hyperloop_tests::repo::{TestRepo, git, logged_command, scripted_agent};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -304,18 +304,11 @@ impl Site {
     }
 
     fn command(&self, program: PathBuf, log: &str) -> Command {
-        let mut cmd = Command::new(program);
-        let out = std::fs::File::create(self.path(&format!("{log}.log"))).expect("log file");
-        cmd.env("XDG_CACHE_HOME", self.path("cache"))
-            .env("HOME", test_home(self.repo.dir.path()))
-            .env("RUST_LOG", "info")
-            .env_remove("HYPERLOOP_PATH")
-            .env_remove("HYPERLOOP_TOKEN")
-            .env_remove("HYPERLOOP_JOIN_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out);
-        cmd
+        logged_command(
+            &program,
+            self.repo.dir.path(),
+            &self.path(&format!("{log}.log")),
+        )
     }
 
     fn url(&self, i: usize) -> String {

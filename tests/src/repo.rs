@@ -159,3 +159,21 @@ pub fn coordinator_bin() -> PathBuf {
 pub fn scripted_agent() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/agents/scripted-agent.sh")
 }
+
+/// `program` set up to run under test in the scratch directory `dir`: its own HOME (with a
+/// git identity) and cache, no hyperloop variables leaking in from the caller, info logs, and
+/// stdout and stderr both written to `log`.
+pub fn logged_command(program: &Path, dir: &Path, log: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    let out = std::fs::File::create(log).expect("log file");
+    cmd.env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("HOME", test_home(dir))
+        .env("RUST_LOG", "info")
+        .env_remove("HYPERLOOP_PATH")
+        .env_remove("HYPERLOOP_TOKEN")
+        .env_remove("HYPERLOOP_JOIN_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out);
+    cmd
+}

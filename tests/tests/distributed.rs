@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hyperloop_coordinator::adapters::etcd_store::EtcdStore;
@@ -13,7 +13,7 @@ use hyperloop_coordinator::ports::state_store::StateStore;
 use hyperloop_shared::event::{Event, EventKind};
 use hyperloop_tests::etcd::EtcdCluster;
 use hyperloop_tests::free_port;
-use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent, test_home};
+use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, logged_command, scripted_agent};
 
 const SPEC_A: &str = "# A\n\nThe repository records work for A.\n";
 const SPEC_B: &str = "# B\n\nThe repository records work for B.\n";
@@ -79,18 +79,7 @@ impl Site {
     }
 
     fn command(&self, program: PathBuf, log: &str) -> Command {
-        let mut cmd = Command::new(program);
-        let out = std::fs::File::create(self.log_file(log)).expect("log file");
-        cmd.env("XDG_CACHE_HOME", self.repo.dir.path().join("cache"))
-            .env("HOME", test_home(self.repo.dir.path()))
-            .env("RUST_LOG", "info")
-            .env_remove("HYPERLOOP_PATH")
-            .env_remove("HYPERLOOP_TOKEN")
-            .env_remove("HYPERLOOP_JOIN_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out);
-        cmd
+        logged_command(&program, self.repo.dir.path(), &self.log_file(log))
     }
 
     fn start_coordinator(&mut self, i: usize) {
