@@ -1,5 +1,6 @@
 //! A local pipeline with a gate: the task waits there (holding no worker) until an operator
-//! runs `hyperloopctl approve`, whose comment becomes a review; then it lands.
+//! runs `hyperloopctl approve`, whose comment becomes a review; then it lands. The
+//! `mark-pr-ready` action before the gate passes without landing anything (no PR locally).
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -23,8 +24,12 @@ patches:
     - loop:
       - agent: implementer
       - agent: verifier
+    - action: ready
     - gate: lgtm
     - action: merge-pr
+    actions:
+      ready:
+        type: mark-pr-ready
     gates:
       lgtm:
         type: label
@@ -119,6 +124,17 @@ fn a_gate_waits_for_hyperloopctl_approve_and_the_comment_becomes_a_review() {
         repo.files("main").contains(&"work/task-001.txt".to_owned()),
         "{:?}",
         repo.files("main")
+    );
+    let seq_of = |name: &str| {
+        repo.events()
+            .iter()
+            .find(|e| e["event"] == name)
+            .and_then(|e| e["seq"].as_u64())
+            .unwrap_or_else(|| panic!("no {name} event"))
+    };
+    assert!(
+        seq_of("merged") > seq_of("gate_cleared"),
+        "the work landed before the gate was approved"
     );
     let reviews = repo.state_texts("reviews/").join("\n");
     assert!(

@@ -24,7 +24,9 @@ use hyperloop_shared::intake;
 use hyperloop_shared::model::{
     AttemptId, Proposal, Review, SpecPath, SpecRef, Task, TaskId, TaskStatus, Verdict,
 };
-use hyperloop_shared::pipeline::{ActionOutcome, Change as StepChange, Limits, Next, Outcome};
+use hyperloop_shared::pipeline::{
+    ActionKind, ActionOutcome, Change as StepChange, Limits, Next, Outcome,
+};
 use hyperloop_shared::project::Project;
 use hyperloop_shared::prompt::{self, TaskContext};
 use std::sync::Arc;
@@ -932,6 +934,11 @@ where
     }
 
     fn run_action(&mut self, task: Task, action: &str) {
+        // Without GitHub there is no draft PR to mark ready: the step passes as is.
+        if self.project.process.actions.get(action) == Some(&ActionKind::MarkPrReady) {
+            self.apply_outcome(task, Outcome::Action(ActionOutcome::Success));
+            return;
+        }
         let Some(branch) = task.branch.clone() else {
             self.apply_outcome(task, Outcome::Action(ActionOutcome::Error));
             return;
