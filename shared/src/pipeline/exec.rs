@@ -57,6 +57,7 @@ impl fmt::Display for Outcome {
             Outcome::Agent(v) => write!(f, "agent verdict `{v}`"),
             Outcome::Gate(GateCheck::Waiting) => f.write_str("gate waiting"),
             Outcome::Gate(GateCheck::Cleared) => f.write_str("gate cleared"),
+            Outcome::Gate(GateCheck::Failed) => f.write_str("gate failed"),
             Outcome::Action(ActionOutcome::Success) => f.write_str("action success"),
             Outcome::Action(ActionOutcome::Retry) => f.write_str("action retry"),
             Outcome::Action(ActionOutcome::Error) => f.write_str("action error"),
@@ -68,6 +69,8 @@ impl fmt::Display for Outcome {
 pub enum GateCheck {
     Waiting,
     Cleared,
+    /// It will not clear as things are: the enclosing loop starts over (with the findings).
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,8 +144,17 @@ impl Next {
 /// What caused a loop-back (or, without a loop or budget left, the failure).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoopCause {
-    AgentFailed { role: String },
-    ActionExhausted { action: String, attempts: u32 },
+    AgentFailed {
+        role: String,
+    },
+    ActionExhausted {
+        action: String,
+        attempts: u32,
+    },
+    /// A gate that can no longer clear as things are (a failing CI check).
+    GateFailed {
+        gate: String,
+    },
 }
 
 impl fmt::Display for LoopCause {
@@ -152,6 +164,7 @@ impl fmt::Display for LoopCause {
             LoopCause::ActionExhausted { action, attempts } => {
                 write!(f, "action `{action}` failed {attempts} times in a row")
             }
+            LoopCause::GateFailed { gate } => write!(f, "gate `{gate}` failed"),
         }
     }
 }
@@ -384,6 +397,13 @@ impl Pipeline {
             | (StepKind::Action, Outcome::Action(ActionOutcome::Retry)) => {
                 Ok(stay(progress.action_attempts, Change::Stayed))
             }
+            (StepKind::Gate, Outcome::Gate(GateCheck::Failed)) => Ok(self.loop_back(
+                progress,
+                LoopCause::GateFailed {
+                    gate: step.name.clone(),
+                },
+                limits,
+            )),
             (StepKind::Agent, Outcome::Agent(Verdict::Fail)) => Ok(self.loop_back(
                 progress,
                 LoopCause::AgentFailed {
@@ -646,6 +666,7 @@ mod tests {
             "fail" => Outcome::Agent(Verdict::Fail),
             "wait" => Outcome::Gate(GateCheck::Waiting),
             "clear" => Outcome::Gate(GateCheck::Cleared),
+            "gatefail" => Outcome::Gate(GateCheck::Failed),
             "ok" => Outcome::Action(ActionOutcome::Success),
             "retry" => Outcome::Action(ActionOutcome::Retry),
             "err" => Outcome::Action(ActionOutcome::Error),
@@ -725,6 +746,26 @@ mod tests {
              | 0.1 agent:security r1 | 0.0.0 agent:impl r2 | 0.0.1 agent:verif r2 | 0.1 agent:security r2 \
              | 1 gate:human r2 | 1 gate:human r2 | 2 action:merge-pr r2 | complete r2",
         );
+    }
+
+    #[test]
+    fn a_failed_gate_restarts_its_loop_and_fails_the_task_outside_one() {
+        let p = pl(vec![l(vec![a("impl"), g("ci")]), x("merge-pr")]);
+        check(
+            &p,
+            "pass wait gatefail pass clear ok",
+            "0.0 agent:impl r0 | 0.1 gate:ci r0 | 0.1 gate:ci r0 | 0.0 agent:impl r1 \
+             | 0.1 gate:ci r1 | 1 action:merge-pr r1 | complete r1",
+        );
+        let p = pl(vec![a("impl"), g("ci")]);
+        let t = p.start();
+        let t = p
+            .apply(&t.progress().unwrap(), outcome("pass"), LIMITS)
+            .unwrap();
+        let t = p
+            .apply(&t.progress().unwrap(), outcome("gatefail"), LIMITS)
+            .unwrap();
+        assert!(matches!(t.next, Next::Failed { .. }), "{t:?}");
     }
 
     #[test]
