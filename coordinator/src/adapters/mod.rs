@@ -4,6 +4,7 @@
 //! - [`etcd_store`]: the `StateStore` in etcd, for several coordinators sharing one state.
 //! - [`git`]: the spec source and the local lander, over the repository with git2 and the
 //!   git CLI.
+//! - [`github`]: the `Forge` of GitHub mode (pull requests) over octocrab.
 //! - [`git_store`]: the embedded `StateStore`, records on `refs/hyperloop/state` in the
 //!   repository itself.
 //! - [`local_election`]: the `Election` of a single host: leader at once.
@@ -12,6 +13,7 @@
 pub mod etcd_election;
 pub mod etcd_store;
 pub mod git;
+pub mod github;
 pub mod git_store;
 pub mod local_election;
 pub mod memory_store;

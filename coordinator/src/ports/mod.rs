@@ -3,6 +3,7 @@
 //! its adapters pass.
 
 pub mod election;
+pub mod forge;
 pub mod lander;
 pub mod spec_source;
 pub mod state_store;
