@@ -95,7 +95,11 @@ impl Reply {
     pub fn message(&self) -> String {
         let body: ErrorBody = serde_json::from_slice(&self.body).unwrap_or_default();
         let mut message = if body.message.is_empty() {
-            String::from_utf8_lossy(&self.body).trim().chars().take(300).collect()
+            String::from_utf8_lossy(&self.body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect()
         } else {
             body.message
         };
@@ -170,7 +174,8 @@ fn rate_limit_wait(
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
-    let number = |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
     if let Some(secs) = number(RETRY_AFTER.as_str()) {
         return Some((Duration::from_secs(secs), true));
     }
@@ -272,7 +277,13 @@ impl Api {
         }
         let payload = serde_json::json!({ "query": query, "variables": variables });
         let reply = self
-            .send(&self.graphql, Method::POST, "/graphql", Some(&payload), what)
+            .send(
+                &self.graphql,
+                Method::POST,
+                "/graphql",
+                Some(&payload),
+                what,
+            )
             .await?
             .ok(self, what)?;
         let response: Response<T> = reply.json(what)?;
@@ -448,7 +459,10 @@ mod tests {
 
     #[test]
     fn encodes_slashes_and_spaces() {
-        assert_eq!(enc("hyperloop/needs approval"), "hyperloop%2Fneeds%20approval");
+        assert_eq!(
+            enc("hyperloop/needs approval"),
+            "hyperloop%2Fneeds%20approval"
+        );
     }
 
     #[test]
