@@ -90,12 +90,19 @@ async fn answer(
     response.body(axum::body::Body::from(text)).unwrap()
 }
 
+type Answer = (StatusCode, Vec<(&'static str, String)>, Value);
+
 /// Starts a server answering with `handler(request, nth time this method+URI was asked)`.
 async fn serve(
-    handler: impl Fn(&Seen, usize) -> (StatusCode, Vec<(&'static str, String)>, Value)
-    + Send
-    + Sync
-    + 'static,
+    handler: impl Fn(&Seen, usize) -> Answer + Send + Sync + 'static,
+) -> (Arc<Server>, GitHubForge) {
+    serve_at("", handler).await
+}
+
+/// [`serve`] with the API under `base_path` (GitHub Enterprise Server: `/api/v3`).
+async fn serve_at(
+    base_path: &str,
+    handler: impl Fn(&Seen, usize) -> Answer + Send + Sync + 'static,
 ) -> (Arc<Server>, GitHubForge) {
     let server = Arc::new(Server {
         seen: Mutex::new(Vec::new()),
@@ -108,7 +115,7 @@ async fn serve(
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let mut config = GitHubConfig::new("octo-org/hello-world", Secret::new("ghp_testtoken"));
-    config.api_url = Some(format!("http://{addr}"));
+    config.api_url = Some(format!("http://{addr}{base_path}"));
     config.retry = RetryPolicy {
         attempts: 3,
         backoff: Duration::from_millis(10),
@@ -677,4 +684,114 @@ async fn errors_name_the_fix() {
     );
     assert!(!bad.to_string().contains("ghp_testtoken"));
     assert!(!bad.is_transient());
+}
+
+#[tokio::test]
+async fn enterprise_server_paths_and_graphql_mark_ready() {
+    let (server, forge) = serve_at("/api/v3", |s, _| {
+        match (s.method.as_str(), s.uri.as_str()) {
+            ("GET", "/api/v3/repos/octo-org/hello-world/pulls/7") => ok(pr(PrFields::default())),
+            ("POST", "/api/graphql") => ok(json!({
+                "data": { "markPullRequestReadyForReview": { "pullRequest": { "isDraft": false } } }
+            })),
+            _ => error(StatusCode::NOT_FOUND, "Not Found"),
+        }
+    })
+    .await;
+    forge.mark_ready(PrNumber(7)).await.unwrap();
+    let mutation = server
+        .seen()
+        .into_iter()
+        .find(|s| s.method == Method::POST)
+        .expect("a GraphQL request");
+    assert_eq!(mutation.uri, "/api/graphql");
+    assert!(
+        mutation.body["query"]
+            .as_str()
+            .unwrap()
+            .contains("markPullRequestReadyForReview")
+    );
+    assert_eq!(mutation.body["variables"]["id"], "PR_kwDOAB7");
+}
+
+#[tokio::test]
+async fn graphql_errors_are_reported() {
+    let (_, forge) = serve(|s, _| match (s.method.as_str(), s.uri.as_str()) {
+        ("GET", PULL7) => ok(pr(PrFields::default())),
+        ("POST", "/graphql") => ok(json!({
+            "data": { "markPullRequestReadyForReview": null },
+            "errors": [{ "type": "FORBIDDEN", "path": ["markPullRequestReadyForReview"],
+                         "message": "Resource not accessible by integration" }],
+        })),
+        _ => error(StatusCode::NOT_FOUND, "Not Found"),
+    })
+    .await;
+    let err = forge.mark_ready(PrNumber(7)).await.unwrap_err();
+    assert!(err.to_string().contains("Resource not accessible"), "{err}");
+}
+
+#[tokio::test]
+async fn a_closed_pull_request_yields_its_human_feedback_in_order() {
+    let (_, forge) = serve(|s, _| match (s.method.as_str(), s.uri.as_str()) {
+        ("GET", u) if u.starts_with("/repos/octo-org/hello-world/issues/7/comments?") => ok(json!([
+            comment(5, "hyperloop-bot", "Waiting for `lgtm`.\n\n<!-- hyperloop:task-001:gate:lgtm:1 -->"),
+            comment(20, "alice", "We agreed to use the existing session store instead."),
+        ])),
+        ("GET", u) if u.starts_with("/repos/octo-org/hello-world/pulls/7/reviews?") => {
+            let mut r = review("bob", "CHANGES_REQUESTED", HEAD, "2026-11-02T10:10:00Z");
+            r["body"] = json!("This duplicates auth/session.rs.");
+            ok(json!([r, review("carol", "APPROVED", OLD, "2026-11-02T10:01:00Z")]))
+        }
+        ("GET", u) if u.starts_with("/repos/octo-org/hello-world/pulls/7/comments?") => ok(json!([{
+            "id": 10, "node_id": "MDI0OlB1bGxSZXF1ZXN0UmV2aWV3Q29tbWVudDEw",
+            "pull_request_review_id": 80, "diff_hunk": "@@ -1,3 +1,4 @@", "path": "src/login.rs",
+            "position": 3, "original_position": 3, "commit_id": HEAD, "original_commit_id": HEAD,
+            "user": user("bob"), "body": "Plain-text passwords here.", "line": 12, "original_line": 12,
+            "created_at": "2026-11-02T10:09:00Z", "updated_at": "2026-11-02T10:09:00Z",
+            "html_url": "https://github.com/octo-org/hello-world/pull/7#discussion_r10",
+            "author_association": "MEMBER",
+        }])),
+        _ => error(StatusCode::NOT_FOUND, "Not Found"),
+    })
+    .await;
+    let feedback = forge.closed_feedback(PrNumber(7)).await.unwrap();
+    let authors: Vec<&str> = feedback.iter().map(|f| f.author.as_str()).collect();
+    assert_eq!(authors, ["bob", "bob", "alice"], "{feedback:?}");
+    assert!(feedback.iter().all(|f| !f.body.contains("hyperloop:")));
+    let snap = {
+        let (_, f) = serve(|_, _| {
+            ok(pr(PrFields {
+                state: "closed",
+                ..Default::default()
+            }))
+        })
+        .await;
+        f.pr_snapshot(PrNumber(7)).await.unwrap()
+    };
+    assert_eq!(snap.state, PrState::Closed);
+    let finding = hyperloop_coordinator::ports::forge::feedback_finding(&snap, &feedback);
+    assert!(finding.contains("on src/login.rs:12"), "{finding}");
+    assert!(finding.contains("existing session store"), "{finding}");
+}
+
+#[tokio::test]
+async fn update_branch_reports_conflicts_and_missing_branches_are_fine_to_delete() {
+    let (server, forge) = serve(|s, _| match (s.method.as_str(), s.uri.as_str()) {
+        ("PUT", "/repos/octo-org/hello-world/pulls/7/update-branch") => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "merge conflict between base and head",
+        ),
+        ("DELETE", "/repos/octo-org/hello-world/git/refs/heads/hyperloop/task-001") => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, "Reference does not exist")
+        }
+        _ => error(StatusCode::NOT_FOUND, "Not Found"),
+    })
+    .await;
+    assert_eq!(
+        forge.update_branch(PrNumber(7), HEAD).await.unwrap(),
+        hyperloop_coordinator::ports::forge::UpdateOutcome::Conflict
+    );
+    let put = &server.seen()[0];
+    assert_eq!(put.body["expected_head_sha"], HEAD);
+    forge.delete_branch("hyperloop/task-001").await.unwrap();
 }

@@ -56,6 +56,9 @@ pub(crate) struct Reply {
 /// A response body, shared with the ETag cache.
 pub(crate) type Body = Arc<Vec<u8>>;
 
+/// Conditional-request entries kept before the cache starts over.
+const CACHE_ENTRIES: usize = 2048;
+
 #[derive(Debug, Clone)]
 struct Cached {
     etag: HeaderValue,
@@ -417,6 +420,10 @@ impl Api {
                 let mut cache = self.cache.lock().expect("cache lock");
                 match parts.headers.get(ETAG) {
                     Some(etag) => {
+                        // Polled URLs include per-commit ones: keep the memory bounded.
+                        if cache.len() >= CACHE_ENTRIES && !cache.contains_key(path) {
+                            cache.clear();
+                        }
                         cache.insert(
                             path.to_owned(),
                             Cached {
