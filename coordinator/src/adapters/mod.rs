@@ -13,7 +13,7 @@
 pub mod etcd_election;
 pub mod etcd_store;
 pub mod git;
-pub mod github;
 pub mod git_store;
+pub mod github;
 pub mod local_election;
 pub mod memory_store;

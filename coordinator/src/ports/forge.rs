@@ -163,10 +163,14 @@ impl EnsuredPr {
 pub enum GateStatus {
     Cleared,
     /// Not yet; what is missing, for humans.
-    Waiting { reasons: Vec<String> },
+    Waiting {
+        reasons: Vec<String>,
+    },
     /// It will not clear as things are (e.g. a failing CI check): the step fails with these
     /// findings.
-    Failed { findings: Vec<String> },
+    Failed {
+        findings: Vec<String>,
+    },
 }
 
 /// A hidden marker making a comment unique per task state entry, written into the comment as
@@ -178,16 +182,18 @@ impl CommentMarker {
     /// The marker of entry number `entry` of `task` into the state `kind:name` (say
     /// `gate:lgtm`, or `error:merge-pr`).
     pub fn new(task: TaskId, kind: &str, name: &str, entry: u64) -> Self {
+        // Nothing that could end the HTML comment (`--`, `>`) or split the marker (`:`).
         let clean = |s: &str| -> String {
             s.chars()
                 .map(|c| {
-                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/') {
+                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-') {
                         c
                     } else {
                         '_'
                     }
                 })
-                .collect()
+                .collect::<String>()
+                .replace("--", "__")
         };
         CommentMarker(format!(
             "hyperloop:{task}:{}:{}:{entry}",
@@ -233,9 +239,13 @@ pub struct MergeRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MergeOutcome {
-    Merged { sha: String },
+    Merged {
+        sha: String,
+    },
     /// Merged before (by us earlier, or by a human): counts as success.
-    AlreadyMerged { sha: Option<String> },
+    AlreadyMerged {
+        sha: Option<String>,
+    },
     /// Closed without merging (by a human); see [`Forge::closed_feedback`].
     Closed,
     /// Still a draft: mark it ready first.
@@ -248,9 +258,13 @@ pub enum MergeOutcome {
     /// Conflicts with the base branch: the rebase-resolver's turn.
     Conflict,
     /// Branch protection blocks it (missing review or required check); wait.
-    Blocked { reason: String },
+    Blocked {
+        reason: String,
+    },
     /// The head moved away from the expected commit; the gates must see the new head.
-    HeadChanged { head: String },
+    HeadChanged {
+        head: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,7 +343,9 @@ pub enum ForgeError {
     RepoNotFound { repo: String, api: String },
     #[error("`{repo}` is not a GitHub repository name; pass --repo OWNER/REPO")]
     InvalidRepo { repo: String },
-    #[error("GitHub API base URL `{url}` is invalid ({reason}); give a URL like https://github.example.com/api/v3")]
+    #[error(
+        "GitHub API base URL `{url}` is invalid ({reason}); give a URL like https://github.example.com/api/v3"
+    )]
     InvalidBaseUrl { url: String, reason: String },
     #[error("{what} was not found on GitHub ({message})")]
     NotFound { what: String, message: String },
@@ -492,7 +508,9 @@ mod tests {
     #[test]
     fn markers_are_html_comments_without_dangerous_characters() {
         let m = CommentMarker::new(TaskId(3), "gate", "lgtm-->x", 1);
-        assert_eq!(m.html(), "<!-- hyperloop:task-003:gate:lgtm__x:1 -->");
+        assert_eq!(m.html(), "<!-- hyperloop:task-003:gate:lgtm___x:1 -->");
+        let m = CommentMarker::new(TaskId(3), "error", "merge-pr", 2);
+        assert_eq!(m.as_str(), "hyperloop:task-003:error:merge-pr:2");
     }
 
     #[test]

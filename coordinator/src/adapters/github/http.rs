@@ -56,6 +56,9 @@ pub(crate) struct Reply {
 /// A response body, shared with the ETag cache.
 pub(crate) type Body = Arc<Vec<u8>>;
 
+/// Conditional-request entries kept before the cache starts over.
+const CACHE_ENTRIES: usize = 2048;
+
 #[derive(Debug, Clone)]
 struct Cached {
     etag: HeaderValue,
@@ -95,7 +98,11 @@ impl Reply {
     pub fn message(&self) -> String {
         let body: ErrorBody = serde_json::from_slice(&self.body).unwrap_or_default();
         let mut message = if body.message.is_empty() {
-            String::from_utf8_lossy(&self.body).trim().chars().take(300).collect()
+            String::from_utf8_lossy(&self.body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect()
         } else {
             body.message
         };
@@ -170,7 +177,8 @@ fn rate_limit_wait(
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
-    let number = |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
     if let Some(secs) = number(RETRY_AFTER.as_str()) {
         return Some((Duration::from_secs(secs), true));
     }
@@ -272,7 +280,13 @@ impl Api {
         }
         let payload = serde_json::json!({ "query": query, "variables": variables });
         let reply = self
-            .send(&self.graphql, Method::POST, "/graphql", Some(&payload), what)
+            .send(
+                &self.graphql,
+                Method::POST,
+                "/graphql",
+                Some(&payload),
+                what,
+            )
             .await?
             .ok(self, what)?;
         let response: Response<T> = reply.json(what)?;
@@ -406,6 +420,10 @@ impl Api {
                 let mut cache = self.cache.lock().expect("cache lock");
                 match parts.headers.get(ETAG) {
                     Some(etag) => {
+                        // Polled URLs include per-commit ones: keep the memory bounded.
+                        if cache.len() >= CACHE_ENTRIES && !cache.contains_key(path) {
+                            cache.clear();
+                        }
                         cache.insert(
                             path.to_owned(),
                             Cached {
@@ -448,7 +466,10 @@ mod tests {
 
     #[test]
     fn encodes_slashes_and_spaces() {
-        assert_eq!(enc("hyperloop/needs approval"), "hyperloop%2Fneeds%20approval");
+        assert_eq!(
+            enc("hyperloop/needs approval"),
+            "hyperloop%2Fneeds%20approval"
+        );
     }
 
     #[test]

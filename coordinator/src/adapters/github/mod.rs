@@ -381,8 +381,7 @@ fn ci_verdict(
                 .collect(),
         };
     }
-    if combined.total_count == 0 && combined.statuses.is_empty() && checks.check_runs.is_empty()
-    {
+    if combined.total_count == 0 && combined.statuses.is_empty() && checks.check_runs.is_empty() {
         return waiting(format!(
             "gate `{name}`: no CI status or check has been reported for {sha} yet"
         ));
