@@ -1060,8 +1060,9 @@ impl Inner {
 
     fn repo_json(&self) -> Value {
         let full = format!("{}/{}", self.owner, self.repo);
+        // GitHub publishes no stand-alone `repository` example; a PR's head repo is one.
         patch(
-            example("repository"),
+            example("pull-request")["head"]["repo"].clone(),
             json!({
                 "name": self.repo,
                 "full_name": full,
@@ -1183,14 +1184,17 @@ impl Inner {
             "author_association": "MEMBER",
         });
         if review {
+            let mut template = example("pull-request-review-comment-items");
+            if let Some(m) = template.as_object_mut() {
+                m.remove("in_reply_to_id"); // optional, and not nullable
+            }
             patch(
-                patch(example("pull-request-review-comment-items"), common),
+                patch(template, common),
                 json!({
                     "url": format!("{api}/pulls/comments/{}", c.id),
                     "pull_request_url": format!("{api}/pulls/{n}"),
                     "html_url": format!("https://github.com/{full}/pull/{n}#discussion_r{}", c.id),
                     "pull_request_review_id": null,
-                    "in_reply_to_id": null,
                 }),
             )
         } else {

@@ -46,7 +46,7 @@ pub fn label(name: &str, id: u64) -> Value {
             "id": id,
             "node_id": format!("LA_{id}"),
             "name": name,
-            "description": null,
+            "description": "",
             "default": false,
         }),
     )
