@@ -125,7 +125,13 @@ async fn create_pr_round_trip_is_schema_valid() -> anyhow::Result<()> {
         format!("commits/{sha}/status"),
         format!("commits/{sha}/check-runs"),
     ] {
-        let r = call("GET", &format!("{base}/repos/acme/widgets/{path}"), None, &[]).await?;
+        let r = call(
+            "GET",
+            &format!("{base}/repos/acme/widgets/{path}"),
+            None,
+            &[],
+        )
+        .await?;
         assert_eq!(r.status, 200, "GET {path}: {}", r.body);
     }
     let reviewers = call(
@@ -173,10 +179,19 @@ async fn schema_invalid_request_is_a_violation() -> anyhow::Result<()> {
     assert_eq!(v.len(), 1, "{v:?}");
     assert!(v[0].contains("draft"), "{v:?}");
 
-    let r = call("GET", &format!("{}/repos/acme/widgets/hooks", gh.base_url()), None, &[]).await?;
+    let r = call(
+        "GET",
+        &format!("{}/repos/acme/widgets/hooks", gh.base_url()),
+        None,
+        &[],
+    )
+    .await?;
     assert_eq!(r.status, 404);
     let v = gh.violations();
-    assert!(v[1].contains("does not implement repos/list-webhooks"), "{v:?}");
+    assert!(
+        v[1].contains("does not implement repos/list-webhooks"),
+        "{v:?}"
+    );
     Ok(())
 }
 
@@ -187,7 +202,10 @@ async fn secondary_rate_limit_then_success() -> anyhow::Result<()> {
     let first = create_pr(&gh, false).await?;
     assert_eq!(first.status, 403);
     assert_eq!(
-        first.headers.get("retry-after").and_then(|h| h.to_str().ok()),
+        first
+            .headers
+            .get("retry-after")
+            .and_then(|h| h.to_str().ok()),
         Some("1")
     );
     assert!(
@@ -209,7 +227,9 @@ async fn secondary_rate_limit_then_success() -> anyhow::Result<()> {
 #[tokio::test]
 async fn etag_answers_not_modified() -> anyhow::Result<()> {
     let gh = FakeGitHub::start("acme/widgets")?;
-    let n = create_pr(&gh, false).await?.body["number"].as_u64().expect("n");
+    let n = create_pr(&gh, false).await?.body["number"]
+        .as_u64()
+        .expect("n");
     let url = format!("{}/repos/acme/widgets/issues/{n}/labels", gh.base_url());
     let first = call("GET", &url, None, &[]).await?;
     let etag = first.headers["etag"].to_str()?.to_string();
@@ -227,7 +247,9 @@ async fn etag_answers_not_modified() -> anyhow::Result<()> {
 #[tokio::test]
 async fn graphql_mark_ready_flips_draft() -> anyhow::Result<()> {
     let gh = FakeGitHub::start("acme/widgets")?;
-    let n = create_pr(&gh, true).await?.body["number"].as_u64().expect("n");
+    let n = create_pr(&gh, true).await?.body["number"]
+        .as_u64()
+        .expect("n");
     let query = "mutation($id: ID!) { markPullRequestReadyForReview(input: {pullRequestId: $id}) \
                  { pullRequest { isDraft number } } }";
     let r = call(
@@ -246,10 +268,101 @@ async fn graphql_mark_ready_flips_draft() -> anyhow::Result<()> {
     assert!(gh.violations().is_empty(), "{:?}", gh.violations());
 
     // A misspelt field is caught by the schema.
-    let bad = "mutation { markPullRequestReady(input: {pullRequestId: \"x\"}) { clientMutationId } }";
+    let bad =
+        "mutation { markPullRequestReady(input: {pullRequestId: \"x\"}) { clientMutationId } }";
     call("POST", &gh.graphql_url(), Some(json!({"query": bad})), &[]).await?;
     let v = gh.violations();
     assert_eq!(v.len(), 1, "{v:?}");
     assert!(v[0].contains("markPullRequestReady"), "{v:?}");
+    Ok(())
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn merge_lands_on_the_base_branch_of_a_real_repository() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bare = tmp.path().join("origin.git");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work)?;
+    git(
+        tmp.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            bare.to_str().expect("utf-8"),
+        ],
+    );
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("a.txt"), "a\n")?;
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "init"]);
+    git(&work, &["switch", "-qc", "hyperloop/task-001"]);
+    std::fs::write(work.join("b.txt"), "b\n")?;
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "add b"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            bare.to_str().expect("utf-8"),
+            "main",
+            "hyperloop/task-001",
+        ],
+    );
+
+    let gh = FakeGitHub::start("acme/widgets")?;
+    gh.set_git_repo(&bare);
+    let n = create_pr(&gh, false).await?.body["number"]
+        .as_u64()
+        .expect("n");
+    assert_eq!(
+        gh.head_sha(n),
+        git(&bare, &["rev-parse", "hyperloop/task-001"])
+    );
+    let pr = call(
+        "GET",
+        &format!("{}/repos/acme/widgets/pulls/{n}", gh.base_url()),
+        None,
+        &[],
+    )
+    .await?;
+    assert_eq!(pr.body["mergeable_state"], "clean", "{}", pr.body);
+    let merged = call(
+        "PUT",
+        &format!("{}/repos/acme/widgets/pulls/{n}/merge", gh.base_url()),
+        Some(json!({"merge_method": "squash", "commit_title": "Add b (#1)", "commit_message": "Task-Ref: task-001"})),
+        &[],
+    )
+    .await?;
+    assert_eq!(merged.status, 200, "{}", merged.body);
+    assert_eq!(
+        git(&bare, &["log", "-1", "--format=%B", "main"]),
+        "Add b (#1)\n\nTask-Ref: task-001"
+    );
+    assert_eq!(git(&bare, &["show", "main:b.txt"]), "b");
+    assert_eq!(
+        git(&bare, &["rev-list", "--count", "main"]),
+        "2",
+        "squash: one new commit"
+    );
+    assert!(gh.violations().is_empty(), "{:?}", gh.violations());
     Ok(())
 }

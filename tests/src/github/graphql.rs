@@ -57,8 +57,9 @@ pub fn check(body: &Value) -> Result<Request, String> {
         .map_err(|_| "no (or an ambiguous) operation to run".to_string())?;
     let variables = match &body["variables"] {
         Value::Null => Default::default(),
-        v @ Value::Object(_) => serde_json::from_value(v.clone())
-            .map_err(|e| format!("GraphQL `variables`: {e}"))?,
+        v @ Value::Object(_) => {
+            serde_json::from_value(v.clone()).map_err(|e| format!("GraphQL `variables`: {e}"))?
+        }
         _ => return Err("GraphQL `variables` must be an object".into()),
     };
     let variables = apollo_compiler::request::coerce_variable_values(schema, operation, &variables)
@@ -126,7 +127,9 @@ fn covers(set: &SelectionSet, data: &Value, at: &str) -> Result<(), String> {
             Ok(())
         }
         _ if set.selections.is_empty() => Ok(()),
-        other => Err(format!("{at} is {other} but the operation selects fields of it")),
+        other => Err(format!(
+            "{at} is {other} but the operation selects fields of it"
+        )),
     }
 }
 
@@ -142,7 +145,7 @@ fn value_json(v: &apollo_compiler::ast::Value, variables: &Value) -> Value {
             .ok()
             .and_then(serde_json::Number::from_f64)
             .map_or(Value::Null, Value::Number),
-        V::Int(i) => i.try_to_i32().map_or(Value::Null, |i| Value::from(i)),
+        V::Int(i) => i.try_to_i32().map_or(Value::Null, Value::from),
         V::Boolean(b) => Value::Bool(*b),
         V::List(items) => Value::Array(items.iter().map(|i| value_json(i, variables)).collect()),
         V::Object(fields) => Value::Object(

@@ -290,7 +290,10 @@ impl FakeGitHub {
     /// Issue comments on a PR: (author, body).
     pub fn comments(&self, number: u64) -> Vec<(String, String)> {
         self.with_pr(number, |pr, _| {
-            pr.comments.iter().map(|c| (c.user.clone(), c.body.clone())).collect()
+            pr.comments
+                .iter()
+                .map(|c| (c.user.clone(), c.body.clone()))
+                .collect()
         })
     }
 
@@ -373,10 +376,10 @@ impl FakeGitHub {
     /// Sets a commit status (`context`) on `sha`.
     pub fn set_status(&self, sha: &str, context: &str, state: CheckState) {
         self.with(|s| {
-            s.statuses
-                .entry(sha.to_string())
-                .or_default()
-                .insert(context.to_string(), (state, format!("{context} is {state:?}")));
+            s.statuses.entry(sha.to_string()).or_default().insert(
+                context.to_string(),
+                (state, format!("{context} is {state:?}")),
+            );
         });
     }
 
@@ -565,7 +568,8 @@ impl Inner {
             return err(404, "Not Found");
         };
         if let Err(e) = api.check_request(&op, body) {
-            self.violations.push(format!("request {method} {path}: {e}"));
+            self.violations
+                .push(format!("request {method} {path}: {e}"));
             return (
                 422,
                 Some(json!({
@@ -596,7 +600,8 @@ impl Inner {
             }
         };
         if let Err(e) = api.check_response(&op, answer.0, answer.1.as_ref()) {
-            self.violations.push(format!("response to {method} {path}: {e}"));
+            self.violations
+                .push(format!("response to {method} {path}: {e}"));
             return err(500, &format!("the fake GitHub answered off-schema: {e}"));
         }
         answer
@@ -766,7 +771,10 @@ impl Inner {
                 if let Some(sha) = body["sha"].as_str()
                     && sha != self.prs[&n].head_sha
                 {
-                    return Some(err(409, "Head branch was modified. Review and try the merge again."));
+                    return Some(err(
+                        409,
+                        "Head branch was modified. Review and try the merge again.",
+                    ));
                 }
                 let (mergeable, _) = self.mergeability(n);
                 if !self.prs[&n].open || mergeable != Some(true) {
@@ -825,7 +833,12 @@ impl Inner {
             let value = match (request.kind.as_str(), field.as_str()) {
                 ("mutation", "markPullRequestReadyForReview") => {
                     let node = args["input"]["pullRequestId"].as_str().unwrap_or_default();
-                    let Some(n) = self.prs.values().find(|p| pr_node_id(p.number) == node).map(|p| p.number) else {
+                    let Some(n) = self
+                        .prs
+                        .values()
+                        .find(|p| pr_node_id(p.number) == node)
+                        .map(|p| p.number)
+                    else {
                         return (
                             200,
                             Some(json!({"data": null, "errors": [{
@@ -940,7 +953,15 @@ impl Inner {
 
     fn branch_sha(&self, branch: &str) -> Option<String> {
         let git = self.git_repo.as_ref()?;
-        git_cmd(git, &["rev-parse", "--verify", &format!("refs/heads/{branch}^{{commit}}")]).ok()
+        git_cmd(
+            git,
+            &[
+                "rev-parse",
+                "--verify",
+                &format!("refs/heads/{branch}^{{commit}}"),
+            ],
+        )
+        .ok()
     }
 
     /// A ref as the API takes it (sha, branch name or `heads/x`) → sha.
@@ -1039,7 +1060,10 @@ impl Inner {
         let Some(git) = self.git_repo.clone() else {
             return Ok(());
         };
-        let base = git_cmd(&git, &["rev-parse", "--verify", &format!("refs/heads/{}", pr.base)])?;
+        let base = git_cmd(
+            &git,
+            &["rev-parse", "--verify", &format!("refs/heads/{}", pr.base)],
+        )?;
         if git_cmd(&git, &["merge-base", "--is-ancestor", &base, &pr.head_sha]).is_ok() {
             return Ok(());
         }
@@ -1048,11 +1072,25 @@ impl Inner {
         let msg = format!("Merge branch '{}' into {}", pr.base, pr.head);
         let commit = git_cmd(
             &git,
-            &["commit-tree", &tree, "-p", &pr.head_sha, "-p", &base, "-m", &msg],
+            &[
+                "commit-tree",
+                &tree,
+                "-p",
+                &pr.head_sha,
+                "-p",
+                &base,
+                "-m",
+                &msg,
+            ],
         )?;
         git_cmd(
             &git,
-            &["update-ref", &format!("refs/heads/{}", pr.head), &commit, &pr.head_sha],
+            &[
+                "update-ref",
+                &format!("refs/heads/{}", pr.head),
+                &commit,
+                &pr.head_sha,
+            ],
         )?;
         self.refresh(n);
         Ok(())
@@ -1092,7 +1130,11 @@ impl Inner {
         };
         let reviewers: Vec<Value> = pr.requested_reviewers.iter().map(|r| user(r)).collect();
         let mut v = patch(
-            example(if full { "pull-request" } else { "pull-request-simple-items" }),
+            example(if full {
+                "pull-request"
+            } else {
+                "pull-request-simple-items"
+            }),
             json!({
                 "url": format!("{api}/pulls/{n}"),
                 "id": 1_000_000 + n,
@@ -1253,8 +1295,7 @@ impl Inner {
             .collect();
         let state = if statuses.values().any(|(s, _)| *s == CheckState::Failure) {
             "failure"
-        } else if statuses.is_empty() || statuses.values().any(|(s, _)| *s == CheckState::Pending)
-        {
+        } else if statuses.is_empty() || statuses.values().any(|(s, _)| *s == CheckState::Pending) {
             "pending"
         } else {
             "success"

@@ -8,7 +8,10 @@ use super::schema::OpenApi;
 /// `components.examples.<name>.value`; a list example yields its first item.
 pub fn example(name: &str) -> Value {
     let v = &OpenApi::get().doc()["components"]["examples"][name]["value"];
-    assert!(!v.is_null(), "GitHub's OpenAPI description has no example `{name}`");
+    assert!(
+        !v.is_null(),
+        "GitHub's OpenAPI description has no example `{name}`"
+    );
     match v {
         Value::Array(items) => items[0].clone(),
         v => v.clone(),
@@ -25,7 +28,9 @@ pub fn patch(mut base: Value, fields: Value) -> Value {
 
 /// A user with a stable id derived from the login.
 pub fn user(login: &str) -> Value {
-    let id = login.bytes().fold(1000u64, |h, b| (h * 31 + u64::from(b)) % 1_000_000_007);
+    let id = login
+        .bytes()
+        .fold(1000u64, |h, b| (h * 31 + u64::from(b)) % 1_000_000_007);
     patch(
         example("simple-user"),
         json!({

@@ -180,7 +180,11 @@ impl OpenApi {
         if schema.is_null() {
             return Err(format!("{} has no application/json request body", op.id));
         }
-        self.validate(&format!("{} {} request", op.method, op.template), schema, body)
+        self.validate(
+            &format!("{} {} request", op.method, op.template),
+            schema,
+            body,
+        )
     }
 
     /// Checks a response: its status must be documented for the operation, and its body must
