@@ -259,9 +259,6 @@ pub fn reconcile(
         Err(e) => return Exit::usage(e.to_string()),
     };
     let config = settings.config;
-    if let Some(problem) = unavailable(&config) {
-        return Exit::usage(problem);
-    }
     init_tracing(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -301,18 +298,6 @@ pub fn reconcile(
         Err(e) if e.is_usage() => Exit::usage(e.to_string()),
         Err(e) => runtime_error(e.to_string()),
     }
-}
-
-/// Settings this build accepts but cannot act on yet. Refusing them beats silently running
-/// something else (local merges when pull requests were asked for).
-fn unavailable(config: &hyperloop_shared::config::Config) -> Option<String> {
-    if let Some(repo) = &config.target.repo {
-        return Some(format!(
-            "GitHub pull-request mode (--repo / target.repo = {repo}) is not available in this \
-             build; remove it to land work locally"
-        ));
-    }
-    None
 }
 
 fn runtime_error(message: String) -> Exit {

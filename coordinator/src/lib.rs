@@ -26,6 +26,7 @@ pub mod compose;
 pub mod control;
 pub mod ctl;
 pub mod dispatch;
+pub mod forge_driver;
 pub mod grpc;
 pub mod init;
 pub mod lock;

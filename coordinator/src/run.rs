@@ -32,7 +32,11 @@ use crate::ports::election::Election;
 use crate::ports::lander::Lander;
 use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::StateStore;
-use crate::reconcile::{Context, Halt, Links, Mode, Reconciler, RunError};
+use crate::adapters::github::{GitHubConfig, GitHubForge};
+use crate::forge_driver;
+use crate::ports::forge::Forge;
+use crate::reconcile::{Context, GitHub, Halt, Links, Mode, Reconciler, RunError};
+use hyperloop_shared::config::Secret;
 
 /// Messages from all workers to the loop. Large enough that a burst of progress lines from
 /// every worker does not stall them; results are few and small.
@@ -42,6 +46,9 @@ const INBOX_CAPACITY: usize = 1024;
 const WORKER_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Operator commands queued for the loop; a person types them, a handful is plenty.
 const COMMANDS_CAPACITY: usize = 16;
+/// GitHub requests and replies queued between the loop and the driver: one per waiting task
+/// at most, so this bounds how many tasks talk to GitHub at once.
+const FORGE_QUEUE: usize = 256;
 /// How often a standby checks who leads (for NotLeader answers and `hyperloopctl status`).
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 /// The coordinator id and leader address of a single-host run.
@@ -201,12 +208,13 @@ impl Endpoint {
         })
     }
 
-    fn links(&self, deposed: CancellationToken) -> Links {
+    fn links(&self, deposed: CancellationToken, github: Option<GitHub>) -> Links {
         Links {
             live: self.live.clone(),
             commands: self.commands.clone(),
             logs: self.logs.clone(),
             deposed,
+            github,
         }
     }
 
@@ -269,11 +277,19 @@ where
         farewell: Farewell::Drain,
         deposed: CancellationToken::new(),
     };
-    let repo_url = config
-        .target
-        .clone_url
-        .clone()
-        .unwrap_or_else(|| place.root.display().to_string());
+    // With GitHub, branches go to the repository pull requests are opened in.
+    let repo_url = match (&config.target.clone_url, &config.target.repo, &place.origin) {
+        (Some(url), _, _) => url.clone(),
+        (None, Some(_), Some(origin)) => origin.clone(),
+        (None, Some(repo), None) => {
+            return Err(StartError::Usage(format!(
+                "GitHub mode (--repo {repo}) pushes task branches to the checkout's `origin`, \
+                 and {} has none: add it with `git remote add origin URL`",
+                place.root.display()
+            )));
+        }
+        (None, None, _) => place.root.display().to_string(),
+    };
     let ctx = Context {
         repo_url,
         root: place.root.clone(),
@@ -287,7 +303,7 @@ where
         .map_err(|e| StartError::Setup(e.to_string()))?;
     let lander =
         GitLander::open(&place.root, &base).map_err(|e| StartError::Setup(e.to_string()))?;
-    let links = endpoint.links(term.deposed.clone());
+    let links = endpoint.links(term.deposed.clone(), github_mode(&ctx.config).await?);
     let halt = lead(
         ctx,
         store,
@@ -412,7 +428,14 @@ where
                 break Err(StartError::Setup(e));
             }
         };
-        let links = endpoint.links(term.deposed.clone());
+        let github = match github_mode(&config).await {
+            Ok(github) => github,
+            Err(e) => {
+                leadership.resign().await;
+                break Err(e);
+            }
+        };
+        let links = endpoint.links(term.deposed.clone(), github);
         let lost = leadership.lost.clone();
         let outcome = lead(
             ctx,
@@ -452,6 +475,37 @@ where
     stop_following(&mut follower).await;
     endpoint.stop().await;
     halt
+}
+
+/// GitHub mode (`--repo`): the forge, its access checked, and its driver started; `None`
+/// when work lands locally.
+async fn github_mode(config: &Config) -> Result<Option<GitHub>, StartError> {
+    let Some(repo) = config.target.repo.clone() else {
+        return Ok(None);
+    };
+    let token = ["GITHUB_TOKEN", "GH_TOKEN"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|t| !t.trim().is_empty()))
+        .ok_or_else(|| {
+            StartError::Usage(format!(
+                "GitHub mode (--repo {repo}) needs a token: set GITHUB_TOKEN or GH_TOKEN to a \
+                 token that may write pull requests, labels and comments"
+            ))
+        })?;
+    let mut settings = GitHubConfig::new(&repo, Secret::new(token));
+    settings.api_url = config.github.api_url.clone();
+    let forge = GitHubForge::new(settings).map_err(|e| StartError::Usage(e.to_string()))?;
+    forge.check_access().await.map_err(|e| {
+        if e.is_transient() {
+            StartError::Setup(e.to_string())
+        } else {
+            StartError::Usage(e.to_string())
+        }
+    })?;
+    let (requests, requests_rx) = mpsc::channel(FORGE_QUEUE);
+    let (replies_tx, replies) = mpsc::channel(FORGE_QUEUE);
+    tokio::spawn(forge_driver::drive(Arc::new(forge), requests_rx, replies_tx));
+    Ok(Some(GitHub::new(repo, requests, replies)))
 }
 
 /// Stops the follower and waits for it: aborted mid-update, it must not overwrite the route

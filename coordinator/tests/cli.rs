@@ -181,7 +181,7 @@ fn run_and_init_outside_a_git_repository_exit_2_saying_so() {
 }
 
 #[test]
-fn settings_this_build_cannot_honour_are_refused_not_ignored() {
+fn etcd_and_github_modes_say_what_they_are_missing() {
     let repo = tempfile::tempdir().unwrap();
     assert!(
         std::process::Command::new("git")
@@ -191,14 +191,13 @@ fn settings_this_build_cannot_honour_are_refused_not_ignored() {
             .unwrap()
             .success()
     );
-    for (flag, value, says) in [
-        ("--etcd", "http://127.0.0.1:2379", "etcd"),
-        ("--repo", "owner/repo", "GitHub pull-request mode"),
-    ] {
+    let refusal = |flag: &str, value: &str, says: &str| {
         let out = coordinator()
             .args(["run", "--path"])
             .arg(repo.path())
             .args([flag, value])
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("GH_TOKEN")
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{flag}");
@@ -207,5 +206,15 @@ fn settings_this_build_cannot_honour_are_refused_not_ignored() {
             "{flag}: {}",
             text(&out.stderr)
         );
-    }
+    };
+    // Coordinators sharing etcd share the repository through `origin`.
+    refusal("--etcd", "http://127.0.0.1:2379", "no `origin` remote");
+    refusal("--repo", "owner/repo", "checkout's `origin`");
+    let added = std::process::Command::new("git")
+        .args(["remote", "add", "origin", "https://github.invalid/owner/repo.git"])
+        .current_dir(repo.path())
+        .status()
+        .unwrap();
+    assert!(added.success());
+    refusal("--repo", "owner/repo", "set GITHUB_TOKEN or GH_TOKEN");
 }

@@ -1,6 +1,7 @@
 //! Shared helpers for hyperloop end-to-end tests.
 
 pub mod etcd;
+pub mod github;
 pub mod model_server;
 pub mod repo;
 

@@ -8,6 +8,7 @@
 //! result's consequences are persisted before it is acknowledged, and landing is idempotent,
 //! so after `kill -9` a restart redoes at most work that was never recorded as done.
 
+mod github;
 mod jobs;
 mod specs;
 mod workers;
@@ -43,6 +44,7 @@ use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::{Assignment, Change, SpecRecord, State, StateStore, StoreError};
 use specs::SpecView;
 
+pub use github::GitHub;
 pub use jobs::Job;
 use workers::Attempt;
 pub use workers::{RECONNECT_GRACE, TAKEOVER_GRACE};
@@ -111,6 +113,8 @@ pub struct Links {
     pub logs: Arc<LogHub>,
     /// Cancelled when leadership is lost: the loop stops without writing.
     pub deposed: CancellationToken,
+    /// GitHub mode (`--repo`): pull requests instead of local merges.
+    pub github: Option<GitHub>,
 }
 
 impl Links {
@@ -123,6 +127,7 @@ impl Links {
             commands: Arc::new(tokio::sync::Mutex::new(commands)),
             logs: Arc::new(LogHub::new()),
             deposed: CancellationToken::new(),
+            github: None,
         }
     }
 }
@@ -160,6 +165,9 @@ pub struct Reconciler<S, P, L, C> {
     commands: Arc<tokio::sync::Mutex<mpsc::Receiver<Command>>>,
     logs: Arc<LogHub>,
     deposed: CancellationToken,
+    github: Option<GitHub>,
+    /// When GitHub was last polled for tasks at gates and actions.
+    github_polled: Option<Instant>,
     results: Vec<Reaped>,
     /// Results reaped but not yet stored, acknowledged after the next persist.
     acks: Vec<(String, AttemptId)>,
@@ -230,6 +238,8 @@ where
             commands: links.commands,
             logs: links.logs,
             deposed: links.deposed,
+            github: links.github,
+            github_polled: None,
             results: Vec::new(),
             acks: Vec::new(),
             jobs: BTreeMap::new(),
@@ -388,6 +398,12 @@ where
                     None => return self.halt(Halt::Shutdown).await,
                 },
                 Some(command) = commands.recv() => self.command(command),
+                Some(reply) = async {
+                    match self.github.as_mut() {
+                        Some(github) => github.reply().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.github_reply(reply),
                 () = tokio::time::sleep(idle) => {}
             }
             // Merge wake-ups: take everything already queued before deciding again.
@@ -436,6 +452,7 @@ where
             || !self.results.is_empty()
             || !self.needs_rebase.is_empty()
             || !self.state.meta.failed_since_intake.is_empty()
+            || self.github.as_ref().is_some_and(GitHub::busy)
         {
             return None;
         }
@@ -470,6 +487,15 @@ where
             }
         }
         self.refresh_specs()?;
+        if self.github.is_some()
+            && self
+                .github_polled
+                .is_none_or(|at| at.elapsed() >= self.ctx.config.poll_interval)
+        {
+            // Gates and merges depend on GitHub, which has no push channel to us.
+            self.github_polled = Some(Instant::now());
+            self.wake = true;
+        }
         let intake_due = self
             .intake_not_before
             .is_some_and(|at| Instant::now() >= at);
@@ -575,6 +601,9 @@ where
         if !result.branch.is_empty() {
             task.branch = Some(result.branch.clone());
         }
+        if !result.head_commit.is_empty() {
+            self.github_after_push(&task);
+        }
         self.event(
             Some(task.id),
             EventKind::ResultReaped {
@@ -674,6 +703,7 @@ where
                 });
                 self.event(Some(id), EventKind::TaskFailed { reason });
                 self.task_failed(id);
+                self.github_failed(&task);
             }
             StepChange::Stayed | StepChange::ActionErrorCounted { .. } => {}
         }
@@ -925,7 +955,13 @@ where
                     Err(_) => continue,
                 },
             };
-            if let Next::RunAction { action, .. } = next {
+            if self.github.is_some() {
+                if matches!(next, Next::RunAction { .. } | Next::WaitAtGate { .. })
+                    && self.github_advance(&task, &next)
+                {
+                    advanced += 1;
+                }
+            } else if let Next::RunAction { action, .. } = next {
                 advanced += 1;
                 self.run_action(task, &action);
             }
@@ -971,44 +1007,7 @@ where
                 );
                 self.apply_outcome(task, Outcome::Action(ActionOutcome::Success));
             }
-            Ok(LandOutcome::Conflict { files }) => {
-                let used = self
-                    .state
-                    .meta
-                    .rebase_attempts
-                    .get(&task.id)
-                    .copied()
-                    .unwrap_or(0);
-                self.event(
-                    Some(task.id),
-                    EventKind::RebaseConflict {
-                        branch,
-                        attempt: used + 1,
-                        files: files.clone(),
-                    },
-                );
-                if used < self.ctx.config.max_rebase_attempts {
-                    self.state.meta.rebase_attempts.insert(task.id, used + 1);
-                    self.needs_rebase.insert(task.id);
-                } else {
-                    self.state.meta.rebase_attempts.remove(&task.id);
-                    self.add_review(Review {
-                        task_id: task.id,
-                        round: task.round,
-                        role: "coordinator".to_owned(),
-                        verdict: Verdict::Fail,
-                        detail: format!(
-                            "`{action}` conflicted with {} in {} after {used} rebase attempt(s); \
-                             the work must be redone on the current base",
-                            base_branch,
-                            files.join(", "),
-                        ),
-                    });
-                    self.apply_outcome(task, Outcome::Action(ActionOutcome::Error));
-                }
-                let meta = self.state.meta.clone();
-                self.record(Change::PutMeta(meta));
-            }
+            Ok(LandOutcome::Conflict { files }) => self.conflicted(task, action, &branch, files),
             Ok(LandOutcome::Deferred { reason }) => {
                 tracing::info!(task = %task.id, %reason, "landing deferred; will retry");
                 self.wake = true;
@@ -1028,6 +1027,51 @@ where
                 self.apply_outcome(task, Outcome::Action(ActionOutcome::Error));
             }
         }
+    }
+
+    /// A landing conflicted with the base branch: the rebase-resolver gets the task, up to
+    /// `max_rebase_attempts` times; then the action counts as failed.
+    fn conflicted(&mut self, task: Task, action: &str, branch: &str, files: Vec<String>) {
+        let used = self
+            .state
+            .meta
+            .rebase_attempts
+            .get(&task.id)
+            .copied()
+            .unwrap_or(0);
+        self.event(
+            Some(task.id),
+            EventKind::RebaseConflict {
+                branch: branch.to_owned(),
+                attempt: used + 1,
+                files: files.clone(),
+            },
+        );
+        if used < self.ctx.config.max_rebase_attempts {
+            self.state.meta.rebase_attempts.insert(task.id, used + 1);
+            self.needs_rebase.insert(task.id);
+        } else {
+            self.state.meta.rebase_attempts.remove(&task.id);
+            let base_branch = self.ctx.config.target.base_branch.clone();
+            let what = if files.is_empty() {
+                String::new()
+            } else {
+                format!(" in {}", files.join(", "))
+            };
+            self.add_review(Review {
+                task_id: task.id,
+                round: task.round,
+                role: "coordinator".to_owned(),
+                verdict: Verdict::Fail,
+                detail: format!(
+                    "`{action}` conflicted with {base_branch}{what} after {used} rebase \
+                     attempt(s); the work must be redone on the current base",
+                ),
+            });
+            self.apply_outcome(task, Outcome::Action(ActionOutcome::Error));
+        }
+        let meta = self.state.meta.clone();
+        self.record(Change::PutMeta(meta));
     }
 
     // --- SPAWN ---------------------------------------------------------------------------

@@ -140,6 +140,10 @@ pub const KEYS: &[Key] = &[
         "leader lease time to live: how soon a standby takes over a dead leader",
     ),
     key(
+        "github.api_url",
+        "GitHub REST API URL (GitHub Enterprise: https://HOST/api/v3); unset = api.github.com",
+    ),
+    key(
         "notifications.type",
         "how humans are told a gate waits: github-comment | null",
     ),

@@ -87,6 +87,7 @@ pub struct Config {
     #[serde(skip)]
     pub join_token: Option<Secret>,
     pub etcd: EtcdConfig,
+    pub github: GithubConfig,
     pub notifications: NotificationsConfig,
     pub observability: ObservabilityConfig,
     pub dashboard: DashboardConfig,
@@ -142,6 +143,13 @@ pub struct EtcdConfig {
     /// Leader lease: a dead leader is replaced this long after its last keep-alive.
     #[serde(serialize_with = "serialize_duration")]
     pub lease_ttl: Duration,
+}
+
+/// GitHub mode's API endpoint (the token comes from `GITHUB_TOKEN` / `GH_TOKEN`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct GithubConfig {
+    /// `None` = `https://api.github.com`.
+    pub api_url: Option<String>,
 }
 
 /// TLS for the gRPC endpoint (rustls). Without `cert` the endpoint is plain TCP, which a
@@ -396,6 +404,7 @@ impl Default for Config {
                 prefix: None,
                 lease_ttl: Duration::from_secs(3),
             },
+            github: GithubConfig::default(),
             notifications: NotificationsConfig {
                 kind: NotificationKind::None,
             },
@@ -734,6 +743,12 @@ impl Resolver<'_> {
                 lease_ttl: self
                     .get("etcd.lease_ttl", duration(LEASE_TTL_MIN, LEASE_TTL_MAX))
                     .unwrap_or(d.etcd.lease_ttl),
+            },
+            github: GithubConfig {
+                api_url: self.get(
+                    "github.api_url",
+                    string_where("a URL like https://github.example.com/api/v3", is_http_url),
+                ),
             },
             notifications: NotificationsConfig {
                 kind: self

@@ -199,6 +199,7 @@ advertise: "https://coordinator-1:9000"
 tls: {cert: /etc/hl/cert.pem, key: /etc/hl/key.pem, client_ca: /etc/hl/ca.pem, allow_plaintext: true}
 join_token_env: MY_JOIN_TOKEN
 etcd: {endpoints: ["http://10.0.0.1:2379", "etcd-2:2379"], prefix: /hl/acme, lease_ttl: 5s}
+github: {api_url: "https://github.example.com/api/v3"}
 notifications: {type: github-comment}
 observability:
   log_format: json
@@ -269,6 +270,7 @@ agent:
             prefix: Some("/hl/acme".into()),
             lease_ttl: secs(5),
         };
+        c.github.api_url = Some("https://github.example.com/api/v3".into());
         c.notifications.kind = NotificationKind::GithubComment;
         c.observability = ObservabilityConfig {
             log_format: LogFormat::Json,
