@@ -15,9 +15,8 @@ use hyperloop_shared::pipeline::GateDef;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::ports::forge::{
-    CommentMarker, Forge, ForgeError, GateStatus, MergeOutcome, MergeRequest,
-    NEEDS_APPROVAL_LABEL, PrNumber, PrRequest, PrSnapshot, PrState, UpdateOutcome,
-    feedback_finding,
+    CommentMarker, Forge, ForgeError, GateStatus, MergeOutcome, MergeRequest, NEEDS_APPROVAL_LABEL,
+    PrNumber, PrRequest, PrSnapshot, PrState, UpdateOutcome, feedback_finding,
 };
 
 /// GitHub calls in flight at once. GitHub asks integrations not to make many concurrent
@@ -28,7 +27,10 @@ const CONCURRENCY: usize = 4;
 #[derive(Debug, Clone)]
 pub enum ForgeRequest {
     /// Find or open the task's pull request.
-    EnsurePr { task: TaskId, request: PrRequest },
+    EnsurePr {
+        task: TaskId,
+        request: PrRequest,
+    },
     /// Check a gate. `notice`, when set, is sent first: the needs-approval label, review
     /// requests and the comment telling a human what to do (once per gate entry).
     Gate {
@@ -38,7 +40,10 @@ pub enum ForgeRequest {
         gates: Arc<BTreeMap<String, GateDef>>,
         notice: Option<Notice>,
     },
-    MarkReady { task: TaskId, pr: PrNumber },
+    MarkReady {
+        task: TaskId,
+        pr: PrNumber,
+    },
     /// Merge (`auto: false`: only wait for a human to merge).
     Merge {
         task: TaskId,
@@ -106,11 +111,22 @@ pub enum ForgeReply {
         result: ActionResult,
     },
     /// A human merged the pull request: the work landed.
-    MergedByHuman { task: TaskId, pr: PrSnapshot },
+    MergedByHuman {
+        task: TaskId,
+        pr: PrSnapshot,
+    },
     /// A human closed the pull request without merging; what they said.
-    Closed { task: TaskId, finding: String },
-    Notified { task: TaskId },
-    Failed { task: TaskId, error: ForgeError },
+    Closed {
+        task: TaskId,
+        finding: String,
+    },
+    Notified {
+        task: TaskId,
+    },
+    Failed {
+        task: TaskId,
+        error: ForgeError,
+    },
 }
 
 impl ForgeReply {

@@ -23,18 +23,18 @@ use crate::adapters::etcd_election::EtcdElection;
 use crate::adapters::etcd_store::EtcdStore;
 use crate::adapters::git::{GitLander, GitSpecSource};
 use crate::adapters::git_store::GitStore;
+use crate::adapters::github::{GitHubConfig, GitHubForge};
 use crate::compose::{CacheDir, compose_project};
 use crate::control::{Command, LeaderView, Live};
+use crate::forge_driver;
 use crate::grpc::{self, Admission, Farewell, Route, relay};
 use crate::lock::CoordinatorLock;
 use crate::logs::LogHub;
 use crate::ports::election::Election;
+use crate::ports::forge::Forge;
 use crate::ports::lander::Lander;
 use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::StateStore;
-use crate::adapters::github::{GitHubConfig, GitHubForge};
-use crate::forge_driver;
-use crate::ports::forge::Forge;
 use crate::reconcile::{Context, GitHub, Halt, Links, Mode, Reconciler, RunError};
 use hyperloop_shared::config::Secret;
 
@@ -504,7 +504,11 @@ async fn github_mode(config: &Config) -> Result<Option<GitHub>, StartError> {
     })?;
     let (requests, requests_rx) = mpsc::channel(FORGE_QUEUE);
     let (replies_tx, replies) = mpsc::channel(FORGE_QUEUE);
-    tokio::spawn(forge_driver::drive(Arc::new(forge), requests_rx, replies_tx));
+    tokio::spawn(forge_driver::drive(
+        Arc::new(forge),
+        requests_rx,
+        replies_tx,
+    ));
     Ok(Some(GitHub::new(repo, requests, replies)))
 }
 

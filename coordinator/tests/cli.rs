@@ -211,7 +211,12 @@ fn etcd_and_github_modes_say_what_they_are_missing() {
     refusal("--etcd", "http://127.0.0.1:2379", "no `origin` remote");
     refusal("--repo", "owner/repo", "checkout's `origin`");
     let added = std::process::Command::new("git")
-        .args(["remote", "add", "origin", "https://github.invalid/owner/repo.git"])
+        .args([
+            "remote",
+            "add",
+            "origin",
+            "https://github.invalid/owner/repo.git",
+        ])
         .current_dir(repo.path())
         .status()
         .unwrap();

@@ -14,13 +14,13 @@ use hyperloop_shared::project::Project;
 use tokio::sync::mpsc;
 
 use super::Reconciler;
-use crate::ports::state_store::Change;
 use crate::forge_driver::{ActionResult, ForgeReply, ForgeRequest, Notice};
 use crate::ports::forge::{
     CommentMarker, GateStatus, MergeRequest, PrNumber, PrRequest, PrSnapshot, task_labels,
 };
 use crate::ports::lander::Lander;
 use crate::ports::spec_source::SpecSource;
+use crate::ports::state_store::Change;
 use crate::ports::state_store::StateStore;
 
 /// First wait after a transient GitHub failure; doubles up to [`BACKOFF_MAX`].
@@ -70,7 +70,11 @@ impl GitHub {
     }
 
     fn due(&self, task: TaskId) -> bool {
-        !self.busy.contains(&task) && self.not_before.get(&task).is_none_or(|t| Instant::now() >= *t)
+        !self.busy.contains(&task)
+            && self
+                .not_before
+                .get(&task)
+                .is_none_or(|t| Instant::now() >= *t)
     }
 
     /// Sends without waiting: a full queue means GitHub is behind, and the task asks again.
@@ -177,10 +181,7 @@ where
                     request: MergeRequest {
                         strategy: self.ctx.config.merge.strategy,
                         title: format!("{} ({})", task.title, task.id),
-                        message: format!(
-                            "Spec-Ref: {}\nTask-Ref: {}",
-                            task.spec_ref, task.id
-                        ),
+                        message: format!("Spec-Ref: {}\nTask-Ref: {}", task.spec_ref, task.id),
                         expected_head: None,
                     },
                     auto: self.ctx.config.merge.auto_merge,
@@ -407,7 +408,9 @@ fn current_action(project: &Project, task: &Task) -> Option<String> {
 fn gate_notice(gate: &str, kind: &GateKind, task: &Task) -> String {
     let what = match kind {
         GateKind::Label { label } => format!("add the label `{label}` to this pull request"),
-        GateKind::PrApproval => "approve this pull request (a review on its current head)".to_owned(),
+        GateKind::PrApproval => {
+            "approve this pull request (a review on its current head)".to_owned()
+        }
         GateKind::CiStatus => "nothing: it waits for CI to pass on the current head".to_owned(),
         GateKind::All { require } => format!("clear every one of the gates {}", require.join(", ")),
         GateKind::Manual => "run `hyperloopctl approve` for it".to_owned(),

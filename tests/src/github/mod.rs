@@ -625,6 +625,21 @@ impl Inner {
         }
         let n = number.unwrap_or_default();
         Some(match op.id.as_str() {
+            "repos/get" => {
+                let full = format!("{}/{}", self.owner, self.repo);
+                (
+                    200,
+                    Some(patch(
+                        example("full-repository"),
+                        json!({
+                            "name": self.repo, "full_name": full, "owner": user(&self.owner),
+                            "default_branch": "main", "has_discussions": false,
+                            "permissions": {"admin": false, "maintain": false, "push": true,
+                                            "triage": true, "pull": true},
+                        }),
+                    )),
+                )
+            }
             "pulls/create" => self.create_pr(body),
             "pulls/list" => {
                 let state = query.get("state").map_or("open", String::as_str);

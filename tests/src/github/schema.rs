@@ -124,27 +124,40 @@ impl OpenApi {
     pub fn find(&self, method: &str, path: &str) -> Option<Operation> {
         let method = method.to_ascii_lowercase();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let mut best: Option<(usize, &str, &[Option<String>])> = None;
+        let mut best: Option<(usize, &str, Vec<String>)> = None;
         for (template, tsegs) in &self.templates {
-            if tsegs.len() != segs.len()
-                || !tsegs
+            // A trailing `{ref}` (git refs like `heads/hyperloop/task-001`) spans the rest.
+            let spans_rest = template.ends_with("/{ref}") && segs.len() > tsegs.len();
+            let values: Vec<String> = if spans_rest {
+                let mut v: Vec<String> = segs[..tsegs.len() - 1]
                     .iter()
-                    .zip(&segs)
-                    .all(|(t, s)| t.as_deref().is_none_or(|t| t == *s))
+                    .map(|s| (*s).to_string())
+                    .collect();
+                v.push(segs[tsegs.len() - 1..].join("/"));
+                v
+            } else if tsegs.len() == segs.len() {
+                segs.iter().map(|s| (*s).to_string()).collect()
+            } else {
+                continue;
+            };
+            if !tsegs
+                .iter()
+                .zip(&values)
+                .all(|(t, s)| t.as_deref().is_none_or(|t| t == s))
                 || self.doc["paths"][template][&method].is_null()
             {
                 continue;
             }
             let literal = tsegs.iter().filter(|t| t.is_some()).count();
-            if best.is_none_or(|(n, _, _)| literal > n) {
-                best = Some((literal, template, tsegs));
+            if best.as_ref().is_none_or(|(n, _, _)| literal > *n) {
+                best = Some((literal, template, values));
             }
         }
-        let (_, template, _) = best?;
+        let (_, template, values) = best?;
         let params = template
             .trim_start_matches('/')
             .split('/')
-            .zip(&segs)
+            .zip(&values)
             .filter_map(|(t, s)| {
                 let name = t.strip_prefix('{')?.strip_suffix('}')?;
                 Some((name.to_string(), percent_decode(s)))

@@ -1,0 +1,180 @@
+//! GitHub mode end to end: the real coordinator with in-process workers, the scripted agent,
+//! and the fake GitHub (every request and response checked against GitHub's published
+//! OpenAPI description), whose merges land in the real bare `origin`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyperloop_tests::free_port;
+use hyperloop_tests::github::FakeGitHub;
+use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent, test_home};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const REPO: &str = "acme/widgets";
+
+const OVERLAY: &str = "apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- github.com/hyperloop-dev/hyperloop//base?ref=v0.1.0
+patches:
+- patch: |-
+    apiVersion: hyperloop.io/v1
+    kind: Process
+    metadata:
+      name: default
+    pipeline:
+    - loop:
+      - agent: implementer
+      - agent: verifier
+    - gate: lgtm
+    - action: merge-pr
+    gates:
+      lgtm:
+        type: label
+";
+
+fn start(repo: &TestRepo, github: &FakeGitHub) -> Child {
+    let config = format!(
+        "max_workers: 1\npoll_interval: 1s\ndashboard:\n  enabled: false\n\
+         github:\n  api_url: {}\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n",
+        github.base_url(),
+        scripted_agent().display()
+    );
+    std::fs::write(repo.checkout.join(".hyperloop.yaml"), config).expect("config");
+    Command::new(coordinator_bin())
+        .args(["run", "--path"])
+        .arg(&repo.checkout)
+        .args([
+            "--repo",
+            REPO,
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .env("HOME", test_home(repo.dir.path()))
+        .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+        .env("GITHUB_TOKEN", "ghp_fake_token_for_tests_9Q")
+        .env_remove("GH_TOKEN")
+        .env_remove("HYPERLOOP_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("coordinator starts")
+}
+
+/// Waits until `done`; on timeout stops the coordinator and fails with everything seen.
+fn wait_for(
+    what: &str,
+    coordinator: &mut Child,
+    github: &FakeGitHub,
+    mut done: impl FnMut() -> bool,
+) {
+    let started = Instant::now();
+    while !done() {
+        let exited = coordinator.try_wait().expect("wait").is_some();
+        if exited || started.elapsed() > LIMIT {
+            let _ = coordinator.kill();
+            let mut stderr = String::new();
+            if let Some(mut err) = coordinator.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+            }
+            let requests: Vec<String> =
+                github.requests().iter().map(|r| format!("{r:?}")).collect();
+            panic!(
+                "gave up waiting for {what} (coordinator exited: {exited})\n\
+                 violations: {:?}\nrequests:\n{}\ncoordinator stderr:\n{stderr}",
+                github.violations(),
+                requests.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", OVERLAY),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let mut coordinator = start(&repo, &github);
+
+    wait_for(
+        "the pull request to wait at the lgtm gate",
+        &mut coordinator,
+        &github,
+        || {
+            github.pull_numbers().first().is_some_and(|n| {
+                github
+                    .labels(*n)
+                    .iter()
+                    .any(|l| l == "hyperloop/needs-approval")
+            })
+        },
+    );
+    let n = github.pull_numbers()[0];
+    let pr = github.pull(n);
+    assert_eq!(pr["draft"], true, "{pr}");
+    assert_eq!(pr["head"]["ref"], "hyperloop/task-001", "{pr}");
+    assert!(
+        pr["title"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("task-001"),
+        "{pr}"
+    );
+    let labels = github.labels(n);
+    assert!(
+        labels.iter().any(|l| l == "hyperloop/task-001"),
+        "{labels:?}"
+    );
+    wait_for("the gate notice", &mut coordinator, &github, || {
+        !github.comments(n).is_empty()
+    });
+    let comments = github.comments(n);
+    assert!(
+        comments[0].1.contains("lgtm") && comments[0].1.contains("hyperloop:task-001:gate:lgtm"),
+        "{comments:?}"
+    );
+
+    github.add_label(n, "lgtm", "reviewer");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = coordinator.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the run did not converge after lgtm"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = coordinator
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    assert!(status.success(), "{stderr}");
+
+    assert_eq!(github.pull_numbers(), vec![n], "exactly one pull request");
+    assert_eq!(github.pull(n)["merged"], true);
+    assert!(
+        !github
+            .labels(n)
+            .iter()
+            .any(|l| l == "hyperloop/needs-approval"),
+        "the needs-approval label stays after the gate cleared"
+    );
+    assert_eq!(github.comments(n).len(), 1, "one notice per gate entry");
+    let files = git(&repo.origin, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(files.contains("work/task-001.txt"), "{files}");
+    let message = git(&repo.origin, &["log", "-1", "--format=%B", "main"]);
+    assert!(message.contains("Task-Ref: task-001"), "{message}");
+    assert!(
+        !stderr.contains("ghp_fake_token_for_tests_9Q"),
+        "the token leaked into the logs"
+    );
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
