@@ -33,11 +33,12 @@ patches:
         type: label
 ";
 
-fn start(repo: &TestRepo, github: &FakeGitHub) -> Child {
+fn start(repo: &TestRepo, github: &FakeGitHub, mode: &str) -> Child {
     let config = format!(
         "max_workers: 1\npoll_interval: 1s\ndashboard:\n  enabled: false\n\
          github:\n  api_url: {}\n\
-         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n",
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n\
+         \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE]\n",
         github.base_url(),
         scripted_agent().display()
     );
@@ -54,6 +55,8 @@ fn start(repo: &TestRepo, github: &FakeGitHub) -> Child {
         .env("HOME", test_home(repo.dir.path()))
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
         .env("GITHUB_TOKEN", "ghp_fake_token_for_tests_9Q")
+        .env("SCRIPTED_LOG", repo.dir.path().join("steps.log"))
+        .env("SCRIPTED_MODE", mode)
         .env_remove("GH_TOKEN")
         .env_remove("HYPERLOOP_PATH")
         .stdin(Stdio::null())
@@ -61,6 +64,24 @@ fn start(repo: &TestRepo, github: &FakeGitHub) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("coordinator starts")
+}
+
+/// Waits for the coordinator to exit and returns its stderr, failing unless it exited 0.
+fn converged(mut coordinator: Child) -> String {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = coordinator.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < LIMIT, "the run did not converge");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = coordinator
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    assert!(status.success(), "{stderr}");
+    stderr
 }
 
 /// Waits until `done`; on timeout stops the coordinator and fails with everything seen.
@@ -100,7 +121,7 @@ fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
     ]);
     let github = FakeGitHub::start(REPO).expect("fake GitHub");
     github.set_git_repo(&repo.origin);
-    let mut coordinator = start(&repo, &github);
+    let mut coordinator = start(&repo, &github, "normal");
 
     wait_for(
         "the pull request to wait at the lgtm gate",
@@ -176,5 +197,60 @@ fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
         !stderr.contains("ghp_fake_token_for_tests_9Q"),
         "the token leaked into the logs"
     );
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
+
+/// A human closes the pull request with comments: the task fails with them as a finding, the
+/// gap goes back to the PM, whose prompt carries them, and the new task's pull request lands.
+#[test]
+fn a_pr_closed_with_comments_sends_them_back_to_the_pm() {
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", OVERLAY),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let mut coordinator = start(&repo, &github, "redo");
+    let at_gate = |n: u64| {
+        github
+            .labels(n)
+            .iter()
+            .any(|l| l == "hyperloop/needs-approval")
+    };
+    wait_for(
+        "the first pull request at its gate",
+        &mut coordinator,
+        &github,
+        || github.pull_numbers().first().is_some_and(|n| at_gate(*n)),
+    );
+    let first = github.pull_numbers()[0];
+    github.add_comment(
+        first,
+        "alice",
+        "Please render it as a table, not a list (TABLE-7Q).",
+    );
+    github.close(first);
+
+    wait_for(
+        "a second pull request at its gate",
+        &mut coordinator,
+        &github,
+        || github.pull_numbers().len() == 2 && at_gate(github.pull_numbers()[1]),
+    );
+    let second = github.pull_numbers()[1];
+    assert_eq!(github.pull(second)["head"]["ref"], "hyperloop/task-002");
+    github.add_label(second, "lgtm", "reviewer");
+    converged(coordinator);
+
+    let steps = std::fs::read_to_string(repo.dir.path().join("steps.log")).unwrap_or_default();
+    assert!(
+        steps.contains("pm-saw TABLE-7Q"),
+        "the PM never saw the reviewer's comment:\n{steps}"
+    );
+    assert_eq!(github.pull(first)["merged"], false);
+    assert_eq!(github.pull(second)["merged"], true);
+    let history = git(&repo.origin, &["log", "--format=%B", "main"]);
+    assert!(history.contains("Task-Ref: task-002"), "{history}");
+    assert!(!history.contains("Task-Ref: task-001"), "{history}");
     assert_eq!(github.violations(), Vec::<String>::new());
 }
