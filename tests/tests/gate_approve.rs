@@ -6,6 +6,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hyperloop_tests::exits_ok;
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent, test_home};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -61,7 +62,7 @@ fn a_gate_waits_for_hyperloopctl_approve_and_the_comment_becomes_a_review() {
         .expect("free port")
         .port();
     let server = format!("http://127.0.0.1:{port}");
-    let mut coordinator = Command::new(coordinator_bin())
+    let coordinator = Command::new(coordinator_bin())
         .args(["run", "--path"])
         .arg(&repo.checkout)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -105,21 +106,7 @@ fn a_gate_waits_for_hyperloopctl_approve_and_the_comment_becomes_a_review() {
         &refusals[..refusals.len().min(3)]
     );
 
-    let status = loop {
-        if let Some(status) = coordinator.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "the run did not converge after approval"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stderr = coordinator
-        .wait_with_output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        .unwrap_or_default();
-    assert!(status.success(), "{stderr}");
+    exits_ok(coordinator, LIMIT);
     assert!(
         repo.files("main").contains(&"work/task-001.txt".to_owned()),
         "{:?}",

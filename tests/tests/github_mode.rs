@@ -5,9 +5,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyperloop_tests::free_port;
 use hyperloop_tests::github::FakeGitHub;
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent, test_home};
+use hyperloop_tests::{exits_ok, free_port};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const REPO: &str = "acme/widgets";
@@ -64,24 +64,6 @@ fn start(repo: &TestRepo, github: &FakeGitHub, mode: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("coordinator starts")
-}
-
-/// Waits for the coordinator to exit and returns its stderr, failing unless it exited 0.
-fn converged(mut coordinator: Child) -> String {
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = coordinator.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(started.elapsed() < LIMIT, "the run did not converge");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stderr = coordinator
-        .wait_with_output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        .unwrap_or_default();
-    assert!(status.success(), "{stderr}");
-    stderr
 }
 
 /// Waits until `done`; on timeout stops the coordinator and fails with everything seen.
@@ -162,22 +144,7 @@ fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
     );
 
     github.add_label(n, "lgtm", "reviewer");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = coordinator.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "the run did not converge after lgtm"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stderr = coordinator
-        .wait_with_output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        .unwrap_or_default();
-    assert!(status.success(), "{stderr}");
+    let stderr = exits_ok(coordinator, LIMIT);
 
     assert_eq!(github.pull_numbers(), vec![n], "exactly one pull request");
     assert_eq!(github.pull(n)["merged"], true);
@@ -240,7 +207,7 @@ fn a_pr_closed_with_comments_sends_them_back_to_the_pm() {
     let second = github.pull_numbers()[1];
     assert_eq!(github.pull(second)["head"]["ref"], "hyperloop/task-002");
     github.add_label(second, "lgtm", "reviewer");
-    converged(coordinator);
+    exits_ok(coordinator, LIMIT);
 
     let steps = std::fs::read_to_string(repo.dir.path().join("steps.log")).unwrap_or_default();
     assert!(
