@@ -221,3 +221,57 @@ fn a_pr_closed_with_comments_sends_them_back_to_the_pm() {
     assert!(!history.contains("Task-Ref: task-001"), "{history}");
     assert_eq!(github.violations(), Vec::<String>::new());
 }
+
+/// A coordinator killed (`kill -9`) while a task waits at a gate, then restarted: it finds the
+/// pull request, its label and its notice, and adds none of them again.
+#[test]
+fn a_restart_at_a_gate_duplicates_no_pr_label_or_comment() {
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", OVERLAY),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let mut first = start(&repo, &github, "normal");
+    wait_for("the notice at the gate", &mut first, &github, || {
+        github
+            .pull_numbers()
+            .first()
+            .is_some_and(|n| !github.comments(*n).is_empty())
+    });
+    let _ = first.kill();
+    let _ = first.wait();
+    let n = github.pull_numbers()[0];
+    let polls = |github: &FakeGitHub| {
+        github
+            .requests()
+            .iter()
+            .filter(|r| format!("{r:?}").contains(&format!("/pulls/{n}")))
+            .count()
+    };
+    let before = polls(&github);
+
+    let mut second = start(&repo, &github, "normal");
+    // Several gate checks by the new coordinator before the label comes.
+    wait_for(
+        "the restarted coordinator to check the gate",
+        &mut second,
+        &github,
+        || polls(&github) >= before + 3,
+    );
+    github.add_label(n, "lgtm", "reviewer");
+    exits_ok(second, LIMIT);
+
+    assert_eq!(
+        github.pull_numbers(),
+        vec![n],
+        "a second pull request was opened"
+    );
+    assert_eq!(
+        github.comments(n).len(),
+        1,
+        "the gate notice was posted twice"
+    );
+    assert_eq!(github.pull(n)["merged"], true);
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
