@@ -275,3 +275,37 @@ fn a_restart_at_a_gate_duplicates_no_pr_label_or_comment() {
     assert_eq!(github.pull(n)["merged"], true);
     assert_eq!(github.violations(), Vec::<String>::new());
 }
+
+/// A human merges the pull request while the task waits at its gate: that counts as landed.
+#[test]
+fn a_pr_merged_by_a_human_completes_the_task() {
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", OVERLAY),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let mut coordinator = start(&repo, &github, "normal");
+    wait_for(
+        "the pull request at its gate",
+        &mut coordinator,
+        &github,
+        || {
+            github
+                .pull_numbers()
+                .first()
+                .is_some_and(|n| !github.comments(*n).is_empty())
+        },
+    );
+    let n = github.pull_numbers()[0];
+    github
+        .merge_as_human(n, "bob", "squash")
+        .expect("human merge");
+    exits_ok(coordinator, LIMIT);
+
+    let files = git(&repo.origin, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(files.contains("work/task-001.txt"), "{files}");
+    let state = repo.state_texts("tasks/").join("\n");
+    assert!(state.contains("\"complete\""), "task not complete: {state}");
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
