@@ -309,3 +309,48 @@ fn a_pr_merged_by_a_human_completes_the_task() {
     assert!(state.contains("\"complete\""), "task not complete: {state}");
     assert_eq!(github.violations(), Vec::<String>::new());
 }
+
+/// GitHub answers with secondary rate limits: the coordinator waits as told (Retry-After)
+/// and carries on.
+#[test]
+fn a_secondary_rate_limit_is_waited_out() {
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", OVERLAY),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let mut coordinator = start(&repo, &github, "normal");
+    wait_for(
+        "the pull request at its gate",
+        &mut coordinator,
+        &github,
+        || {
+            github
+                .pull_numbers()
+                .first()
+                .is_some_and(|n| !github.comments(*n).is_empty())
+        },
+    );
+    let n = github.pull_numbers()[0];
+    github.rate_limit_next(2, 1);
+    github.add_label(n, "lgtm", "reviewer");
+    exits_ok(coordinator, LIMIT);
+
+    let requests = github.requests();
+    let limited: Vec<usize> = (0..requests.len())
+        .filter(|i| requests[*i].status == 403)
+        .collect();
+    assert_eq!(limited.len(), 2, "{requests:?}");
+    let last = *limited.last().expect("two");
+    let next = requests
+        .get(last + 1)
+        .expect("a request after the rate limit");
+    assert!(
+        next.at.duration_since(requests[last].at) >= Duration::from_millis(900),
+        "retried {:?} after a 403 that said to wait 1 s",
+        next.at.duration_since(requests[last].at)
+    );
+    assert_eq!(github.pull(n)["merged"], true);
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
