@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyperloop_tests::github::FakeGitHub;
+use hyperloop_tests::github::{CheckState, FakeGitHub};
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent, test_home};
 use hyperloop_tests::{exits_ok, free_port};
 
@@ -32,6 +32,19 @@ patches:
       lgtm:
         type: label
 ";
+
+/// The same overlay with the process's pipeline and gates replaced by `process`.
+fn overlay_with(process: &str) -> String {
+    format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n\
+         - github.com/hyperloop-dev/hyperloop//base?ref=v0.1.0\npatches:\n- patch: |-\n\
+         \x20   apiVersion: hyperloop.io/v1\n    kind: Process\n    metadata:\n      name: default\n{}",
+        process
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    )
+}
 
 fn start(repo: &TestRepo, github: &FakeGitHub, mode: &str) -> Child {
     let config = format!(
@@ -352,5 +365,47 @@ fn a_secondary_rate_limit_is_waited_out() {
         next.at.duration_since(requests[last].at)
     );
     assert_eq!(github.pull(n)["merged"], true);
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
+
+/// A `ci-status` gate inside the loop: a failing check sends the task round again with the
+/// failure as a finding; once the new head's checks pass, the work is merged.
+#[test]
+fn a_failing_check_loops_back_and_a_passing_one_lets_it_merge() {
+    let overlay = overlay_with(
+        "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n  - gate: ci\n\
+         - action: merge-pr\ngates:\n  ci:\n    type: ci-status\n",
+    );
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", &overlay),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let mut coordinator = start(&repo, &github, "normal");
+    wait_for("the task at its CI gate", &mut coordinator, &github, || {
+        github
+            .pull_numbers()
+            .first()
+            .is_some_and(|n| !github.comments(*n).is_empty())
+    });
+    let n = github.pull_numbers()[0];
+    let failed_head = github.head_sha(n);
+    github.set_check_run(&failed_head, "build (BUILD-4X)", CheckState::Failure);
+    wait_for(
+        "the next round at the CI gate",
+        &mut coordinator,
+        &github,
+        || github.comments(n).len() >= 2 && github.head_sha(n) != failed_head,
+    );
+    github.set_check_run(&github.head_sha(n), "build (BUILD-4X)", CheckState::Success);
+    exits_ok(coordinator, LIMIT);
+
+    assert_eq!(github.pull(n)["merged"], true);
+    let reviews = repo.state_texts("reviews/").join("\n");
+    assert!(
+        reviews.contains("BUILD-4X"),
+        "the failing check is not a finding: {reviews}"
+    );
     assert_eq!(github.violations(), Vec::<String>::new());
 }
