@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyperloop_tests::github::{CheckState, FakeGitHub};
+use hyperloop_tests::github::{CheckState, FakeGitHub, ReviewState};
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent, test_home};
 use hyperloop_tests::{exits_ok, free_port};
 
@@ -407,5 +407,61 @@ fn a_failing_check_loops_back_and_a_passing_one_lets_it_merge() {
         reviews.contains("BUILD-4X"),
         "the failing check is not a finding: {reviews}"
     );
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
+
+/// A `pr-approval` gate requests its reviewers, ignores an approval of an older commit, and
+/// clears with an approval of the current head.
+#[test]
+fn an_approval_gate_needs_a_fresh_approval() {
+    let overlay = overlay_with(
+        "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- gate: review\n\
+         - action: merge-pr\ngates:\n  review:\n    type: pr-approval\n    reviewers: [carol]\n",
+    );
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", &overlay),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let mut coordinator = start(&repo, &github, "normal");
+    wait_for(
+        "the task at its review gate",
+        &mut coordinator,
+        &github,
+        || {
+            github
+                .pull_numbers()
+                .first()
+                .is_some_and(|n| !github.comments(*n).is_empty())
+        },
+    );
+    let n = github.pull_numbers()[0];
+    assert_eq!(github.requested_reviewers(n), vec!["carol".to_owned()]);
+    github.submit_review(
+        n,
+        "carol",
+        ReviewState::Approved,
+        Some("1111111111111111111111111111111111111111"),
+    );
+    let gate_checks = |github: &FakeGitHub| {
+        github
+            .requests()
+            .iter()
+            .filter(|r| r.uri.contains(&format!("/pulls/{n}/reviews")))
+            .count()
+    };
+    let before = gate_checks(&github);
+    wait_for("two more gate checks", &mut coordinator, &github, || {
+        gate_checks(&github) >= before + 2
+    });
+    assert_eq!(
+        github.pull(n)["merged"],
+        false,
+        "merged on a stale approval"
+    );
+    github.submit_review(n, "carol", ReviewState::Approved, None);
+    exits_ok(coordinator, LIMIT);
+    assert_eq!(github.pull(n)["merged"], true);
     assert_eq!(github.violations(), Vec::<String>::new());
 }
