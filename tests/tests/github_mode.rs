@@ -465,3 +465,44 @@ fn an_approval_gate_needs_a_fresh_approval() {
     assert_eq!(github.pull(n)["merged"], true);
     assert_eq!(github.violations(), Vec::<String>::new());
 }
+
+/// An `all` gate clears only when every gate it requires does.
+#[test]
+fn an_all_gate_waits_for_every_child() {
+    let overlay = overlay_with(
+        "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- gate: both\n\
+         - action: merge-pr\ngates:\n  both:\n    type: all\n    require: [lgtm, ci]\n\
+         \x20 lgtm:\n    type: label\n  ci:\n    type: ci-status\n",
+    );
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", &overlay),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let mut coordinator = start(&repo, &github, "normal");
+    wait_for("the task at its gate", &mut coordinator, &github, || {
+        github
+            .pull_numbers()
+            .first()
+            .is_some_and(|n| !github.comments(*n).is_empty())
+    });
+    let n = github.pull_numbers()[0];
+    github.add_label(n, "lgtm", "reviewer");
+    let status_checks = |github: &FakeGitHub| {
+        github
+            .requests()
+            .iter()
+            .filter(|r| r.uri.contains("/status"))
+            .count()
+    };
+    let before = status_checks(&github);
+    wait_for("two more gate checks", &mut coordinator, &github, || {
+        status_checks(&github) >= before + 2
+    });
+    assert_eq!(github.pull(n)["merged"], false, "merged without CI");
+    github.set_status(&github.head_sha(n), "ci/build", CheckState::Success);
+    exits_ok(coordinator, LIMIT);
+    assert_eq!(github.pull(n)["merged"], true);
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
