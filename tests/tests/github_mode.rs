@@ -55,6 +55,11 @@ fn start(repo: &TestRepo, github: &FakeGitHub, mode: &str) -> Child {
         github.base_url(),
         scripted_agent().display()
     );
+    start_with(repo, &config, mode)
+}
+
+/// The coordinator on `repo` in GitHub mode with `config` as its `.hyperloop.yaml`.
+fn start_with(repo: &TestRepo, config: &str, mode: &str) -> Child {
     std::fs::write(repo.checkout.join(".hyperloop.yaml"), config).expect("config");
     Command::new(coordinator_bin())
         .args(["run", "--path"])
@@ -504,5 +509,47 @@ fn an_all_gate_waits_for_every_child() {
     github.set_status(&github.head_sha(n), "ci/build", CheckState::Success);
     exits_ok(coordinator, LIMIT);
     assert_eq!(github.pull(n)["merged"], true);
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
+
+/// Pull requests that conflict with work merged before them go to the rebase-resolver, whose
+/// push makes them mergeable; every task lands through GitHub.
+#[test]
+fn a_conflicting_pr_goes_to_the_rebase_resolver_and_then_merges() {
+    let overlay = overlay_with(
+        "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- action: merge-pr\n",
+    );
+    let repo = TestRepo::new(&[
+        ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", &overlay),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let config = format!(
+        "max_workers: 2\npoll_interval: 1s\ndashboard:\n  enabled: false\n\
+         github:\n  api_url: {}\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n\
+         \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE]\n",
+        github.base_url(),
+        scripted_agent().display()
+    );
+    let coordinator = start_with(&repo, &config, "conflict");
+    exits_ok(coordinator, LIMIT);
+
+    let steps = std::fs::read_to_string(repo.dir.path().join("steps.log")).unwrap_or_default();
+    assert!(
+        steps.contains("rebase-resolver"),
+        "no conflict was resolved:\n{steps}"
+    );
+    let numbers = github.pull_numbers();
+    assert_eq!(numbers.len(), 3, "one pull request per task");
+    for n in numbers {
+        assert_eq!(github.pull(n)["merged"], true, "#{n} not merged");
+    }
+    let files = git(&repo.origin, &["ls-tree", "-r", "--name-only", "main"]);
+    for task in ["task-001", "task-002", "task-003"] {
+        assert!(files.contains(&format!("work/{task}.txt")), "{files}");
+    }
     assert_eq!(github.violations(), Vec::<String>::new());
 }
