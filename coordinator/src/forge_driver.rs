@@ -61,11 +61,12 @@ pub enum ForgeRequest {
     },
 }
 
-/// What a human is told when a task reaches a gate.
+/// What a human is told when a task reaches a gate: the needs-approval label always, review
+/// requests when the gate names reviewers, a comment when `notifications.type` says so.
 #[derive(Debug, Clone)]
 pub struct Notice {
     pub marker: CommentMarker,
-    pub body: String,
+    pub body: Option<String>,
     pub reviewers: Vec<String>,
 }
 
@@ -197,7 +198,9 @@ async fn handle<F: Forge>(forge: &F, request: ForgeRequest) -> Result<ForgeReply
                 if !notice.reviewers.is_empty() {
                     forge.request_reviewers(pr, &notice.reviewers).await?;
                 }
-                forge.comment_once(pr, &notice.marker, &notice.body).await?;
+                if let Some(body) = &notice.body {
+                    forge.comment_once(pr, &notice.marker, body).await?;
+                }
             }
             let status = forge.gate_status(pr, &gate, &gates).await?;
             if status == GateStatus::Cleared {

@@ -49,6 +49,7 @@ fn overlay_with(process: &str) -> String {
 fn start(repo: &TestRepo, github: &FakeGitHub, mode: &str) -> Child {
     let config = format!(
         "max_workers: 1\npoll_interval: 1s\ndashboard:\n  enabled: false\n\
+         notifications:\n  type: github-comment\n\
          github:\n  api_url: {}\n\
          agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n\
          \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE]\n",
@@ -471,12 +472,14 @@ fn an_approval_gate_needs_a_fresh_approval() {
     assert_eq!(github.violations(), Vec::<String>::new());
 }
 
-/// An `all` gate clears only when every gate it requires does.
+/// `mark-pr-ready` takes the pull request out of draft (GraphQL); an `all` gate then clears
+/// only when every gate it requires does.
 #[test]
 fn an_all_gate_waits_for_every_child() {
     let overlay = overlay_with(
-        "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- gate: both\n\
-         - action: merge-pr\ngates:\n  both:\n    type: all\n    require: [lgtm, ci]\n\
+        "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- action: ready\n\
+         - gate: both\n- action: merge-pr\nactions:\n  ready:\n    type: mark-pr-ready\n\
+         gates:\n  both:\n    type: all\n    require: [lgtm, ci]\n\
          \x20 lgtm:\n    type: label\n  ci:\n    type: ci-status\n",
     );
     let repo = TestRepo::new(&[
@@ -493,6 +496,11 @@ fn an_all_gate_waits_for_every_child() {
             .is_some_and(|n| !github.comments(*n).is_empty())
     });
     let n = github.pull_numbers()[0];
+    assert_eq!(
+        github.pull(n)["draft"],
+        false,
+        "mark-pr-ready ran before the gate"
+    );
     github.add_label(n, "lgtm", "reviewer");
     let status_checks = |github: &FakeGitHub| {
         github
@@ -528,6 +536,7 @@ fn a_conflicting_pr_goes_to_the_rebase_resolver_and_then_merges() {
     github.set_git_repo(&repo.origin);
     let config = format!(
         "max_workers: 2\npoll_interval: 1s\ndashboard:\n  enabled: false\n\
+         notifications:\n  type: github-comment\n\
          github:\n  api_url: {}\n\
          agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n\
          \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE]\n",

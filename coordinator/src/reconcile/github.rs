@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyperloop_shared::config::NotificationKind;
 use hyperloop_shared::event::EventKind;
 use hyperloop_shared::model::{Review, Task, TaskId, TaskStatus, Verdict};
 use hyperloop_shared::pipeline::{ActionKind, ActionOutcome, GateCheck, GateKind, Next, Outcome};
@@ -161,7 +162,7 @@ where
                 }
                 let marker = CommentMarker::new(task.id, "gate", gate, u64::from(task.round));
                 let notice = (!gh.notified.contains(marker.as_str())).then(|| Notice {
-                    body: gate_notice(gate, &def.kind, task),
+                    body: self.comments().then(|| gate_notice(gate, &def.kind, task)),
                     marker,
                     reviewers: def.reviewers.clone(),
                 });
@@ -203,8 +204,16 @@ where
         true
     }
 
+    /// Whether humans are told things in pull request comments (`notifications.type`).
+    fn comments(&self) -> bool {
+        self.ctx.config.notifications.kind == NotificationKind::GithubComment
+    }
+
     /// A task that failed tells its pull request why (once per failure).
     pub(super) fn github_failed(&mut self, task: &Task) {
+        if !self.comments() {
+            return;
+        }
         let Some(pr) = pr_of(task) else { return };
         let Some(gh) = self.github.as_mut() else {
             return;
