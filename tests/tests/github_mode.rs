@@ -179,6 +179,7 @@ fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
     assert!(files.contains("work/task-001.txt"), "{files}");
     let message = git(&repo.origin, &["log", "-1", "--format=%B", "main"]);
     assert!(message.contains("Task-Ref: task-001"), "{message}");
+    assert!(message.contains("Spec-Ref: specs/b.md@"), "{message}");
     assert!(
         !stderr.contains("ghp_fake_token_for_tests_9Q"),
         "the token leaked into the logs"
@@ -234,6 +235,14 @@ fn a_pr_closed_with_comments_sends_them_back_to_the_pm() {
         "the PM never saw the reviewer's comment:\n{steps}"
     );
     assert_eq!(github.pull(first)["merged"], false);
+    assert!(
+        github
+            .comments(first)
+            .iter()
+            .any(|(_, body)| body.contains("task-001 failed")),
+        "the failed task did not say so on its pull request: {:?}",
+        github.comments(first)
+    );
     assert_eq!(github.pull(second)["merged"], true);
     let history = git(&repo.origin, &["log", "--format=%B", "main"]);
     assert!(history.contains("Task-Ref: task-002"), "{history}");
@@ -560,5 +569,52 @@ fn a_conflicting_pr_goes_to_the_rebase_resolver_and_then_merges() {
     for task in ["task-001", "task-002", "task-003"] {
         assert!(files.contains(&format!("work/{task}.txt")), "{files}");
     }
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
+
+/// With `merge.auto_merge: false` the merge waits for a human, whose merge completes the task.
+#[test]
+fn without_auto_merge_a_human_merges() {
+    let overlay = overlay_with(
+        "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- action: merge-pr\n",
+    );
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", &overlay),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let config = format!(
+        "max_workers: 1\npoll_interval: 1s\ndashboard:\n  enabled: false\n\
+         merge:\n  auto_merge: false\ngithub:\n  api_url: {}\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n",
+        github.base_url(),
+        scripted_agent().display()
+    );
+    let mut coordinator = start_with(&repo, &config, "normal");
+    let polls = |github: &FakeGitHub| {
+        github
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.uri.ends_with("/pulls/1"))
+            .count()
+    };
+    wait_for(
+        "the merge action to wait",
+        &mut coordinator,
+        &github,
+        || polls(&github) >= 3,
+    );
+    assert_eq!(github.pull(1)["merged"], false, "merged without a human");
+    assert!(
+        !github.requests().iter().any(|r| r.method == "PUT"),
+        "hyperloop tried to merge"
+    );
+    github
+        .merge_as_human(1, "bob", "merge")
+        .expect("human merge");
+    exits_ok(coordinator, LIMIT);
+    let files = git(&repo.origin, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(files.contains("work/task-001.txt"), "{files}");
     assert_eq!(github.violations(), Vec::<String>::new());
 }

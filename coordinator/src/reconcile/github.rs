@@ -390,6 +390,7 @@ where
         task.failure = Some(reason.clone());
         self.event(Some(id), EventKind::TaskFailed { reason });
         self.task_failed(id);
+        self.github_failed(&task);
         self.put_task(task);
         self.fail_dependents(id);
     }
