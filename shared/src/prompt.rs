@@ -236,6 +236,9 @@ pub struct TaskContext<'a> {
     /// Reviews of this task from earlier rounds, in any order; all of them are shown, sorted
     /// by round. Reviews of other tasks are ignored.
     pub reviews: &'a [Review],
+    /// Reviews of earlier tasks for the same spec that failed (a rejected pull request's
+    /// comments among them): why those approaches did not land.
+    pub earlier: &'a [Review],
 }
 
 /// The prompt for a pipeline agent working on a task.
@@ -299,6 +302,23 @@ pub fn task_prompt(template: &AgentTemplate, ctx: &TaskContext<'_>) -> Prompt {
         b.push(
             SectionKind::Findings,
             "Findings from earlier rounds",
+            "findings",
+            body,
+        );
+    }
+
+    if !ctx.earlier.is_empty() {
+        let mut body = String::from(
+            "Earlier tasks for this spec failed; this is what their reviewers said. Take a \
+             different approach where they rejected one.",
+        );
+        for r in ctx.earlier {
+            let _ = write!(body, "\n\n### {}", r.task_id);
+            write_review(&mut body, "####", r);
+        }
+        b.push(
+            SectionKind::FailureHistory,
+            "Earlier tasks for this spec",
             "findings",
             body,
         );

@@ -234,6 +234,10 @@ fn a_pr_closed_with_comments_sends_them_back_to_the_pm() {
         steps.contains("pm-saw TABLE-7Q"),
         "the PM never saw the reviewer's comment:\n{steps}"
     );
+    assert!(
+        steps.contains("implementer-saw TABLE-7Q task-002"),
+        "the new task's prompt lacks the reviewer's comment:\n{steps}"
+    );
     assert_eq!(github.pull(first)["merged"], false);
     assert!(
         github

@@ -49,6 +49,8 @@ pub use jobs::Job;
 use workers::Attempt;
 pub use workers::{RECONNECT_GRACE, TAKEOVER_GRACE};
 
+/// Failed earlier tasks of a spec whose findings a new task's prompt shows.
+const EARLIER_TASKS_SHOWN: usize = 3;
 /// How often worker liveness and lease deadlines are checked.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
 /// How long a transient state store failure (an etcd member down, a leader election inside
@@ -1316,6 +1318,7 @@ where
             .get(&task.id)
             .cloned()
             .unwrap_or_default();
+        let earlier = self.earlier_findings(task);
         let composed = prompt::task_prompt(
             template,
             &TaskContext {
@@ -1327,6 +1330,7 @@ where
                 branch: &branch,
                 base_branch: &self.ctx.config.target.base_branch,
                 reviews: &reviews,
+                earlier: &earlier,
             },
         );
         let step = task
@@ -1362,6 +1366,21 @@ where
             dispatched_at_ms: now_ms(),
         };
         Ok((assign, assignment))
+    }
+
+    /// Reviews of the newest failed tasks for the same spec that came before `task` (at most
+    /// [`EARLIER_TASKS_SHOWN`]), so a new attempt knows why earlier ones were rejected.
+    fn earlier_findings(&self, task: &Task) -> Vec<Review> {
+        self.state
+            .tasks
+            .range(..task.id)
+            .rev()
+            .filter(|(_, t)| {
+                t.status == TaskStatus::Failed && t.spec_ref.path == task.spec_ref.path
+            })
+            .take(EARLIER_TASKS_SHOWN)
+            .flat_map(|(id, _)| self.state.reviews.get(id).cloned().unwrap_or_default())
+            .collect()
     }
 
     #[allow(clippy::too_many_arguments)] // mirrors the Assign message's fields

@@ -39,6 +39,7 @@ fn task_ctx<'a>(spec_ref: &'a SpecRef, reviews: &'a [Review]) -> TaskContext<'a>
         branch: "hyperloop/task-007",
         base_branch: "main",
         reviews,
+        earlier: &[],
     }
 }
 
@@ -214,6 +215,26 @@ fn the_spec_fence_outlasts_fences_inside_the_spec() {
         p.text
             .contains(&format!("`````markdown\n{}\n`````", spec.trim_end()))
     );
+}
+
+#[test]
+fn findings_of_earlier_failed_tasks_for_the_spec_are_shown() {
+    let earlier = [review(
+        3,
+        2,
+        "human",
+        Verdict::Fail,
+        "Use a table (TABLE-7Q).",
+    )];
+    let r = spec_ref();
+    let ctx = TaskContext {
+        earlier: &earlier,
+        ..task_ctx(&r, &[])
+    };
+    let p = task_prompt(&template("implementer", "Go.", ""), &ctx);
+    assert!(p.text.contains("Earlier tasks for this spec"), "{}", p.text);
+    assert!(p.text.contains("### task-003"), "{}", p.text);
+    assert!(p.text.contains("Use a table (TABLE-7Q)."), "{}", p.text);
 }
 
 #[test]
