@@ -509,7 +509,12 @@ async fn github_mode(config: &Config) -> Result<Option<GitHub>, StartError> {
         requests_rx,
         replies_tx,
     ));
-    Ok(Some(GitHub::new(repo, requests, replies)))
+    Ok(Some(GitHub::new(
+        repo,
+        config.github.api_url.as_deref(),
+        requests,
+        replies,
+    )))
 }
 
 /// Stops the follower and waits for it: aborted mid-update, it must not overwrite the route

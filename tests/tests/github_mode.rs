@@ -622,3 +622,40 @@ fn without_auto_merge_a_human_merges() {
     assert!(files.contains("work/task-001.txt"), "{files}");
     assert_eq!(github.violations(), Vec::<String>::new());
 }
+
+/// A pull request GitHub reports as behind its base is brought up to date through the API
+/// before it is merged.
+#[test]
+fn a_pr_behind_its_base_is_updated_then_merged() {
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", OVERLAY),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let mut coordinator = start(&repo, &github, "normal");
+    wait_for(
+        "the pull request at its gate",
+        &mut coordinator,
+        &github,
+        || {
+            github
+                .pull_numbers()
+                .first()
+                .is_some_and(|n| !github.comments(*n).is_empty())
+        },
+    );
+    let n = github.pull_numbers()[0];
+    github.set_mergeable(n, Some(true), "behind");
+    github.add_label(n, "lgtm", "reviewer");
+    wait_for("the branch update", &mut coordinator, &github, || {
+        github
+            .requests()
+            .iter()
+            .any(|r| r.method == "PUT" && r.uri.ends_with("/update-branch"))
+    });
+    github.clear_mergeable(n);
+    exits_ok(coordinator, LIMIT);
+    assert_eq!(github.pull(n)["merged"], true);
+    assert_eq!(github.violations(), Vec::<String>::new());
+}

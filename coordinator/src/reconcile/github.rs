@@ -31,6 +31,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// The loop's side of GitHub mode.
 pub struct GitHub {
     pub repo: String,
+    /// The repository's web address (for links in pull request bodies), when known.
+    web_url: Option<String>,
     requests: mpsc::Sender<ForgeRequest>,
     replies: mpsc::Receiver<ForgeReply>,
     /// Tasks with a request in flight.
@@ -45,12 +47,23 @@ pub struct GitHub {
 }
 
 impl GitHub {
+    /// `api_url` is the REST API's (`None`: github.com) and gives the web address links use.
     pub fn new(
         repo: String,
+        api_url: Option<&str>,
         requests: mpsc::Sender<ForgeRequest>,
         replies: mpsc::Receiver<ForgeReply>,
     ) -> Self {
+        let web = match api_url {
+            None => Some("https://github.com".to_owned()),
+            // GitHub Enterprise Server: https://HOST/api/v3 → https://HOST
+            Some(url) => url
+                .trim_end_matches('/')
+                .strip_suffix("/api/v3")
+                .map(str::to_owned),
+        };
         GitHub {
+            web_url: web.map(|w| format!("{w}/{repo}")),
             repo,
             requests,
             replies,
@@ -121,15 +134,23 @@ where
 
     fn pr_request(&self, task: &Task) -> PrRequest {
         let base = self.ctx.config.target.base_branch.clone();
+        let spec = &task.spec_ref;
+        let spec_link = match self.github.as_ref().and_then(|g| g.web_url.as_deref()) {
+            Some(web) => format!(
+                "[`{}`]({web}/blob/{}/{})",
+                spec.path, spec.commit, spec.path
+            ),
+            None => format!("`{}`", spec.path),
+        };
         PrRequest {
             head: task.branch.clone().unwrap_or_default(),
             base,
             title: format!("{} ({})", task.title, task.id),
             body: format!(
-                "hyperloop task **{}**: {}\n\nSpec: `{}` at `{}`\n\nThis pull request is \
-                 maintained by hyperloop; review it here, and use the gates the process \
+                "hyperloop task **{}**: {}\n\nSpec: {spec_link} at `{}`\n\nThis pull request \
+                 is maintained by hyperloop; review it here, and use the gates the process \
                  defines to let it land.\n",
-                task.id, task.title, task.spec_ref.path, task.spec_ref.commit
+                task.id, task.title, spec.commit
             ),
             labels: task_labels(task.id, Some(&task.spec_ref.path)),
             draft: true,
@@ -429,4 +450,28 @@ fn gate_notice(gate: &str, kind: &GateKind, task: &Task) -> String {
         "hyperloop: {} ({}) waits at gate `{gate}`. To let it continue, {what}.",
         task.id, task.title
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_point_at_the_web_address_of_github_or_an_enterprise_server() {
+        let web = |api: Option<&str>| {
+            let (tx, _) = mpsc::channel(1);
+            let (_, rx) = mpsc::channel(1);
+            GitHub::new("acme/widgets".to_owned(), api, tx, rx).web_url
+        };
+        assert_eq!(
+            web(None).as_deref(),
+            Some("https://github.com/acme/widgets")
+        );
+        assert_eq!(
+            web(Some("https://ghe.example.com/api/v3/")).as_deref(),
+            Some("https://ghe.example.com/acme/widgets")
+        );
+        // A test server or proxy with no known web address: plain text, no link.
+        assert_eq!(web(Some("http://127.0.0.1:9000")), None);
+    }
 }
