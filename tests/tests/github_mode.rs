@@ -479,6 +479,10 @@ fn an_approval_gate_needs_a_fresh_approval() {
         false,
         "merged on a stale approval"
     );
+    assert!(
+        github.conditional_hits() > 0,
+        "polling an unchanged pull request should cost conditional requests only"
+    );
     github.submit_review(n, "carol", ReviewState::Approved, None);
     exits_ok(coordinator, LIMIT);
     assert_eq!(github.pull(n)["merged"], true);
