@@ -85,6 +85,30 @@ fn start_with(repo: &TestRepo, config: &str, mode: &str) -> Child {
         .expect("coordinator starts")
 }
 
+/// A repository with one spec and `overlay`, the fake GitHub over its `origin`, and the
+/// coordinator started on it with the scripted agent in `mode`.
+fn scene(overlay: &str, mode: &str) -> (TestRepo, FakeGitHub, Child) {
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", overlay),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let coordinator = start(&repo, &github, mode);
+    (repo, github, coordinator)
+}
+
+/// Waits for the first pull request's gate notice and returns its number.
+fn first_pr_at_gate(coordinator: &mut Child, github: &FakeGitHub, what: &str) -> u64 {
+    wait_for(what, coordinator, github, || {
+        github
+            .pull_numbers()
+            .first()
+            .is_some_and(|n| !github.comments(*n).is_empty())
+    });
+    github.pull_numbers()[0]
+}
+
 /// Waits until `done`; on timeout stops the coordinator and fails with everything seen.
 fn wait_for(
     what: &str,
@@ -116,13 +140,7 @@ fn wait_for(
 
 #[test]
 fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
-    let repo = TestRepo::new(&[
-        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
-        (".hyperloop/agents/kustomization.yaml", OVERLAY),
-    ]);
-    let github = FakeGitHub::start(REPO).expect("fake GitHub");
-    github.set_git_repo(&repo.origin);
-    let mut coordinator = start(&repo, &github, "normal");
+    let (repo, github, mut coordinator) = scene(OVERLAY, "normal");
 
     wait_for(
         "the pull request to wait at the lgtm gate",
@@ -191,13 +209,7 @@ fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
 /// gap goes back to the PM, whose prompt carries them, and the new task's pull request lands.
 #[test]
 fn a_pr_closed_with_comments_sends_them_back_to_the_pm() {
-    let repo = TestRepo::new(&[
-        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
-        (".hyperloop/agents/kustomization.yaml", OVERLAY),
-    ]);
-    let github = FakeGitHub::start(REPO).expect("fake GitHub");
-    github.set_git_repo(&repo.origin);
-    let mut coordinator = start(&repo, &github, "redo");
+    let (repo, github, mut coordinator) = scene(OVERLAY, "redo");
     let at_gate = |n: u64| {
         github
             .labels(n)
@@ -258,13 +270,7 @@ fn a_pr_closed_with_comments_sends_them_back_to_the_pm() {
 /// pull request, its label and its notice, and adds none of them again.
 #[test]
 fn a_restart_at_a_gate_duplicates_no_pr_label_or_comment() {
-    let repo = TestRepo::new(&[
-        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
-        (".hyperloop/agents/kustomization.yaml", OVERLAY),
-    ]);
-    let github = FakeGitHub::start(REPO).expect("fake GitHub");
-    github.set_git_repo(&repo.origin);
-    let mut first = start(&repo, &github, "normal");
+    let (repo, github, mut first) = scene(OVERLAY, "normal");
     wait_for("the notice at the gate", &mut first, &github, || {
         github
             .pull_numbers()
@@ -311,25 +317,8 @@ fn a_restart_at_a_gate_duplicates_no_pr_label_or_comment() {
 /// A human merges the pull request while the task waits at its gate: that counts as landed.
 #[test]
 fn a_pr_merged_by_a_human_completes_the_task() {
-    let repo = TestRepo::new(&[
-        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
-        (".hyperloop/agents/kustomization.yaml", OVERLAY),
-    ]);
-    let github = FakeGitHub::start(REPO).expect("fake GitHub");
-    github.set_git_repo(&repo.origin);
-    let mut coordinator = start(&repo, &github, "normal");
-    wait_for(
-        "the pull request at its gate",
-        &mut coordinator,
-        &github,
-        || {
-            github
-                .pull_numbers()
-                .first()
-                .is_some_and(|n| !github.comments(*n).is_empty())
-        },
-    );
-    let n = github.pull_numbers()[0];
+    let (repo, github, mut coordinator) = scene(OVERLAY, "normal");
+    let n = first_pr_at_gate(&mut coordinator, &github, "the pull request at its gate");
     github
         .merge_as_human(n, "bob", "squash")
         .expect("human merge");
@@ -346,25 +335,8 @@ fn a_pr_merged_by_a_human_completes_the_task() {
 /// and carries on.
 #[test]
 fn a_secondary_rate_limit_is_waited_out() {
-    let repo = TestRepo::new(&[
-        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
-        (".hyperloop/agents/kustomization.yaml", OVERLAY),
-    ]);
-    let github = FakeGitHub::start(REPO).expect("fake GitHub");
-    github.set_git_repo(&repo.origin);
-    let mut coordinator = start(&repo, &github, "normal");
-    wait_for(
-        "the pull request at its gate",
-        &mut coordinator,
-        &github,
-        || {
-            github
-                .pull_numbers()
-                .first()
-                .is_some_and(|n| !github.comments(*n).is_empty())
-        },
-    );
-    let n = github.pull_numbers()[0];
+    let (_repo, github, mut coordinator) = scene(OVERLAY, "normal");
+    let n = first_pr_at_gate(&mut coordinator, &github, "the pull request at its gate");
     github.rate_limit_next(2, 1);
     github.add_label(n, "lgtm", "reviewer");
     exits_ok(coordinator, LIMIT);
@@ -395,13 +367,7 @@ fn a_failing_check_loops_back_and_a_passing_one_lets_it_merge() {
         "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n  - gate: ci\n\
          - action: merge-pr\ngates:\n  ci:\n    type: ci-status\n",
     );
-    let repo = TestRepo::new(&[
-        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
-        (".hyperloop/agents/kustomization.yaml", &overlay),
-    ]);
-    let github = FakeGitHub::start(REPO).expect("fake GitHub");
-    github.set_git_repo(&repo.origin);
-    let mut coordinator = start(&repo, &github, "normal");
+    let (repo, github, mut coordinator) = scene(&overlay, "normal");
     wait_for("the task at its CI gate", &mut coordinator, &github, || {
         github
             .pull_numbers()
@@ -437,25 +403,8 @@ fn an_approval_gate_needs_a_fresh_approval() {
         "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- gate: review\n\
          - action: merge-pr\ngates:\n  review:\n    type: pr-approval\n    reviewers: [carol]\n",
     );
-    let repo = TestRepo::new(&[
-        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
-        (".hyperloop/agents/kustomization.yaml", &overlay),
-    ]);
-    let github = FakeGitHub::start(REPO).expect("fake GitHub");
-    github.set_git_repo(&repo.origin);
-    let mut coordinator = start(&repo, &github, "normal");
-    wait_for(
-        "the task at its review gate",
-        &mut coordinator,
-        &github,
-        || {
-            github
-                .pull_numbers()
-                .first()
-                .is_some_and(|n| !github.comments(*n).is_empty())
-        },
-    );
-    let n = github.pull_numbers()[0];
+    let (_repo, github, mut coordinator) = scene(&overlay, "normal");
+    let n = first_pr_at_gate(&mut coordinator, &github, "the task at its review gate");
     assert_eq!(github.requested_reviewers(n), vec!["carol".to_owned()]);
     github.submit_review(
         n,
@@ -499,13 +448,7 @@ fn an_all_gate_waits_for_every_child() {
          gates:\n  both:\n    type: all\n    require: [lgtm, ci]\n\
          \x20 lgtm:\n    type: label\n  ci:\n    type: ci-status\n",
     );
-    let repo = TestRepo::new(&[
-        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
-        (".hyperloop/agents/kustomization.yaml", &overlay),
-    ]);
-    let github = FakeGitHub::start(REPO).expect("fake GitHub");
-    github.set_git_repo(&repo.origin);
-    let mut coordinator = start(&repo, &github, "normal");
+    let (_repo, github, mut coordinator) = scene(&overlay, "normal");
     wait_for("the task at its gate", &mut coordinator, &github, || {
         github
             .pull_numbers()
@@ -631,25 +574,8 @@ fn without_auto_merge_a_human_merges() {
 /// before it is merged.
 #[test]
 fn a_pr_behind_its_base_is_updated_then_merged() {
-    let repo = TestRepo::new(&[
-        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
-        (".hyperloop/agents/kustomization.yaml", OVERLAY),
-    ]);
-    let github = FakeGitHub::start(REPO).expect("fake GitHub");
-    github.set_git_repo(&repo.origin);
-    let mut coordinator = start(&repo, &github, "normal");
-    wait_for(
-        "the pull request at its gate",
-        &mut coordinator,
-        &github,
-        || {
-            github
-                .pull_numbers()
-                .first()
-                .is_some_and(|n| !github.comments(*n).is_empty())
-        },
-    );
-    let n = github.pull_numbers()[0];
+    let (_repo, github, mut coordinator) = scene(OVERLAY, "normal");
+    let n = first_pr_at_gate(&mut coordinator, &github, "the pull request at its gate");
     github.set_mergeable(n, Some(true), "behind");
     github.add_label(n, "lgtm", "reviewer");
     wait_for("the branch update", &mut coordinator, &github, || {
