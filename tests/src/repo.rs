@@ -177,3 +177,17 @@ pub fn logged_command(program: &Path, dir: &Path, log: &Path) -> std::process::C
         .stderr(out);
     cmd
 }
+
+/// A project overlay on hyperloop's base whose default Process takes `process` (YAML for
+/// `pipeline:`, `gates:`, `actions:` ...) in place of the base's.
+pub fn process_overlay(process: &str) -> String {
+    format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n\
+         - github.com/hyperloop-dev/hyperloop//base?ref=v0.1.0\npatches:\n- patch: |-\n\
+         \x20   apiVersion: hyperloop.io/v1\n    kind: Process\n    metadata:\n      name: default\n{}",
+        process
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    )
+}

@@ -7,34 +7,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hyperloop_tests::exits_ok;
-use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent, test_home};
+use hyperloop_tests::repo::{
+    TestRepo, coordinator_bin, process_overlay, scripted_agent, test_home,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-const OVERLAY: &str = "apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- github.com/hyperloop-dev/hyperloop//base?ref=v0.1.0
-patches:
-- patch: |-
-    apiVersion: hyperloop.io/v1
-    kind: Process
-    metadata:
-      name: default
-    pipeline:
-    - loop:
-      - agent: implementer
-      - agent: verifier
-    - action: ready
-    - gate: lgtm
-    - action: merge-pr
-    actions:
-      ready:
-        type: mark-pr-ready
-    gates:
-      lgtm:
-        type: label
-";
 
 fn hyperloopctl(server: &str, args: &[&str]) -> std::process::Output {
     Command::new(coordinator_bin().with_file_name("hyperloopctl"))
@@ -55,7 +32,14 @@ fn a_gate_waits_for_hyperloopctl_approve_and_the_comment_becomes_a_review() {
     let repo = TestRepo::new(&[
         ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
         (".hyperloop.yaml", &config),
-        (".hyperloop/agents/kustomization.yaml", OVERLAY),
+        (
+            ".hyperloop/agents/kustomization.yaml",
+            &process_overlay(
+                "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n\
+                 - action: ready\n- gate: lgtm\n- action: merge-pr\nactions:\n  ready:\n\
+                 \x20   type: mark-pr-ready\ngates:\n  lgtm:\n    type: label\n",
+            ),
+        ),
     ]);
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

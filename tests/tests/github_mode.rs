@@ -6,43 +6,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hyperloop_tests::github::{CheckState, FakeGitHub, ReviewState};
-use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent, test_home};
+use hyperloop_tests::repo::{
+    TestRepo, coordinator_bin, git, process_overlay, scripted_agent, test_home,
+};
 use hyperloop_tests::{exits_ok, free_port};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const REPO: &str = "acme/widgets";
 
-const OVERLAY: &str = "apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- github.com/hyperloop-dev/hyperloop//base?ref=v0.1.0
-patches:
-- patch: |-
-    apiVersion: hyperloop.io/v1
-    kind: Process
-    metadata:
-      name: default
-    pipeline:
-    - loop:
-      - agent: implementer
-      - agent: verifier
-    - gate: lgtm
-    - action: merge-pr
-    gates:
-      lgtm:
-        type: label
-";
-
-/// The same overlay with the process's pipeline and gates replaced by `process`.
-fn overlay_with(process: &str) -> String {
-    format!(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n\
-         - github.com/hyperloop-dev/hyperloop//base?ref=v0.1.0\npatches:\n- patch: |-\n\
-         \x20   apiVersion: hyperloop.io/v1\n    kind: Process\n    metadata:\n      name: default\n{}",
-        process
-            .lines()
-            .map(|l| format!("    {l}\n"))
-            .collect::<String>()
+/// loop(implementer, verifier), then the `lgtm` label gate, then merge.
+fn lgtm_overlay() -> String {
+    process_overlay(
+        "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- gate: lgtm\n\
+         - action: merge-pr\ngates:\n  lgtm:\n    type: label\n",
     )
 }
 
@@ -140,7 +116,7 @@ fn wait_for(
 
 #[test]
 fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
-    let (repo, github, mut coordinator) = scene(OVERLAY, "normal");
+    let (repo, github, mut coordinator) = scene(&lgtm_overlay(), "normal");
 
     wait_for(
         "the pull request to wait at the lgtm gate",
@@ -209,7 +185,7 @@ fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
 /// gap goes back to the PM, whose prompt carries them, and the new task's pull request lands.
 #[test]
 fn a_pr_closed_with_comments_sends_them_back_to_the_pm() {
-    let (repo, github, mut coordinator) = scene(OVERLAY, "redo");
+    let (repo, github, mut coordinator) = scene(&lgtm_overlay(), "redo");
     let at_gate = |n: u64| {
         github
             .labels(n)
@@ -270,7 +246,7 @@ fn a_pr_closed_with_comments_sends_them_back_to_the_pm() {
 /// pull request, its label and its notice, and adds none of them again.
 #[test]
 fn a_restart_at_a_gate_duplicates_no_pr_label_or_comment() {
-    let (repo, github, mut first) = scene(OVERLAY, "normal");
+    let (repo, github, mut first) = scene(&lgtm_overlay(), "normal");
     wait_for("the notice at the gate", &mut first, &github, || {
         github
             .pull_numbers()
@@ -317,7 +293,7 @@ fn a_restart_at_a_gate_duplicates_no_pr_label_or_comment() {
 /// A human merges the pull request while the task waits at its gate: that counts as landed.
 #[test]
 fn a_pr_merged_by_a_human_completes_the_task() {
-    let (repo, github, mut coordinator) = scene(OVERLAY, "normal");
+    let (repo, github, mut coordinator) = scene(&lgtm_overlay(), "normal");
     let n = first_pr_at_gate(&mut coordinator, &github, "the pull request at its gate");
     github
         .merge_as_human(n, "bob", "squash")
@@ -335,7 +311,7 @@ fn a_pr_merged_by_a_human_completes_the_task() {
 /// and carries on.
 #[test]
 fn a_secondary_rate_limit_is_waited_out() {
-    let (_repo, github, mut coordinator) = scene(OVERLAY, "normal");
+    let (_repo, github, mut coordinator) = scene(&lgtm_overlay(), "normal");
     let n = first_pr_at_gate(&mut coordinator, &github, "the pull request at its gate");
     github.rate_limit_next(2, 1);
     github.add_label(n, "lgtm", "reviewer");
@@ -363,7 +339,7 @@ fn a_secondary_rate_limit_is_waited_out() {
 /// failure as a finding; once the new head's checks pass, the work is merged.
 #[test]
 fn a_failing_check_loops_back_and_a_passing_one_lets_it_merge() {
-    let overlay = overlay_with(
+    let overlay = process_overlay(
         "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n  - gate: ci\n\
          - action: merge-pr\ngates:\n  ci:\n    type: ci-status\n",
     );
@@ -399,7 +375,7 @@ fn a_failing_check_loops_back_and_a_passing_one_lets_it_merge() {
 /// clears with an approval of the current head.
 #[test]
 fn an_approval_gate_needs_a_fresh_approval() {
-    let overlay = overlay_with(
+    let overlay = process_overlay(
         "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- gate: review\n\
          - action: merge-pr\ngates:\n  review:\n    type: pr-approval\n    reviewers: [carol]\n",
     );
@@ -442,7 +418,7 @@ fn an_approval_gate_needs_a_fresh_approval() {
 /// only when every gate it requires does.
 #[test]
 fn an_all_gate_waits_for_every_child() {
-    let overlay = overlay_with(
+    let overlay = process_overlay(
         "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- action: ready\n\
          - gate: both\n- action: merge-pr\nactions:\n  ready:\n    type: mark-pr-ready\n\
          gates:\n  both:\n    type: all\n    require: [lgtm, ci]\n\
@@ -484,7 +460,7 @@ fn an_all_gate_waits_for_every_child() {
 /// push makes them mergeable; every task lands through GitHub.
 #[test]
 fn a_conflicting_pr_goes_to_the_rebase_resolver_and_then_merges() {
-    let overlay = overlay_with(
+    let overlay = process_overlay(
         "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- action: merge-pr\n",
     );
     let repo = TestRepo::new(&[
@@ -526,7 +502,7 @@ fn a_conflicting_pr_goes_to_the_rebase_resolver_and_then_merges() {
 /// With `merge.auto_merge: false` the merge waits for a human, whose merge completes the task.
 #[test]
 fn without_auto_merge_a_human_merges() {
-    let overlay = overlay_with(
+    let overlay = process_overlay(
         "pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n- action: merge-pr\n",
     );
     let repo = TestRepo::new(&[
@@ -574,7 +550,7 @@ fn without_auto_merge_a_human_merges() {
 /// before it is merged.
 #[test]
 fn a_pr_behind_its_base_is_updated_then_merged() {
-    let (_repo, github, mut coordinator) = scene(OVERLAY, "normal");
+    let (_repo, github, mut coordinator) = scene(&lgtm_overlay(), "normal");
     let n = first_pr_at_gate(&mut coordinator, &github, "the pull request at its gate");
     github.set_mergeable(n, Some(true), "behind");
     github.add_label(n, "lgtm", "reviewer");
