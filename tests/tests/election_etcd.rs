@@ -212,11 +212,15 @@ async fn a_leader_keeps_its_leadership_when_one_of_three_members_dies() {
         !a.lost.is_cancelled(),
         "the leader's session moved to a surviving member"
     );
-    let leader = EtcdElection::new(&endpoints, PREFIX).leader().await;
-    // A fresh client may first be routed to the dead member.
-    let leader = match leader {
-        Err(e) if e.is_transient() => EtcdElection::new(&endpoints, PREFIX).leader().await,
-        other => other,
-    };
+    // A fresh client may be routed to the dead member first: retry transient failures.
+    let mut leader = EtcdElection::new(&endpoints, PREFIX).leader().await;
+    for _ in 0..10 {
+        match &leader {
+            Err(e) if e.is_transient() => {
+                leader = EtcdElection::new(&endpoints, PREFIX).leader().await;
+            }
+            _ => break,
+        }
+    }
     assert_eq!(leader.unwrap().unwrap().term, a.term);
 }
