@@ -24,8 +24,10 @@ pub mod code {
     pub const RUNTIME: u8 = 1;
     /// Bad usage or bad configuration.
     pub const USAGE: u8 = 2;
-    /// Stopped by `max_cycles` before convergence.
+    /// Stopped by `max_cycles`: that many cycles in a row made no progress.
     pub const MAX_CYCLES: u8 = 3;
+    /// Everything else converged, but specs were given up after `max_spec_failures`.
+    pub const SPECS_FAILED: u8 = 4;
 }
 
 /// The outcome of a command: exit code, standard output and standard error text.
@@ -279,12 +281,26 @@ pub fn reconcile(
             String::new(),
             format!("converged: {complete} task(s) complete, {failed} failed\n"),
         ),
+        Ok(Halt::SpecsFailed {
+            complete,
+            failed,
+            specs,
+        }) => Exit {
+            code: code::SPECS_FAILED,
+            stdout: String::new(),
+            stderr: format!(
+                "stopped: {complete} task(s) complete, {failed} failed; {} spec(s) given up:\n{}",
+                specs.len(),
+                specs.iter().map(|s| format!("  {s}\n")).collect::<String>()
+            ),
+        },
         Ok(Halt::Shutdown) => Exit::ok(String::new(), "stopped; state saved\n".to_owned()),
         Ok(Halt::MaxCycles(_)) => Exit {
             code: code::MAX_CYCLES,
             stdout: String::new(),
             stderr: format!(
-                "stopped after max_cycles ({max_cycles}) before convergence; run again to continue\n"
+                "stopped: {max_cycles} cycles in a row made no progress (max_cycles); see \
+                 `hyperloopctl get events` for what repeats, then run again\n"
             ),
         },
         Ok(Halt::IntakeFailing(detail)) => runtime_error(format!(

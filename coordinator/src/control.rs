@@ -3,7 +3,7 @@
 //! - [`Live`]: the loop's view of things that are not in the state store (connected workers,
 //!   running attempts, leadership, the current composition), published on a `watch` channel
 //!   whenever it changes. Reads of stored state go to the store itself.
-//! - [`Command`]: operator actions (approve, cancel, drain), sent to the leader's loop, which
+//! - [`Command`]: operator actions (approve, cancel, retry a spec, drain), sent to the leader's loop, which
 //!   applies them between cycles and answers on a oneshot channel, so every state change still
 //!   happens in one place.
 //!
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hyperloop_proto::v1::AttemptPhase;
-use hyperloop_shared::model::{Task, TaskId};
+use hyperloop_shared::model::{SpecPath, Task, TaskId};
 use hyperloop_shared::project::Project;
 use tokio::sync::oneshot;
 
@@ -106,6 +106,12 @@ pub enum Command {
         task: TaskId,
         reason: String,
         reply: Reply<Task>,
+    },
+    /// Reconciles a given-up spec again: its failure count is cleared and intake sees it as
+    /// new.
+    RetrySpec {
+        path: SpecPath,
+        reply: Reply<SpecPath>,
     },
     /// Asks a worker to finish its steps, take no new ones and exit.
     Drain {

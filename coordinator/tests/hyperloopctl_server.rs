@@ -195,6 +195,17 @@ fn serve(options: Options) -> Harness {
                     seen.lock().unwrap().push(format!("cancel {id} {reason}"));
                     let _ = reply.send(Ok(task(id.0, &[])));
                 }
+                LoopCommand::RetrySpec { path, reply } => {
+                    seen.lock().unwrap().push(format!("retry {path}"));
+                    let answer = if path.as_str() == "specs/a.md" {
+                        Ok(path)
+                    } else {
+                        Err(CommandError::FailedPrecondition(format!(
+                            "{path} was not given up"
+                        )))
+                    };
+                    let _ = reply.send(answer);
+                }
                 LoopCommand::Drain {
                     worker: name,
                     reply,
@@ -380,6 +391,18 @@ fn approve_cancel_and_drain_reach_the_loop() {
     assert!(err.contains("no worker w9"), "{err}");
     let err = failed(&h.ctl(&["approve", "login"]), 2);
     assert!(err.contains("invalid task id"), "{err}");
+}
+
+#[test]
+fn retry_spec_reaches_the_loop_and_its_refusal_reaches_the_operator() {
+    let h = serve(Options::default());
+    let out = ok(&h.ctl(&["retry", "spec", "specs/a.md"]));
+    assert_eq!(out, "specs/a.md will be reconciled again\n");
+    let err = failed(&h.ctl(&["retry", "spec", "specs/b.md"]), 2);
+    assert!(err.contains("specs/b.md was not given up"), "{err}");
+    let err = failed(&h.ctl(&["retry", "spec", "../etc/passwd"]), 2);
+    assert!(err.contains("repository-relative path"), "{err}");
+    assert_eq!(h.received(), ["retry specs/a.md", "retry specs/b.md"]);
 }
 
 #[test]

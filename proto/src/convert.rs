@@ -334,6 +334,8 @@ impl TryFrom<v1::Task> for Task {
             position: parse_position("step_path", &t.step_path)?,
             action_attempts: t.action_attempts,
             failure: t.failure.filter(|f| !f.is_empty()),
+            // Retry timing is the coordinator's bookkeeping; the wire does not carry it.
+            retry: None,
         })
     }
 }
@@ -363,6 +365,7 @@ mod tests {
             ),
             action_attempts: 1,
             failure: None,
+            retry: None,
         }
     }
 

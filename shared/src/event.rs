@@ -88,6 +88,13 @@ pub enum EventKind {
     TaskCancelled {
         reason: String,
     },
+    SpecFailed {
+        path: String,
+        reason: String,
+    },
+    SpecRetried {
+        path: String,
+    },
     PromptComposed {
         role: String,
         round: u32,
@@ -191,6 +198,8 @@ impl EventKind {
             EventKind::TaskFailed { .. } => "task_failed",
             EventKind::TaskReset { .. } => "task_reset",
             EventKind::TaskCancelled { .. } => "task_cancelled",
+            EventKind::SpecFailed { .. } => "spec_failed",
+            EventKind::SpecRetried { .. } => "spec_retried",
             EventKind::PromptComposed { .. } => "prompt_composed",
             EventKind::StepDispatched { .. } => "step_dispatched",
             EventKind::SpawnFailed { .. } => "spawn_failed",

@@ -12,7 +12,15 @@ use crate::model::{Proposal, SpecPath, SpecRef, Task, TaskId, TaskStatus};
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Intake {
     pub created: Vec<Task>,
-    pub rejections: Vec<String>,
+    pub rejections: Vec<Rejection>,
+}
+
+/// A rejected proposal: the finding the next PM run is shown, and the known spec it was for
+/// (`None` when it named no known spec), whose gap therefore stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub spec: Option<SpecPath>,
+    pub finding: String,
 }
 
 /// Turns `proposals` into tasks pinned to `commit`. `specs` are the spec paths that exist at
@@ -32,10 +40,13 @@ pub fn accept(
     let mut rejected_keys: BTreeSet<&str> = BTreeSet::new();
     let mut next = next_id;
     let reject = |out: &mut Intake, p: &Proposal, why: String| {
-        out.rejections.push(format!(
-            "proposal {:?} (spec {}) was rejected: {why}",
-            p.title, p.spec
-        ));
+        out.rejections.push(Rejection {
+            spec: SpecPath::parse(&p.spec).ok().filter(|s| specs.contains(s)),
+            finding: format!(
+                "proposal {:?} (spec {}) was rejected: {why}",
+                p.title, p.spec
+            ),
+        });
     };
 
     for p in proposals {
@@ -95,9 +106,17 @@ pub fn accept(
     if !cycles.is_empty() {
         let members: BTreeSet<TaskId> = cycles.iter().flat_map(|c| c.members.clone()).collect();
         for cycle in &cycles {
-            out.rejections.push(format!(
-                "proposals forming the dependency cycle {cycle} were rejected; break the cycle"
-            ));
+            let spec = out
+                .created
+                .iter()
+                .find(|t| cycle.members.contains(&t.id))
+                .map(|t| t.spec_ref.path.clone());
+            out.rejections.push(Rejection {
+                spec,
+                finding: format!(
+                    "proposals forming the dependency cycle {cycle} were rejected; break the cycle"
+                ),
+            });
         }
         out.created.retain(|t| !members.contains(&t.id));
     }
@@ -189,7 +208,7 @@ mod tests {
             "abc123",
             7,
         );
-        assert_eq!(intake.rejections, Vec::<String>::new());
+        assert_eq!(intake.rejections, Vec::<Rejection>::new());
         let ids: Vec<_> = intake.created.iter().map(|t| t.id).collect();
         assert_eq!(ids, [TaskId(7), TaskId(8)]);
         assert_eq!(intake.created[1].deps, [TaskId(7), TaskId(3)]);
@@ -213,7 +232,12 @@ mod tests {
             1,
         );
         assert!(intake.created.is_empty());
-        let text = intake.rejections.join("\n");
+        let text: Vec<&str> = intake
+            .rejections
+            .iter()
+            .map(|r| r.finding.as_str())
+            .collect();
+        let text = text.join("\n");
         for expected in [
             "\"Unknown spec\" (spec specs/zzz.md) was rejected: no such spec",
             "\"Needs x\" (spec specs/a.md) was rejected: it depends on `x`, which was rejected",
@@ -238,9 +262,17 @@ mod tests {
             )
         };
         let failed = propose("After old", "specs/b.md", &["task-003"], TaskStatus::Failed);
-        assert!(failed.rejections[0].contains("task-003, which failed"));
+        assert!(
+            failed.rejections[0]
+                .finding
+                .contains("task-003, which failed")
+        );
         let duplicate = propose("Old work", "specs/a.md", &[], TaskStatus::InProgress);
-        assert!(duplicate.rejections[0].contains("duplicates unfinished task-003"));
+        assert!(
+            duplicate.rejections[0]
+                .finding
+                .contains("duplicates unfinished task-003")
+        );
         let redo = propose("Old work", "specs/a.md", &[], TaskStatus::Failed);
         assert_eq!(redo.created.len(), 1, "a failed task may be proposed again");
     }

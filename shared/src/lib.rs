@@ -5,6 +5,7 @@
 //! - [`config`]: `.hyperloop.yaml` parsing, environment overrides and validation.
 //! - [`pipeline`]: the `kind: Process` DSL, its validation and the pure step executor.
 //! - [`intake`]: accepting the PM's proposals as tasks.
+//! - [`gaps`]: which spec gaps are open, and when a failing spec is given up.
 //! - [`event`]: the typed domain events the journal keeps.
 //! - [`decide`]: which tasks to dispatch now, given capacity and dependencies.
 //! - [`compose`]: kustomize-semantics resolution of `kind: Agent` / `kind: Process` resources.
@@ -13,12 +14,15 @@
 //! - [`project`]: a composition read as validated agent templates plus the process.
 //! - [`prompt`]: assembling the prompt an agent receives.
 //! - [`origin`]: the etcd key prefix derived from a repository's origin URL.
+//! - [`retry`]: the one backoff policy for transient failures, kept in task state.
+//! - [`state`]: the reconcile state as values and the changes a write batch holds.
 
 pub mod base;
 pub mod compose;
 pub mod config;
 pub mod decide;
 pub mod event;
+pub mod gaps;
 pub mod intake;
 pub mod model;
 pub mod origin;
@@ -26,3 +30,5 @@ pub mod pipeline;
 pub mod project;
 pub mod prompt;
 pub mod result_file;
+pub mod retry;
+pub mod state;

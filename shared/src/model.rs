@@ -303,6 +303,10 @@ pub struct Task {
     /// Why the task failed, in words, for `hyperloopctl status` and intake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Set while the action at `position` waits to be retried after a transient failure
+    /// (a landing whose push raced, a remote that did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::retry::Retry>,
 }
 
 impl Task {
@@ -320,6 +324,7 @@ impl Task {
             position: None,
             action_attempts: 0,
             failure: None,
+            retry: None,
         }
     }
 }
@@ -403,6 +408,11 @@ mod tests {
             position: Some("0.1/agent:verifier@9f2c04e1a3b5d786".parse().unwrap()),
             action_attempts: 1,
             failure: None,
+            retry: Some(crate::retry::Retry {
+                failures: 2,
+                not_before_ms: 1_700_000_002_000,
+                reason: "push rejected".into(),
+            }),
         };
         let yaml = serde_yaml::to_string(&task).unwrap();
         assert!(

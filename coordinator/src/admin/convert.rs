@@ -130,6 +130,8 @@ pub fn event_to_wire(e: &Event) -> v1::Event {
             reason,
             by: String::new(),
         }),
+        EventKind::SpecFailed { path, reason } => Kind::SpecFailed(v1::SpecFailed { path, reason }),
+        EventKind::SpecRetried { path } => Kind::SpecRetried(v1::SpecRetried { path }),
         EventKind::PromptComposed { role, round, bytes } => {
             Kind::PromptComposed(v1::PromptComposed {
                 role,
@@ -326,6 +328,11 @@ pub fn event_from_wire(e: v1::Event) -> Result<Option<Event>, ConversionError> {
             Kind::TaskFailed(k) => EventKind::TaskFailed { reason: k.reason },
             Kind::TaskReset(k) => EventKind::TaskReset { reason: k.reason },
             Kind::TaskCancelled(k) => EventKind::TaskCancelled { reason: k.reason },
+            Kind::SpecFailed(k) => EventKind::SpecFailed {
+                path: k.path,
+                reason: k.reason,
+            },
+            Kind::SpecRetried(k) => EventKind::SpecRetried { path: k.path },
             Kind::PromptComposed(k) => EventKind::PromptComposed {
                 role: k.role,
                 round: k.round,

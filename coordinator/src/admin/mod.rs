@@ -530,6 +530,24 @@ impl<S: StateStore> AdminService for Admin<S> {
         }))
     }
 
+    async fn retry_spec(
+        &self,
+        request: Request<v1::RetrySpecRequest>,
+    ) -> Result<Response<v1::RetrySpecResponse>, Status> {
+        let r = request.into_inner();
+        let path = SpecPath::parse(&r.path).map_err(|e| {
+            Status::invalid_argument(format!(
+                "path: {e}; give the spec's repository-relative path, e.g. specs/auth.md"
+            ))
+        })?;
+        let done = self
+            .command("retry specs", |reply| Command::RetrySpec { path, reply })
+            .await?;
+        Ok(Response::new(v1::RetrySpecResponse {
+            path: done.to_string(),
+        }))
+    }
+
     async fn drain_worker(
         &self,
         request: Request<v1::DrainWorkerRequest>,

@@ -102,6 +102,18 @@ enum Command {
     },
     /// Let a worker finish its steps, give it no new ones (needs --server).
     Drain { worker: String },
+    /// Reconcile a spec again that was given up after max_spec_failures (needs --server).
+    Retry {
+        kind: RetryKind,
+        /// The spec's repository-relative path, e.g. specs/auth.md.
+        #[arg(value_name = "PATH")]
+        spec: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RetryKind {
+    Spec,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -151,6 +163,10 @@ fn dispatch(cli: Cli) -> Exit {
         ),
         Command::Cancel { task, reason } => Plan::Live("`cancel`", Remote::Cancel { task, reason }),
         Command::Drain { worker } => Plan::Live("`drain`", Remote::Drain(worker)),
+        Command::Retry {
+            kind: RetryKind::Spec,
+            spec,
+        } => Plan::Live("`retry spec`", Remote::RetrySpec(spec)),
         Command::Describe {
             kind: Kind::Worker,
             name,

@@ -42,6 +42,7 @@ pub enum Remote {
         reason: String,
     },
     Drain(String),
+    RetrySpec(String),
 }
 
 /// Runs `command` against the coordinator at `server`.
@@ -518,6 +519,17 @@ async fn execute(
                 .map_err(status_exit(server))?;
             let view = task_view(r.into_inner().task.ok_or_else(|| bad_reply("no task"))?)?;
             emit(format, &view, || format!("{} cancelled\n", view.task.id))
+        }
+        Remote::RetrySpec(path) => {
+            let r = client
+                .retry_spec(v1::RetrySpecRequest { path })
+                .await
+                .map_err(status_exit(server))?
+                .into_inner();
+            Exit::ok(
+                format!("{} will be reconciled again\n", r.path),
+                String::new(),
+            )
         }
         Remote::Drain(name) => {
             let w = client

@@ -201,6 +201,8 @@ pub fn summary(kind: &EventKind) -> String {
         EventKind::TaskFailed { reason }
         | EventKind::TaskReset { reason }
         | EventKind::TaskCancelled { reason } => reason.clone(),
+        EventKind::SpecFailed { path, reason } => format!("{path}: {reason}"),
+        EventKind::SpecRetried { path } => format!("{path} will be reconciled again"),
         EventKind::PromptComposed { role, round, bytes } => {
             format!("{role}, round {round}, {bytes} bytes")
         }

@@ -156,7 +156,7 @@ impl LandError {
 }
 
 /// Lands task branches on the base branch.
-pub trait Lander: Send + Sync {
+pub trait Lander: Send + Sync + 'static {
     /// Lands `request`, or finds it already landed; then updates the user's checkout, pushes
     /// the base branch and deletes the task branch as requested. Every step is idempotent, so
     /// calling again after any failure or crash completes what is missing.

@@ -1,7 +1,7 @@
 //! Agent runs that are not task steps: the PM's intake and the process-improver.
 
 use hyperloop_proto::v1;
-use hyperloop_shared::model::{AttemptId, SpecPath, SpecRef, Task, TaskStatus};
+use hyperloop_shared::model::{AttemptId, SpecPath, SpecRef, Task, TaskId, TaskStatus};
 use hyperloop_shared::prompt::{
     self, FailedResult, FailedTask, ImprovementContext, IntakeContext, SpecChange, SpecChangeKind,
 };
@@ -31,6 +31,8 @@ pub enum Job {
         changed: Vec<(SpecPath, BlobId)>,
         /// Every spec at `commit`: proposals may only name these.
         known: BTreeSet<SpecPath>,
+        /// The failed tasks it was shown; they leave the queue once their gap closes.
+        failures: Vec<TaskId>,
     },
     Improvement {
         findings: Vec<FailedResult>,

@@ -10,6 +10,7 @@
 
 mod github;
 mod jobs;
+mod landing;
 mod specs;
 mod workers;
 
@@ -21,15 +22,17 @@ use hyperloop_proto::v1;
 use hyperloop_shared::config::{AgentProgram, Config, MergeStrategy};
 use hyperloop_shared::decide::{Dispatch, TaskSnapshot, decide};
 use hyperloop_shared::event::{Event, EventKind, SpecChange as SpecChangeEvent};
+use hyperloop_shared::gaps::{self, Coverage};
 use hyperloop_shared::intake;
 use hyperloop_shared::model::{
     AttemptId, Proposal, Review, SpecPath, SpecRef, Task, TaskId, TaskStatus, Verdict,
 };
 use hyperloop_shared::pipeline::{
-    ActionKind, ActionOutcome, Change as StepChange, Limits, Next, Outcome,
+    ActionKind, ActionOutcome, Change as StepChange, Limits, Next, Outcome, Transition,
 };
 use hyperloop_shared::project::Project;
 use hyperloop_shared::prompt::{self, TaskContext};
+use hyperloop_shared::retry::Retry;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -38,10 +41,11 @@ use tokio_util::sync::CancellationToken;
 use crate::control::{Command, Live};
 use crate::dispatch::{Registry, WorkerEvent};
 use crate::logs::LogHub;
-use crate::ports::lander::{LandOutcome, LandRequest, Lander, WorkRef};
-use crate::ports::spec_source::CommitId;
+use crate::ports::lander::{LandError, LandOutcome, LandRequest, Lander, WorkRef};
 use crate::ports::spec_source::SpecSource;
+use crate::ports::spec_source::{BlobId, CommitId};
 use crate::ports::state_store::{Assignment, Change, SpecRecord, State, StateStore, StoreError};
+use landing::{GitOp, GitReply, GitWork};
 use specs::SpecView;
 
 pub use github::GitHub;
@@ -72,6 +76,13 @@ pub enum Halt {
     Converged {
         complete: usize,
         failed: usize,
+    },
+    /// Nothing more can be done, but these specs were given up (`path: reason` each);
+    /// `hyperloopctl retry spec PATH` or a spec change brings them back.
+    SpecsFailed {
+        complete: usize,
+        failed: usize,
+        specs: Vec<String>,
     },
     Shutdown,
     MaxCycles(u32),
@@ -134,6 +145,19 @@ impl Links {
     }
 }
 
+/// How a task came to stop: decides its event and whether its gap re-enters intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The pipeline failed it (or completed it, for non-failing transitions).
+    Pipeline,
+    /// An operator cancelled it (`hyperloopctl cancel`): the gap does not re-enter intake.
+    Cancelled,
+    /// Its spec was deleted: nothing is left to reconcile.
+    SpecDeleted,
+    /// A task it depends on failed: the gap re-enters intake with the whole plan.
+    DependencyFailed,
+}
+
 /// A step planned for a worker: its Assign, and the job it is when not a task step.
 type Order = (String, v1::Assign, Option<Job>);
 
@@ -148,7 +172,10 @@ pub struct Reconciler<S, P, L, C> {
     ctx: Context,
     store: S,
     specs: P,
-    lander: L,
+    /// Landings and base-branch syncs, run off the loop.
+    git: GitWork<L>,
+    /// When the task with the earliest pending retry may run again (ms since the epoch).
+    next_retry_ms: Option<u64>,
     /// Recomposes the project after the process-improver changed overlays.
     compose: C,
     project: Project,
@@ -162,7 +189,7 @@ pub struct Reconciler<S, P, L, C> {
     live: watch::Sender<Arc<Live>>,
     live_dirty: bool,
     last_cycle_at_ms: u64,
-    /// When the base branch was last brought up to date ([`Lander::sync`]).
+    /// When a base-branch sync ([`Lander::sync`]) was last queued.
     last_sync: Option<Instant>,
     commands: Arc<tokio::sync::Mutex<mpsc::Receiver<Command>>>,
     logs: Arc<LogHub>,
@@ -180,12 +207,16 @@ pub struct Reconciler<S, P, L, C> {
     /// Failed task results since the last process-improver run.
     improvement_findings: Vec<prompt::FailedResult>,
     changes: Vec<Change>,
-    cycles_with_work: u32,
     view: SpecView,
     /// Consecutive failed intake runs, and when the next may start (exponential backoff, so
     /// a broken PM does not spin).
     intake_failures: u32,
     intake_not_before: Option<Instant>,
+    /// Counts progress toward convergence (a task finished, a gap closed, a spec given up);
+    /// `max_cycles` bounds the cycles in a row that see none.
+    progress: u64,
+    progress_seen: u64,
+    stalled_cycles: u32,
     /// Something happened since the last cycle that could let work move (a result, a worker
     /// joining or leaving, a spec change, a deferred landing to retry). Without it a cycle
     /// costs O(1): cost follows what changed, not how many tasks exist.
@@ -225,7 +256,8 @@ where
             ctx,
             store,
             specs,
-            lander,
+            git: GitWork::new(lander),
+            next_retry_ms: None,
             compose,
             shared_project: Arc::new(project.clone()),
             project,
@@ -248,10 +280,12 @@ where
             needs_rebase: BTreeSet::new(),
             improvement_findings: Vec::new(),
             changes: Vec::new(),
-            cycles_with_work: 0,
             view: SpecView::default(),
             intake_failures: 0,
             intake_not_before: None,
+            progress: 0,
+            progress_seen: 0,
+            stalled_cycles: 0,
             wake: true,
         };
         r.refresh_specs()?;
@@ -367,13 +401,17 @@ where
         let mut commands = commands.lock().await;
         loop {
             let worked = self.cycle().await?;
-            if worked {
-                self.cycles_with_work += 1;
+            if self.progress != self.progress_seen {
+                self.progress_seen = self.progress;
+                self.stalled_cycles = 0;
+            } else if worked {
+                self.stalled_cycles += 1;
             }
             if let Some(halt) = self.converged() {
                 return self.halt(halt).await;
             }
-            if self.cycles_with_work >= self.ctx.config.max_cycles {
+            // Only `run` gives up on a loop that spins without progress; `watch` never does.
+            if self.ctx.mode == Mode::Run && self.stalled_cycles >= self.ctx.config.max_cycles {
                 let max = self.ctx.config.max_cycles;
                 return self.halt(Halt::MaxCycles(max)).await;
             }
@@ -388,6 +426,9 @@ where
             let mut idle = self.ctx.config.poll_interval;
             if let Some(at) = self.intake_not_before {
                 idle = idle.min(at.saturating_duration_since(Instant::now()));
+            }
+            if let Some(at) = self.next_retry_ms {
+                idle = idle.min(Duration::from_millis(at.saturating_sub(now_ms())));
             }
             if !self.registry.is_empty() || self.next_orphan_deadline().is_some() {
                 idle = idle.min(HOUSEKEEPING_EVERY);
@@ -406,6 +447,7 @@ where
                         None => std::future::pending().await,
                     }
                 } => self.github_reply(reply),
+                reply = self.git.reply() => self.git_reply(reply),
                 () = tokio::time::sleep(idle) => {}
             }
             // Merge wake-ups: take everything already queued before deciding again.
@@ -437,6 +479,10 @@ where
                 format!("converged: {complete} task(s) complete, {failed} failed"),
                 0,
             ),
+            Halt::SpecsFailed { specs, .. } => (
+                format!("{} spec(s) given up: {}", specs.len(), specs.join("; ")),
+                4,
+            ),
             Halt::Shutdown => ("shutdown requested".to_owned(), 0),
             Halt::MaxCycles(n) => (format!("stopped after max_cycles ({n})"), 3),
             Halt::IntakeFailing(detail) => (format!("intake keeps failing: {detail}"), 1),
@@ -453,6 +499,7 @@ where
             || !self.jobs.is_empty()
             || !self.results.is_empty()
             || !self.needs_rebase.is_empty()
+            || self.git.busy()
             || !self.state.meta.failed_since_intake.is_empty()
             || self.github.as_ref().is_some_and(GitHub::busy)
         {
@@ -461,8 +508,8 @@ where
         if self.state.tasks.values().any(|t| !t.status.is_terminal()) {
             return None;
         }
-        // Every spec at the base branch tip has been through intake.
-        if !self.view.pending.is_empty() || !self.view.deleted.is_empty() {
+        // Every spec at the base branch tip has been through intake, or was given up.
+        if !self.view.deleted.is_empty() || self.open_specs().next().is_some() {
             return None;
         }
         let failed = self
@@ -471,10 +518,39 @@ where
             .values()
             .filter(|t| t.status == TaskStatus::Failed)
             .count();
-        Some(Halt::Converged {
-            complete: self.state.tasks.len() - failed,
-            failed,
+        let complete = self.state.tasks.len() - failed;
+        let specs = self.given_up_specs();
+        if specs.is_empty() {
+            Some(Halt::Converged { complete, failed })
+        } else {
+            Some(Halt::SpecsFailed {
+                complete,
+                failed,
+                specs,
+            })
+        }
+    }
+
+    /// Specs whose gap is open and that were not given up: what intake still has to answer.
+    fn open_specs(&self) -> impl Iterator<Item = &SpecPath> {
+        self.view.pending.iter().filter(|p| {
+            self.view
+                .specs
+                .get(*p)
+                .is_none_or(|b| gaps::given_up(&self.state.meta.spec_failures, p, &b.0).is_none())
         })
+    }
+
+    /// Specs given up at their current version, as `path: reason`.
+    fn given_up_specs(&self) -> Vec<String> {
+        self.view
+            .specs
+            .iter()
+            .filter_map(|(path, blob)| {
+                gaps::given_up(&self.state.meta.spec_failures, path, &blob.0)
+                    .map(|why| format!("{path}: {why}"))
+            })
+            .collect()
     }
 
     /// One pass of COLLECT / INTAKE / ADVANCE / SPAWN. Returns whether anything happened.
@@ -484,9 +560,7 @@ where
             .is_none_or(|at| at.elapsed() >= self.ctx.config.poll_interval)
         {
             self.last_sync = Some(Instant::now());
-            if let Err(e) = self.lander.sync() {
-                tracing::warn!(error = %e, "could not bring the base branch up to date; retrying later");
-            }
+            self.git.queue(GitOp::Sync);
         }
         self.refresh_specs()?;
         if self.github.is_some()
@@ -501,6 +575,10 @@ where
         let intake_due = self
             .intake_not_before
             .is_some_and(|at| Instant::now() >= at);
+        if self.next_retry_ms.is_some_and(|at| now_ms() >= at) {
+            self.next_retry_ms = None;
+            self.wake = true;
+        }
         if !self.wake && self.results.is_empty() && !intake_due {
             return Ok(false);
         }
@@ -528,8 +606,17 @@ where
             );
         }
         // One atomic write holds the results' consequences, the advances and the new
-        // assignments: only then is a result acknowledged or a step sent.
+        // assignments: only then is a result acknowledged, a step sent or a landing started
+        // (so a crash mid-merge never makes a finished step run again).
         self.persist().await?;
+        self.send_acks();
+        self.send_orders(orders);
+        self.git.start();
+        Ok(worked)
+    }
+
+    /// Acknowledges the results whose consequences are now stored.
+    fn send_acks(&mut self) {
         for (worker, attempt) in std::mem::take(&mut self.acks) {
             self.registry.tell(
                 &worker,
@@ -538,8 +625,6 @@ where
                 }),
             );
         }
-        self.send_orders(orders);
-        Ok(worked)
     }
 
     // --- COLLECT -----------------------------------------------------------------------
@@ -615,10 +700,7 @@ where
                 attempt: assignment.attempt.0,
                 worker: worker.to_owned(),
                 verdict,
-                duration_ms: result
-                    .duration
-                    .as_ref()
-                    .map_or(0, |d| u64::try_from(d.seconds).unwrap_or(0) * 1000),
+                duration_ms: result.duration.as_ref().map_or(0, duration_ms),
             },
         );
         if verdict == Verdict::Fail {
@@ -654,20 +736,54 @@ where
     }
 
     /// Feeds an outcome to the pure executor and records the transition.
-    fn apply_outcome(&mut self, mut task: Task, outcome: Outcome) {
+    fn apply_outcome(&mut self, task: Task, outcome: Outcome) {
         let pipeline = &self.project.process.pipeline;
         let Ok(Some(progress)) = task.progress() else {
             return;
         };
         let limits = self.limits();
-        let transition = match pipeline.apply(&progress, outcome, limits) {
+        match pipeline.apply(&progress, outcome, limits) {
+            Ok(transition) => self.settle(task, &transition, Stop::Pipeline),
+            Err(e) => tracing::warn!(task = %task.id, error = %e, "outcome could not be applied"),
+        }
+    }
+
+    /// Stops an unfinished task from outside the pipeline: its running step is cancelled and
+    /// it fails with `reason`, dependents included. Returns the stopped task.
+    fn stop_task(&mut self, id: TaskId, reason: String, stop: Stop) -> Option<Task> {
+        let task = self.state.tasks.get(&id)?.clone();
+        let transition = match Transition::stop(&task, reason.clone()) {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(task = %task.id, error = %e, "outcome could not be applied");
-                return;
+                tracing::debug!(task = %id, error = %e, "not stopped");
+                return None;
             }
         };
-        let from = progress.position.step().to_string();
+        if let Some(a) = self.state.assignments.get(&id).cloned() {
+            self.registry.tell(
+                &a.worker,
+                v1::coordinator_message::Body::Cancel(v1::Cancel {
+                    attempt_id: a.attempt.0,
+                    reason,
+                }),
+            );
+            self.registry.finished(&a.worker, a.attempt);
+            self.drop_attempt(a.attempt);
+        }
+        self.needs_rebase.remove(&id);
+        self.settle(task, &transition, stop);
+        self.state.tasks.get(&id).cloned()
+    }
+
+    /// The one place a task's status changes: writes the transition into the task, journals
+    /// it, and carries out what a finished task implies (intake feedback, spec failure
+    /// counting, dependents, GitHub).
+    fn settle(&mut self, mut task: Task, transition: &Transition, stop: Stop) {
+        let from = task
+            .position
+            .as_ref()
+            .map(|p| p.step().to_string())
+            .unwrap_or_default();
         transition.apply_to(&mut task);
         let to = transition
             .next
@@ -692,31 +808,60 @@ where
                 },
             ),
             StepChange::Completed => {
-                self.event(Some(id), EventKind::TaskCompleted { rounds: task.round })
+                self.progress += 1;
+                self.event(Some(id), EventKind::TaskCompleted { rounds: task.round });
             }
             StepChange::Failed => {
+                self.progress += 1;
                 let reason = task.failure.clone().unwrap_or_default();
-                self.add_review(Review {
-                    task_id: id,
-                    round: task.round,
-                    role: "coordinator".to_owned(),
-                    verdict: Verdict::Fail,
-                    detail: format!("The task failed: {reason}"),
-                });
-                self.event(Some(id), EventKind::TaskFailed { reason });
-                self.task_failed(id);
-                self.github_failed(&task);
+                match stop {
+                    Stop::Pipeline => {
+                        self.add_review(Review {
+                            task_id: id,
+                            round: task.round,
+                            role: "coordinator".to_owned(),
+                            verdict: Verdict::Fail,
+                            detail: format!("The task failed: {reason}"),
+                        });
+                        self.event(
+                            Some(id),
+                            EventKind::TaskFailed {
+                                reason: reason.clone(),
+                            },
+                        );
+                        self.github_failed(&task);
+                    }
+                    Stop::DependencyFailed => self.event(
+                        Some(id),
+                        EventKind::TaskFailed {
+                            reason: reason.clone(),
+                        },
+                    ),
+                    Stop::Cancelled | Stop::SpecDeleted => self.event(
+                        Some(id),
+                        EventKind::TaskCancelled {
+                            reason: reason.clone(),
+                        },
+                    ),
+                }
+                // Failure is feedback: the gap re-enters intake with this task's history,
+                // unless an operator or a deleted spec ended it on purpose.
+                if matches!(stop, Stop::Pipeline | Stop::DependencyFailed) {
+                    self.task_failed(id);
+                }
+                if stop == Stop::Pipeline {
+                    self.count_spec_failure(&task.spec_ref.path, &reason);
+                }
             }
             StepChange::Stayed | StepChange::ActionErrorCounted { .. } => {}
         }
-        let cascade = task.status == TaskStatus::Failed;
+        let failed = task.status == TaskStatus::Failed;
         self.put_task(task);
-        if cascade {
+        if failed {
             self.fail_dependents(id);
         }
     }
 
-    /// Failure is feedback: the gap re-enters intake with this task's history.
     fn task_failed(&mut self, id: TaskId) {
         if !self.state.meta.failed_since_intake.contains(&id) {
             self.state.meta.failed_since_intake.push(id);
@@ -725,26 +870,109 @@ where
         }
     }
 
+    /// Records which gaps a successful intake closed: a spec is processed once accepted tasks
+    /// cover it or the PM proposed nothing for it; one whose proposals were all rejected
+    /// stays open (its rejections are shown to the next intake) and counts as a failure.
+    /// Failed tasks leave the intake queue once their spec's gap is closed again.
+    fn close_gaps(
+        &mut self,
+        changed: &[(SpecPath, BlobId)],
+        failures: &[TaskId],
+        commit: &str,
+        outcome: &intake::Intake,
+    ) {
+        let failed_specs: BTreeMap<TaskId, SpecPath> = failures
+            .iter()
+            .filter_map(|id| {
+                self.state
+                    .tasks
+                    .get(id)
+                    .map(|t| (*id, t.spec_ref.path.clone()))
+            })
+            .collect();
+        let asked: BTreeSet<SpecPath> = changed
+            .iter()
+            .map(|(p, _)| p.clone())
+            .chain(failed_specs.values().cloned())
+            .collect();
+        let coverage = gaps::coverage(&asked, &outcome.created, &outcome.rejections);
+        for (path, blob) in changed {
+            if coverage.get(path).is_some_and(Coverage::closes) {
+                self.progress += 1;
+                self.record(Change::PutSpec(SpecRecord {
+                    path: path.clone(),
+                    blob: blob.0.clone(),
+                    commit: commit.to_owned(),
+                }));
+                self.view.refresh(path, &self.state.specs);
+            }
+        }
+        let closed: BTreeSet<TaskId> = failed_specs
+            .iter()
+            .filter(|(_, path)| coverage.get(*path).is_some_and(Coverage::closes))
+            .map(|(id, _)| *id)
+            .collect();
+        self.state
+            .meta
+            .failed_since_intake
+            .retain(|id| !closed.contains(id));
+        for (path, c) in &coverage {
+            if let Coverage::Open(why) = c {
+                self.count_spec_failure(path, why);
+            }
+        }
+    }
+
+    /// Counts a failure against the spec's current version; at `max_spec_failures` the spec
+    /// is given up and its failed tasks leave the intake queue.
+    fn count_spec_failure(&mut self, path: &SpecPath, why: &str) {
+        let Some(blob) = self.view.specs.get(path).map(|b| b.0.clone()) else {
+            return;
+        };
+        let limit = self.ctx.config.max_spec_failures;
+        let given_up =
+            gaps::count_failure(&mut self.state.meta.spec_failures, path, &blob, why, limit);
+        if let Some(reason) = given_up {
+            self.progress += 1;
+            let tasks = &self.state.tasks;
+            self.state
+                .meta
+                .failed_since_intake
+                .retain(|t| tasks.get(t).is_none_or(|t| &t.spec_ref.path != path));
+            tracing::warn!(spec = %path, %reason, "spec given up");
+            self.event(
+                None,
+                EventKind::SpecFailed {
+                    path: path.to_string(),
+                    reason,
+                },
+            );
+        }
+        let meta = self.state.meta.clone();
+        self.record(Change::PutMeta(meta));
+    }
+
     /// Tasks waiting on a failed task can never start: they fail too, naming the dependency,
     /// so intake can propose a different plan for the whole gap.
     fn fail_dependents(&mut self, failed: TaskId) {
-        let mut queue = vec![failed];
-        while let Some(dep) = queue.pop() {
-            let dependents: Vec<Task> = self
-                .state
-                .tasks
-                .values()
-                .filter(|t| t.status == TaskStatus::NotStarted && t.deps.contains(&dep))
-                .cloned()
-                .collect();
-            for mut task in dependents {
-                let reason = format!("dependency {dep} failed, so this task cannot start");
-                task.status = TaskStatus::Failed;
-                task.failure = Some(reason.clone());
-                self.event(Some(task.id), EventKind::TaskFailed { reason });
-                queue.push(task.id);
-                self.task_failed(task.id);
-                self.put_task(task);
+        let dependents: Vec<TaskId> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.status == TaskStatus::NotStarted && t.deps.contains(&failed))
+            .map(|t| t.id)
+            .collect();
+        for id in dependents {
+            let Some(path) = self.state.tasks.get(&id).map(|t| t.spec_ref.path.clone()) else {
+                continue;
+            };
+            // A dependent whose own spec is gone is cancelled for that, not failed.
+            if self.view.specs.contains_key(&path) {
+                let reason = format!("dependency {failed} failed, so this task cannot start");
+                self.stop_task(id, reason, Stop::DependencyFailed);
+            } else {
+                let reason = format!("cancelled: spec {path} was deleted");
+                self.stop_task(id, reason, Stop::SpecDeleted);
             }
         }
     }
@@ -756,9 +984,9 @@ where
                 commit,
                 changed,
                 known,
+                failures,
             } => {
-                let failures_considered =
-                    u32::try_from(self.state.meta.failed_since_intake.len()).unwrap_or(u32::MAX);
+                let failures_considered = u32::try_from(failures.len()).unwrap_or(u32::MAX);
                 self.state.meta.intake_round += 1;
                 let mut created = Vec::new();
                 let mut rejections = Vec::new();
@@ -775,7 +1003,10 @@ where
                         &commit,
                         self.state.meta.next_task_id.max(1),
                     );
-                    for task in outcome.created {
+                    if !outcome.created.is_empty() {
+                        self.progress += 1;
+                    }
+                    for task in &outcome.created {
                         self.state.meta.next_task_id = task.id.0 + 1;
                         created.push(task.id);
                         self.event(
@@ -786,24 +1017,14 @@ where
                                 deps: task.deps.clone(),
                             },
                         );
-                        self.put_task(task);
+                        self.put_task(task.clone());
                     }
-                    rejections = outcome.rejections;
-                    // The processed versions are recorded only when intake succeeded, so a
-                    // failed intake is retried with the same changes.
-                    for (path, blob) in &changed {
-                        let record = SpecRecord {
-                            path: path.clone(),
-                            blob: blob.0.clone(),
-                            commit: commit.clone(),
-                        };
-                        self.record(Change::PutSpec(record));
-                        self.view.refresh(path, &self.state.specs);
-                    }
-                    self.state.meta.failed_since_intake.clear();
+                    self.close_gaps(&changed, &failures, &commit, &outcome);
+                    rejections = outcome.rejections.into_iter().map(|r| r.finding).collect();
                     self.intake_failures = 0;
                     self.intake_not_before = None;
                 } else {
+                    // Nothing closes: the same specs and failures are asked about again.
                     rejections.push(format!("The previous intake run failed: {detail}"));
                     self.intake_failures += 1;
                     let backoff = INTAKE_BACKOFF_START
@@ -828,7 +1049,7 @@ where
                 self.state.meta.improvement_round += 1;
                 let meta = self.state.meta.clone();
                 self.record(Change::PutMeta(meta));
-                let mut commit = None;
+                tracing::info!(%worker, %verdict, "process improver finished");
                 if verdict == Verdict::Pass && !result.head_commit.is_empty() {
                     let request = LandRequest {
                         task: WorkRef::ProcessImprovement,
@@ -839,23 +1060,20 @@ where
                         strategy: MergeStrategy::Squash,
                         delete_branch: true,
                     };
-                    match self.lander.land(&request) {
-                        Ok(LandOutcome::Landed(landing)) => commit = Some(landing.commit.0),
-                        Ok(other) => {
-                            tracing::warn!(?other, "process improvements did not land");
-                        }
-                        Err(e) => tracing::warn!(error = %e, "process improvements did not land"),
-                    }
-                    // Every agent spawned from now on sees the new overlays.
-                    match (self.compose)() {
-                        Ok(project) => self.project = project,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "recomposing after process improvements failed; keeping the previous composition")
-                        }
-                    }
+                    // Journaled as ProcessImproved once it landed.
+                    self.git.queue(GitOp::Land {
+                        request,
+                        action: String::new(),
+                    });
+                } else {
+                    self.event(
+                        None,
+                        EventKind::ProcessImproved {
+                            verdict,
+                            commit: None,
+                        },
+                    );
                 }
-                tracing::info!(%worker, %verdict, "process improver finished");
-                self.event(None, EventKind::ProcessImproved { verdict, commit });
             }
         }
     }
@@ -894,30 +1112,16 @@ where
                     change: SpecChangeEvent::Deleted,
                 },
             );
-            let doomed: Vec<Task> = self
+            let doomed: Vec<TaskId> = self
                 .state
                 .tasks
                 .values()
                 .filter(|t| t.spec_ref.path == path && !t.status.is_terminal())
-                .cloned()
+                .map(|t| t.id)
                 .collect();
-            for mut task in doomed {
-                if let Some(a) = self.state.assignments.remove(&task.id) {
-                    self.registry.tell(
-                        &a.worker,
-                        v1::coordinator_message::Body::Cancel(v1::Cancel {
-                            attempt_id: a.attempt.0,
-                            reason: format!("spec {path} was deleted"),
-                        }),
-                    );
-                    self.record(Change::DeleteAssignment(task.id));
-                }
+            for id in doomed {
                 let reason = format!("cancelled: spec {path} was deleted");
-                task.status = TaskStatus::Failed;
-                task.position = None;
-                task.failure = Some(reason.clone());
-                self.event(Some(task.id), EventKind::TaskCancelled { reason });
-                self.put_task(task);
+                self.stop_task(id, reason, Stop::SpecDeleted);
             }
         }
     }
@@ -930,7 +1134,12 @@ where
         {
             return None;
         }
-        let changed: Vec<SpecPath> = self.view.pending.iter().cloned().collect();
+        let changed = gaps::intake_batch(
+            self.open_specs(),
+            &self.state.meta.spec_failures,
+            |p| self.view.specs.get(p).map(|b| b.0.as_str()),
+            self.ctx.config.max_specs_per_intake as usize,
+        );
         (!changed.is_empty() || !self.state.meta.failed_since_intake.is_empty()).then_some(changed)
     }
 
@@ -945,10 +1154,16 @@ where
             .values()
             .filter(|t| t.status == TaskStatus::NotStarted || t.status == TaskStatus::InProgress)
             .filter(|t| !self.state.assignments.contains_key(&t.id))
-            .filter(|t| !self.needs_rebase.contains(&t.id))
+            .filter(|t| !self.needs_rebase.contains(&t.id) && !self.git.is_landing(t.id))
             .cloned()
             .collect();
+        let now = now_ms();
         for task in waiting {
+            if let Some(retry) = task.retry.as_ref().filter(|r| !r.due(now)) {
+                let at = retry.not_before_ms;
+                self.next_retry_ms = Some(self.next_retry_ms.map_or(at, |t| t.min(at)));
+                continue;
+            }
             let next = match task.position.as_ref() {
                 None if task.status == TaskStatus::NotStarted => continue,
                 None => continue,
@@ -990,34 +1205,74 @@ where
             strategy: self.ctx.config.merge.strategy,
             delete_branch: self.ctx.config.merge.delete_branch,
         };
-        let base_branch = self.ctx.config.target.base_branch.clone();
-        match self.lander.land(&request) {
-            Ok(LandOutcome::Landed(landing) | LandOutcome::AlreadyLanded { landing, .. }) => {
-                let commit = landing.commit.0;
-                if self.state.meta.rebase_attempts.remove(&task.id).is_some() {
-                    let meta = self.state.meta.clone();
-                    self.record(Change::PutMeta(meta));
-                }
-                self.event(
-                    Some(task.id),
-                    EventKind::Merged {
-                        branch,
-                        into: base_branch,
-                        commit,
-                        strategy: format!("{:?}", request.strategy).to_lowercase(),
-                    },
-                );
+        self.git.queue(GitOp::Land {
+            request,
+            action: action.to_owned(),
+        });
+    }
+
+    /// A git operation finished: a landing's outcome moves its task on (or schedules a retry);
+    /// a sync may have brought spec changes.
+    fn git_reply(&mut self, reply: GitReply) {
+        self.wake = true;
+        match reply {
+            GitReply::Synced(Ok(())) => {}
+            GitReply::Synced(Err(e)) => {
+                tracing::warn!(error = %e, "could not bring the base branch up to date; retrying later")
+            }
+            GitReply::Landed {
+                request,
+                action,
+                outcome,
+            } => match request.task {
+                WorkRef::Task(id) => self.task_landed(id, &request, &action, outcome),
+                WorkRef::ProcessImprovement => self.improvements_landed(outcome),
+            },
+        }
+    }
+
+    fn task_landed(
+        &mut self,
+        id: TaskId,
+        request: &LandRequest,
+        action: &str,
+        outcome: Result<LandOutcome, LandError>,
+    ) {
+        let branch = request.branch.clone();
+        if let Ok(LandOutcome::Landed(landing) | LandOutcome::AlreadyLanded { landing, .. }) =
+            &outcome
+        {
+            if self.state.meta.rebase_attempts.remove(&id).is_some() {
+                let meta = self.state.meta.clone();
+                self.record(Change::PutMeta(meta));
+            }
+            self.event(
+                Some(id),
+                EventKind::Merged {
+                    branch: branch.clone(),
+                    into: self.ctx.config.target.base_branch.clone(),
+                    commit: landing.commit.0.clone(),
+                    strategy: format!("{:?}", request.strategy).to_lowercase(),
+                },
+            );
+        }
+        // Stopped (cancelled, spec deleted) while its landing ran: the outcome is moot.
+        let Some(task) = self
+            .state
+            .tasks
+            .get(&id)
+            .filter(|t| !t.status.is_terminal())
+            .cloned()
+        else {
+            return;
+        };
+        match outcome {
+            Ok(LandOutcome::Landed(_) | LandOutcome::AlreadyLanded { .. }) => {
                 self.apply_outcome(task, Outcome::Action(ActionOutcome::Success));
             }
             Ok(LandOutcome::Conflict { files }) => self.conflicted(task, action, &branch, files),
-            Ok(LandOutcome::Deferred { reason }) => {
-                tracing::info!(task = %task.id, %reason, "landing deferred; will retry");
-                self.wake = true;
-            }
-            Err(e) if e.is_transient() => {
-                self.wake = true;
-                tracing::warn!(task = %task.id, error = %e, "landing will be retried");
-            }
+            Ok(LandOutcome::Deferred { reason }) => self.retry_later(task, reason),
+            Err(e) if e.is_transient() => self.retry_later(task, e.to_string()),
             Err(e) => {
                 self.add_review(Review {
                     task_id: task.id,
@@ -1029,6 +1284,47 @@ where
                 self.apply_outcome(task, Outcome::Action(ActionOutcome::Error));
             }
         }
+    }
+
+    /// A transient failure: the task stays at its action and tries again after the shared
+    /// backoff, which is stored with the task so a restart keeps it.
+    fn retry_later(&mut self, mut task: Task, reason: String) {
+        let retry = Retry::failed(task.retry.as_ref(), reason, now_ms());
+        tracing::info!(task = %task.id, reason = %retry.reason, failures = retry.failures, "landing will be retried");
+        let at = retry.not_before_ms;
+        self.next_retry_ms = Some(self.next_retry_ms.map_or(at, |t| t.min(at)));
+        task.retry = Some(retry);
+        self.put_task(task);
+    }
+
+    fn improvements_landed(&mut self, outcome: Result<LandOutcome, LandError>) {
+        let commit = match outcome {
+            Ok(LandOutcome::Landed(landing) | LandOutcome::AlreadyLanded { landing, .. }) => {
+                Some(landing.commit.0)
+            }
+            Ok(other) => {
+                tracing::warn!(?other, "process improvements did not land");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "process improvements did not land");
+                None
+            }
+        };
+        // Every agent spawned from now on sees the new overlays.
+        match (self.compose)() {
+            Ok(project) => self.project = project,
+            Err(e) => {
+                tracing::warn!(error = %e, "recomposing after process improvements failed; keeping the previous composition")
+            }
+        }
+        self.event(
+            None,
+            EventKind::ProcessImproved {
+                verdict: Verdict::Pass,
+                commit,
+            },
+        );
     }
 
     /// A landing conflicted with the base branch: the rebase-resolver gets the task, up to
@@ -1107,6 +1403,7 @@ where
                                 })
                                 .collect(),
                             known: self.view.specs.keys().cloned().collect(),
+                            failures: self.state.meta.failed_since_intake.clone(),
                         }),
                     ));
                 }
@@ -1150,7 +1447,7 @@ where
                 Ok((assign, assignment)) => {
                     free -= 1;
                     self.needs_rebase.remove(&id);
-                    dispatched_tasks.push((id, assignment.clone_with_worker(&worker)));
+                    dispatched_tasks.push((id, assignment.with_worker(&worker)));
                     orders.push((worker, assign, None));
                 }
                 Err(e) => {
@@ -1185,20 +1482,11 @@ where
                 continue;
             };
             if task.position.is_none() {
-                let transition = pipeline.start();
-                transition.apply_to(&mut task);
-                self.event(
-                    Some(id),
-                    EventKind::TaskAdvanced {
-                        from_step: String::new(),
-                        to_step: transition
-                            .next
-                            .position()
-                            .map(|p| p.step().to_string())
-                            .unwrap_or_default(),
-                    },
-                );
-                self.put_task(task.clone());
+                self.settle(task.clone(), &pipeline.start(), Stop::Pipeline);
+                let Some(started) = self.state.tasks.get(&id).cloned() else {
+                    continue;
+                };
+                task = started;
             }
             let Some(Next::RunAgent { role, .. }) = task
                 .position
@@ -1214,7 +1502,7 @@ where
             let attempt = self.next_attempt();
             match self.task_assign(&task, &role, attempt) {
                 Ok((assign, assignment)) => {
-                    dispatched_tasks.push((id, assignment.clone_with_worker(&worker)));
+                    dispatched_tasks.push((id, assignment.with_worker(&worker)));
                     orders.push((worker, assign, None));
                 }
                 Err(e) => {
@@ -1520,6 +1808,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Whole milliseconds of a wire duration (a 144 ms step is 144, not 0); negative is 0.
+fn duration_ms(d: &prost_types::Duration) -> u64 {
+    let ms = i128::from(d.seconds) * 1000 + i128::from(d.nanos) / 1_000_000;
+    u64::try_from(ms.max(0)).unwrap_or(u64::MAX)
+}
+
 fn duration_to_proto(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -1527,11 +1821,16 @@ fn duration_to_proto(d: Duration) -> prost_types::Duration {
     }
 }
 
-impl Assignment {
-    fn clone_with_worker(&self, worker: &str) -> Assignment {
-        Assignment {
-            worker: worker.to_owned(),
-            ..self.clone()
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_duration_keeps_its_milliseconds() {
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(duration_ms(&d(0, 144_000_000)), 144);
+        assert_eq!(duration_ms(&d(2, 0)), 2000);
+        assert_eq!(duration_ms(&d(1, 999_999_999)), 1999);
+        assert_eq!(duration_ms(&d(-1, 0)), 0);
     }
 }

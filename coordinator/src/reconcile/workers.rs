@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use hyperloop_proto::v1::{self, AttemptPhase};
 use hyperloop_shared::event::EventKind;
-use hyperloop_shared::model::{AttemptId, Review, Task, TaskId, TaskStatus, Verdict};
+use hyperloop_shared::gaps;
+use hyperloop_shared::model::{AttemptId, Review, SpecPath, Task, TaskId, Verdict};
 use hyperloop_shared::pipeline::{GateCheck, Next, Outcome};
 use hyperloop_shared::project::Project;
 
@@ -321,6 +322,9 @@ where
             } => {
                 let _ = reply.send(self.cancel(task, &reason));
             }
+            Command::RetrySpec { path, reply } => {
+                let _ = reply.send(self.retry_spec(path));
+            }
             Command::Drain { worker, reply } => {
                 let answer = if self
                     .registry
@@ -400,7 +404,7 @@ where
     /// An operator's cancel stops the task for good: it fails with the reason but does not
     /// re-enter intake (the operator decided against it; a spec change brings it back).
     fn cancel(&mut self, id: TaskId, reason: &str) -> Result<Task, CommandError> {
-        let mut task = self.task_or_not_found(id)?;
+        let task = self.task_or_not_found(id)?;
         if task.status.is_terminal() {
             return Err(CommandError::FailedPrecondition(format!(
                 "{id} is already {}; there is nothing to cancel",
@@ -412,25 +416,38 @@ where
         } else {
             format!("cancelled by an operator: {reason}")
         };
-        if let Some(a) = self.state.assignments.get(&id).cloned() {
-            self.registry.tell(
-                &a.worker,
-                v1::coordinator_message::Body::Cancel(v1::Cancel {
-                    attempt_id: a.attempt.0,
-                    reason: reason.clone(),
-                }),
-            );
-            self.registry.finished(&a.worker, a.attempt);
-            self.drop_attempt(a.attempt);
+        self.stop_task(id, reason, super::Stop::Cancelled);
+        self.task_or_not_found(id)
+    }
+
+    /// Clears a given-up spec's failures and its processed record, so the next intake sees
+    /// it as new (with its earlier tasks' findings in the prompt).
+    fn retry_spec(&mut self, path: SpecPath) -> Result<SpecPath, CommandError> {
+        let Some(blob) = self.view.specs.get(&path).map(|b| b.0.clone()) else {
+            return Err(CommandError::NotFound(format!(
+                "there is no spec {path} on the base branch; `hyperloopctl get specs` lists them"
+            )));
+        };
+        if gaps::given_up(&self.state.meta.spec_failures, &path, &blob).is_none() {
+            return Err(CommandError::FailedPrecondition(format!(
+                "{path} was not given up; only a spec that failed max_spec_failures times can \
+                 be retried"
+            )));
         }
-        self.needs_rebase.remove(&id);
-        task.status = TaskStatus::Failed;
-        task.position = None;
-        task.failure = Some(reason.clone());
-        self.event(Some(id), EventKind::TaskCancelled { reason });
-        self.put_task(task.clone());
-        self.fail_dependents(id);
-        Ok(task)
+        self.state.meta.spec_failures.remove(&path);
+        let meta = self.state.meta.clone();
+        self.record(Change::PutMeta(meta));
+        if self.state.specs.contains_key(&path) {
+            self.record(Change::DeleteSpec(path.clone()));
+        }
+        self.view.refresh(&path, &self.state.specs);
+        self.event(
+            None,
+            EventKind::SpecRetried {
+                path: path.to_string(),
+            },
+        );
+        Ok(path)
     }
 
     // --- live view -----------------------------------------------------------------------

@@ -84,7 +84,7 @@ pub const KEYS: &[Key] = &[
     key("max_task_rounds", "rounds a task may take before it fails"),
     key(
         "max_cycles",
-        "reconcile cycles `run` performs before it stops (exit code 3)",
+        "consecutive cycles without progress after which `run` stops (exit code 3)",
     ),
     key(
         "max_action_attempts",
@@ -93,6 +93,14 @@ pub const KEYS: &[Key] = &[
     key(
         "max_rebase_attempts",
         "rebase-conflict resolutions tried before the loop restarts",
+    ),
+    key(
+        "max_spec_failures",
+        "failures of one spec version before it is given up (exit code 4)",
+    ),
+    key(
+        "max_specs_per_intake",
+        "specs one PM session is asked about; more are split across sessions",
     ),
     key(
         "branch_prefix",

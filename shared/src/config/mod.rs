@@ -69,9 +69,16 @@ pub struct Config {
     #[serde(serialize_with = "serialize_duration")]
     pub poll_interval: Duration,
     pub max_task_rounds: u32,
+    /// Consecutive cycles without progress (no task finished, no gap closed) after which
+    /// `run` stops: a guard against a loop that spins, never a limit on healthy work.
     pub max_cycles: u32,
     pub max_action_attempts: u32,
     pub max_rebase_attempts: u32,
+    /// Failures (failed tasks, intakes leaving it uncovered) a spec version may cause before
+    /// it is given up ([`crate::gaps`]).
+    pub max_spec_failures: u32,
+    /// Specs one PM session is asked about at most; more are split across sessions.
+    pub max_specs_per_intake: u32,
     /// Task branches are `<branch_prefix><task-id>`.
     pub branch_prefix: String,
     /// The coordinator's gRPC endpoint.
@@ -393,6 +400,8 @@ impl Default for Config {
             max_cycles: 200,
             max_action_attempts: 3,
             max_rebase_attempts: 3,
+            max_spec_failures: 3,
+            max_specs_per_intake: 25,
             branch_prefix: "hyperloop/".to_owned(),
             listen: loopback(7070),
             advertise: None,
@@ -711,6 +720,14 @@ impl Resolver<'_> {
             max_rebase_attempts: self
                 .get("max_rebase_attempts", int(0, 100))
                 .unwrap_or(d.max_rebase_attempts),
+            max_spec_failures: self
+                .get("max_spec_failures", int(1, 1000))
+                .unwrap_or(d.max_spec_failures),
+            // The PM may propose at most MAX_PROPOSALS tasks per session; a batch of specs
+            // must leave room for more than one task each.
+            max_specs_per_intake: self
+                .get("max_specs_per_intake", int(1, 50))
+                .unwrap_or(d.max_specs_per_intake),
             branch_prefix: self
                 .get(
                     "branch_prefix",

@@ -180,6 +180,10 @@ pub enum FailReason {
         round: u32,
         max: u32,
     },
+    /// Stopped from outside the pipeline: cancelled by an operator, its spec deleted, or a
+    /// dependency failed. The text says which.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// A description of the transition, for events and findings.
@@ -238,9 +242,33 @@ impl Transition {
         }
     }
 
+    /// Stops an unfinished task from outside the pipeline (cancel, spec deleted, dependency
+    /// failed): it fails with `reason` and keeps its counters.
+    ///
+    /// # Errors
+    /// [`StepError::AlreadyFinished`] for a complete or failed task.
+    pub fn stop(task: &Task, reason: String) -> Result<Transition, StepError> {
+        if task.status.is_terminal() {
+            return Err(StepError::AlreadyFinished {
+                task: task.id.to_string(),
+                status: task.status,
+            });
+        }
+        Ok(Transition {
+            next: Next::Failed {
+                reason: FailReason::Stopped(reason),
+            },
+            round: task.round,
+            action_attempts: task.action_attempts,
+            change: Change::Failed,
+        })
+    }
+
     /// Writes the outcome into the task: status, position, counters, failure reason.
     /// The coordinator owns status; this is the one place that maps executor output onto it.
     pub fn apply_to(&self, task: &mut Task) {
+        // Any outcome ends a wait for a retry; a transient failure sets a new one after.
+        task.retry = None;
         task.round = self.round;
         task.action_attempts = self.action_attempts;
         task.position = self.next.position().cloned();
@@ -281,6 +309,8 @@ pub enum StepError {
     OutcomeMismatch { step: StepRef, outcome: Outcome },
     #[error("task {task} is {status} but has no pipeline position")]
     MissingPosition { task: String, status: TaskStatus },
+    #[error("task {task} is already {status}; a finished task cannot be stopped")]
+    AlreadyFinished { task: String, status: TaskStatus },
 }
 
 /// Result of [`Pipeline::relocate`].
@@ -1337,5 +1367,28 @@ mod tests {
                 prop_assert_eq!(new.relocate(&r.progress).kind, RelocationKind::Unchanged);
             }
         }
+    }
+
+    #[test]
+    fn stopping_a_task_fails_it_with_the_reason_and_a_finished_task_cannot_be_stopped() {
+        let mut task = Task::new(
+            crate::model::TaskId(4),
+            "t".to_owned(),
+            crate::model::SpecRef {
+                path: crate::model::SpecPath::parse("specs/a.md").unwrap(),
+                commit: "c".into(),
+            },
+        );
+        task.round = 2;
+        let stop = Transition::stop(&task, "cancelled by an operator".to_owned()).unwrap();
+        stop.apply_to(&mut task);
+        assert_eq!(task.status, TaskStatus::Failed);
+        assert_eq!(task.round, 2);
+        assert_eq!(task.position, None);
+        assert_eq!(task.failure.as_deref(), Some("cancelled by an operator"));
+        assert!(matches!(
+            Transition::stop(&task, "again".to_owned()),
+            Err(StepError::AlreadyFinished { .. })
+        ));
     }
 }

@@ -275,6 +275,7 @@ fn task(id: u64, title: &str, status: TaskStatus, deps: &[u64]) -> Task {
         position: None,
         action_attempts: 0,
         failure: None,
+        retry: None,
     }
 }
 

@@ -8,6 +8,7 @@ use hyperloop_shared::model::{
 };
 
 use super::{Assignment, Change, Meta, Revision, SpecRecord, State, StateStore, StoreError};
+use hyperloop_shared::state::SpecFailures;
 
 /// One backing (a repository, an etcd prefix, a shared map) that store instances open. The
 /// backing lives as long as the harness (a temp dir is removed when it drops).
@@ -80,6 +81,7 @@ pub fn task(id: u64) -> Task {
         position: None,
         action_attempts: 0,
         failure: None,
+        retry: None,
     }
 }
 
@@ -167,6 +169,16 @@ pub async fn every_change_kind_round_trips<H: Harness>(new_harness: &impl Fn(usi
         failed_since_intake: vec![TaskId(2)],
         intake_rejections: vec!["duplicate of task-001".into()],
         rebase_attempts: [(TaskId(2), 1)].into_iter().collect(),
+        spec_failures: [(
+            SpecPath::parse("specs/auth.md").unwrap(),
+            SpecFailures {
+                blob: "b1".into(),
+                count: 3,
+                failed: Some("given up".into()),
+            },
+        )]
+        .into_iter()
+        .collect(),
     };
     let changes = vec![
         Change::PutTask(task(1)),

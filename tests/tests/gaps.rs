@@ -1,0 +1,210 @@
+//! Every gap stays open until it is closed, and a failing spec is bounded: the real
+//! `hyperloop-coordinator` binary with in-process workers, real git repositories and the
+//! scripted `command` agent (fixtures/agents/scripted-agent.sh), at the scale of real projects.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent, test_home};
+use serde_json::Value;
+
+/// Bounds a whole coordinator run: a hung run fails the test instead of CI.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Only what the scripted agent needs, and a journal long enough to check every event; every
+/// limit (max_cycles, max_spec_failures, max_specs_per_intake, max_task_rounds) keeps its
+/// default.
+fn config(workers: u32) -> String {
+    format!(
+        "max_workers: {workers}\npoll_interval: 1s\ndashboard:\n  events_limit: 100000\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 60s\n\
+         \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE, SCRIPTED_PM_CAP, SCRIPTED_FAIL_SPEC, \
+         SCRIPTED_RETRY_ALL]\n",
+        scripted_agent().display()
+    )
+}
+
+fn spec_name(i: usize) -> String {
+    format!("specs/s{i:03}.md")
+}
+
+fn many_specs(n: usize, workers: u32) -> TestRepo {
+    let texts: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            (
+                spec_name(i),
+                format!("# S{i:03}\n\nRecord work for S{i:03}.\n"),
+            )
+        })
+        .collect();
+    let mut files: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    let config = config(workers);
+    files.push((".hyperloop.yaml", &config));
+    TestRepo::new(&files)
+}
+
+fn run(repo: &TestRepo, log: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(coordinator_bin());
+    cmd.args(["run", "--path"])
+        .arg(&repo.checkout)
+        .env("SCRIPTED_LOG", log)
+        .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+        .env("HOME", test_home(repo.dir.path()))
+        .env_remove("HYPERLOOP_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("coordinator starts");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "coordinator did not finish within {RUN_TIMEOUT:?}; stderr:\n{}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+/// Every spec has exactly one landed commit naming it, and main is pushed.
+fn assert_every_spec_landed_once(repo: &TestRepo, n: usize) {
+    let log = repo.log("main");
+    for i in 0..n {
+        let spec = spec_name(i);
+        let landed = log.matches(&format!("Spec-Ref: {spec}@")).count();
+        assert_eq!(landed, 1, "{spec} should land exactly once");
+    }
+    let local = git(&repo.checkout, &["rev-parse", "main"]);
+    let pushed = git(&repo.origin, &["rev-parse", "main"]);
+    assert_eq!(local, pushed, "main is pushed to origin");
+}
+
+#[test]
+fn a_pm_capped_at_100_proposals_per_session_still_gets_all_120_specs_implemented() {
+    let repo = many_specs(120, 4);
+    let log = repo.dir.path().join("steps.log");
+    let out = run(&repo, &log, &[("SCRIPTED_PM_CAP", "100")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_every_spec_landed_once(&repo, 120);
+
+    let events = repo.events();
+    let intakes = named(&events, "intake_run");
+    // Split across sessions of at most max_specs_per_intake (25) specs each.
+    assert!(intakes.len() >= 5, "{} intake sessions", intakes.len());
+    for intake in &intakes {
+        let asked = intake["changed_specs"].as_array().unwrap().len();
+        assert!(asked <= 25, "one session was asked about {asked} specs");
+    }
+    let asked: BTreeSet<&str> = intakes
+        .iter()
+        .flat_map(|i| i["changed_specs"].as_array().unwrap())
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(asked.len(), 120, "every spec went through intake");
+    assert_eq!(named(&events, "task_completed").len(), 120);
+}
+
+#[test]
+fn a_spec_that_never_passes_is_given_up_after_three_failed_tasks_and_run_exits_4_naming_it() {
+    let repo = many_specs(2, 2);
+    let log = repo.dir.path().join("steps.log");
+    let bad = spec_name(1);
+    let env = [
+        ("SCRIPTED_MODE", "redo"),
+        ("SCRIPTED_FAIL_SPEC", bad.as_str()),
+    ];
+    let out = run(&repo, &log, &env);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{bad}: {bad} failed 3 time(s)")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("hyperloopctl retry spec {bad}")),
+        "{stderr}"
+    );
+
+    // The good spec landed; the bad one cost exactly max_spec_failures (3) tasks.
+    let main = repo.log("main");
+    assert_eq!(
+        main.matches(&format!("Spec-Ref: {}@", spec_name(0)))
+            .count(),
+        1
+    );
+    assert_eq!(main.matches(&format!("Spec-Ref: {bad}@")).count(), 0);
+    let events = repo.events();
+    let bad_tasks: Vec<&Value> = named(&events, "task_created")
+        .into_iter()
+        .filter(|e| e["spec_ref"]["path"] == bad.as_str())
+        .collect();
+    assert_eq!(bad_tasks.len(), 3, "{bad_tasks:?}");
+    let given_up = named(&events, "spec_failed");
+    assert_eq!(given_up.len(), 1, "{given_up:?}");
+    assert_eq!(given_up[0]["path"], bad.as_str());
+    let halted = named(&events, "coordinator_halted");
+    assert_eq!(halted.last().unwrap()["exit_code"], 4);
+
+    // It costs nothing more: a second run starts no agent and stops the same way.
+    std::fs::write(&log, "").unwrap();
+    let again = run(&repo, &log, &env);
+    assert_eq!(again.status.code(), Some(4), "{}", text(&again.stderr));
+    let steps = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(steps, "", "a given-up spec starts no agent session");
+
+    // Changing the spec reconciles it again; this time its work passes.
+    git(
+        &repo.checkout,
+        &["pull", "-q", "--ff-only", "origin", "main"],
+    );
+    repo.commit(
+        &[(bad.as_str(), "# S001\n\nRecord work, simpler.\n")],
+        "Simplify S001",
+    );
+    let fixed = run(&repo, &log, &[("SCRIPTED_MODE", "redo")]);
+    assert_eq!(fixed.status.code(), Some(0), "{}", text(&fixed.stderr));
+    assert_eq!(
+        repo.log("main")
+            .matches(&format!("Spec-Ref: {bad}@"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn two_hundred_specs_with_one_retry_per_task_converge_in_one_run_with_default_limits() {
+    let repo = many_specs(200, 4);
+    let log = repo.dir.path().join("steps.log");
+    let started = Instant::now();
+    let out = run(&repo, &log, &[("SCRIPTED_RETRY_ALL", "1")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    eprintln!("200 specs converged in {:?}", started.elapsed());
+    assert_every_spec_landed_once(&repo, 200);
+    let events = repo.events();
+    assert_eq!(
+        named(&events, "task_looped_back").len(),
+        200,
+        "one retry each"
+    );
+    assert_eq!(named(&events, "task_completed").len(), 200);
+}
