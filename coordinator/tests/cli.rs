@@ -130,6 +130,41 @@ fn malformed_configuration_exits_2_naming_file_and_key() {
 }
 
 #[test]
+fn turning_on_a_feature_that_does_not_exist_yet_exits_2_naming_key_and_fix() {
+    let repo = tempfile::tempdir().unwrap();
+    let config = repo.path().join(".hyperloop.yaml");
+    std::fs::write(
+        &config,
+        "dashboard:\n  enabled: true\nobservability:\n  otel:\n    endpoint: http://localhost:4317\n",
+    )
+    .unwrap();
+    let out = dry_run(repo.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    for expected in [
+        ".hyperloop.yaml: `dashboard.enabled`: this version of hyperloop does not implement the \
+         web dashboard yet; set it to false or remove it",
+        ".hyperloop.yaml: `observability.otel.endpoint`: this version of hyperloop does not \
+         implement OpenTelemetry export yet; remove the `observability.otel` settings",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+
+    // Spelled out as off, the dashboard is fine, and `--dry-run` shows it off.
+    std::fs::write(&config, "dashboard:\n  enabled: false\n").unwrap();
+    let out = dry_run(repo.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("dashboard:\n  enabled: false\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn a_pipeline_with_an_undefined_gate_exits_2_naming_file_step_and_fix() {
     let repo = tempfile::tempdir().unwrap();
     let agents = repo.path().join(".hyperloop/agents");

@@ -83,6 +83,15 @@ pub enum ConfigError {
     )]
     UnsupportedRuntime { at: Origin },
 
+    /// A setting hyperloop knows but nothing acts on yet: accepting it would silently do
+    /// nothing. The key stays in the table (so typos near it still get a suggestion).
+    #[error("{at}: this version of hyperloop does not implement {feature} yet; {fix}")]
+    NotImplemented {
+        at: Origin,
+        feature: &'static str,
+        fix: &'static str,
+    },
+
     #[error("{file}: `{key}` is required {needed_for}")]
     MissingKey {
         file: String,

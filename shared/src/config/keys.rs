@@ -162,42 +162,48 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "observability.matrix.homeserver",
-        "Matrix homeserver URL; enables Matrix notifications",
+        "Matrix homeserver URL; enables Matrix notifications (not implemented yet: refused)",
     ),
     key(
         "observability.matrix.registration_token_env",
-        "env var with a registration token",
+        "env var with a registration token (not implemented yet)",
     ),
     key(
         "observability.matrix.bot_username",
-        "bot user name; unset = hyperloop-<repo name>",
+        "bot user name; unset = hyperloop-<repo name> (not implemented yet)",
     ),
     key(
         "observability.matrix.room_id",
-        "room to post in; unset = create one",
+        "room to post in; unset = create one (not implemented yet)",
     ),
     key(
         "observability.matrix.token_env",
-        "env var with an existing bot access token",
+        "env var with an existing bot access token (not implemented yet)",
     ),
     key(
         "observability.matrix.verbose",
-        "also send low-signal events (spawns, cycles, intake)",
+        "also send low-signal events (spawns, cycles, intake) (not implemented yet)",
     ),
     key(
         "observability.matrix.invite_user",
-        "user invited to a room hyperloop creates",
+        "user invited to a room hyperloop creates (not implemented yet)",
     ),
     key(
         "observability.otel.endpoint",
-        "OTLP endpoint URL; enables OpenTelemetry export",
+        "OTLP endpoint URL; enables OpenTelemetry export (not implemented yet: refused)",
     ),
     key(
         "observability.otel.service_name",
-        "service.name reported to OpenTelemetry",
+        "service.name reported to OpenTelemetry (not implemented yet)",
     ),
-    key("dashboard.enabled", "serve the read-only web dashboard"),
-    key("dashboard.listen", "address the dashboard listens on"),
+    key(
+        "dashboard.enabled",
+        "serve the read-only web dashboard (not implemented yet: only false is accepted)",
+    ),
+    key(
+        "dashboard.listen",
+        "address the dashboard listens on (not implemented yet: only the default is accepted)",
+    ),
     key(
         "dashboard.events_limit",
         "events kept in the journal for replay",

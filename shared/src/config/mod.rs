@@ -16,6 +16,12 @@
 //! array; an empty variable counts as unset. [`reference()`] lists them all, from the same table
 //! the loader uses. Precedence: defaults < file < environment < [`Overrides`].
 //!
+//! A few keys name features this version does not have: the web dashboard (`dashboard.enabled`,
+//! `dashboard.listen`), Matrix notifications (`observability.matrix.*`) and OpenTelemetry
+//! export (`observability.otel.*`). They stay in the key table, so a typo near them still gets
+//! a suggestion, but asking for the feature is refused ([`ConfigError::NotImplemented`]) rather
+//! than silently doing nothing; defaults and `dashboard.enabled: false` load.
+//!
 //! This module does no I/O: callers pass the file text, the file's name for messages and the
 //! environment as a map.
 
@@ -196,9 +202,12 @@ impl Serialize for NotificationKind {
 pub struct ObservabilityConfig {
     pub log_format: LogFormat,
     pub log_level: LogLevel,
-    /// `None` = Matrix notifications off (no `observability.matrix` keys given).
+    /// `None` = Matrix notifications off (no `observability.matrix` keys given). Always
+    /// `None` in a loaded config: nothing sends Matrix notifications yet, so [`Config::load`]
+    /// refuses the section ([`ConfigError::NotImplemented`]).
     pub matrix: Option<MatrixConfig>,
-    /// `None` = no OpenTelemetry export (no `observability.otel` keys given).
+    /// `None` = no OpenTelemetry export (no `observability.otel` keys given). Always `None`
+    /// in a loaded config: nothing exports yet, so [`Config::load`] refuses the section.
     pub otel: Option<OtelConfig>,
 }
 
@@ -236,10 +245,13 @@ pub struct OtelConfig {
     pub service_name: String,
 }
 
+/// `dashboard:`. There is no web dashboard yet: [`Config::load`] refuses `enabled: true` and a
+/// non-default `listen` unless `enabled: false` is spelled out, so `enabled` is always false.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DashboardConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
+    /// Events kept in the state's event journal (read by the state stores, not a dashboard).
     pub events_limit: u32,
 }
 
@@ -424,7 +436,8 @@ impl Default for Config {
                 otel: None,
             },
             dashboard: DashboardConfig {
-                enabled: true,
+                // Nothing serves a dashboard yet; `true` is refused when loading.
+                enabled: false,
                 listen: loopback(8787),
                 events_limit: 1000,
             },
@@ -780,21 +793,13 @@ impl Resolver<'_> {
                     .unwrap_or(d.notifications.kind),
             },
             observability: self.observability(d.observability),
-            dashboard: DashboardConfig {
-                enabled: self
-                    .get("dashboard.enabled", boolean)
-                    .unwrap_or(d.dashboard.enabled),
-                listen: self
-                    .get("dashboard.listen", socket_addr)
-                    .unwrap_or(d.dashboard.listen),
-                events_limit: self
-                    .get("dashboard.events_limit", int(1, 1_000_000))
-                    .unwrap_or(d.dashboard.events_limit),
-            },
+            dashboard: self.dashboard(d.dashboard),
             agent: self.agent(d.agent),
         }
     }
 
+    /// `observability.*`. The `matrix` and `otel` sections are still typed and checked, ready
+    /// for when their features exist, but nothing acts on them yet, so giving either is refused.
     fn observability(&mut self, d: ObservabilityConfig) -> ObservabilityConfig {
         use parse::*;
         let env_name = || string_where("an environment variable name like MY_TOKEN", is_env_name);
@@ -805,7 +810,7 @@ impl Resolver<'_> {
             string_where(url, is_http_url),
         );
         let matrix = MatrixConfig {
-            homeserver: homeserver.clone().unwrap_or_default(),
+            homeserver: homeserver.unwrap_or_default(),
             registration_token_env: self
                 .get("observability.matrix.registration_token_env", env_name()),
             bot_username: self.get("observability.matrix.bot_username", string),
@@ -816,19 +821,16 @@ impl Resolver<'_> {
                 .unwrap_or(false),
             invite_user: self.get("observability.matrix.invite_user", string),
         };
-        let matrix = self.raw.has_section("observability.matrix").then(|| {
-            self.require(
-                "observability.matrix.homeserver",
-                "when `observability.matrix` is present (remove the section to turn Matrix off)",
-            );
-            if matrix.token_env.is_none() && matrix.registration_token_env.is_none() {
-                self.require(
-                    "observability.matrix.token_env",
-                    "(or `observability.matrix.registration_token_env`) so the bot can log in",
-                );
-            }
-            matrix
-        });
+        let matrix = self
+            .raw
+            .has_section("observability.matrix")
+            .then_some(matrix);
+        self.refuse_section(
+            "observability.matrix",
+            "observability.matrix.homeserver",
+            "Matrix notifications",
+            "remove the `observability.matrix` settings",
+        );
 
         let endpoint = self.get(
             "observability.otel.endpoint",
@@ -840,13 +842,13 @@ impl Resolver<'_> {
                 .get("observability.otel.service_name", string)
                 .unwrap_or_else(|| OTEL_SERVICE_NAME.to_owned()),
         };
-        let otel = self.raw.has_section("observability.otel").then(|| {
-            self.require(
-                "observability.otel.endpoint",
-                "when `observability.otel` is present (remove the section to turn export off)",
-            );
-            otel
-        });
+        let otel = self.raw.has_section("observability.otel").then_some(otel);
+        self.refuse_section(
+            "observability.otel",
+            "observability.otel.endpoint",
+            "OpenTelemetry export",
+            "remove the `observability.otel` settings",
+        );
 
         ObservabilityConfig {
             log_format: self
@@ -871,6 +873,84 @@ impl Resolver<'_> {
             matrix,
             otel,
         }
+    }
+
+    /// `dashboard.*`. Nothing serves a dashboard yet, so `enabled: true` is refused, and so is
+    /// a `listen` address other than the default unless `enabled: false` says it is unused.
+    /// `events_limit` sizes the state's event journal and is always accepted.
+    fn dashboard(&mut self, d: DashboardConfig) -> DashboardConfig {
+        use parse::*;
+        const FEATURE: &str = "the web dashboard";
+        let enabled = self.get("dashboard.enabled", boolean);
+        if enabled == Some(true) {
+            let on = |input: &Input| boolean(input) == Ok(true);
+            self.refuse(
+                "dashboard.enabled",
+                on,
+                FEATURE,
+                "set it to false or remove it",
+            );
+        }
+        let listen = self.get("dashboard.listen", socket_addr);
+        if listen.is_some_and(|l| l != d.listen) && enabled != Some(false) {
+            let elsewhere = |input: &Input| socket_addr(input).is_ok_and(|l| l != d.listen);
+            self.refuse(
+                "dashboard.listen",
+                elsewhere,
+                FEATURE,
+                "remove it, or set `dashboard.enabled: false`",
+            );
+        }
+        DashboardConfig {
+            enabled: enabled.unwrap_or(d.enabled),
+            listen: listen.unwrap_or(d.listen),
+            events_limit: self
+                .get("dashboard.events_limit", int(1, 1_000_000))
+                .unwrap_or(d.events_limit),
+        }
+    }
+
+    /// Reports `key` as a setting whose feature does not exist yet, at the highest-precedence
+    /// place that gave it a value `asks` for the feature.
+    fn refuse(
+        &mut self,
+        key: &str,
+        asks: impl Fn(&Input) -> bool,
+        feature: &'static str,
+        fix: &'static str,
+    ) {
+        let entries = self.raw.values.get(key).map_or(&[][..], Vec::as_slice);
+        if let Some(given) = entries.iter().rev().find(|e| asks(&e.input)) {
+            self.errors.push(ConfigError::NotImplemented {
+                at: given.origin.clone(),
+                feature,
+                fix,
+            });
+        }
+    }
+
+    /// Refuses a section, if any key in it was given, whose presence turns on a feature that
+    /// does not exist yet: once, naming the key that turns it on when given, else the first
+    /// key given in it.
+    fn refuse_section(
+        &mut self,
+        section: &str,
+        enabling_key: &str,
+        feature: &'static str,
+        fix: &'static str,
+    ) {
+        let prefix = format!("{section}.");
+        let key = if self.raw.values.contains_key(enabling_key) {
+            enabling_key.to_owned()
+        } else {
+            let first = self.raw.values.keys().find(|k| k.starts_with(&prefix));
+            match first {
+                Some(key) => key.clone(),
+                None => return,
+            }
+        };
+        // Any value asks for the feature: the section's presence turns it on.
+        self.refuse(&key, |_| true, feature, fix);
     }
 
     /// Reports `key` as missing unless some value was given for it (an invalid value has

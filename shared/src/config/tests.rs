@@ -94,7 +94,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(d.observability.log_level, LogLevel::Info);
     assert_eq!(d.observability.matrix, None);
     assert_eq!(d.observability.otel, None);
-    assert!(d.dashboard.enabled);
+    assert!(!d.dashboard.enabled);
     assert_eq!(d.dashboard.listen.to_string(), "127.0.0.1:8787");
     assert_eq!(d.dashboard.events_limit, 1000);
     assert_eq!(d.agent.runtime, AgentRuntime::Claude);
@@ -127,6 +127,8 @@ notifications:
     });
 }
 
+/// The seed's `observability.matrix` section is left out: Matrix notifications are refused
+/// until they exist (see `a_matrix_section_is_refused_until_matrix_notifications_exist`).
 #[test]
 fn the_nested_layout_from_the_seed_loads() {
     let yaml = r#"
@@ -155,32 +157,17 @@ max_rebase_attempts: 3
 observability:
   log_format: console
   log_level: info
-
-  matrix:
-    homeserver: https://matrix.example.com
-    registration_token_env: MATRIX_REGISTRATION_TOKEN
-    # bot_username: hyperloop-bot
-    # room_id: "!abc123:example.com"
-    # token_env: MATRIX_ACCESS_TOKEN
-    verbose: false
 "#;
     check(yaml, |c| {
         c.base_ref = Some("github.com/jsell-rh/hyperloop//base?ref=v1.0.0".into());
         c.target.repo = Some("owner/repo".into());
-        c.observability.matrix = Some(MatrixConfig {
-            homeserver: "https://matrix.example.com".into(),
-            registration_token_env: Some("MATRIX_REGISTRATION_TOKEN".into()),
-            bot_username: None,
-            room_id: None,
-            token_env: None,
-            verbose: false,
-            invite_user: None,
-        });
     });
 }
 
+/// Every key but those of features that do not exist yet (`observability.matrix`,
+/// `observability.otel`, and the dashboard, which may only be spelled out as off).
 #[test]
-fn every_key_can_be_set() {
+fn every_key_of_an_implemented_feature_can_be_set() {
     let yaml = r#"
 overlay: git@github.com:org/gitops//overlays/api
 base_ref: github.com/org/hyperloop//base?ref=v2
@@ -204,15 +191,6 @@ notifications: {type: github-comment}
 observability:
   log_format: json
   log_level: warning
-  matrix:
-    homeserver: http://localhost:8008
-    registration_token_env: REG
-    bot_username: bot
-    room_id: "!room:localhost"
-    token_env: TOK
-    verbose: true
-    invite_user: "@me:localhost"
-  otel: {endpoint: "http://localhost:4317", service_name: hl}
 dashboard: {enabled: false, listen: "0.0.0.0:8080", events_limit: 50}
 agent:
   runtime: command
@@ -275,19 +253,8 @@ agent:
         c.observability = ObservabilityConfig {
             log_format: LogFormat::Json,
             log_level: LogLevel::Warning,
-            matrix: Some(MatrixConfig {
-                homeserver: "http://localhost:8008".into(),
-                registration_token_env: Some("REG".into()),
-                bot_username: Some("bot".into()),
-                room_id: Some("!room:localhost".into()),
-                token_env: Some("TOK".into()),
-                verbose: true,
-                invite_user: Some("@me:localhost".into()),
-            }),
-            otel: Some(OtelConfig {
-                endpoint: "http://localhost:4317".into(),
-                service_name: "hl".into(),
-            }),
+            matrix: None,
+            otel: None,
         };
         c.dashboard = DashboardConfig {
             enabled: false,
@@ -380,8 +347,16 @@ fn unknown_keys_name_the_full_path_and_the_closest_key() {
             "unknown key `agent.roles.verifier.modle`; did you mean `agent.roles.verifier.model`?",
         ),
         (
-            "observability: {matrix: {homeserver: 'https://m.org', token_env: T, room: x}}",
+            "observability: {matrix: {room: x}}",
             "unknown key `observability.matrix.room`; did you mean `observability.matrix.room_id`?",
+        ),
+        (
+            "dashboard: {enable: false}",
+            "unknown key `dashboard.enable`; did you mean `dashboard.enabled`?",
+        ),
+        (
+            "observability: {otel: {endpont: 'http://o:4317'}}",
+            "unknown key `observability.otel.endpont`; did you mean `observability.otel.endpoint`?",
         ),
         (
             "ambient: {project_id: x}",
@@ -771,7 +746,6 @@ fn environment_variables_override_the_file() {
         ("HYPERLOOP_AGENT_ENV_PASSTHROUGH", "A,B"),
         ("HYPERLOOP_AGENT_BUDGET_USD", "1.25"),
         ("HYPERLOOP_ETCD_ENDPOINTS", "http://a:2379,http://b:2379"),
-        ("HYPERLOOP_OBSERVABILITY_OTEL_ENDPOINT", "http://otel:4317"),
         ("HYPERLOOP_REPO", ""), // empty counts as unset
         ("UNRELATED", "x"),
     ];
@@ -788,10 +762,6 @@ fn environment_variables_override_the_file() {
         c.agent.env_passthrough = vec!["A".into(), "B".into()];
         c.agent.budget_usd = Some(1.25);
         c.etcd.endpoints = vec!["http://a:2379".into(), "http://b:2379".into()];
-        c.observability.otel = Some(OtelConfig {
-            endpoint: "http://otel:4317".into(),
-            service_name: "hyperloop".into(),
-        });
     });
 }
 
@@ -954,40 +924,182 @@ fn the_join_token_never_shows_in_debug_or_yaml() {
     assert!(!yaml.contains("hunter2"), "{yaml}");
 }
 
+/// Expects each YAML text alone to fail with exactly its messages (`FILE: ` prepended).
+fn check_refused(cases: &[(&str, &[&str])]) {
+    for (yaml, messages) in cases {
+        let expected: Vec<String> = messages.iter().map(|m| format!("{FILE}: {m}")).collect();
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        check_errors(yaml, &expected);
+    }
+}
+
+const NO_DASHBOARD: &str = "this version of hyperloop does not implement the web dashboard yet";
+const NO_MATRIX: &str = "this version of hyperloop does not implement Matrix notifications yet; \
+                         remove the `observability.matrix` settings";
+const NO_OTEL: &str = "this version of hyperloop does not implement OpenTelemetry export yet; \
+                       remove the `observability.otel` settings";
+
 #[test]
-fn optional_sections_need_their_required_keys() {
-    check_errors(
-        "observability: {matrix: {verbose: true}}",
+fn turning_the_dashboard_on_is_refused_until_the_dashboard_exists() {
+    let enabled = format!("`dashboard.enabled`: {NO_DASHBOARD}; set it to false or remove it");
+    let listen =
+        format!("`dashboard.listen`: {NO_DASHBOARD}; remove it, or set `dashboard.enabled: false`");
+    check_refused(&[
+        ("dashboard: {enabled: true}", &[&enabled]),
+        (
+            "dashboard:\n  enabled: true\n  events_limit: 50",
+            &[&enabled],
+        ),
+        (
+            "dashboard: {enabled: true, listen: '0.0.0.0:9000'}",
+            &[&enabled, &listen],
+        ),
+    ]);
+    check_errors_with(
+        "",
+        &[("HYPERLOOP_DASHBOARD_ENABLED", "true")],
+        &Overrides::default(),
+        &[&format!(
+            "environment variable HYPERLOOP_DASHBOARD_ENABLED (`dashboard.enabled`): \
+             {NO_DASHBOARD}; set it to false or remove it"
+        )],
+    );
+    // The refusal names where `true` came from, not a later value that was itself invalid.
+    check_errors_with(
+        "dashboard: {enabled: true}",
+        &[("HYPERLOOP_DASHBOARD_ENABLED", "maybe")],
+        &Overrides::default(),
         &[
-            ".hyperloop.yaml: `observability.matrix.homeserver` is required when \
-             `observability.matrix` is present (remove the section to turn Matrix off)",
-            ".hyperloop.yaml: `observability.matrix.token_env` is required (or \
-             `observability.matrix.registration_token_env`) so the bot can log in",
+            "environment variable HYPERLOOP_DASHBOARD_ENABLED (`dashboard.enabled`): expected \
+             true or false, got \"maybe\"",
+            &format!("{FILE}: {enabled}"),
         ],
     );
-    check_errors(
-        "observability: {matrix: {homeserver: matrix.org, token_env: T}}",
-        &[
-            ".hyperloop.yaml: `observability.matrix.homeserver`: expected a URL like \
-           https://matrix.example.com, got \"matrix.org\"",
-        ],
+}
+
+#[test]
+fn a_dashboard_address_is_refused_unless_the_dashboard_is_spelled_out_as_off() {
+    let listen =
+        format!("`dashboard.listen`: {NO_DASHBOARD}; remove it, or set `dashboard.enabled: false`");
+    check_refused(&[
+        ("dashboard: {listen: '0.0.0.0:9000'}", &[&listen]),
+        ("dashboard: {listen: '127.0.0.1:8788'}", &[&listen]),
+    ]);
+}
+
+#[test]
+fn a_matrix_section_is_refused_until_matrix_notifications_exist() {
+    let at = |key: &str| format!("`observability.matrix.{key}`: {NO_MATRIX}");
+    check_refused(&[
+        // The seed's section.
+        (
+            "observability:\n  matrix:\n    homeserver: https://matrix.example.com\n    \
+             registration_token_env: MATRIX_REGISTRATION_TOKEN\n    verbose: false\n",
+            &[&at("homeserver")],
+        ),
+        (
+            "observability: {matrix: {homeserver: 'https://m.org', token_env: T, room_id: r}}",
+            &[&at("homeserver")],
+        ),
+        // Without a homeserver, the first key given is named.
+        (
+            "observability: {matrix: {room_id: '!r:m.org', token_env: T}}",
+            &[&at("room_id")],
+        ),
+        (
+            "observability: {matrix: {verbose: false}}",
+            &[&at("verbose")],
+        ),
+        // A malformed value is still reported, so nothing is hidden.
+        (
+            "observability: {matrix: {homeserver: matrix.org}}",
+            &[
+                "`observability.matrix.homeserver`: expected a URL like \
+                 https://matrix.example.com, got \"matrix.org\"",
+                &at("homeserver"),
+            ],
+        ),
+    ]);
+    check_errors_with(
+        "",
+        &[("HYPERLOOP_OBSERVABILITY_MATRIX_HOMESERVER", "https://m.org")],
+        &Overrides::default(),
+        &[&format!(
+            "environment variable HYPERLOOP_OBSERVABILITY_MATRIX_HOMESERVER \
+             (`observability.matrix.homeserver`): {NO_MATRIX}"
+        )],
     );
-    check_errors(
-        "observability: {otel: {service_name: x}}",
-        &[
-            ".hyperloop.yaml: `observability.otel.endpoint` is required when `observability.otel` \
-           is present (remove the section to turn export off)",
-        ],
+}
+
+#[test]
+fn an_otel_section_is_refused_until_opentelemetry_export_exists() {
+    let at = |key: &str| format!("`observability.otel.{key}`: {NO_OTEL}");
+    check_refused(&[
+        (
+            "observability: {otel: {endpoint: 'https://otel:4318'}}",
+            &[&at("endpoint")],
+        ),
+        (
+            "observability: {otel: {endpoint: 'http://o:4317', service_name: hl}}",
+            &[&at("endpoint")],
+        ),
+        (
+            "observability: {otel: {service_name: hyperloop}}",
+            &[&at("service_name")],
+        ),
+    ]);
+    check_errors_with(
+        "",
+        &[("HYPERLOOP_OBSERVABILITY_OTEL_ENDPOINT", "http://otel:4317")],
+        &Overrides::default(),
+        &[&format!(
+            "environment variable HYPERLOOP_OBSERVABILITY_OTEL_ENDPOINT \
+             (`observability.otel.endpoint`): {NO_OTEL}"
+        )],
     );
-    check(
-        "observability: {otel: {endpoint: 'https://otel:4318'}}",
-        |c| {
-            c.observability.otel = Some(OtelConfig {
-                endpoint: "https://otel:4318".into(),
-                service_name: "hyperloop".into(),
-            });
-        },
+}
+
+#[test]
+fn defaults_and_features_spelled_out_as_off_still_load() {
+    for yaml in [
+        "dashboard: {enabled: false}",
+        "dashboard: {listen: '127.0.0.1:8787'}",
+        "dashboard: {enabled: false, listen: '127.0.0.1:8787', events_limit: 1000}",
+        "dashboard: {enabled: ~, listen: ~}",
+        "observability: {matrix: ~, otel: ~}",
+        "observability: {matrix: {}, otel: {}}",
+    ] {
+        check(yaml, |_| {});
+    }
+    check_with(
+        "",
+        &[("HYPERLOOP_DASHBOARD_ENABLED", "false")],
+        &Overrides::default(),
+        |_| {},
     );
+    // The environment turns off what the file turned on.
+    check_with(
+        "dashboard: {enabled: true}",
+        &[("HYPERLOOP_DASHBOARD_ENABLED", "false")],
+        &Overrides::default(),
+        |_| {},
+    );
+    // An address for a dashboard that is off is unused, not a request for one.
+    check("dashboard: {enabled: false, listen: '0.0.0.0:8080'}", |c| {
+        c.dashboard.listen = "0.0.0.0:8080".parse().expect("address");
+    });
+    // `events_limit` sizes the state's event journal, which exists.
+    check("dashboard: {events_limit: 100000}", |c| {
+        c.dashboard.events_limit = 100_000;
+    });
+    // What `--dry-run` prints for these sections loads back.
+    let printed = serde_yaml::to_string(&Config::default()).expect("serializable");
+    for line in ["  enabled: false", "  matrix: null", "  otel: null"] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "missing {line:?} in:\n{printed}"
+        );
+    }
 }
 
 #[test]
@@ -1009,7 +1121,7 @@ fn serialized_config_loads_back_to_the_same_value() {
 target: {repo: a/b}
 poll_interval: 1h30m
 notifications: {type: github-comment}
-observability: {otel: {endpoint: 'http://o:4317'}}
+dashboard: {enabled: false, listen: '0.0.0.0:8080'}
 agent:
   runtime: command
   command: [x]
@@ -1107,6 +1219,11 @@ fn the_reference_lists_every_key_with_env_var_and_default() {
     );
     check("etcd.endpoints", Some("HYPERLOOP_ETCD_ENDPOINTS"), "[]");
     check("listen", Some("HYPERLOOP_LISTEN"), "127.0.0.1:7070");
+    check(
+        "dashboard.enabled",
+        Some("HYPERLOOP_DASHBOARD_ENABLED"),
+        "false",
+    );
     check(
         "notifications.type",
         Some("HYPERLOOP_NOTIFICATIONS_TYPE"),
