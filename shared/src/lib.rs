@@ -13,11 +13,13 @@
 //! - [`project`]: a composition read as validated agent templates plus the process.
 //! - [`prompt`]: assembling the prompt an agent receives.
 //! - [`origin`]: the etcd key prefix derived from a repository's origin URL.
+//! - [`duration`]: durations in messages (`144ms`, `1.5s`, `2m 30s`).
 
 pub mod base;
 pub mod compose;
 pub mod config;
 pub mod decide;
+pub mod duration;
 pub mod event;
 pub mod intake;
 pub mod model;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hyperloop_proto::convert::duration_to_wire;
 use hyperloop_proto::v1::{self, Assign, AttemptPhase, FailureCause, LogSource};
+use hyperloop_shared::duration::human;
 use hyperloop_shared::model::{Proposal, Verdict};
 use hyperloop_shared::result_file::{
     MAX_RESULT_BYTES, Outcome, RESULT_FILE_PATH, Violation, evaluate_bytes,
@@ -250,10 +251,10 @@ async fn run_in_worktree(
     sink.line(
         LogSource::Worker,
         &format!(
-            "starting {} in {} (timeout {}s)",
+            "starting {} in {} (timeout {})",
             program.to_string_lossy(),
             worktree.display(),
-            plan.timeout.as_secs()
+            human(plan.timeout)
         ),
     );
 
@@ -297,8 +298,8 @@ async fn run_in_worktree(
         Ended::TimedOut(limit) => Some((
             FailureCause::Timeout,
             format!(
-                "The agent timed out after {}s and was stopped.",
-                limit.as_secs()
+                "The agent timed out after {} and was stopped.",
+                human(limit)
             ),
         )),
         Ended::Cancelled => Some((
