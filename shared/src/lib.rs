@@ -16,11 +16,13 @@
 //! - [`origin`]: the etcd key prefix derived from a repository's origin URL.
 //! - [`retry`]: the one backoff policy for transient failures, kept in task state.
 //! - [`state`]: the reconcile state as values and the changes a write batch holds.
+//! - [`duration`]: durations in messages (`144ms`, `1.5s`, `2m 30s`).
 
 pub mod base;
 pub mod compose;
 pub mod config;
 pub mod decide;
+pub mod duration;
 pub mod event;
 pub mod gaps;
 pub mod intake;

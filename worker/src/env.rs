@@ -2,53 +2,45 @@
 //!
 //! Agents run with `--permission-mode bypassPermissions` and can read every variable they
 //! are given, so nothing reaches them by accident: the worker host's environment is filtered
-//! through [`ALLOWED_VARS`] and [`ALLOWED_PREFIXES`], then the step's `env_passthrough` names
-//! and the coordinator's `extra_env` are added, and the `HYPERLOOP_*` context goes last so an
-//! agent always sees the true values. `GIT_*` from the host never passes (a `GIT_DIR` inherited
-//! from a hook would point the agent's git at another repository).
+//! through [`BASE`] and the runtime's own [`AllowList`] (its model-provider settings), then the
+//! step's `env_passthrough` names and the coordinator's `extra_env` are added, and the
+//! `HYPERLOOP_*` context goes last so an agent always sees the true values. `GIT_*` from the
+//! host never passes (a `GIT_DIR` inherited from a hook would point the agent's git at another
+//! repository).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 
-/// Host variables every agent gets when set: the executable search path, home, locale,
-/// time zone and terminal type, plus single-name model-provider settings (Claude Code's
-/// config dir, Vertex AI region and Google credentials file).
-pub const ALLOWED_VARS: &[&str] = &[
-    "PATH",
-    "HOME",
-    "LANG",
-    "TZ",
-    "TERM",
-    "CLAUDE_CONFIG_DIR",
-    "CLOUD_ML_REGION",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-];
-
-/// Host variable prefixes every agent gets: locale (`LC_*`), the Anthropic API and Claude
-/// Code settings (`ANTHROPIC_*` includes `ANTHROPIC_VERTEX_PROJECT_ID` and the Bedrock/Vertex
-/// base URLs; `CLAUDE_CODE_*` includes `CLAUDE_CODE_USE_BEDROCK`/`_USE_VERTEX`), Bedrock
-/// credentials and region (`AWS_*`) and Claude Code's per-model Vertex regions
-/// (`VERTEX_REGION_*`).
-pub const ALLOWED_PREFIXES: &[&str] = &[
-    "LC_",
-    "ANTHROPIC_",
-    "CLAUDE_CODE_",
-    "AWS_",
-    "VERTEX_REGION_",
-];
-
-/// Whether a host variable reaches agents without being named in `env_passthrough`.
-pub fn is_allowed_by_default(name: &str) -> bool {
-    ALLOWED_VARS.contains(&name) || ALLOWED_PREFIXES.iter().any(|p| name.starts_with(p))
+/// Host variables let through by exact name or by prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowList {
+    pub names: &'static [&'static str],
+    pub prefixes: &'static [&'static str],
 }
+
+impl AllowList {
+    /// Whether `name` is on the list.
+    pub fn allows(&self, name: &str) -> bool {
+        self.names.contains(&name) || self.prefixes.iter().any(|p| name.starts_with(p))
+    }
+}
+
+/// Host variables every agent gets when set, whatever its runtime: the executable search
+/// path, home, locale (`LANG`, `LC_*`), time zone and terminal type.
+pub const BASE: AllowList = AllowList {
+    names: &["PATH", "HOME", "LANG", "TZ", "TERM"],
+    prefixes: &["LC_"],
+};
 
 /// The complete agent environment.
 ///
-/// `host` is the worker's own environment; `passthrough` names further host variables to
-/// hand through (`GIT_*` names are refused); `extra` is set as given (the coordinator's
-/// per-role variables); `context` (the `HYPERLOOP_*` variables) wins over everything.
+/// `host` is the worker's own environment, of which [`BASE`] and `runtime` (the variables the
+/// agent's runtime needs) pass; `passthrough` names further host variables to hand through
+/// (`GIT_*` names are refused); `extra` is set as given (the coordinator's per-role
+/// variables); `context` (the `HYPERLOOP_*` variables) wins over everything.
 pub fn agent_env(
     host: impl IntoIterator<Item = (OsString, OsString)>,
+    runtime: &AllowList,
     passthrough: &[String],
     extra: &HashMap<String, String>,
     context: &[(&'static str, String)],
@@ -59,7 +51,7 @@ pub fn agent_env(
         if text.starts_with("GIT_") {
             continue;
         }
-        if is_allowed_by_default(text) || passthrough.iter().any(|p| p == text) {
+        if BASE.allows(text) || runtime.allows(text) || passthrough.iter().any(|p| p == text) {
             env.insert(name, value);
         }
     }
@@ -75,6 +67,7 @@ pub fn agent_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claude::PROVIDER_ENV;
 
     fn host(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
         pairs
@@ -105,6 +98,7 @@ mod tests {
                 ("NPM_TOKEN", "npm"),
                 ("HYPERLOOP_ROLE", "spoofed"),
             ]),
+            &PROVIDER_ENV,
             &["NPM_TOKEN".to_owned(), "GIT_ASKPASS".to_owned()],
             &HashMap::from([("EXTRA".to_owned(), "1".to_owned())]),
             &[("HYPERLOOP_ROLE", "verifier".to_owned())],

@@ -1,5 +1,7 @@
 //! [`WorkerError`]: why [`serve`](crate::serve) stopped or options were refused.
 
+use hyperloop_shared::duration::human;
+
 use crate::workspace::WorkspaceError;
 
 /// A worker-level failure. Step failures are not errors: they are failed step results.
@@ -19,9 +21,9 @@ pub enum WorkerError {
     LinkClosed { running: usize },
     /// No `Registered` within the registration timeout.
     #[error(
-        "the coordinator did not answer Hello within {}s; check that it is running and \
+        "the coordinator did not answer Hello within {}; check that it is running and \
          reachable",
-        .waited.as_secs()
+        human(*.waited)
     )]
     RegistrationTimeout { waited: std::time::Duration },
     /// The peer is a follower; the caller reconnects to `leader_address`.

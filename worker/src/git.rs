@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use hyperloop_shared::duration::human;
 use tokio::process::Command;
 
 /// Limit for local git operations (rev-parse, worktree add/remove, status). They take
@@ -64,7 +65,7 @@ pub enum GitError {
         status: String,
         stderr: String,
     },
-    #[error("`git {args}` in {dir} did not finish within {}s", .limit.as_secs())]
+    #[error("`git {args}` in {dir} did not finish within {}", human(*.limit))]
     TimedOut {
         args: String,
         dir: PathBuf,

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use hyperloop_proto::v1::coordinator_message::Body;
 use hyperloop_proto::v1::worker_service_client::WorkerServiceClient;
+use hyperloop_shared::duration::human;
 use hyperloop_worker::Link;
 use hyperloop_worker::link::CoordinatorEnd;
 use tokio::sync::mpsc;
@@ -295,9 +296,9 @@ fn give_up(urls: &[String], limit: Duration, errors: &BTreeMap<String, String>) 
     Failure {
         code: RUNTIME,
         message: format!(
-            "cannot reach a coordinator within {}s ({}); check --join and that \
+            "cannot reach a coordinator within {} ({}); check --join and that \
              `hyperloop-coordinator run` is listening there (--connect-timeout 0 waits forever)",
-            limit.as_secs(),
+            human(limit),
             tried.join("; ")
         ),
     }

@@ -10,7 +10,8 @@
 //! - [`step`]: [`run_step`], one step from worktree to pushed branch, usable on its own.
 //! - [`workspace`]: the per-worker mirror and per-step worktrees.
 //! - [`env`]: the agent's environment allow-list.
-//! - [`claude`]: the Claude Code CLI runtime (argv and stream-json parsing).
+//! - `runtime`: the `AgentRuntime` seam the step runner runs agents through, one file per
+//!   runtime: [`claude`] (the Claude Code CLI: argv and stream-json parsing) and `command`.
 //! - [`progress`]: bounded, lossy-not-blocking log streaming.
 //! - `process`: agent processes in their own process group; timeout and cancel.
 //! - `git`: the git CLI with a controlled environment.
@@ -20,7 +21,6 @@
 //! worker becomes a failed `StepResult` with a [`v1::FailureCause`](hyperloop_proto::v1::FailureCause),
 //! never a silent pass and never a panic.
 
-pub mod claude;
 pub mod env;
 mod error;
 mod git;
@@ -28,6 +28,7 @@ pub mod link;
 pub mod options;
 mod process;
 pub mod progress;
+mod runtime;
 mod serve;
 pub mod signals;
 pub mod step;
@@ -37,6 +38,7 @@ pub use error::WorkerError;
 pub use git::GitError;
 pub use link::Link;
 pub use options::WorkerOptions;
+pub use runtime::claude;
 pub use serve::{serve, serve_links};
 pub use step::{StepContext, StepReport, run_step};
 pub use workspace::Workspace;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::WorkerError;
-use crate::step::{DEFAULT_STEP_TIMEOUT, claude_bin_from_env};
+use crate::claude;
+use crate::step::DEFAULT_STEP_TIMEOUT;
 
 /// How often an unacknowledged StepResult is sent again. Well below the coordinator's
 /// lease grace period, so a result lost in a reconnect is redelivered before the step is
@@ -57,7 +58,7 @@ impl WorkerOptions {
             labels: BTreeMap::new(),
             work_dir: work_dir.into(),
             token: String::new(),
-            claude_bin: claude_bin_from_env(),
+            claude_bin: claude::bin_from_env(),
             default_step_timeout: DEFAULT_STEP_TIMEOUT,
             result_resend_interval: DEFAULT_RESULT_RESEND_INTERVAL,
             registration_timeout: DEFAULT_REGISTRATION_TIMEOUT,

@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::ProgressSink;
+use crate::runtime::OutputParser;
 
 /// How long the agent gets to stop after SIGINT (Claude Code ends its session cleanly on
 /// SIGINT) before SIGTERM. Short because cancel must take effect within a second (P9) and
@@ -57,35 +58,22 @@ pub(crate) enum Ended {
     Cancelled,
 }
 
-/// A handler for stdout lines (the runtime's parser).
-pub(crate) trait LineHandler: Send + 'static {
-    fn on_line(&mut self, line: &str, sink: &ProgressSink);
-}
-
-/// Plain output: every line is a progress line.
-pub(crate) struct PlainLines;
-
-impl LineHandler for PlainLines {
-    fn on_line(&mut self, line: &str, sink: &ProgressSink) {
-        sink.line(LogSource::Stdout, line);
-    }
-}
-
-pub(crate) struct Finished<H> {
+pub(crate) struct Finished {
     pub ended: Ended,
-    pub handler: Option<H>,
+    /// `None` when the stdout reader did not finish within [`OUTPUT_DRAIN_TIMEOUT`].
+    pub parser: Option<Box<dyn OutputParser>>,
     pub stderr_tail: Vec<String>,
 }
 
-/// Runs the agent to completion, time limit or cancellation. Returns an error only when the
-/// process cannot be started.
-pub(crate) async fn run<H: LineHandler>(
+/// Runs the agent to completion, time limit or cancellation, feeding its stdout to `parser`.
+/// Returns an error only when the process cannot be started.
+pub(crate) async fn run(
     launch: Launch,
-    handler: H,
+    parser: Box<dyn OutputParser>,
     sink: ProgressSink,
     limit: Duration,
     cancel: &CancellationToken,
-) -> std::io::Result<Finished<H>> {
+) -> std::io::Result<Finished> {
     let mut cmd = Command::new(&launch.program);
     cmd.args(&launch.args)
         .env_clear()
@@ -118,15 +106,15 @@ pub(crate) async fn run<H: LineHandler>(
     let stdout = child.stdout.take().map(|out| {
         let sink = sink.clone();
         tokio::spawn(async move {
-            let mut handler = handler;
+            let mut parser = parser;
             let mut reader = BufReader::new(out);
             let mut buf = Vec::new();
             while let Ok(Some(_truncated)) =
                 read_bounded_line(&mut reader, &mut buf, MAX_OUTPUT_LINE_BYTES).await
             {
-                handler.on_line(&String::from_utf8_lossy(&buf), &sink);
+                parser.stdout_line(&String::from_utf8_lossy(&buf), &sink);
             }
-            handler
+            parser
         })
     });
     let stderr = child.stderr.take().map(|err| {
@@ -183,7 +171,7 @@ pub(crate) async fn run<H: LineHandler>(
         let _ = std::fs::remove_file(record);
     }
 
-    let handler = match stdout {
+    let parser = match stdout {
         Some(task) => tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, task)
             .await
             .ok()
@@ -200,7 +188,7 @@ pub(crate) async fn run<H: LineHandler>(
     };
     Ok(Finished {
         ended,
-        handler,
+        parser,
         stderr_tail,
     })
 }

@@ -285,6 +285,36 @@ async fn a_hanging_agent_times_out_and_its_process_group_is_gone() {
 }
 
 #[tokio::test]
+async fn a_sub_second_timeout_is_reported_in_milliseconds_not_as_0s() {
+    let fx = Fixture::new();
+    let script = fx.script("agent.sh", "sleep 30\n");
+    let mut assign = fx.assign(1, &script);
+    assign.runtime.as_mut().unwrap().timeout = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 144_000_000,
+    });
+    let (sink, mut stream) = progress_channel();
+    let mut ctx = fx.ctx();
+    ctx.progress = Some(sink);
+
+    let report = run_step(&assign, &ctx).await;
+
+    assert_eq!(
+        report.failure_cause,
+        FailureCause::Timeout,
+        "{}",
+        report.detail
+    );
+    assert!(
+        report.detail.contains("timed out after 144ms"),
+        "{}",
+        report.detail
+    );
+    let start = stream.lines.try_recv().unwrap();
+    assert!(start.text.ends_with("(timeout 144ms)"), "{}", start.text);
+}
+
+#[tokio::test]
 async fn cancel_signals_the_agent_within_a_second() {
     let fx = Fixture::new();
     let pids = fx.path("pids");

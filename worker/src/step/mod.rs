@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hyperloop_proto::convert::duration_to_wire;
 use hyperloop_proto::v1::{self, Assign, AttemptPhase, FailureCause, LogSource};
+use hyperloop_shared::duration::human;
 use hyperloop_shared::model::{Proposal, Verdict};
 use hyperloop_shared::result_file::{
     MAX_RESULT_BYTES, Outcome, RESULT_FILE_PATH, Violation, evaluate_bytes,
@@ -23,13 +24,12 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::claude::{self, CLAUDE_BIN_ENV, ClaudeLines, DEFAULT_CLAUDE_BIN};
 use crate::env::agent_env;
-use crate::process::{self, Ended, Launch, PlainLines};
+use crate::process::{self, Ended, Finished, Launch};
 use crate::progress::{ProgressSink, progress_channel};
+use crate::runtime::claude;
 use crate::workspace::{self, Checkout, CheckoutRequest, Workspace};
 
-use plan::Runtime;
 pub(crate) use plan::StepPlan;
 pub use plan::{IMPROVEMENT_TASK_ID, INTAKE_TASK_ID, InvalidAssign};
 
@@ -39,13 +39,6 @@ pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// How many uncommitted paths a finding lists before summarising.
 const LISTED_UNCOMMITTED_PATHS: usize = 20;
-
-/// The Claude Code CLI to run: `HYPERLOOP_CLAUDE_BIN` when set, else `claude` from `PATH`.
-pub fn claude_bin_from_env() -> PathBuf {
-    std::env::var_os(CLAUDE_BIN_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_CLAUDE_BIN), PathBuf::from)
-}
 
 /// Everything a step needs besides its assignment.
 #[derive(Debug, Clone)]
@@ -67,14 +60,14 @@ pub struct StepContext {
 }
 
 impl StepContext {
-    /// A context with defaults: no progress, [`claude_bin_from_env`], [`DEFAULT_STEP_TIMEOUT`].
+    /// A context with defaults: no progress, [`claude::bin_from_env`], [`DEFAULT_STEP_TIMEOUT`].
     pub fn new(workspace: Arc<Workspace>) -> Self {
         Self {
             workspace,
             cancel: CancellationToken::new(),
             progress: None,
             phase: None,
-            claude_bin: claude_bin_from_env(),
+            claude_bin: claude::bin_from_env(),
             default_timeout: DEFAULT_STEP_TIMEOUT,
             host_env: None,
         }
@@ -231,17 +224,17 @@ async fn run_in_worktree(
         .host_env
         .clone()
         .unwrap_or_else(|| std::env::vars_os().collect());
-    let env = agent_env(host, &plan.env_passthrough, &plan.extra_env, &context);
-    let (program, args): (OsString, Vec<OsString>) = match &plan.runtime {
-        Runtime::Command(argv) => (
-            argv[0].clone().into(),
-            argv[1..].iter().map(OsString::from).collect(),
-        ),
-        Runtime::Claude(limits) => (ctx.claude_bin.clone().into(), claude::args(limits)),
-    };
+    let runtime = plan.runtime.agent(&ctx.claude_bin);
+    let env = agent_env(
+        host,
+        &runtime.env(),
+        &plan.env_passthrough,
+        &plan.extra_env,
+        &context,
+    );
     let launch = Launch {
-        program: program.clone(),
-        args,
+        program: runtime.program().to_owned(),
+        args: runtime.args(),
         env,
         cwd: worktree.clone(),
         stdin: plan.prompt.clone(),
@@ -250,55 +243,41 @@ async fn run_in_worktree(
     sink.line(
         LogSource::Worker,
         &format!(
-            "starting {} in {} (timeout {}s)",
-            program.to_string_lossy(),
+            "starting {} in {} (timeout {})",
+            runtime.program().to_string_lossy(),
             worktree.display(),
-            plan.timeout.as_secs()
+            human(plan.timeout)
         ),
     );
 
     ctx.set_phase(AttemptPhase::Running);
-    let (ended, stream, stderr_tail) = match &plan.runtime {
-        Runtime::Command(_) => {
-            match process::run(launch, PlainLines, sink.clone(), plan.timeout, &ctx.cancel).await {
-                Ok(f) => (f.ended, None, f.stderr_tail),
-                Err(e) => return spawn_failed(report, &program, e, false),
-            }
-        }
-        Runtime::Claude(_) => {
-            match process::run(
-                launch,
-                ClaudeLines::default(),
-                sink.clone(),
-                plan.timeout,
-                &ctx.cancel,
-            )
-            .await
-            {
-                Ok(f) => (
-                    f.ended,
-                    Some(f.handler.map(|h| h.state).unwrap_or_default()),
-                    f.stderr_tail,
-                ),
-                Err(e) => return spawn_failed(report, &program, e, true),
-            }
+    let parser = runtime.parser();
+    let Finished {
+        ended,
+        parser,
+        stderr_tail,
+    } = match process::run(launch, parser, sink.clone(), plan.timeout, &ctx.cancel).await {
+        Ok(finished) => finished,
+        Err(e) => {
+            return report.fail(FailureCause::RuntimeUnavailable, runtime.spawn_failure(&e));
         }
     };
-    let mut stream = stream;
-    if let Some(state) = stream.as_mut() {
-        for line in &stderr_tail {
-            state.parse_stderr(line);
-        }
-        report.turns = state.turns();
-        report.cost_usd = state.cost_usd();
+    // A stdout reader lost to a pipe held open past the drain timeout: judge as if the agent
+    // printed nothing.
+    let mut parser = parser.unwrap_or_else(|| runtime.parser());
+    for line in &stderr_tail {
+        parser.stderr_line(line);
     }
+    let usage = parser.usage();
+    report.turns = usage.turns;
+    report.cost_usd = usage.cost_usd;
 
     let agent_failure = match ended {
         Ended::TimedOut(limit) => Some((
             FailureCause::Timeout,
             format!(
-                "The agent timed out after {}s and was stopped.",
-                limit.as_secs()
+                "The agent timed out after {} and was stopped.",
+                human(limit)
             ),
         )),
         Ended::Cancelled => Some((
@@ -309,16 +288,7 @@ async fn run_in_worktree(
             FailureCause::AgentCrashed,
             format!("The agent process died from signal {}.", signal_name(sig)),
         )),
-        Ended::Exited(code) => match (&plan.runtime, &stream) {
-            (Runtime::Claude(limits), Some(state)) => state
-                .failure(ended, limits)
-                .map(|(cause, text)| (cause, format!("{}.", capitalise(&text)))),
-            _ if code != 0 => Some((
-                FailureCause::NonzeroExit,
-                format!("The agent exited with status {code}."),
-            )),
-            _ => None,
-        },
+        Ended::Exited(code) => parser.exit_failure(code),
     };
 
     let read = read_result_file(&result_path).await;
@@ -362,21 +332,6 @@ async fn run_in_worktree(
     }
 
     finish_branch(plan, checkout, ended, report).await;
-}
-
-fn spawn_failed(report: &mut StepReport, program: &OsString, e: std::io::Error, claude: bool) {
-    let fix = if claude {
-        format!("install the Claude Code CLI on this worker or set {CLAUDE_BIN_ENV} to its path")
-    } else {
-        "install it on this worker or fix `agent.command` in .hyperloop.yaml".to_owned()
-    };
-    report.fail(
-        FailureCause::RuntimeUnavailable,
-        format!(
-            "The agent program `{}` could not be started: {e}; {fix}.",
-            program.to_string_lossy()
-        ),
-    );
 }
 
 /// Turns an accepted or rejected result file into the report.
@@ -513,12 +468,4 @@ async fn read_result_file(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map_or_else(|_| sig.to_string(), |s| format!("{s} ({sig})"))
-}
-
-fn capitalise(s: &str) -> String {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    }
 }

@@ -1,13 +1,16 @@
 //! [`StepPlan`]: an `Assign` checked and turned into what the worker executes.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use hyperloop_proto::v1::{Assign, FailureCause, RuntimeKind};
 use hyperloop_shared::model::TaskId;
 use hyperloop_shared::result_file::{Expected, Subject};
 
-use crate::claude::ClaudeLimits;
+use crate::runtime::AgentRuntime;
+use crate::runtime::claude::{ClaudeLimits, ClaudeRuntime};
+use crate::runtime::command::CommandRuntime;
 
 /// `Assign.task_id` of a PM intake run (result subject [`Subject::Intake`]; the only step
 /// whose result carries proposals).
@@ -47,6 +50,19 @@ impl InvalidAssign {
 pub(crate) enum Runtime {
     Command(Vec<String>),
     Claude(ClaudeLimits),
+}
+
+impl Runtime {
+    /// The runtime for these settings; `claude_bin` is this worker's Claude Code CLI.
+    pub(crate) fn agent(&self, claude_bin: &Path) -> Box<dyn AgentRuntime> {
+        match self {
+            Self::Command(argv) => Box::new(CommandRuntime { argv: argv.clone() }),
+            Self::Claude(limits) => Box::new(ClaudeRuntime {
+                bin: claude_bin.to_owned(),
+                limits: limits.clone(),
+            }),
+        }
+    }
 }
 
 /// A validated assignment.

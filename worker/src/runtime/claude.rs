@@ -8,12 +8,14 @@
 //! CLI (exit 143) without any `result` line.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
 
 use hyperloop_proto::v1::{FailureCause, LogSource};
 use serde_json::Value;
 
-use crate::process::{Ended, LineHandler};
+use super::{AgentRuntime, OutputParser};
+use crate::env::AllowList;
 use crate::progress::{ProgressSink, Usage, truncate};
 
 /// Program run for the `claude` runtime when neither the worker options nor
@@ -22,6 +24,27 @@ pub const DEFAULT_CLAUDE_BIN: &str = "claude";
 
 /// Environment variable naming the Claude Code CLI executable on the worker host.
 pub const CLAUDE_BIN_ENV: &str = "HYPERLOOP_CLAUDE_BIN";
+
+/// The Claude Code CLI to run: `HYPERLOOP_CLAUDE_BIN` when set, else `claude` from `PATH`.
+pub fn bin_from_env() -> PathBuf {
+    std::env::var_os(CLAUDE_BIN_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_CLAUDE_BIN), PathBuf::from)
+}
+
+/// The model-provider settings Claude Code reads from its environment: its config dir, the
+/// Anthropic API and Claude Code settings (`ANTHROPIC_*` includes `ANTHROPIC_VERTEX_PROJECT_ID`
+/// and the Bedrock/Vertex base URLs; `CLAUDE_CODE_*` includes `CLAUDE_CODE_USE_BEDROCK`/
+/// `_USE_VERTEX`), Bedrock credentials and region (`AWS_*`), and Vertex AI's region, Google
+/// credentials file and per-model regions (`VERTEX_REGION_*`).
+pub const PROVIDER_ENV: AllowList = AllowList {
+    names: &[
+        "CLAUDE_CONFIG_DIR",
+        "CLOUD_ML_REGION",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    ],
+    prefixes: &["ANTHROPIC_", "CLAUDE_CODE_", "AWS_", "VERTEX_REGION_"],
+};
 
 /// How much of a tool call's input or of a text block goes into one progress line.
 const RENDERED_BYTES: usize = 1024;
@@ -173,18 +196,13 @@ impl StreamState {
         }
     }
 
-    /// Why the session failed, if it did, judged from how the process ended and the stream.
+    /// Why the session failed, if it did, judged from the CLI's exit code and the stream.
     /// `None` means the CLI reports success; the result file decides the verdict then.
     pub(crate) fn failure(
         &self,
-        ended: Ended,
+        code: i32,
         limits: &ClaudeLimits,
     ) -> Option<(FailureCause, String)> {
-        let code = match ended {
-            Ended::Exited(code) => code,
-            // Timeouts, cancels and signals are judged by the caller, the same for every runtime.
-            _ => return None,
-        };
         let limit_hit = |r: Option<&FinalResult>| -> Option<(FailureCause, String)> {
             let subtype = r.map_or("", |r| r.subtype.as_str());
             if subtype == "error_max_turns" {
@@ -194,7 +212,7 @@ impl StreamState {
                 return Some((
                     FailureCause::TurnsExhausted,
                     format!(
-                        "the claude session stopped after {} turns: it reached {limit}",
+                        "The claude session stopped after {} turns: it reached {limit}.",
                         self.turns()
                     ),
                 ));
@@ -206,7 +224,7 @@ impl StreamState {
                 return Some((
                     FailureCause::BudgetExhausted,
                     format!(
-                        "the claude session stopped after spending ${:.4}: it reached {limit}",
+                        "The claude session stopped after spending ${:.4}: it reached {limit}.",
                         self.cost_usd()
                     ),
                 ));
@@ -221,7 +239,7 @@ impl StreamState {
                     (
                         FailureCause::NonzeroExit,
                         format!(
-                            "claude exited with status {code} (result subtype `{}`): {text}",
+                            "Claude exited with status {code} (result subtype `{}`): {text}.",
                             r.subtype
                         ),
                     )
@@ -231,7 +249,7 @@ impl StreamState {
                     (
                         FailureCause::RuntimeUnavailable,
                         format!(
-                            "the claude session ended with an error (result subtype `{}`): {text}",
+                            "The claude session ended with an error (result subtype `{}`): {text}.",
                             r.subtype
                         ),
                     )
@@ -241,14 +259,16 @@ impl StreamState {
                 Some(if code != 0 {
                     (
                         FailureCause::NonzeroExit,
-                        format!("claude exited with status {code} without its final `result` line"),
+                        format!(
+                            "Claude exited with status {code} without its final `result` line."
+                        ),
                     )
                 } else {
                     (
                         FailureCause::RuntimeUnavailable,
-                        "claude exited 0 without printing a final stream-json `result` line; \
+                        "Claude exited 0 without printing a final stream-json `result` line; \
                          check that HYPERLOOP_CLAUDE_BIN points at the Claude Code CLI and that \
-                         it supports `--output-format stream-json`"
+                         it supports `--output-format stream-json`."
                             .to_owned(),
                     )
                 })
@@ -276,21 +296,65 @@ fn render_block(block: &Value) -> Option<String> {
     }
 }
 
-/// stdout handler for the claude runtime: parses stream-json into progress and usage.
-#[derive(Debug, Default)]
-pub(crate) struct ClaudeLines {
-    pub state: StreamState,
+/// Runs the Claude Code CLI headless with the step's limits.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ClaudeRuntime {
+    pub bin: PathBuf,
+    pub limits: ClaudeLimits,
 }
 
-impl LineHandler for ClaudeLines {
-    fn on_line(&mut self, line: &str, sink: &ProgressSink) {
+impl AgentRuntime for ClaudeRuntime {
+    fn program(&self) -> &OsStr {
+        self.bin.as_os_str()
+    }
+
+    fn args(&self) -> Vec<OsString> {
+        args(&self.limits)
+    }
+
+    fn env(&self) -> AllowList {
+        PROVIDER_ENV
+    }
+
+    fn parser(&self) -> Box<dyn OutputParser> {
+        Box::new(StreamParser {
+            state: StreamState::default(),
+            limits: self.limits.clone(),
+        })
+    }
+
+    fn install_hint(&self) -> String {
+        format!("install the Claude Code CLI on this worker or set {CLAUDE_BIN_ENV} to its path")
+    }
+}
+
+/// Parses stream-json into progress and usage; the limits name what a stopped session hit.
+struct StreamParser {
+    state: StreamState,
+    limits: ClaudeLimits,
+}
+
+impl OutputParser for StreamParser {
+    fn stdout_line(&mut self, line: &str, sink: &ProgressSink) {
         for text in self.state.parse_line(line) {
             sink.line(LogSource::Stdout, &text);
         }
-        sink.usage(Usage {
+        sink.usage(self.usage());
+    }
+
+    fn stderr_line(&mut self, line: &str) {
+        self.state.parse_stderr(line);
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
             turns: self.state.turns(),
             cost_usd: self.state.cost_usd(),
-        });
+        }
+    }
+
+    fn exit_failure(&self, code: i32) -> Option<(FailureCause, String)> {
+        self.state.failure(code, &self.limits)
     }
 }
 
@@ -349,33 +413,25 @@ mod tests {
     fn success_needs_exit_zero_and_a_result_without_error() {
         let limits = ClaudeLimits::default();
         let ok = result(false, "success");
-        assert_eq!(feed(&[INIT, &ok]).failure(Ended::Exited(0), &limits), None);
+        assert_eq!(feed(&[INIT, &ok]).failure(0, &limits), None);
 
-        let (cause, detail) = feed(&[INIT, &ok])
-            .failure(Ended::Exited(1), &limits)
-            .unwrap();
+        let (cause, detail) = feed(&[INIT, &ok]).failure(1, &limits).unwrap();
         assert_eq!(cause, FailureCause::NonzeroExit);
         assert!(detail.contains("status 1"), "{detail}");
 
         // `subtype: success` after an API error: is_error decides.
         let api_error = result(true, "success");
-        let (cause, _) = feed(&[INIT, &api_error])
-            .failure(Ended::Exited(0), &limits)
-            .unwrap();
+        let (cause, _) = feed(&[INIT, &api_error]).failure(0, &limits).unwrap();
         assert_eq!(cause, FailureCause::RuntimeUnavailable);
 
-        let (cause, detail) = feed(&[INIT, TEXT])
-            .failure(Ended::Exited(143), &limits)
-            .unwrap();
+        let (cause, detail) = feed(&[INIT, TEXT]).failure(143, &limits).unwrap();
         assert_eq!(cause, FailureCause::NonzeroExit);
         assert!(
             detail.contains("without its final `result` line"),
             "{detail}"
         );
 
-        let (cause, _) = feed(&[INIT, TEXT])
-            .failure(Ended::Exited(0), &limits)
-            .unwrap();
+        let (cause, _) = feed(&[INIT, TEXT]).failure(0, &limits).unwrap();
         assert_eq!(cause, FailureCause::RuntimeUnavailable);
     }
 
@@ -387,22 +443,18 @@ mod tests {
             budget_usd: Some(0.01),
         };
         let turns = result(true, "error_max_turns");
-        let (cause, detail) = feed(&[INIT, &turns])
-            .failure(Ended::Exited(1), &limits)
-            .unwrap();
+        let (cause, detail) = feed(&[INIT, &turns]).failure(1, &limits).unwrap();
         assert_eq!(cause, FailureCause::TurnsExhausted);
         assert!(detail.contains("max_turns 3"), "{detail}");
 
         let budget = result(true, "error_max_budget_usd");
-        let (cause, detail) = feed(&[INIT, &budget])
-            .failure(Ended::Exited(1), &limits)
-            .unwrap();
+        let (cause, detail) = feed(&[INIT, &budget]).failure(1, &limits).unwrap();
         assert_eq!(cause, FailureCause::BudgetExhausted);
         assert!(detail.contains("budget_usd 0.01"), "{detail}");
 
         let mut state = feed(&[INIT, TEXT]);
         state.parse_stderr("Error: Exceeded USD budget (0.01)");
-        let (cause, _) = state.failure(Ended::Exited(1), &limits).unwrap();
+        let (cause, _) = state.failure(1, &limits).unwrap();
         assert_eq!(cause, FailureCause::BudgetExhausted);
     }
 
