@@ -77,6 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mode: Mode::Watch,
         distributed: false,
         coordinator_id: "bench".to_owned(),
+        clock: hyperloop_coordinator::reconcile::Clock::start(),
         term: 1,
     };
     let lander = GitLander::open(tmp.path(), "main")?;

@@ -8,7 +8,9 @@
 //! connection are ignored, so a late `Gone` can never remove the live one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hyperloop_proto::v1;
 use hyperloop_shared::model::AttemptId;

@@ -35,7 +35,7 @@ use crate::ports::forge::Forge;
 use crate::ports::lander::Lander;
 use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::StateStore;
-use crate::reconcile::{Context, GitHub, Halt, Links, Mode, Reconciler, RunError};
+use crate::reconcile::{Clock, Context, GitHub, Halt, Links, Mode, Reconciler, RunError};
 use hyperloop_shared::config::Secret;
 
 /// Messages from all workers to the loop. Large enough that a burst of progress lines from
@@ -298,6 +298,7 @@ where
         distributed: false,
         coordinator_id: SINGLE_HOST.to_owned(),
         term: term.number,
+        clock: Clock::start(),
     };
     let specs = GitSpecSource::open(&place.root, &base, &ctx.config.target.specs_dir)
         .map_err(|e| StartError::Setup(e.to_string()))?;
@@ -413,6 +414,7 @@ where
             distributed: true,
             coordinator_id: advertise.clone(),
             term: term.number,
+            clock: Clock::start(),
         };
         let parts = GitSpecSource::open(&place.root, &base, &config.target.specs_dir)
             .map_err(|e| e.to_string())

@@ -223,8 +223,8 @@ pub fn summary(kind: &EventKind) -> String {
             duration_ms,
             ..
         } => format!(
-            "{role} round {round}: {verdict} from {worker} (attempt-{attempt}, {}s)",
-            duration_ms / 1000
+            "{role} round {round}: {verdict} from {worker} (attempt-{attempt}, {})",
+            hyperloop_shared::duration::human(std::time::Duration::from_millis(*duration_ms))
         ),
         EventKind::ProcessImproved { verdict, commit } => match commit {
             Some(c) => format!("{verdict}, commit {}", short_id(c)),

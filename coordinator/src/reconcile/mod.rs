@@ -9,6 +9,7 @@
 //! so after `kill -9` a restart redoes at most work that was never recorded as done.
 
 mod github;
+// HARNESS
 mod jobs;
 mod landing;
 mod specs;
@@ -16,7 +17,9 @@ mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use hyperloop_proto::v1;
 use hyperloop_shared::config::{AgentProgram, Config, MergeStrategy};
@@ -116,6 +119,7 @@ pub struct Context {
     /// This coordinator's name in events (its advertise URL, or `single-host`).
     pub coordinator_id: String,
     pub term: u64,
+    pub clock: Clock,
 }
 
 /// The loop's connections to the admin API.
@@ -428,7 +432,9 @@ where
                 idle = idle.min(at.saturating_duration_since(Instant::now()));
             }
             if let Some(at) = self.next_retry_ms {
-                idle = idle.min(Duration::from_millis(at.saturating_sub(now_ms())));
+                idle = idle.min(Duration::from_millis(
+                    at.saturating_sub(self.ctx.clock.now_ms()),
+                ));
             }
             if !self.registry.is_empty() || self.next_orphan_deadline().is_some() {
                 idle = idle.min(HOUSEKEEPING_EVERY);
@@ -575,7 +581,10 @@ where
         let intake_due = self
             .intake_not_before
             .is_some_and(|at| Instant::now() >= at);
-        if self.next_retry_ms.is_some_and(|at| now_ms() >= at) {
+        if self
+            .next_retry_ms
+            .is_some_and(|at| self.ctx.clock.now_ms() >= at)
+        {
             self.next_retry_ms = None;
             self.wake = true;
         }
@@ -591,7 +600,7 @@ where
         let worked = reaped + advanced + dispatched > 0;
         if worked {
             self.live_dirty = true;
-            self.last_cycle_at_ms = now_ms();
+            self.last_cycle_at_ms = self.ctx.clock.now_ms();
             self.state.meta.cycle += 1;
             let meta = self.state.meta.clone();
             self.record(Change::PutMeta(meta));
@@ -1157,7 +1166,7 @@ where
             .filter(|t| !self.needs_rebase.contains(&t.id) && !self.git.is_landing(t.id))
             .cloned()
             .collect();
-        let now = now_ms();
+        let now = self.ctx.clock.now_ms();
         for task in waiting {
             if let Some(retry) = task.retry.as_ref().filter(|r| !r.due(now)) {
                 let at = retry.not_before_ms;
@@ -1289,7 +1298,7 @@ where
     /// A transient failure: the task stays at its action and tries again after the shared
     /// backoff, which is stored with the task so a restart keeps it.
     fn retry_later(&mut self, mut task: Task, reason: String) {
-        let retry = Retry::failed(task.retry.as_ref(), reason, now_ms());
+        let retry = Retry::failed(task.retry.as_ref(), reason, self.ctx.clock.now_ms());
         tracing::info!(task = %task.id, reason = %retry.reason, failures = retry.failures, "landing will be retried");
         let at = retry.not_before_ms;
         self.next_retry_ms = Some(self.next_retry_ms.map_or(at, |t| t.min(at)));
@@ -1551,7 +1560,10 @@ where
     fn send_orders(&mut self, orders: Vec<Order>) {
         for (worker, assign, job) in orders {
             let attempt = AttemptId(assign.attempt_id);
-            self.attempts.insert(attempt, Attempt::of(&assign, &worker));
+            self.attempts.insert(
+                attempt,
+                Attempt::of(&assign, &worker, self.ctx.clock.now_ms()),
+            );
             self.logs
                 .started(&assign.task_id, attempt.0, &assign.step_path, &assign.role);
             if let Err(e) = self.registry.send_assign(&worker, assign) {
@@ -1651,7 +1663,7 @@ where
             role: role.to_owned(),
             round: task.round,
             worker: String::new(),
-            dispatched_at_ms: now_ms(),
+            dispatched_at_ms: self.ctx.clock.now_ms(),
         };
         Ok((assign, assignment))
     }
@@ -1688,7 +1700,7 @@ where
             AgentProgram::Claude => (v1::RuntimeKind::Claude, Vec::new()),
             AgentProgram::Command(argv) => (v1::RuntimeKind::Command, argv.clone()),
         };
-        let deadline = SystemTime::now() + agent.timeout;
+        let deadline = UNIX_EPOCH + Duration::from_millis(self.ctx.clock.now_ms()) + agent.timeout;
         v1::Assign {
             attempt_id: attempt.0,
             task_id,
@@ -1748,7 +1760,7 @@ where
         }
         self.record(Change::AppendEvent(Event {
             seq: 0,
-            at_ms: now_ms(),
+            at_ms: self.ctx.clock.now_ms(),
             task,
             kind,
         }));
@@ -1802,10 +1814,30 @@ fn parse_task(id: &str) -> Option<TaskId> {
     id.parse().ok()
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// The loop's one clock. Monotonic time is tokio's (tests pause and advance it); wall-clock
+/// milliseconds, for events and persisted deadlines, are read once at the start and advanced
+/// by it, so both move together.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    anchor: Instant,
+    anchor_ms: u64,
+}
+
+impl Clock {
+    pub fn start() -> Self {
+        let anchor_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Clock {
+            anchor: Instant::now(),
+            anchor_ms,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.anchor.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.anchor_ms.saturating_add(elapsed)
+    }
 }
 
 /// Whole milliseconds of a wire duration (a 144 ms step is 144, not 0); negative is 0.

@@ -9,7 +9,9 @@
 //! the worker stops resending) and rejected.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hyperloop_proto::v1::{self, AttemptPhase};
 use hyperloop_shared::event::EventKind;
@@ -18,7 +20,7 @@ use hyperloop_shared::model::{AttemptId, Review, SpecPath, Task, TaskId, Verdict
 use hyperloop_shared::pipeline::{GateCheck, Next, Outcome};
 use hyperloop_shared::project::Project;
 
-use super::{Reaped, Reconciler, now_ms, parse_task};
+use super::{Reaped, Reconciler, parse_task};
 use crate::control::{AttemptView, Command, CommandError, Live, WorkerView};
 use crate::dispatch::{Joined, WorkerEvent};
 use crate::grpc::HEARTBEAT_TIMEOUT;
@@ -42,7 +44,7 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    pub fn of(assign: &v1::Assign, worker: &str) -> Self {
+    pub fn of(assign: &v1::Assign, worker: &str, now_ms: u64) -> Self {
         Attempt {
             view: AttemptView {
                 attempt: assign.attempt_id,
@@ -52,7 +54,7 @@ impl Attempt {
                 round: assign.round,
                 worker: worker.to_owned(),
                 phase: AttemptPhase::Unspecified,
-                started_at_ms: now_ms(),
+                started_at_ms: now_ms,
                 deadline_ms: assign
                     .deadline
                     .as_ref()
@@ -88,7 +90,8 @@ where
                     v1::worker_message::Body::Heartbeat(hb) => Some(hb),
                     _ => None,
                 };
-                self.registry.seen(&worker, heartbeat, now_ms());
+                self.registry
+                    .seen(&worker, heartbeat, self.ctx.clock.now_ms());
                 self.message(worker, message);
             }
             WorkerEvent::Gone { worker, conn } => {
@@ -117,7 +120,7 @@ where
         self.wake = true;
         let worker = joined.registration.name.clone();
         let capacity = joined.registration.capacity.max(1);
-        self.registry.join(&joined, now_ms());
+        self.registry.join(&joined, self.ctx.clock.now_ms());
         self.event(
             None,
             EventKind::WorkerJoined {
