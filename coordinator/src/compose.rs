@@ -453,3 +453,12 @@ mod tests {
         assert!(!tmp.path().join("cache").exists());
     }
 }
+
+/// Why the agents and pipeline could not be (re)composed from the checkout.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectLoadError {
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+    #[error(transparent)]
+    Project(#[from] hyperloop_shared::project::ProjectError),
+}

@@ -215,6 +215,8 @@ impl Endpoint {
             logs: self.logs.clone(),
             deposed,
             github,
+            // No notification channel exists yet (config refuses Matrix and OTLP until then).
+            notifier: Arc::new(crate::ports::notifier::Nobody),
         }
     }
 
@@ -250,7 +252,7 @@ async fn single_host<C>(
     shutdown: CancellationToken,
 ) -> Result<Halt, StartError>
 where
-    C: Fn() -> Result<Project, String>,
+    C: Fn() -> Result<Project, ProjectLoadError>,
 {
     let _lock = CoordinatorLock::acquire(&place.git_dir)?;
     let base = config.target.base_branch.clone();
@@ -333,7 +335,7 @@ async fn distributed<C>(
     shutdown: CancellationToken,
 ) -> Result<Halt, StartError>
 where
-    C: Fn() -> Result<Project, String> + Clone,
+    C: Fn() -> Result<Project, ProjectLoadError> + Clone,
 {
     let Some(origin) = place.origin.clone() else {
         return Err(StartError::Usage(format!(
@@ -594,7 +596,7 @@ where
     S: StateStore,
     P: SpecSource,
     L: Lander,
-    C: Fn() -> Result<Project, String>,
+    C: Fn() -> Result<Project, ProjectLoadError>,
 {
     let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
     let term_stop = CancellationToken::new();
@@ -632,14 +634,13 @@ where
 fn composer(
     root: PathBuf,
     config: &Config,
-) -> impl Fn() -> Result<Project, String> + Clone + use<> {
+) -> impl Fn() -> Result<Project, ProjectLoadError> + Clone + use<> {
     let overlay = config.overlay.clone();
     let base_ref = config.base_ref.clone();
     let cache = CacheDir::from_env();
     move || {
-        let (composition, _) = compose_project(&root, &overlay, base_ref.as_deref(), &cache)
-            .map_err(|e| e.to_string())?;
-        Project::from_composition(&composition).map_err(|e| e.to_string())
+        let (composition, _) = compose_project(&root, &overlay, base_ref.as_deref(), &cache)?;
+        Ok(Project::from_composition(&composition)?)
     }
 }
 

@@ -20,8 +20,8 @@ fn config(workers: u32, extra: &str) -> String {
     format!(
         "{extra}max_workers: {workers}\npoll_interval: 1s\ndashboard:\n  events_limit: 100000\n\
          agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 60s\n\
-         \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE, SCRIPTED_PM_CAP, SCRIPTED_FAIL_SPEC, \
-         SCRIPTED_RETRY_ALL]\n",
+         \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE, SCRIPTED_DELAY, SCRIPTED_PM_CAP, \
+         SCRIPTED_FAIL_SPEC, SCRIPTED_RETRY_ALL]\n",
         scripted_agent().display()
     )
 }
@@ -222,4 +222,109 @@ fn two_hundred_specs_with_one_retry_per_task_converge_in_one_run_with_default_li
         "one retry each"
     );
     assert_eq!(named(&events, "task_completed").len(), 200);
+}
+
+/// Kills the coordinator with SIGKILL `kills` times at varied moments, every other time while
+/// a landing is being pushed (origin's pre-receive hook holds the push open and leaves a
+/// marker while it does), then lets it finish. Returns how many kills hit a landing.
+fn kill_campaign(repo: &TestRepo, log: &Path, kills: u32) -> u32 {
+    let marker = repo.dir.path().join("landing-in-progress");
+    let hook = repo.origin.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ntouch '{m}'\nsleep 0.4\nrm -f '{m}'\ncat >/dev/null\n",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut during_landing = 0;
+    // A fixed sequence of varied delays (a linear congruential generator): the same moments
+    // on every run of the test, spread over the first ~1.5 s of a start.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in 0..kills {
+        let mut cmd = Command::new(coordinator_bin());
+        cmd.args(["run", "--path"])
+            .arg(&repo.checkout)
+            .env("SCRIPTED_LOG", log)
+            .env("SCRIPTED_DELAY", "0.3")
+            .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+            .env("HOME", test_home(repo.dir.path()))
+            .env_remove("HYPERLOOP_PATH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        if i % 2 == 1 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !marker.exists() && Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(50 + (seed >> 33) % 1500));
+        }
+        if child.try_wait().unwrap().is_some() {
+            panic!("the run finished after {i} kills; the campaign needs more work to interrupt");
+        }
+        if marker.exists() {
+            during_landing += 1;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // A push the kill interrupted finishes on its own: wait so the next start sees it.
+        while marker.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    during_landing
+}
+
+#[test]
+fn twenty_four_kill_9s_at_random_moments_and_during_landings_lose_nothing_and_repeat_nothing() {
+    let repo = many_specs(20, 2, "");
+    let log = repo.dir.path().join("steps.log");
+    let during_landing = kill_campaign(&repo, &log, 24);
+    assert!(
+        during_landing >= 5,
+        "only {during_landing} kills hit a landing"
+    );
+    let out = run(&repo, &log, &[("SCRIPTED_DELAY", "0.3")]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_every_spec_landed_once(&repo, 20);
+
+    let events = repo.events();
+    // No step completed twice, and none was dispatched again after it completed.
+    let mut completed = BTreeSet::new();
+    for e in &events {
+        if e["task"].is_null() {
+            continue;
+        }
+        let key = (
+            e["task"].to_string(),
+            e["step"].to_string(),
+            e["round"].to_string(),
+        );
+        match e["event"].as_str() {
+            Some("result_reaped") => {
+                assert!(completed.insert(key.clone()), "step completed twice: {key:?}")
+            }
+            Some("step_dispatched") => assert!(
+                !completed.contains(&key),
+                "a completed step was dispatched again: {key:?}"
+            ),
+            _ => {}
+        }
+    }
+    let merged: Vec<String> = named(&events, "merged")
+        .iter()
+        .map(|e| e["task"].to_string())
+        .collect();
+    let unique: BTreeSet<&String> = merged.iter().collect();
+    assert_eq!(unique.len(), merged.len(), "a task merged twice: {merged:?}");
+    assert_eq!(merged.len(), 20, "one merge per task");
 }

@@ -5,5 +5,6 @@
 pub mod election;
 pub mod forge;
 pub mod lander;
+pub mod notifier;
 pub mod spec_source;
 pub mod state_store;

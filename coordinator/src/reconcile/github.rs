@@ -14,6 +14,7 @@ use hyperloop_shared::event::EventKind;
 use hyperloop_shared::model::{Review, Task, TaskId, TaskStatus, Verdict};
 use hyperloop_shared::pipeline::{ActionKind, ActionOutcome, GateCheck, GateKind, Next, Outcome};
 use hyperloop_shared::project::Project;
+use crate::compose::ProjectLoadError;
 use tokio::sync::mpsc;
 
 use super::Reconciler;
@@ -26,9 +27,6 @@ use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::Change;
 use crate::ports::state_store::StateStore;
 
-/// First wait after a transient GitHub failure; doubles up to [`BACKOFF_MAX`].
-const BACKOFF_START: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// The loop's side of GitHub mode.
 pub struct GitHub {
@@ -116,7 +114,7 @@ where
     S: StateStore,
     P: SpecSource,
     L: Lander,
-    C: Fn() -> Result<Project, String>,
+    C: Fn() -> Result<Project, ProjectLoadError>,
 {
     /// After a task's first pushed work: its draft pull request.
     pub(super) fn github_after_push(&mut self, task: &Task) {
@@ -341,11 +339,9 @@ where
                     };
                     let n = gh.failures.entry(id).or_insert(0);
                     *n += 1;
-                    let backoff = error.retry_after().unwrap_or_else(|| {
-                        BACKOFF_START
-                            .saturating_mul(1 << (*n - 1).min(16))
-                            .min(BACKOFF_MAX)
-                    });
+                    let backoff = error
+                        .retry_after()
+                        .unwrap_or_else(|| hyperloop_shared::retry::delay(*n));
                     tracing::warn!(task = %id, error = %error, retry_in_s = backoff.as_secs(), "GitHub call failed; this task waits");
                     gh.wait(id, backoff);
                 } else {

@@ -24,6 +24,7 @@ use crate::adapters::memory_specs::MemorySpecSource;
 use crate::adapters::memory_store::MemoryStore;
 use crate::control::{Command, CommandError};
 use crate::dispatch::{Joined, WorkerEvent};
+use crate::ports::notifier::Recorder;
 use crate::ports::state_store::StateStore;
 
 /// Deep enough that a test never blocks the loop on its inbox.
@@ -43,6 +44,7 @@ pub struct CoordinatorHarness {
     pub store: MemoryStore,
     pub specs: MemorySpecSource,
     pub lander: MemoryLander,
+    notifier: Recorder,
     inbox: mpsc::Sender<WorkerEvent>,
     commands: mpsc::Sender<Command>,
     shutdown: CancellationToken,
@@ -62,8 +64,10 @@ impl CoordinatorHarness {
         let lander = MemoryLander::default();
         let (inbox, rx) = mpsc::channel(INBOX);
         let (commands, commands_rx) = mpsc::channel(INBOX);
+        let notifier = Recorder::default();
         let mut links = Links::detached();
         links.commands = Arc::new(tokio::sync::Mutex::new(commands_rx));
+        links.notifier = Arc::new(notifier.clone());
         let ctx = Context {
             config,
             root: std::path::PathBuf::from("/nonexistent"),
@@ -91,6 +95,7 @@ impl CoordinatorHarness {
             store,
             specs: source,
             lander,
+            notifier,
             inbox,
             commands,
             shutdown,
@@ -225,6 +230,11 @@ impl CoordinatorHarness {
             .events(0, usize::MAX)
             .await
             .expect("the memory store reads")
+    }
+
+    /// What the loop's notifier was told, in order.
+    pub fn notified(&self) -> Vec<Event> {
+        self.notifier.events()
     }
 
     /// Waits until `task` is stored with `status`.

@@ -7,11 +7,12 @@ use hyperloop_shared::prompt::{
 };
 use hyperloop_shared::result_file::Subject;
 
-use super::Reconciler;
+use super::{PrepareError, Reconciler};
 use crate::ports::lander::Lander;
 use crate::ports::spec_source::{BlobId, SpecSource};
 use crate::ports::state_store::StateStore;
 use hyperloop_shared::project::Project;
+use crate::compose::ProjectLoadError;
 use std::collections::BTreeSet;
 
 /// The role sent to resolve a landing conflict; it runs outside the pipeline, with the task
@@ -44,18 +45,18 @@ where
     S: StateStore,
     P: SpecSource,
     L: Lander,
-    C: Fn() -> Result<Project, String>,
+    C: Fn() -> Result<Project, ProjectLoadError>,
 {
     pub(super) fn intake_assign(
         &mut self,
         changed: &[SpecPath],
         attempt: AttemptId,
-    ) -> Result<v1::Assign, String> {
+    ) -> Result<v1::Assign, PrepareError> {
         let template = self
             .project
             .agents
             .get(PM)
-            .ok_or("no `pm` agent in the composition; intake needs one")?;
+            .ok_or_else(|| PrepareError::NoAgent { role: PM.to_owned() })?;
         let mut specs = Vec::new();
         let commit = self.view.commit().to_owned();
         for path in changed {
@@ -63,7 +64,13 @@ where
                 path: path.clone(),
                 commit: commit.clone(),
             };
-            let text = self.specs.read(&spec_ref).map_err(|e| e.to_string())?;
+            let text = self
+                .specs
+                .read(&spec_ref)
+                .map_err(|source| PrepareError::SpecUnreadable {
+                    spec: spec_ref.to_string(),
+                    source,
+                })?;
             let kind = match self.state.specs.get(path) {
                 None => SpecChangeKind::New,
                 Some(old) => SpecChangeKind::Changed {
@@ -126,12 +133,14 @@ where
         &mut self,
         findings: &[FailedResult],
         attempt: AttemptId,
-    ) -> Result<v1::Assign, String> {
+    ) -> Result<v1::Assign, PrepareError> {
         let template = self
             .project
             .agents
             .get(PROCESS_IMPROVER)
-            .ok_or("no `process-improver` agent in the composition")?;
+            .ok_or_else(|| PrepareError::NoAgent {
+                role: PROCESS_IMPROVER.to_owned(),
+            })?;
         let run = self.state.meta.improvement_round;
         let branch = format!("{}process-improvement-{run}", self.ctx.config.branch_prefix);
         let agents: Vec<_> = self.project.agents.values().cloned().collect();

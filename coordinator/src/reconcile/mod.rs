@@ -34,6 +34,7 @@ use hyperloop_shared::pipeline::{
     ActionKind, ActionOutcome, Change as StepChange, Limits, Next, Outcome, Transition,
 };
 use hyperloop_shared::project::Project;
+use crate::compose::ProjectLoadError;
 use hyperloop_shared::prompt::{self, TaskContext};
 use hyperloop_shared::retry::Retry;
 use std::sync::Arc;
@@ -45,7 +46,8 @@ use crate::control::{Command, Live};
 use crate::dispatch::{Registry, WorkerEvent};
 use crate::logs::LogHub;
 use crate::ports::lander::{LandError, LandOutcome, LandRequest, Lander, WorkRef};
-use crate::ports::spec_source::SpecSource;
+use crate::ports::notifier::{Nobody, Notifier};
+use crate::ports::spec_source::{SpecSource, SpecSourceError};
 use crate::ports::spec_source::{BlobId, CommitId};
 use crate::ports::state_store::{Assignment, Change, SpecRecord, State, StateStore, StoreError};
 use landing::{GitOp, GitReply, GitWork};
@@ -100,9 +102,25 @@ pub enum RunError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("reading specs failed: {0}")]
-    Specs(String),
-    #[error("{0}")]
-    Compose(String),
+    Specs(#[from] SpecSourceError),
+    #[error("composing the agents and pipeline failed: {0}")]
+    Compose(#[from] ProjectLoadError),
+}
+
+/// Why a step could not be prepared for dispatch (it is planned again next cycle).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(
+        "no agent template for role `{role}`; add a `kind: Agent` named {role} under \
+         .hyperloop/agents/ (or keep the base one)"
+    )]
+    NoAgent { role: String },
+    #[error("reading {spec} failed: {source}")]
+    SpecUnreadable {
+        spec: String,
+        #[source]
+        source: SpecSourceError,
+    },
 }
 
 /// Everything the loop works with, fixed for its lifetime.
@@ -132,6 +150,8 @@ pub struct Links {
     pub deposed: CancellationToken,
     /// GitHub mode (`--repo`): pull requests instead of local merges.
     pub github: Option<GitHub>,
+    /// Told about every event once it is stored.
+    pub notifier: Arc<dyn Notifier>,
 }
 
 impl Links {
@@ -145,6 +165,7 @@ impl Links {
             logs: Arc::new(LogHub::new()),
             deposed: CancellationToken::new(),
             github: None,
+            notifier: Arc::new(Nobody),
         }
     }
 }
@@ -199,6 +220,7 @@ pub struct Reconciler<S, P, L, C> {
     logs: Arc<LogHub>,
     deposed: CancellationToken,
     github: Option<GitHub>,
+    notifier: Arc<dyn Notifier>,
     /// When GitHub was last polled for tasks at gates and actions.
     github_polled: Option<Instant>,
     results: Vec<Reaped>,
@@ -227,10 +249,6 @@ pub struct Reconciler<S, P, L, C> {
     wake: bool,
 }
 
-/// The first retry of a failed intake waits this long; each further failure doubles it, up
-/// to [`INTAKE_BACKOFF_MAX`].
-const INTAKE_BACKOFF_START: Duration = Duration::from_secs(1);
-const INTAKE_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// `run` gives up after this many intake failures in a row (`watch` keeps retrying): a PM
 /// that fails repeatedly needs a human, not more attempts.
 pub const MAX_INTAKE_FAILURES: u32 = 3;
@@ -240,7 +258,7 @@ where
     S: StateStore,
     P: SpecSource,
     L: Lander,
-    C: Fn() -> Result<Project, String>,
+    C: Fn() -> Result<Project, ProjectLoadError>,
 {
     /// Loads state and prepares recovery. Assignments left from a previous run belong to
     /// workers that no longer exist (local workers die with their coordinator): they are
@@ -254,7 +272,7 @@ where
         inbox: mpsc::Receiver<WorkerEvent>,
         links: Links,
     ) -> Result<Self, RunError> {
-        let project = compose().map_err(RunError::Compose)?;
+        let project = compose()?;
         let state = store.load().await?;
         let mut r = Reconciler {
             ctx,
@@ -277,6 +295,7 @@ where
             logs: links.logs,
             deposed: links.deposed,
             github: links.github,
+            notifier: links.notifier,
             github_polled: None,
             results: Vec::new(),
             acks: Vec::new(),
@@ -1036,9 +1055,7 @@ where
                     // Nothing closes: the same specs and failures are asked about again.
                     rejections.push(format!("The previous intake run failed: {detail}"));
                     self.intake_failures += 1;
-                    let backoff = INTAKE_BACKOFF_START
-                        .saturating_mul(1 << self.intake_failures.saturating_sub(1).min(16))
-                        .min(INTAKE_BACKOFF_MAX);
+                    let backoff = hyperloop_shared::retry::delay(self.intake_failures);
                     self.intake_not_before = Some(Instant::now() + backoff);
                 }
                 self.event(
@@ -1094,7 +1111,7 @@ where
         let changes = self
             .specs
             .changes(self.view.version.as_ref())
-            .map_err(|e| RunError::Specs(e.to_string()))?;
+            ?;
         for change in &changes.changes {
             let kind = match change {
                 crate::ports::spec_source::SpecChange::Added { .. } => SpecChangeEvent::Added,
@@ -1524,7 +1541,7 @@ where
                                 .map(ToString::to_string)
                                 .unwrap_or_default(),
                             role,
-                            reason: e.clone(),
+                            reason: e.to_string(),
                         },
                     );
                 }
@@ -1600,14 +1617,21 @@ where
         task: &Task,
         role: &str,
         attempt: AttemptId,
-    ) -> Result<(v1::Assign, Assignment), String> {
-        let template = self.project.agents.get(role).ok_or_else(|| {
-            format!("no agent template for role `{role}`; add a kind: Agent named {role}")
-        })?;
-        let spec_text = self
-            .specs
-            .read(&task.spec_ref)
-            .map_err(|e| format!("reading {} failed: {e}", task.spec_ref))?;
+    ) -> Result<(v1::Assign, Assignment), PrepareError> {
+        let template = self
+            .project
+            .agents
+            .get(role)
+            .ok_or_else(|| PrepareError::NoAgent {
+                role: role.to_owned(),
+            })?;
+        let spec_text =
+            self.specs
+                .read(&task.spec_ref)
+                .map_err(|source| PrepareError::SpecUnreadable {
+                    spec: task.spec_ref.to_string(),
+                    source,
+                })?;
         let branch = task
             .branch
             .clone()
@@ -1776,8 +1800,11 @@ where
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.store.apply(self.state.revision, changes.clone()).await {
-                Ok((revision, _)) => {
+                Ok((revision, journaled)) => {
                     self.state.revision = revision;
+                    if !journaled.is_empty() {
+                        self.notifier.notify(&journaled);
+                    }
                     return Ok(());
                 }
                 Err(e) if e.is_transient() && Instant::now() < give_up => {

@@ -19,6 +19,7 @@ use hyperloop_shared::gaps;
 use hyperloop_shared::model::{AttemptId, Review, SpecPath, Task, TaskId, Verdict};
 use hyperloop_shared::pipeline::{GateCheck, Next, Outcome};
 use hyperloop_shared::project::Project;
+use crate::compose::ProjectLoadError;
 
 use super::{Reaped, Reconciler, parse_task};
 use crate::control::{AttemptView, Command, CommandError, Live, WorkerView};
@@ -72,7 +73,7 @@ where
     S: StateStore,
     P: SpecSource,
     L: Lander,
-    C: Fn() -> Result<Project, String>,
+    C: Fn() -> Result<Project, ProjectLoadError>,
 {
     pub(super) fn handle(&mut self, event: WorkerEvent) {
         self.live_dirty = true;

@@ -1,0 +1,55 @@
+//! `Notifier`: where journaled events go once they are stored — chat rooms, webhooks,
+//! OpenTelemetry, the dashboard's live feed. The loop calls it after the write that stored
+//! the events, so nobody is ever told about something a crash could still undo.
+//!
+//! Guarantees the loop gives every notifier (checked by `contract::check_all`):
+//! - events arrive once each, in journal order, with their sequence numbers;
+//! - an event is handed over only after it is in the state store.
+//!
+//! A notifier must not block the loop: one that talks to the network queues and sends from
+//! its own task, and drops (counting) what it cannot keep up with.
+
+use std::sync::{Arc, Mutex};
+
+use hyperloop_shared::event::Event;
+
+pub trait Notifier: Send + Sync + 'static {
+    /// Takes a batch of stored events, oldest first.
+    fn notify(&self, events: &[Event]);
+}
+
+/// Notifies nobody: the default until a notification channel is configured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Nobody;
+
+impl Notifier for Nobody {
+    fn notify(&self, _: &[Event]) {}
+}
+
+/// Keeps every event it was given, for tests.
+#[derive(Debug, Default, Clone)]
+pub struct Recorder {
+    // std Mutex: nothing awaits while holding it.
+    seen: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Recorder {
+    pub fn events(&self) -> Vec<Event> {
+        self.seen.lock().expect("recorder lock").clone()
+    }
+}
+
+impl Notifier for Recorder {
+    fn notify(&self, events: &[Event]) {
+        self.seen
+            .lock()
+            .expect("recorder lock")
+            .extend_from_slice(events);
+    }
+}
+
+impl<N: Notifier + ?Sized> Notifier for Arc<N> {
+    fn notify(&self, events: &[Event]) {
+        (**self).notify(events);
+    }
+}
