@@ -1,13 +1,16 @@
-//! The git spec source against real repositories built with the git CLI.
+//! The `SpecSource` contract and git-specific behaviour of the git spec source, against real
+//! repositories built with the git CLI.
 
 mod support;
 
 use std::path::Path;
 
 use hyperloop_coordinator::adapters::git::GitSpecSource;
-use hyperloop_coordinator::ports::spec_source::{SpecChange, SpecSource, SpecSourceError};
+use hyperloop_coordinator::ports::spec_source::contract::Harness;
+use hyperloop_coordinator::ports::spec_source::{CommitId, SpecChange, SpecSource};
 use hyperloop_shared::model::{SpecPath, SpecRef};
 use support::{git, init_repo as repo};
+use tempfile::TempDir;
 
 fn write(dir: &Path, rel: &str, text: &str) {
     let path = dir.join(rel);
@@ -20,6 +23,47 @@ fn commit(dir: &Path, message: &str) -> String {
     git(dir, &["commit", "-q", "--allow-empty", "-m", message]);
     git(dir, &["rev-parse", "HEAD"])
 }
+
+/// A checkout on `main` whose first commit holds a README and the given specs.
+struct Repo {
+    dir: TempDir,
+    source: GitSpecSource,
+}
+
+fn contract_repo(specs: &[(&str, &str)]) -> Repo {
+    let dir = repo();
+    write(dir.path(), "README.md", "not a spec\n");
+    for (path, text) in specs {
+        write(dir.path(), path, text);
+    }
+    commit(dir.path(), "first");
+    let source = GitSpecSource::open(dir.path(), "main", "specs").unwrap();
+    Repo { dir, source }
+}
+
+impl Harness for Repo {
+    type Source = GitSpecSource;
+
+    fn source(&self) -> &GitSpecSource {
+        &self.source
+    }
+
+    fn set(&self, path: &str, text: &str) -> CommitId {
+        write(self.dir.path(), path, text);
+        CommitId(commit(self.dir.path(), &format!("set {path}")))
+    }
+
+    fn remove(&self, path: &str) -> CommitId {
+        git(self.dir.path(), &["rm", "-q", path]);
+        CommitId(commit(self.dir.path(), &format!("remove {path}")))
+    }
+
+    fn head(&self) -> CommitId {
+        CommitId(git(self.dir.path(), &["rev-parse", "main"]))
+    }
+}
+
+hyperloop_coordinator::spec_source_contract_tests!(contract_repo);
 
 fn paths(changes: &[SpecChange]) -> Vec<String> {
     changes
@@ -158,37 +202,6 @@ fn specs_come_from_the_base_branch_not_the_working_tree_or_other_branches() {
 }
 
 #[test]
-fn reading_a_pinned_spec_returns_the_text_at_that_commit() {
-    let dir = repo();
-    let root = dir.path();
-    write(root, "specs/a.md", "version one\n");
-    let first = commit(root, "v1");
-    write(root, "specs/a.md", "version two\n");
-    let second = commit(root, "v2");
-    let source = GitSpecSource::open(root, "main", "specs").unwrap();
-    let at = |commit: &str| SpecRef {
-        path: spec("specs/a.md"),
-        commit: commit.to_owned(),
-    };
-    assert_eq!(source.read(&at(&first)).unwrap(), "version one\n");
-    assert_eq!(source.read(&at(&second[..12])).unwrap(), "version two\n");
-
-    let err = source.read(&at("deadbeefdeadbeef")).unwrap_err();
-    assert!(
-        matches!(err, SpecSourceError::CommitMissing { .. }),
-        "{err}"
-    );
-    let gone = SpecRef {
-        path: spec("specs/nope.md"),
-        commit: second,
-    };
-    assert!(matches!(
-        source.read(&gone).unwrap_err(),
-        SpecSourceError::SpecMissing { .. }
-    ));
-}
-
-#[test]
 fn a_missing_base_branch_names_the_setting_to_fix() {
     let dir = repo();
     let root = dir.path();
@@ -269,21 +282,4 @@ fn hostile_entries_are_skipped_with_a_reason_and_never_crash_the_scan() {
     let next = source.changes(Some(&scan.version)).unwrap();
     assert_eq!(paths(&next.changes), ["D specs/ok.md"]);
     assert_eq!(next.skipped.len(), 1, "{:?}", next.skipped);
-}
-
-#[test]
-fn a_version_from_rewritten_history_asks_for_a_fresh_scan() {
-    let dir = repo();
-    let root = dir.path();
-    write(root, "specs/a.md", "a\n");
-    commit(root, "specs");
-    let source = GitSpecSource::open(root, "main", "specs").unwrap();
-    let mut version = source.changes(None).unwrap().version;
-    version.tree = Some("1111111111111111111111111111111111111111".into());
-    let err = source.changes(Some(&version)).unwrap_err();
-    assert!(
-        matches!(err, SpecSourceError::UnknownVersion { .. }),
-        "{err}"
-    );
-    assert!(err.to_string().contains("scan again from scratch"));
 }

@@ -1,7 +1,7 @@
 //! `SpecSource`: the desired state — spec files at the tip of the base branch, identified by
 //! git blob id so an unchanged spec costs nothing to re-check.
 //!
-//! Guarantees every adapter gives:
+//! Guarantees every adapter gives (checked by `contract`):
 //! - Specs are read from the committed base branch, never from a working tree, and
 //!   [`SpecSource::read`] returns the text at the pinned commit (what agents are shown).
 //! - [`SpecSource::changes`] with the previous [`SpecVersion`] costs O(1) when the specs did
@@ -145,6 +145,9 @@ pub enum SpecSourceError {
         reason: String,
     },
 }
+
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 
 /// The specs of the base branch.
 pub trait SpecSource: Send + Sync {

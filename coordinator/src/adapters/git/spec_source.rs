@@ -217,13 +217,22 @@ impl SpecSource for GitSpecSource {
                 .map_err(|e| missing(e.message().to_owned()))?;
             Ok(blob.content().to_vec())
         };
-        let (old, new) = (content(old)?, content(new)?);
-        let p = Path::new(path.as_str());
-        let mut patch = Patch::from_buffers(&old, Some(p), &new, Some(p), None)
-            .map_err(git_err("diff spec versions"))?;
-        let buf = patch.to_buf().map_err(git_err("render spec diff"))?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
+        unified_diff(path, &content(old)?, &content(new)?)
     }
+}
+
+/// A unified diff of two versions of `path`'s text, as git renders it; shared with the
+/// in-memory source so both adapters show the PM the same diff.
+pub(crate) fn unified_diff(
+    path: &SpecPath,
+    old: &[u8],
+    new: &[u8],
+) -> Result<String, SpecSourceError> {
+    let p = Path::new(path.as_str());
+    let mut patch = Patch::from_buffers(old, Some(p), new, Some(p), None)
+        .map_err(git_err("diff spec versions"))?;
+    let buf = patch.to_buf().map_err(git_err("render spec diff"))?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 impl GitSpecSource {
