@@ -81,16 +81,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         term: 1,
     };
     let lander = GitLander::open(tmp.path(), "main")?;
-    let compose = || -> Result<Project, String> {
+    let compose = || -> Result<Project, hyperloop_coordinator::compose::ProjectLoadError> {
         let composition = hyperloop_coordinator::compose::compose_project(
             std::path::Path::new("/nonexistent"),
             ".hyperloop/agents/",
             None,
             &hyperloop_coordinator::compose::CacheDir::new(std::env::temp_dir()),
-        )
-        .map_err(|e| e.to_string())?
+        )?
         .0;
-        Project::from_composition(&composition).map_err(|e| e.to_string())
+        Ok(Project::from_composition(&composition)?)
     };
     let (_tx, inbox) = tokio::sync::mpsc::channel(16);
     let source_for_loop = GitSpecSource::open(tmp.path(), "main", "specs")?;

@@ -24,7 +24,7 @@ use crate::adapters::etcd_store::EtcdStore;
 use crate::adapters::git::{GitLander, GitSpecSource};
 use crate::adapters::git_store::GitStore;
 use crate::adapters::github::{GitHubConfig, GitHubForge};
-use crate::compose::{CacheDir, compose_project};
+use crate::compose::{CacheDir, ProjectLoadError, compose_project};
 use crate::control::{Command, LeaderView, Live};
 use crate::forge_driver;
 use crate::grpc::{self, Admission, Farewell, Route, relay};
@@ -65,7 +65,7 @@ pub enum StartError {
     #[error("{0}")]
     Setup(String),
     #[error("the composition is invalid: {0}")]
-    Composition(String),
+    Composition(#[source] ProjectLoadError),
     /// Bad settings found only when starting (unreadable TLS files, no origin for etcd).
     #[error("{0}")]
     Usage(String),

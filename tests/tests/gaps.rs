@@ -311,7 +311,10 @@ fn twenty_four_kill_9s_at_random_moments_and_during_landings_lose_nothing_and_re
         );
         match e["event"].as_str() {
             Some("result_reaped") => {
-                assert!(completed.insert(key.clone()), "step completed twice: {key:?}")
+                assert!(
+                    completed.insert(key.clone()),
+                    "step completed twice: {key:?}"
+                )
             }
             Some("step_dispatched") => assert!(
                 !completed.contains(&key),
@@ -325,6 +328,10 @@ fn twenty_four_kill_9s_at_random_moments_and_during_landings_lose_nothing_and_re
         .map(|e| e["task"].to_string())
         .collect();
     let unique: BTreeSet<&String> = merged.iter().collect();
-    assert_eq!(unique.len(), merged.len(), "a task merged twice: {merged:?}");
+    assert_eq!(
+        unique.len(),
+        merged.len(),
+        "a task merged twice: {merged:?}"
+    );
     assert_eq!(merged.len(), 20, "one merge per task");
 }

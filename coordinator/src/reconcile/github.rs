@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::compose::ProjectLoadError;
 use hyperloop_shared::config::NotificationKind;
 use hyperloop_shared::event::EventKind;
 use hyperloop_shared::model::{Review, Task, TaskId, TaskStatus, Verdict};
 use hyperloop_shared::pipeline::{ActionKind, ActionOutcome, GateCheck, GateKind, Next, Outcome};
 use hyperloop_shared::project::Project;
-use crate::compose::ProjectLoadError;
 use tokio::sync::mpsc;
 
 use super::Reconciler;
@@ -26,7 +26,6 @@ use crate::ports::lander::Lander;
 use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::Change;
 use crate::ports::state_store::StateStore;
-
 
 /// The loop's side of GitHub mode.
 pub struct GitHub {

@@ -22,6 +22,7 @@ use super::{Clock, Context, Halt, Links, Mode, Reconciler, RunError};
 use crate::adapters::memory_lander::MemoryLander;
 use crate::adapters::memory_specs::MemorySpecSource;
 use crate::adapters::memory_store::MemoryStore;
+use crate::compose::ProjectLoadError;
 use crate::control::{Command, CommandError};
 use crate::dispatch::{Joined, WorkerEvent};
 use crate::ports::notifier::Recorder;
@@ -142,15 +143,26 @@ impl CoordinatorHarness {
     /// The next step sent to `worker` (other messages are skipped).
     ///
     /// # Panics
-    /// If none arrives while the loop has anything left to do.
+    /// If none arrives while the loop has anything left to do, or the loop stopped.
     pub async fn next_assign(&mut self, worker: &str) -> v1::Assign {
+        self.next_assign_unless_halted(worker)
+            .await
+            .unwrap_or_else(|| panic!("the loop stopped before sending {worker} a step"))
+    }
+
+    /// The next step sent to `worker`, or `None` once the loop has stopped (its workers'
+    /// streams close with it).
+    ///
+    /// # Panics
+    /// If nothing arrives while the loop has anything left to do.
+    pub async fn next_assign_unless_halted(&mut self, worker: &str) -> Option<v1::Assign> {
         let w = self.workers.get_mut(worker).expect("a connected worker");
         let wait = async {
             loop {
                 match w.messages.recv().await.map(|m| m.body) {
-                    Some(Some(v1::coordinator_message::Body::Assign(a))) => return a,
+                    Some(Some(v1::coordinator_message::Body::Assign(a))) => return Some(a),
                     Some(_) => {}
-                    None => panic!("{worker} was disconnected"),
+                    None => return None,
                 }
             }
         };
@@ -159,15 +171,16 @@ impl CoordinatorHarness {
             .unwrap_or_else(|_| panic!("no step was sent to {worker}"))
     }
 
-    /// Whether a step for `worker` is waiting, without waiting for one.
-    pub fn has_assign(&mut self, worker: &str) -> bool {
+    /// The steps already sent to `worker` and not yet taken, without waiting.
+    pub fn pending_assigns(&mut self, worker: &str) -> Vec<v1::Assign> {
         let w = self.workers.get_mut(worker).expect("a connected worker");
+        let mut pending = Vec::new();
         while let Ok(m) = w.messages.try_recv() {
-            if matches!(m.body, Some(v1::coordinator_message::Body::Assign(_))) {
-                return true;
+            if let Some(v1::coordinator_message::Body::Assign(a)) = m.body {
+                pending.push(a);
             }
         }
-        false
+        pending
     }
 
     /// Reports `assign` finished with `verdict` (and, for intake, `proposals`), after
@@ -211,14 +224,6 @@ impl CoordinatorHarness {
         .await;
     }
 
-    /// Takes the next step of `worker` and finishes it with `verdict`; returns it.
-    pub async fn run_next(&mut self, worker: &str, verdict: Verdict) -> v1::Assign {
-        let assign = self.next_assign(worker).await;
-        self.finish(worker, &assign, verdict, "", &[], Duration::from_millis(10))
-            .await;
-        assign
-    }
-
     /// The stored state.
     pub async fn state(&self) -> State {
         self.store.load().await.expect("the memory store loads")
@@ -257,7 +262,10 @@ impl CoordinatorHarness {
             }
         };
         if tokio::time::timeout(PATIENCE, wait).await.is_err() {
-            panic!("{task} never became {status}: {:?}", self.state().await.tasks.get(&task));
+            panic!(
+                "{task} never became {status}: {:?}",
+                self.state().await.tasks.get(&task)
+            );
         }
     }
 
@@ -297,19 +305,20 @@ impl CoordinatorHarness {
         self.halted().await
     }
 
+    /// Delivers to the loop; once it has stopped, like a worker's message on a closed
+    /// stream, the event is lost.
     async fn send(&self, event: WorkerEvent) {
-        self.inbox.send(event).await.expect("the loop is running");
+        let _ = self.inbox.send(event).await;
     }
 }
 
 /// The default agents and pipeline, as a project without overlays composes them.
-fn base_project() -> Result<Project, String> {
+fn base_project() -> Result<Project, ProjectLoadError> {
     let (composition, _) = crate::compose::compose_project(
         std::path::Path::new("/nonexistent"),
         ".hyperloop/agents/",
         None,
         &crate::compose::CacheDir::new(std::env::temp_dir()),
-    )
-    .map_err(|e| e.to_string())?;
-    Project::from_composition(&composition).map_err(|e| e.to_string())
+    )?;
+    Ok(Project::from_composition(&composition)?)
 }

@@ -8,11 +8,11 @@ use hyperloop_shared::prompt::{
 use hyperloop_shared::result_file::Subject;
 
 use super::{PrepareError, Reconciler};
+use crate::compose::ProjectLoadError;
 use crate::ports::lander::Lander;
 use crate::ports::spec_source::{BlobId, SpecSource};
 use crate::ports::state_store::StateStore;
 use hyperloop_shared::project::Project;
-use crate::compose::ProjectLoadError;
 use std::collections::BTreeSet;
 
 /// The role sent to resolve a landing conflict; it runs outside the pipeline, with the task
@@ -56,7 +56,9 @@ where
             .project
             .agents
             .get(PM)
-            .ok_or_else(|| PrepareError::NoAgent { role: PM.to_owned() })?;
+            .ok_or_else(|| PrepareError::NoAgent {
+                role: PM.to_owned(),
+            })?;
         let mut specs = Vec::new();
         let commit = self.view.commit().to_owned();
         for path in changed {
@@ -64,13 +66,13 @@ where
                 path: path.clone(),
                 commit: commit.clone(),
             };
-            let text = self
-                .specs
-                .read(&spec_ref)
-                .map_err(|source| PrepareError::SpecUnreadable {
-                    spec: spec_ref.to_string(),
-                    source,
-                })?;
+            let text =
+                self.specs
+                    .read(&spec_ref)
+                    .map_err(|source| PrepareError::SpecUnreadable {
+                        spec: spec_ref.to_string(),
+                        source,
+                    })?;
             let kind = match self.state.specs.get(path) {
                 None => SpecChangeKind::New,
                 Some(old) => SpecChangeKind::Changed {
@@ -134,13 +136,13 @@ where
         findings: &[FailedResult],
         attempt: AttemptId,
     ) -> Result<v1::Assign, PrepareError> {
-        let template = self
-            .project
-            .agents
-            .get(PROCESS_IMPROVER)
-            .ok_or_else(|| PrepareError::NoAgent {
-                role: PROCESS_IMPROVER.to_owned(),
-            })?;
+        let template =
+            self.project
+                .agents
+                .get(PROCESS_IMPROVER)
+                .ok_or_else(|| PrepareError::NoAgent {
+                    role: PROCESS_IMPROVER.to_owned(),
+                })?;
         let run = self.state.meta.improvement_round;
         let branch = format!("{}process-improvement-{run}", self.ctx.config.branch_prefix);
         let agents: Vec<_> = self.project.agents.values().cloned().collect();

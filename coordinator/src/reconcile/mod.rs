@@ -9,7 +9,8 @@
 //! so after `kill -9` a restart redoes at most work that was never recorded as done.
 
 mod github;
-// HARNESS
+#[cfg(any(test, feature = "testing"))]
+pub mod harness;
 mod jobs;
 mod landing;
 mod specs;
@@ -21,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
+use crate::compose::ProjectLoadError;
 use hyperloop_proto::v1;
 use hyperloop_shared::config::{AgentProgram, Config, MergeStrategy};
 use hyperloop_shared::decide::{Dispatch, TaskSnapshot, decide};
@@ -34,7 +36,6 @@ use hyperloop_shared::pipeline::{
     ActionKind, ActionOutcome, Change as StepChange, Limits, Next, Outcome, Transition,
 };
 use hyperloop_shared::project::Project;
-use crate::compose::ProjectLoadError;
 use hyperloop_shared::prompt::{self, TaskContext};
 use hyperloop_shared::retry::Retry;
 use std::sync::Arc;
@@ -47,8 +48,8 @@ use crate::dispatch::{Registry, WorkerEvent};
 use crate::logs::LogHub;
 use crate::ports::lander::{LandError, LandOutcome, LandRequest, Lander, WorkRef};
 use crate::ports::notifier::{Nobody, Notifier};
-use crate::ports::spec_source::{SpecSource, SpecSourceError};
 use crate::ports::spec_source::{BlobId, CommitId};
+use crate::ports::spec_source::{SpecSource, SpecSourceError};
 use crate::ports::state_store::{Assignment, Change, SpecRecord, State, StateStore, StoreError};
 use landing::{GitOp, GitReply, GitWork};
 use specs::SpecView;
@@ -1108,10 +1109,7 @@ where
 
     /// Brings the spec view up to the base branch tip (O(1) when nothing changed).
     fn refresh_specs(&mut self) -> Result<(), RunError> {
-        let changes = self
-            .specs
-            .changes(self.view.version.as_ref())
-            ?;
+        let changes = self.specs.changes(self.view.version.as_ref())?;
         for change in &changes.changes {
             let kind = match change {
                 crate::ports::spec_source::SpecChange::Added { .. } => SpecChangeEvent::Added,

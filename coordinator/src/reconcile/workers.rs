@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::compose::ProjectLoadError;
 use hyperloop_proto::v1::{self, AttemptPhase};
 use hyperloop_shared::event::EventKind;
 use hyperloop_shared::gaps;
 use hyperloop_shared::model::{AttemptId, Review, SpecPath, Task, TaskId, Verdict};
 use hyperloop_shared::pipeline::{GateCheck, Next, Outcome};
 use hyperloop_shared::project::Project;
-use crate::compose::ProjectLoadError;
 
 use super::{Reaped, Reconciler, parse_task};
 use crate::control::{AttemptView, Command, CommandError, Live, WorkerView};
