@@ -191,3 +191,30 @@ pub fn process_overlay(process: &str) -> String {
             .collect::<String>()
     )
 }
+
+/// Asserts over a journal (oldest first) that no agent step completed twice and none was
+/// dispatched again after it completed: each (task, step, round) is reaped at most once and
+/// never sent out after that.
+pub fn assert_no_completed_step_repeated(events: &[serde_json::Value]) {
+    let mut completed = std::collections::BTreeSet::new();
+    for e in events.iter().filter(|e| !e["task"].is_null()) {
+        let key = (
+            e["task"].to_string(),
+            e["step"].to_string(),
+            e["round"].to_string(),
+        );
+        match e["event"].as_str() {
+            Some("result_reaped") => {
+                assert!(
+                    completed.insert(key.clone()),
+                    "step completed twice: {key:?}"
+                )
+            }
+            Some("step_dispatched") => assert!(
+                !completed.contains(&key),
+                "a completed step was dispatched again: {key:?}"
+            ),
+            _ => {}
+        }
+    }
+}

@@ -224,20 +224,9 @@ fn kill_9_at_many_moments_converges_to_the_same_main_without_duplicate_work() {
     run_expecting(&repo, &log, "normal", 0);
     assert_converged(&repo);
 
-    // No step completed twice: each (task, step, round) result was reaped at most once.
+    // No step completed twice, nor was sent out again once completed.
     let events = repo.events();
-    let mut seen = std::collections::BTreeSet::new();
-    for e in events.iter().filter(|e| e["event"] == "result_reaped") {
-        if e["task"].is_null() {
-            continue;
-        }
-        let key = (
-            e["task"].to_string(),
-            e["step"].to_string(),
-            e["round"].to_string(),
-        );
-        assert!(seen.insert(key.clone()), "step completed twice: {key:?}");
-    }
+    hyperloop_tests::repo::assert_no_completed_step_repeated(&events);
     let merges = events.iter().filter(|e| e["event"] == "merged").count();
     assert_eq!(merges, 3, "no duplicate merge");
 }
