@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 
 use hyperloop_coordinator::adapters::git::GitSpecSource;
-use hyperloop_coordinator::ports::spec_source::contract::Harness;
+use hyperloop_coordinator::ports::spec_source::contract::{Harness, listing};
 use hyperloop_coordinator::ports::spec_source::{CommitId, SpecChange, SpecSource};
 use hyperloop_shared::model::{SpecPath, SpecRef};
 use support::{git, init_repo as repo};
@@ -65,20 +65,6 @@ impl Harness for Repo {
 
 hyperloop_coordinator::spec_source_contract_tests!(contract_repo);
 
-fn paths(changes: &[SpecChange]) -> Vec<String> {
-    changes
-        .iter()
-        .map(|c| {
-            let kind = match c {
-                SpecChange::Added { .. } => "A",
-                SpecChange::Modified { .. } => "M",
-                SpecChange::Deleted { .. } => "D",
-            };
-            format!("{kind} {}", c.path())
-        })
-        .collect()
-}
-
 fn spec(path: &str) -> SpecPath {
     SpecPath::parse(path).unwrap()
 }
@@ -98,7 +84,7 @@ fn a_first_scan_lists_every_markdown_spec_recursively_and_nothing_else() {
     let source = GitSpecSource::open(root, "main", "specs").unwrap();
     let scan = source.changes(None).unwrap();
     assert_eq!(
-        paths(&scan.changes),
+        listing(&scan),
         ["A specs/a.md", "A specs/api/v2/x.md", "A specs/b.md"]
     );
     assert_eq!(scan.version.commit.0, head);
@@ -152,7 +138,7 @@ fn a_change_reports_only_the_added_modified_and_deleted_specs() {
     commit(root, "change specs");
     let next = source.changes(Some(&first.version)).unwrap();
     assert_eq!(
-        paths(&next.changes),
+        listing(&next),
         ["A specs/area1/new.md", "M specs/edit.md", "D specs/gone.md"]
     );
     match &next.changes[1] {
@@ -237,12 +223,12 @@ fn a_missing_specs_directory_has_no_specs_until_it_appears() {
     write(root, "specs/a.md", "a\n");
     commit(root, "first spec");
     let next = source.changes(Some(&first.version)).unwrap();
-    assert_eq!(paths(&next.changes), ["A specs/a.md"]);
+    assert_eq!(listing(&next), ["A specs/a.md"]);
 
     std::fs::remove_dir_all(root.join("specs")).unwrap();
     commit(root, "drop specs");
     let last = source.changes(Some(&next.version)).unwrap();
-    assert_eq!(paths(&last.changes), ["D specs/a.md"]);
+    assert_eq!(listing(&last), ["D specs/a.md"]);
 }
 
 #[cfg(unix)]
@@ -261,7 +247,7 @@ fn hostile_entries_are_skipped_with_a_reason_and_never_crash_the_scan() {
 
     let source = GitSpecSource::open(root, "main", "specs").unwrap();
     let scan = source.changes(None).unwrap();
-    assert_eq!(paths(&scan.changes), ["A specs/ok.md"]);
+    assert_eq!(listing(&scan), ["A specs/ok.md"]);
     let mut reasons: Vec<String> = scan.skipped.iter().map(ToString::to_string).collect();
     reasons.sort();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
@@ -280,6 +266,6 @@ fn hostile_entries_are_skipped_with_a_reason_and_never_crash_the_scan() {
     std::os::unix::fs::symlink("../secret.txt", root.join("specs/ok.md")).unwrap();
     commit(root, "ok becomes a link");
     let next = source.changes(Some(&scan.version)).unwrap();
-    assert_eq!(paths(&next.changes), ["D specs/ok.md"]);
+    assert_eq!(listing(&next), ["D specs/ok.md"]);
     assert_eq!(next.skipped.len(), 1, "{:?}", next.skipped);
 }

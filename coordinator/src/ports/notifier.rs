@@ -9,6 +9,7 @@
 //! A notifier must not block the loop: one that talks to the network queues and sends from
 //! its own task, and drops (counting) what it cannot keep up with.
 
+#[cfg(any(test, feature = "testing"))]
 use std::sync::{Arc, Mutex};
 
 use hyperloop_shared::event::Event;
@@ -27,29 +28,26 @@ impl Notifier for Nobody {
 }
 
 /// Keeps every event it was given, for tests.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default, Clone)]
 pub struct Recorder {
     // std Mutex: nothing awaits while holding it.
     seen: Arc<Mutex<Vec<Event>>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Recorder {
     pub fn events(&self) -> Vec<Event> {
         self.seen.lock().expect("recorder lock").clone()
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Notifier for Recorder {
     fn notify(&self, events: &[Event]) {
         self.seen
             .lock()
             .expect("recorder lock")
             .extend_from_slice(events);
-    }
-}
-
-impl<N: Notifier + ?Sized> Notifier for Arc<N> {
-    fn notify(&self, events: &[Event]) {
-        (**self).notify(events);
     }
 }

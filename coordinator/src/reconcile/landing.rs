@@ -48,6 +48,8 @@ pub(super) struct GitWork<L> {
     running: bool,
     /// Tasks with a landing queued or running: ADVANCE leaves them alone.
     landing: BTreeSet<TaskId>,
+    /// Landings queued or running, the process-improver's included.
+    lands: usize,
     /// A sync is queued or running: at most one at a time.
     syncing: bool,
     tx: mpsc::Sender<GitReply>,
@@ -62,6 +64,7 @@ impl<L: Lander> GitWork<L> {
             queue: VecDeque::new(),
             running: false,
             landing: BTreeSet::new(),
+            lands: 0,
             syncing: false,
             tx,
             rx,
@@ -71,6 +74,7 @@ impl<L: Lander> GitWork<L> {
     pub(super) fn queue(&mut self, op: GitOp) {
         match &op {
             GitOp::Land { request, .. } => {
+                self.lands += 1;
                 if let WorkRef::Task(id) = request.task {
                     self.landing.insert(id);
                 }
@@ -88,7 +92,7 @@ impl<L: Lander> GitWork<L> {
 
     /// Whether any landing is queued or running (syncs do not count: they decide nothing).
     pub(super) fn busy(&self) -> bool {
-        !self.landing.is_empty() || self.queue.iter().any(|op| matches!(op, GitOp::Land { .. }))
+        self.lands > 0
     }
 
     /// Starts the next queued operation if none is running. Call after the state write.
@@ -122,6 +126,7 @@ impl<L: Lander> GitWork<L> {
                 self.running = false;
                 match &reply {
                     GitReply::Landed { request, .. } => {
+                        self.lands -= 1;
                         if let WorkRef::Task(id) = request.task {
                             self.landing.remove(&id);
                         }

@@ -535,7 +535,7 @@ where
             return None;
         }
         // Every spec at the base branch tip has been through intake, or was given up.
-        if !self.view.deleted.is_empty() || self.open_specs().next().is_some() {
+        if !self.view.deleted.is_empty() || !self.open_specs(1).is_empty() {
             return None;
         }
         let failed = self
@@ -557,25 +557,25 @@ where
         }
     }
 
-    /// Specs whose gap is open and that were not given up: what intake still has to answer.
-    fn open_specs(&self) -> impl Iterator<Item = &SpecPath> {
-        self.view.pending.iter().filter(|p| {
-            self.view
-                .specs
-                .get(*p)
-                .is_none_or(|b| gaps::given_up(&self.state.meta.spec_failures, p, &b.0).is_none())
-        })
+    /// Up to `limit` specs whose gap is open and that were not given up: what intake still
+    /// has to answer.
+    fn open_specs(&self, limit: usize) -> Vec<SpecPath> {
+        gaps::intake_batch(
+            &self.view.pending,
+            &self.state.meta.spec_failures,
+            |p| self.view.specs.get(p).map(|b| b.0.as_str()),
+            limit,
+        )
     }
 
     /// Specs given up at their current version, as `path: reason`.
     fn given_up_specs(&self) -> Vec<String> {
-        self.view
-            .specs
+        self.state
+            .meta
+            .spec_failures
             .iter()
-            .filter_map(|(path, blob)| {
-                gaps::given_up(&self.state.meta.spec_failures, path, &blob.0)
-                    .map(|why| format!("{path}: {why}"))
-            })
+            .filter(|(path, f)| self.view.specs.get(*path).is_some_and(|b| b.0 == f.blob))
+            .filter_map(|(path, f)| f.failed.as_ref().map(|why| format!("{path}: {why}")))
             .collect()
     }
 
@@ -729,7 +729,10 @@ where
                 attempt: assignment.attempt.0,
                 worker: worker.to_owned(),
                 verdict,
-                duration_ms: result.duration.as_ref().map_or(0, duration_ms),
+                duration_ms: result
+                    .duration
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             },
         );
         if verdict == Verdict::Fail {
@@ -1158,12 +1161,7 @@ where
         {
             return None;
         }
-        let changed = gaps::intake_batch(
-            self.open_specs(),
-            &self.state.meta.spec_failures,
-            |p| self.view.specs.get(p).map(|b| b.0.as_str()),
-            self.ctx.config.max_specs_per_intake as usize,
-        );
+        let changed = self.open_specs(self.ctx.config.max_specs_per_intake as usize);
         (!changed.is_empty() || !self.state.meta.failed_since_intake.is_empty()).then_some(changed)
     }
 
@@ -1865,29 +1863,9 @@ impl Clock {
     }
 }
 
-/// Whole milliseconds of a wire duration (a 144 ms step is 144, not 0); negative is 0.
-fn duration_ms(d: &prost_types::Duration) -> u64 {
-    let ms = i128::from(d.seconds) * 1000 + i128::from(d.nanos) / 1_000_000;
-    u64::try_from(ms.max(0)).unwrap_or(u64::MAX)
-}
-
 fn duration_to_proto(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_step_duration_keeps_its_milliseconds() {
-        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
-        assert_eq!(duration_ms(&d(0, 144_000_000)), 144);
-        assert_eq!(duration_ms(&d(2, 0)), 2000);
-        assert_eq!(duration_ms(&d(1, 999_999_999)), 1999);
-        assert_eq!(duration_ms(&d(-1, 0)), 0);
     }
 }

@@ -57,7 +57,7 @@ macro_rules! spec_source_contract_tests {
 }
 
 /// Changes as `A path`, `M path`, `D path`, in the order given.
-fn listing(scan: &SpecChanges) -> Vec<String> {
+pub fn listing(scan: &SpecChanges) -> Vec<String> {
     scan.changes
         .iter()
         .map(|c| {
