@@ -92,6 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(Project::from_composition(&composition)?)
     };
     let (_tx, inbox) = tokio::sync::mpsc::channel(16);
+    let dispatcher = hyperloop_coordinator::dispatch::Registry::new(inbox, ctx.clock);
     let source_for_loop = GitSpecSource::open(tmp.path(), "main", "specs")?;
     let mut reconciler = runtime.block_on(Reconciler::new(
         ctx,
@@ -99,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         source_for_loop,
         lander,
         compose,
-        inbox,
+        dispatcher,
         Links::detached(),
     ))?;
     // The first cycle after start looks at everything once; the ones after are the subject.

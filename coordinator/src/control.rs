@@ -76,16 +76,7 @@ pub struct Live {
     pub project: Option<Arc<Project>>,
 }
 
-/// Why an operator command was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CommandError {
-    /// No such task or worker.
-    #[error("{0}")]
-    NotFound(String),
-    /// The command does not apply now (task not at a gate, already finished, ...).
-    #[error("{0}")]
-    FailedPrecondition(String),
-}
+pub use hyperloop_shared::reconcile::CommandError;
 
 /// The loop's answer to a command.
 pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;

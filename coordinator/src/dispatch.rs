@@ -1,21 +1,33 @@
-//! The dispatcher: the registry of connected workers, their free capacity, labels and
-//! liveness. In-process and remote workers attach the same way: a bounded channel the
-//! coordinator sends `CoordinatorMessage`s on, and messages from the worker arriving as
-//! [`WorkerEvent`]s on the reconcile loop's inbox.
+//! The dispatcher: the registry of connected workers, their capacity, labels and liveness,
+//! behind the [`Dispatcher`] port. In-process and remote workers attach the same way: a
+//! bounded channel the coordinator sends `CoordinatorMessage`s on, and messages from the
+//! worker arriving as [`WorkerEvent`]s on the registry's inbox, which it turns into domain
+//! [`Inbound`]s for the loop. Wire types stop here.
 //!
 //! Every stream is a *connection* with its own id: a worker that reconnects (or a new
 //! process under the same name) replaces its old connection, and events from a replaced
 //! connection are ignored, so a late `Gone` can never remove the live one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use hyperloop_proto::v1;
+use hyperloop_proto::v1::{self, AttemptPhase};
 use hyperloop_shared::model::AttemptId;
+use hyperloop_shared::reconcile::{Held, Offer};
+use hyperloop_shared::step::{StepOrder, StepReport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::control::WorkerView;
+use crate::grpc::HEARTBEAT_TIMEOUT;
+pub use crate::ports::dispatcher::DispatchError;
+use crate::ports::dispatcher::{Dispatcher, Inbound};
+use crate::reconcile::Clock;
+
+/// How long a worker whose stream dropped may take to reconnect and reclaim its steps.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(2);
 
 /// A connected worker, as the coordinator knows it.
 #[derive(Debug)]
@@ -26,7 +38,6 @@ struct Worker {
     sender: mpsc::Sender<v1::CoordinatorMessage>,
     /// Cancelling it ends this connection's relay (and so the stream).
     close: CancellationToken,
-    running: BTreeSet<AttemptId>,
     draining: bool,
     last_seen: Instant,
     last_heartbeat_ms: u64,
@@ -45,7 +56,7 @@ pub struct Joined {
     pub close: CancellationToken,
 }
 
-/// Something a worker said or did, delivered to the reconcile loop.
+/// Something a worker said or did, delivered to the registry's inbox.
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// The worker registered (its first message).
@@ -60,71 +71,66 @@ pub enum WorkerEvent {
 }
 
 /// Workers by name. Owned by the reconcile loop; nothing else keeps worker senders.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     workers: BTreeMap<String, Worker>,
+    inbox: mpsc::Receiver<WorkerEvent>,
+    /// Translated but not yet handed out (a heartbeat reports several attempts).
+    pending: VecDeque<Inbound>,
+    /// Wall-clock ms for the live view's timestamps.
+    clock: Clock,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
-    #[error("worker {0} is not connected")]
-    NotConnected(String),
-    #[error("worker {0}'s queue is full or closed")]
-    Unavailable(String),
-}
-
-/// Whether `labels` carry every `required` label with the same value.
-pub fn satisfies(labels: &HashMap<String, String>, required: &BTreeMap<String, String>) -> bool {
-    required.iter().all(|(k, v)| labels.get(k) == Some(v))
+fn held(attempts: &[v1::HeldAttempt]) -> Vec<Held> {
+    attempts
+        .iter()
+        .map(|h| Held {
+            attempt: AttemptId(h.attempt_id),
+            reporting: h.phase == i32::from(AttemptPhase::Reporting),
+        })
+        .collect()
 }
 
 impl Registry {
-    /// Registers a connection. A previous connection under the same name is closed and its
-    /// attempts returned: the caller decides which the new connection still holds.
-    pub fn join(&mut self, joined: &Joined, now_ms: u64) -> BTreeSet<AttemptId> {
-        let name = joined.registration.name.clone();
+    pub fn new(inbox: mpsc::Receiver<WorkerEvent>, clock: Clock) -> Self {
+        Registry {
+            workers: BTreeMap::new(),
+            inbox,
+            pending: VecDeque::new(),
+            clock,
+        }
+    }
+
+    /// Registers a connection; a previous connection under the same name is closed.
+    fn join(&mut self, joined: &Joined) {
+        let now_ms = self.clock.now_ms();
         let replaced = self.workers.insert(
-            name,
+            joined.registration.name.clone(),
             Worker {
                 conn: joined.conn,
                 registration: joined.registration.clone(),
                 local: joined.local,
                 sender: joined.sender.clone(),
                 close: joined.close.clone(),
-                running: BTreeSet::new(),
                 draining: false,
                 last_seen: Instant::now(),
                 last_heartbeat_ms: now_ms,
                 connected_since_ms: now_ms,
             },
         );
-        match replaced {
-            Some(old) => {
-                old.close.cancel();
-                old.running
-            }
-            None => BTreeSet::new(),
+        if let Some(old) = replaced {
+            old.close.cancel();
         }
     }
 
     /// Whether `conn` is the live connection of `worker` (events of replaced ones are stale).
-    pub fn is_current(&self, worker: &str, conn: u64) -> bool {
+    fn is_current(&self, worker: &str, conn: u64) -> bool {
         self.workers.get(worker).is_some_and(|w| w.conn == conn)
     }
 
-    /// Removes a worker if `conn` is its live connection; returns the attempts it held.
-    pub fn leave(&mut self, name: &str, conn: u64) -> Option<BTreeSet<AttemptId>> {
-        if !self.is_current(name, conn) {
-            return None;
-        }
-        self.workers.remove(name).map(|w| {
-            w.close.cancel();
-            w.running
-        })
-    }
-
     /// Any message proves the worker alive; a heartbeat also refreshes what it reports.
-    pub fn seen(&mut self, name: &str, heartbeat: Option<&v1::Heartbeat>, now_ms: u64) {
+    fn seen(&mut self, name: &str, heartbeat: Option<&v1::Heartbeat>) {
+        let now_ms = self.clock.now_ms();
         if let Some(w) = self.workers.get_mut(name) {
             w.last_seen = Instant::now();
             if let Some(hb) = heartbeat {
@@ -138,107 +144,7 @@ impl Registry {
         }
     }
 
-    /// Workers silent for longer than `timeout`: closed and removed, with their attempts.
-    pub fn expire(&mut self, timeout: Duration) -> Vec<(String, BTreeSet<AttemptId>)> {
-        let silent: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.last_seen.elapsed() > timeout)
-            .map(|(name, _)| name.clone())
-            .collect();
-        silent
-            .into_iter()
-            .filter_map(|name| {
-                let w = self.workers.remove(&name)?;
-                w.close.cancel();
-                Some((name, w.running))
-            })
-            .collect()
-    }
-
-    /// Binds an attempt the worker reports holding to it (after a reconnect).
-    pub fn hold(&mut self, name: &str, attempt: AttemptId) {
-        if let Some(w) = self.workers.get_mut(name) {
-            w.running.insert(attempt);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
-    fn free(w: &Worker) -> usize {
-        (w.registration.capacity.max(1) as usize).saturating_sub(w.running.len())
-    }
-
-    /// Free slots across all workers that take work.
-    pub fn free_slots(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| !w.draining)
-            .map(Self::free)
-            .sum()
-    }
-
-    /// The worker carrying `required` labels with the most free slots after `promised(name)`
-    /// slots already planned for it (ties by name, for determinism).
-    pub fn pick(
-        &self,
-        required: &BTreeMap<String, String>,
-        promised: impl Fn(&str) -> usize,
-    ) -> Option<String> {
-        let free = |w: &Worker| Self::free(w).saturating_sub(promised(&w.registration.name));
-        self.workers
-            .values()
-            .filter(|w| !w.draining && free(w) > 0 && satisfies(&w.registration.labels, required))
-            .max_by(|a, b| {
-                free(a)
-                    .cmp(&free(b))
-                    .then_with(|| b.registration.name.cmp(&a.registration.name))
-            })
-            .map(|w| w.registration.name.clone())
-    }
-
-    /// Whether any connected worker (busy or not) carries `required`.
-    pub fn any_matches(&self, required: &BTreeMap<String, String>) -> bool {
-        self.workers
-            .values()
-            .any(|w| !w.draining && satisfies(&w.registration.labels, required))
-    }
-
-    /// Hands `assign` to `worker` and counts the slot as taken.
-    ///
-    /// # Errors
-    /// The worker is gone or not reading; the caller treats the attempt as lost.
-    pub fn send_assign(&mut self, worker: &str, assign: v1::Assign) -> Result<(), DispatchError> {
-        let w = self
-            .workers
-            .get_mut(worker)
-            .ok_or_else(|| DispatchError::NotConnected(worker.to_owned()))?;
-        let attempt = AttemptId(assign.attempt_id);
-        w.sender
-            .try_send(v1::CoordinatorMessage {
-                body: Some(v1::coordinator_message::Body::Assign(assign)),
-            })
-            .map_err(|_| DispatchError::Unavailable(worker.to_owned()))?;
-        w.running.insert(attempt);
-        Ok(())
-    }
-
-    /// Frees the slot of a finished (or declined) attempt.
-    pub fn finished(&mut self, worker: &str, attempt: AttemptId) {
-        if let Some(w) = self.workers.get_mut(worker) {
-            w.running.remove(&attempt);
-        }
-    }
-
-    /// Best-effort message to one worker (acks, cancels): a worker that is gone has nothing
-    /// left to acknowledge or cancel.
-    pub fn tell(&self, worker: &str, kind: v1::coordinator_message::Body) {
+    fn tell(&self, worker: &str, kind: v1::coordinator_message::Body) {
         if let Some(w) = self.workers.get(worker) {
             let _ = w
                 .sender
@@ -246,8 +152,166 @@ impl Registry {
         }
     }
 
-    /// Asks one worker to drain; false if it is not connected.
-    pub fn drain(&mut self, name: &str, reason: &str) -> bool {
+    /// What a transport event means to the loop, if anything.
+    fn translate(&mut self, event: WorkerEvent) -> Vec<Inbound> {
+        match event {
+            WorkerEvent::Joined(joined) => {
+                self.join(&joined);
+                vec![Inbound::Joined {
+                    worker: joined.registration.name.clone(),
+                    capacity: joined.registration.capacity.max(1),
+                    held: held(&joined.held),
+                }]
+            }
+            WorkerEvent::Gone { worker, conn } => {
+                if !self.is_current(&worker, conn) {
+                    return Vec::new();
+                }
+                if let Some(w) = self.workers.remove(&worker) {
+                    w.close.cancel();
+                }
+                vec![Inbound::Lost {
+                    worker,
+                    reason: "connection closed".to_owned(),
+                    grace: RECONNECT_GRACE,
+                }]
+            }
+            WorkerEvent::Message {
+                worker,
+                conn,
+                message,
+            } => {
+                if !self.is_current(&worker, conn) {
+                    return Vec::new(); // a replaced connection; the worker resends on its new one
+                }
+                use v1::worker_message::Body;
+                let heartbeat = match &message {
+                    Body::Heartbeat(hb) => Some(hb),
+                    _ => None,
+                };
+                self.seen(&worker, heartbeat);
+                match message {
+                    Body::StepResult(result) => vec![Inbound::Result {
+                        worker,
+                        report: StepReport::from(result),
+                    }],
+                    Body::Declined(d) => vec![Inbound::Declined {
+                        worker,
+                        attempt: AttemptId(d.attempt_id),
+                        reason: d.reason,
+                    }],
+                    Body::Accepted(a) => vec![Inbound::Progress {
+                        attempt: AttemptId(a.attempt_id),
+                        phase: AttemptPhase::Preparing,
+                        usage: None,
+                        lines: Vec::new(),
+                    }],
+                    Body::Progress(p) => vec![Inbound::Progress {
+                        attempt: AttemptId(p.attempt_id),
+                        phase: AttemptPhase::Running,
+                        usage: Some((p.turns, p.cost_usd)),
+                        lines: p.lines,
+                    }],
+                    Body::Heartbeat(hb) => hb
+                        .attempts
+                        .iter()
+                        .map(|h| Inbound::Progress {
+                            attempt: AttemptId(h.attempt_id),
+                            phase: AttemptPhase::try_from(h.phase).unwrap_or_default(),
+                            usage: None,
+                            lines: Vec::new(),
+                        })
+                        .collect(),
+                    Body::Hello(_) => Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+impl Dispatcher for Registry {
+    async fn next(&mut self) -> Option<Inbound> {
+        loop {
+            if let Some(next) = self.pending.pop_front() {
+                return Some(next);
+            }
+            let event = self.inbox.recv().await?;
+            let translated = self.translate(event);
+            self.pending.extend(translated);
+        }
+    }
+
+    fn expire(&mut self) -> Vec<Inbound> {
+        let silent: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.last_seen.elapsed() > HEARTBEAT_TIMEOUT)
+            .map(|(name, _)| name.clone())
+            .collect();
+        silent
+            .into_iter()
+            .filter_map(|name| {
+                let w = self.workers.remove(&name)?;
+                w.close.cancel();
+                Some(Inbound::Lost {
+                    worker: name,
+                    reason: format!(
+                        "stopped heartbeating (no heartbeat for {}s); its steps go to other \
+                         workers",
+                        HEARTBEAT_TIMEOUT.as_secs()
+                    ),
+                    grace: Duration::ZERO,
+                })
+            })
+            .collect()
+    }
+
+    fn offers(&self) -> Vec<Offer> {
+        self.workers
+            .values()
+            .map(|w| Offer {
+                name: w.registration.name.clone(),
+                labels: w.registration.labels.clone(),
+                capacity: w.registration.capacity.max(1),
+                draining: w.draining,
+            })
+            .collect()
+    }
+
+    fn send(&mut self, worker: &str, order: StepOrder) -> Result<(), DispatchError> {
+        let w = self
+            .workers
+            .get(worker)
+            .ok_or_else(|| DispatchError::NotConnected(worker.to_owned()))?;
+        w.sender
+            .try_send(v1::CoordinatorMessage {
+                body: Some(v1::coordinator_message::Body::Assign(v1::Assign::from(
+                    order,
+                ))),
+            })
+            .map_err(|_| DispatchError::Unavailable(worker.to_owned()))
+    }
+
+    fn ack(&mut self, worker: &str, attempt: AttemptId) {
+        self.tell(
+            worker,
+            v1::coordinator_message::Body::ResultAck(v1::ResultAck {
+                attempt_id: attempt.0,
+            }),
+        );
+    }
+
+    fn cancel(&mut self, worker: &str, attempt: AttemptId, reason: &str) {
+        self.tell(
+            worker,
+            v1::coordinator_message::Body::Cancel(v1::Cancel {
+                attempt_id: attempt.0,
+                reason: reason.to_owned(),
+            }),
+        );
+    }
+
+    fn drain(&mut self, name: &str, reason: &str) -> bool {
         let Some(w) = self.workers.get_mut(name) else {
             return false;
         };
@@ -260,107 +324,138 @@ impl Registry {
         true
     }
 
-    /// Asks every worker to drain (finish current steps, take no new ones, exit).
-    pub fn drain_all(&mut self, reason: &str) {
+    fn drain_all(&mut self, reason: &str) {
         let names: Vec<String> = self.workers.keys().cloned().collect();
         for name in names {
             self.drain(&name, reason);
         }
     }
 
-    /// The workers for the live view: (registration, local, draining, running attempts,
-    /// last heartbeat, connected since).
-    pub fn views(&self) -> impl Iterator<Item = WorkerSnapshot<'_>> {
-        self.workers.values().map(|w| WorkerSnapshot {
-            conn: w.conn,
-            registration: &w.registration,
-            local: w.local,
-            draining: w.draining,
-            running: &w.running,
-            last_heartbeat_ms: w.last_heartbeat_ms,
-            connected_since_ms: w.connected_since_ms,
-        })
+    fn workers(&self) -> Vec<WorkerView> {
+        self.workers
+            .values()
+            .map(|w| WorkerView {
+                name: w.registration.name.clone(),
+                worker_id: format!("{}#{}", w.registration.name, w.conn),
+                capacity: w.registration.capacity.max(1),
+                labels: w.registration.labels.clone().into_iter().collect(),
+                version: w.registration.version.clone(),
+                last_heartbeat_ms: w.last_heartbeat_ms,
+                connected_since_ms: w.connected_since_ms,
+                draining: w.draining,
+                local: w.local,
+                attempts: Vec::new(),
+            })
+            .collect()
     }
-}
 
-/// One worker as [`Registry::views`] shows it.
-#[derive(Debug)]
-pub struct WorkerSnapshot<'a> {
-    pub conn: u64,
-    pub registration: &'a v1::Registration,
-    pub local: bool,
-    pub draining: bool,
-    pub running: &'a BTreeSet<AttemptId>,
-    pub last_heartbeat_ms: u64,
-    pub connected_since_ms: u64,
+    fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn joined(name: &str, conn: u64, capacity: u32, labels: &[(&str, &str)]) -> Joined {
-        let (sender, _rx) = mpsc::channel(8);
-        Joined {
+    fn joined(name: &str, conn: u64) -> (Joined, mpsc::Receiver<v1::CoordinatorMessage>) {
+        let (sender, rx) = mpsc::channel(8);
+        let joined = Joined {
             conn,
             registration: v1::Registration {
                 name: name.into(),
-                capacity,
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
+                capacity: 2,
                 ..Default::default()
             },
-            held: Vec::new(),
+            held: vec![v1::HeldAttempt {
+                attempt_id: 7,
+                phase: AttemptPhase::Reporting.into(),
+                ..Default::default()
+            }],
             local: false,
             sender,
             close: CancellationToken::new(),
-        }
+        };
+        (joined, rx)
     }
 
-    #[test]
-    fn pick_respects_labels_and_capacity() {
-        let mut r = Registry::default();
-        r.join(&joined("cpu", 1, 2, &[("os", "linux")]), 0);
-        r.join(&joined("gpu", 2, 1, &[("os", "linux"), ("gpu", "a100")]), 0);
-        let gpu = BTreeMap::from([("gpu".to_owned(), "a100".to_owned())]);
-        assert_eq!(r.pick(&gpu, |_| 0).as_deref(), Some("gpu"));
-        assert_eq!(r.pick(&gpu, |n| usize::from(n == "gpu")), None);
-        assert_eq!(r.pick(&BTreeMap::new(), |_| 0).as_deref(), Some("cpu"));
-        let tpu = BTreeMap::from([("tpu".to_owned(), "v5".to_owned())]);
-        assert!(!r.any_matches(&tpu));
-        assert!(r.any_matches(&gpu));
+    fn registry() -> (Registry, mpsc::Sender<WorkerEvent>) {
+        let (tx, rx) = mpsc::channel(8);
+        (Registry::new(rx, Clock::start()), tx)
     }
 
-    #[test]
-    fn a_replaced_connection_is_closed_and_its_gone_event_ignored() {
-        let mut r = Registry::default();
-        let first = joined("w", 1, 1, &[]);
-        r.join(&first, 0);
-        r.hold("w", AttemptId(7));
-        let held = r.join(&joined("w", 2, 1, &[]), 0);
-        assert!(first.close.is_cancelled());
-        assert_eq!(held, BTreeSet::from([AttemptId(7)]));
-        assert!(r.leave("w", 1).is_none(), "stale connection");
-        assert!(r.is_current("w", 2));
-        assert!(r.leave("w", 2).is_some());
+    #[tokio::test]
+    async fn a_replaced_connection_is_closed_and_its_gone_event_ignored() {
+        let (mut r, tx) = registry();
+        let (first, _rx1) = joined("w", 1);
+        let close = first.close.clone();
+        tx.send(WorkerEvent::Joined(Box::new(first))).await.unwrap();
+        let (second, _rx2) = joined("w", 2);
+        tx.send(WorkerEvent::Joined(Box::new(second)))
+            .await
+            .unwrap();
+        tx.send(WorkerEvent::Gone {
+            worker: "w".into(),
+            conn: 1,
+        })
+        .await
+        .unwrap();
+        tx.send(WorkerEvent::Gone {
+            worker: "w".into(),
+            conn: 2,
+        })
+        .await
+        .unwrap();
+        let held = vec![Held {
+            attempt: AttemptId(7),
+            reporting: true,
+        }];
+        let first_join = Inbound::Joined {
+            worker: "w".into(),
+            capacity: 2,
+            held: held.clone(),
+        };
+        assert_eq!(r.next().await, Some(first_join.clone()));
+        assert_eq!(r.next().await, Some(first_join));
+        assert!(close.is_cancelled(), "the replaced connection is closed");
+        // The stale Gone of connection 1 is skipped; connection 2's is reported.
+        assert!(
+            matches!(r.next().await, Some(Inbound::Lost { grace, .. }) if grace == RECONNECT_GRACE)
+        );
         assert!(r.is_empty());
     }
 
-    #[test]
-    fn silent_workers_expire_with_their_attempts() {
-        let mut r = Registry::default();
-        let w = joined("w", 1, 1, &[]);
-        r.join(&w, 0);
-        r.hold("w", AttemptId(3));
-        assert!(r.expire(Duration::from_secs(60)).is_empty());
-        std::thread::sleep(Duration::from_millis(20));
-        let expired = r.expire(Duration::from_millis(10));
-        assert_eq!(
-            expired,
-            vec![("w".to_owned(), BTreeSet::from([AttemptId(3)]))]
+    #[tokio::test]
+    async fn orders_reach_their_worker_as_assign_messages_and_a_gone_worker_refuses_them() {
+        let (mut r, tx) = registry();
+        let (j, mut rx) = joined("w", 1);
+        tx.send(WorkerEvent::Joined(Box::new(j))).await.unwrap();
+        r.next().await;
+        assert_eq!(r.offers().len(), 1);
+        let order = crate::ports::dispatcher::contract::order(AttemptId(3));
+        r.send("w", order).unwrap();
+        let got = rx.recv().await.unwrap();
+        assert!(
+            matches!(got.body, Some(v1::coordinator_message::Body::Assign(a)) if a.attempt_id == 3)
         );
-        assert!(w.close.is_cancelled());
+        let order = crate::ports::dispatcher::contract::order(AttemptId(4));
+        assert_eq!(
+            r.send("nobody", order),
+            Err(DispatchError::NotConnected("nobody".into()))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_workers_expire_with_no_grace() {
+        let (mut r, tx) = registry();
+        let (w, _rx) = joined("w", 1);
+        let close = w.close.clone();
+        tx.send(WorkerEvent::Joined(Box::new(w))).await.unwrap();
+        r.next().await;
+        assert!(r.expire().is_empty());
+        tokio::time::advance(HEARTBEAT_TIMEOUT + Duration::from_millis(10)).await;
+        let expired = r.expire();
+        assert!(matches!(&expired[..], [Inbound::Lost { grace, .. }] if grace.is_zero()));
+        assert!(close.is_cancelled());
     }
 }

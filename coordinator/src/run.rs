@@ -26,6 +26,7 @@ use crate::adapters::git_store::GitStore;
 use crate::adapters::github::{GitHubConfig, GitHubForge};
 use crate::compose::{CacheDir, ProjectLoadError, compose_project};
 use crate::control::{Command, LeaderView, Live};
+use crate::dispatch::Registry;
 use crate::forge_driver;
 use crate::grpc::{self, Admission, Farewell, Route, relay};
 use crate::lock::CoordinatorLock;
@@ -615,7 +616,9 @@ where
         attach_local(&mut workers, options, leading.clone(), term_stop.clone());
     }
     drop(leading);
-    let outcome = match Reconciler::new(ctx, store, specs, lander, compose, inbox, links).await {
+    let dispatcher = Registry::new(inbox, ctx.clock);
+    let outcome = match Reconciler::new(ctx, store, specs, lander, compose, dispatcher, links).await
+    {
         Ok(reconciler) => reconciler
             .run(shutdown.clone())
             .await

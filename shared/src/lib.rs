@@ -17,6 +17,10 @@
 //! - [`retry`]: the one backoff policy for transient failures, kept in task state.
 //! - [`state`]: the reconcile state as values and the changes a write batch holds.
 //! - [`duration`]: durations in messages (`144ms`, `1.5s`, `2m 30s`).
+//! - [`reconcile`]: the reconcile loop's decisions, `Core::on(input, now) -> effects`.
+//! - [`specs`]: spec versions, scan results and the view of which gaps are open.
+//! - [`step`]: a step's order and report between coordinator and worker, in domain form.
+//! - [`landing`]: landing requests and outcomes as the core sees them.
 
 pub mod base;
 pub mod compose;
@@ -26,11 +30,15 @@ pub mod duration;
 pub mod event;
 pub mod gaps;
 pub mod intake;
+pub mod landing;
 pub mod model;
 pub mod origin;
 pub mod pipeline;
 pub mod project;
 pub mod prompt;
+pub mod reconcile;
 pub mod result_file;
 pub mod retry;
+pub mod specs;
 pub mod state;
+pub mod step;

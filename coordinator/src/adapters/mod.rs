@@ -9,8 +9,8 @@
 //!   repository itself.
 //! - [`local_election`]: the `Election` of a single host: leader at once.
 //! - [`memory_store`]: a `StateStore` in a map, for tests of the reconcile loop.
-//! - [`memory_specs`] and [`memory_lander`]: a `SpecSource` and a `Lander` in memory, so
-//!   tests drive the reconcile loop without git (test builds and the `testing` feature only).
+//! - [`memory_specs`], [`memory_lander`] and [`memory_dispatcher`]: a `SpecSource`, a `Lander`
+//!   and a `Dispatcher` in memory, so tests drive the reconcile loop without git or streams (test builds and the `testing` feature only).
 
 pub mod etcd_election;
 pub mod etcd_store;
@@ -18,6 +18,8 @@ pub mod git;
 pub mod git_store;
 pub mod github;
 pub mod local_election;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory_dispatcher;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory_lander;
 #[cfg(any(test, feature = "testing"))]

@@ -10,47 +10,8 @@
 //!
 //! Calls block (git work, possibly a push over the network); call them from a blocking context.
 
-use hyperloop_shared::config::MergeStrategy;
-use std::fmt;
-
-use hyperloop_shared::model::{SpecRef, TaskId};
-
 use crate::ports::spec_source::CommitId;
-
-/// The work a landing carries: a task's, or the process-improver's overlay changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkRef {
-    Task(TaskId),
-    ProcessImprovement,
-}
-
-impl fmt::Display for WorkRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WorkRef::Task(id) => id.fmt(f),
-            WorkRef::ProcessImprovement => f.write_str("process-improvement"),
-        }
-    }
-}
-
-/// What to land.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LandRequest {
-    /// What the work is for; its `Task-Ref:` trailer value.
-    pub task: WorkRef,
-    /// The landing commit's subject (first line only is used).
-    pub title: String,
-    /// The spec the work serves (its `Spec-Ref:` trailer); `None` for process improvements.
-    pub spec_ref: Option<SpecRef>,
-    /// The task branch, e.g. `hyperloop/task-007`.
-    pub branch: String,
-    /// The commit the pipeline verified. When set, exactly this commit is landed even if the
-    /// branch moved since; when `None`, the branch tip.
-    pub head: Option<CommitId>,
-    pub strategy: MergeStrategy,
-    /// Delete the task branch (locally and on `origin`) once landed.
-    pub delete_branch: bool,
-}
+pub use hyperloop_shared::landing::{LandRequest, WorkRef};
 
 /// Why the work counts as already landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

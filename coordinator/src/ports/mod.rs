@@ -2,6 +2,7 @@
 //! Adapters live under `crate::adapters`; every port has a contract test suite that all
 //! its adapters pass.
 
+pub mod dispatcher;
 pub mod election;
 pub mod forge;
 pub mod lander;

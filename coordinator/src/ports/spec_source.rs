@@ -11,103 +11,10 @@
 //!
 //! Calls are blocking (local object-database reads); call them from a blocking context.
 
-use std::fmt;
-
 use hyperloop_shared::model::{SpecPath, SpecRef};
-use serde::{Deserialize, Serialize};
-
-/// A git object id in hex: the version of one spec's text.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct BlobId(pub String);
-
-/// A git commit id in hex.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CommitId(pub String);
-
-impl fmt::Display for BlobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Display for CommitId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Where a scan stopped: the cursor handed back to the next [`SpecSource::changes`] call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpecVersion {
-    /// The base-branch commit that was scanned (what new tasks pin in their `spec_ref`).
-    pub commit: CommitId,
-    /// The id of the specs directory's tree at that commit; `None` when it does not exist.
-    /// Equal ids mean equal contents, which is what makes the unchanged check O(1).
-    pub tree: Option<String>,
-}
-
-/// One spec that appeared, changed or disappeared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SpecChange {
-    Added {
-        path: SpecPath,
-        blob: BlobId,
-    },
-    Modified {
-        path: SpecPath,
-        old: BlobId,
-        new: BlobId,
-    },
-    Deleted {
-        path: SpecPath,
-        old: BlobId,
-    },
-}
-
-impl SpecChange {
-    pub fn path(&self) -> &SpecPath {
-        match self {
-            SpecChange::Added { path, .. }
-            | SpecChange::Modified { path, .. }
-            | SpecChange::Deleted { path, .. } => path,
-        }
-    }
-}
-
-/// A tree entry that looks like a spec but cannot be one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkippedSpec {
-    /// The path as stored, lossily decoded for display.
-    pub path: String,
-    pub reason: String,
-}
-
-impl fmt::Display for SkippedSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} is not used as a spec: {}", self.path, self.reason)
-    }
-}
-
-/// The result of a scan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecChanges {
-    /// Pass this as `since` next time.
-    pub version: SpecVersion,
-    /// Sorted by path. With `since = None`, every spec as [`SpecChange::Added`].
-    pub changes: Vec<SpecChange>,
-    /// Entries introduced by this change set that were skipped (reported once, when they
-    /// appear; a full scan reports all of them).
-    pub skipped: Vec<SkippedSpec>,
-}
-
-impl SpecChanges {
-    /// Nothing about the specs changed (the commit may still have moved).
-    pub fn is_unchanged(&self) -> bool {
-        self.changes.is_empty() && self.skipped.is_empty()
-    }
-}
+pub use hyperloop_shared::specs::{
+    BlobId, CommitId, SkippedSpec, SpecChange, SpecChanges, SpecVersion,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecSourceError {

@@ -9,23 +9,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::compose::ProjectLoadError;
-use hyperloop_shared::config::NotificationKind;
-use hyperloop_shared::event::EventKind;
-use hyperloop_shared::model::{Review, Task, TaskId, TaskStatus, Verdict};
-use hyperloop_shared::pipeline::{ActionKind, ActionOutcome, GateCheck, GateKind, Next, Outcome};
-use hyperloop_shared::project::Project;
+use hyperloop_shared::config::{Config, NotificationKind};
+use hyperloop_shared::model::{Task, TaskId};
+use hyperloop_shared::pipeline::{ActionKind, GateKind, Next};
+use hyperloop_shared::reconcile::{Core, ForgeAsk, ForgeNews};
 use tokio::sync::mpsc;
 
-use super::Reconciler;
 use crate::forge_driver::{ActionResult, ForgeReply, ForgeRequest, Notice};
 use crate::ports::forge::{
-    CommentMarker, GateStatus, MergeRequest, PrNumber, PrRequest, PrSnapshot, task_labels,
+    CommentMarker, GateStatus, MergeRequest, PrNumber, PrRequest, task_labels,
 };
-use crate::ports::lander::Lander;
-use crate::ports::spec_source::SpecSource;
-use crate::ports::state_store::Change;
-use crate::ports::state_store::StateStore;
 
 /// The loop's side of GitHub mode.
 pub struct GitHub {
@@ -108,33 +101,35 @@ fn pr_of(task: &Task) -> Option<PrNumber> {
     task.pr.as_deref()?.parse().ok().map(PrNumber)
 }
 
-impl<S, P, L, C> Reconciler<S, P, L, C>
-where
-    S: StateStore,
-    P: SpecSource,
-    L: Lander,
-    C: Fn() -> Result<Project, ProjectLoadError>,
-{
-    /// After a task's first pushed work: its draft pull request.
-    pub(super) fn github_after_push(&mut self, task: &Task) {
-        if task.pr.is_some() || task.branch.is_none() {
+impl GitHub {
+    /// Carries out what the core asks about a task, paced per task.
+    pub(super) fn ask(&mut self, ask: &ForgeAsk, core: &Core) {
+        let (ForgeAsk::Pushed(id) | ForgeAsk::Advance(id) | ForgeAsk::Failed(id)) = *ask;
+        let Some(task) = core.state().tasks.get(&id) else {
             return;
-        }
-        let request = self.pr_request(task);
-        if let Some(gh) = self.github.as_mut()
-            && gh.due(task.id)
-        {
-            gh.send(ForgeRequest::EnsurePr {
-                task: task.id,
-                request,
-            });
+        };
+        match ask {
+            ForgeAsk::Pushed(_) => self.ensure_pr(task, core),
+            ForgeAsk::Advance(_) => self.advance(task, core),
+            ForgeAsk::Failed(_) => self.failed(task, core),
         }
     }
 
-    fn pr_request(&self, task: &Task) -> PrRequest {
-        let base = self.ctx.config.target.base_branch.clone();
+    /// After a task's first pushed work: its draft pull request.
+    fn ensure_pr(&mut self, task: &Task, core: &Core) {
+        if task.pr.is_some() || task.branch.is_none() || !self.due(task.id) {
+            return;
+        }
+        let request = self.pr_request(task, &core.settings().config);
+        self.send(ForgeRequest::EnsurePr {
+            task: task.id,
+            request,
+        });
+    }
+
+    fn pr_request(&self, task: &Task, config: &Config) -> PrRequest {
         let spec = &task.spec_ref;
-        let spec_link = match self.github.as_ref().and_then(|g| g.web_url.as_deref()) {
+        let spec_link = match self.web_url.as_deref() {
             Some(web) => format!(
                 "[`{}`]({web}/blob/{}/{})",
                 spec.path, spec.commit, spec.path
@@ -143,7 +138,7 @@ where
         };
         PrRequest {
             head: task.branch.clone().unwrap_or_default(),
-            base,
+            base: config.target.base_branch.clone(),
             title: format!("{} ({})", task.title, task.id),
             body: format!(
                 "hyperloop task **{}**: {}\n\nSpec: {spec_link} at `{}`\n\nThis pull request \
@@ -156,88 +151,77 @@ where
         }
     }
 
-    /// ADVANCE in GitHub mode for one task waiting at a gate or an action. Returns whether a
-    /// request went out.
-    pub(super) fn github_advance(&mut self, task: &Task, next: &Next) -> bool {
-        let Some(gh) = self.github.as_ref() else {
-            return false;
-        };
-        if !gh.due(task.id) {
-            return false;
+    /// A task waiting at a gate or an action: ask GitHub where the gate stands, or do the
+    /// action.
+    fn advance(&mut self, task: &Task, core: &Core) {
+        if !self.due(task.id) {
+            return;
         }
         let Some(pr) = pr_of(task) else {
             // No pull request yet (its creation failed or is pending): make one first.
-            self.github_after_push(task);
-            return true;
+            self.ensure_pr(task, core);
+            return;
         };
-        let poll = self.ctx.config.poll_interval;
+        let config = &core.settings().config;
+        let process = &core.project().process;
+        let next = task
+            .position
+            .as_ref()
+            .and_then(|p| process.pipeline.next_at(p).ok());
         let request = match next {
-            Next::WaitAtGate { gate, .. } => {
-                let gates = &self.project.process.gates;
-                let Some(def) = gates.get(gate) else {
-                    return false;
+            Some(Next::WaitAtGate { gate, .. }) => {
+                let Some(def) = process.gates.get(&gate) else {
+                    return;
                 };
                 if def.kind == GateKind::Manual {
-                    return false; // only `hyperloopctl approve` clears it
+                    return; // only `hyperloopctl approve` clears it
                 }
-                let marker = CommentMarker::new(task.id, "gate", gate, u64::from(task.round));
-                let notice = (!gh.notified.contains(marker.as_str())).then(|| Notice {
-                    body: self.comments().then(|| gate_notice(gate, &def.kind, task)),
+                let marker = CommentMarker::new(task.id, "gate", &gate, u64::from(task.round));
+                let notice = (!self.notified.contains(marker.as_str())).then(|| Notice {
+                    body: comments(config).then(|| gate_notice(&gate, &def.kind, task)),
                     marker,
                     reviewers: def.reviewers.clone(),
                 });
                 ForgeRequest::Gate {
                     task: task.id,
                     pr,
-                    gate: gate.clone(),
-                    gates: Arc::new(gates.clone()),
+                    gate,
+                    gates: Arc::new(process.gates.clone()),
                     notice,
                 }
             }
-            Next::RunAction { action, .. } => match self.project.process.actions.get(action) {
+            Some(Next::RunAction { action, .. }) => match process.actions.get(&action) {
                 Some(ActionKind::MarkPrReady) => ForgeRequest::MarkReady { task: task.id, pr },
                 Some(ActionKind::PrMerge) => ForgeRequest::Merge {
                     task: task.id,
                     pr,
                     request: MergeRequest {
-                        strategy: self.ctx.config.merge.strategy,
+                        strategy: config.merge.strategy,
                         title: format!("{} ({})", task.title, task.id),
                         message: format!("Spec-Ref: {}\nTask-Ref: {}", task.spec_ref, task.id),
                         expected_head: None,
                     },
-                    auto: self.ctx.config.merge.auto_merge,
-                    delete_branch: self
-                        .ctx
-                        .config
+                    auto: config.merge.auto_merge,
+                    delete_branch: config
                         .merge
                         .delete_branch
                         .then(|| task.branch.clone())
                         .flatten(),
                 },
-                None => return false,
+                None => return,
             },
-            _ => return false,
+            _ => return,
         };
-        let gh = self.github.as_mut().expect("checked above");
-        gh.send(request);
-        gh.wait(task.id, poll);
-        true
-    }
-
-    /// Whether humans are told things in pull request comments (`notifications.type`).
-    fn comments(&self) -> bool {
-        self.ctx.config.notifications.kind == NotificationKind::GithubComment
+        self.send(request);
+        self.wait(task.id, config.poll_interval);
     }
 
     /// A task that failed tells its pull request why (once per failure).
-    pub(super) fn github_failed(&mut self, task: &Task) {
-        if !self.comments() {
+    fn failed(&mut self, task: &Task, core: &Core) {
+        if !comments(&core.settings().config) {
             return;
         }
         let Some(pr) = pr_of(task) else { return };
-        let Some(gh) = self.github.as_mut() else {
-            return;
-        };
         let marker = CommentMarker::new(task.id, "error", "task", u64::from(task.round));
         let body = format!(
             "hyperloop: {} failed: {}\n\nThe gap goes back to the PM with this history; a \
@@ -245,7 +229,7 @@ where
             task.id,
             task.failure.as_deref().unwrap_or("no reason recorded")
         );
-        let _ = gh.requests.try_send(ForgeRequest::Notify {
+        let _ = self.requests.try_send(ForgeRequest::Notify {
             task: task.id,
             pr,
             marker,
@@ -253,183 +237,83 @@ where
         });
     }
 
-    pub(super) fn github_reply(&mut self, reply: ForgeReply) {
-        self.wake = true;
+    /// What a reply means to the core, after the pacing bookkeeping; `None` when it means
+    /// nothing yet (still waiting, a transient failure being backed off).
+    pub(super) fn news(&mut self, reply: ForgeReply, core: &Core) -> Option<ForgeNews> {
         let id = reply.task();
-        if let Some(gh) = self.github.as_mut() {
-            gh.busy.remove(&id);
-            if !matches!(reply, ForgeReply::Failed { .. }) {
-                gh.failures.remove(&id);
-            }
+        self.busy.remove(&id);
+        if !matches!(reply, ForgeReply::Failed { .. }) {
+            self.failures.remove(&id);
         }
-        let Some(task) = self.state.tasks.get(&id).cloned() else {
-            return;
-        };
+        let round = core.state().tasks.get(&id)?.round;
         match reply {
-            ForgeReply::Pr { pr, opened, .. } => {
-                let mut task = task;
-                task.pr = Some(pr.number.0.to_string());
-                if opened {
-                    self.event(
-                        Some(id),
-                        EventKind::PrCreated {
-                            number: pr.number.0,
-                            url: pr.url.clone(),
-                        },
-                    );
-                }
-                self.put_task(task);
-            }
+            ForgeReply::Pr { pr, opened, .. } => Some(ForgeNews::Pr {
+                task: id,
+                number: pr.number.0,
+                url: pr.url,
+                opened,
+            }),
             ForgeReply::Gate {
                 gate,
                 status,
                 notified,
                 ..
             } => {
-                if notified && let Some(gh) = self.github.as_mut() {
-                    let marker = CommentMarker::new(id, "gate", &gate, u64::from(task.round));
-                    gh.notified.insert(marker.as_str().to_owned());
-                }
-                if !at_gate(&self.project, &task, &gate) {
-                    return; // moved on meanwhile (approved by an operator, cancelled)
+                if notified {
+                    let marker = CommentMarker::new(id, "gate", &gate, u64::from(round));
+                    self.notified.insert(marker.as_str().to_owned());
                 }
                 match status {
-                    GateStatus::Cleared => {
-                        self.event(
-                            Some(id),
-                            EventKind::GateCleared {
-                                gate,
-                                by: "github".to_owned(),
-                            },
-                        );
-                        self.apply_outcome(task, Outcome::Gate(GateCheck::Cleared));
-                    }
-                    GateStatus::Waiting { .. } => {}
-                    GateStatus::Failed { findings } => {
-                        self.add_review(Review {
-                            task_id: id,
-                            round: task.round,
-                            role: format!("gate:{gate}"),
-                            verdict: Verdict::Fail,
-                            detail: findings.join("\n"),
-                        });
-                        self.apply_outcome(task, Outcome::Gate(GateCheck::Failed));
-                    }
+                    GateStatus::Cleared => Some(ForgeNews::GateCleared { task: id, gate }),
+                    GateStatus::Waiting { .. } => None,
+                    GateStatus::Failed { findings } => Some(ForgeNews::GateFailed {
+                        task: id,
+                        gate,
+                        findings,
+                    }),
                 }
             }
             ForgeReply::Action { result, .. } => match result {
-                ActionResult::Done => self.github_landed(task, None),
+                ActionResult::Done => Some(ForgeNews::ActionDone { task: id }),
                 ActionResult::Retry(why) => {
                     tracing::info!(task = %id, %why, "GitHub action not done yet");
+                    None
                 }
-                ActionResult::Conflict => {
-                    let branch = task.branch.clone().unwrap_or_default();
-                    let action = current_action(&self.project, &task).unwrap_or_default();
-                    self.conflicted(task, &action, &branch, Vec::new());
-                }
+                ActionResult::Conflict => Some(ForgeNews::ActionConflict { task: id }),
             },
-            ForgeReply::MergedByHuman { pr, .. } => self.github_landed(task, Some(pr)),
-            ForgeReply::Closed { finding, .. } => self.github_closed(task, finding),
-            ForgeReply::Notified { .. } => {}
+            ForgeReply::MergedByHuman { pr, .. } => Some(ForgeNews::MergedByHuman {
+                task: id,
+                branch: pr.head_ref,
+                into: pr.base_ref,
+                commit: pr.merge_commit_sha.unwrap_or_default(),
+            }),
+            ForgeReply::Closed { finding, .. } => Some(ForgeNews::Closed { task: id, finding }),
+            ForgeReply::Notified { .. } => None,
             ForgeReply::Failed { error, .. } => {
                 if error.is_transient() {
-                    let Some(gh) = self.github.as_mut() else {
-                        return;
-                    };
-                    let n = gh.failures.entry(id).or_insert(0);
+                    let n = self.failures.entry(id).or_insert(0);
                     *n += 1;
                     let backoff = error
                         .retry_after()
                         .unwrap_or_else(|| hyperloop_shared::retry::delay(*n));
                     tracing::warn!(task = %id, error = %error, retry_in_s = backoff.as_secs(), "GitHub call failed; this task waits");
-                    gh.wait(id, backoff);
+                    self.wait(id, backoff);
+                    None
                 } else {
                     tracing::warn!(task = %id, error = %error, "GitHub refused; the step counts as failed");
-                    self.add_review(Review {
-                        task_id: id,
-                        round: task.round,
-                        role: "coordinator".to_owned(),
-                        verdict: Verdict::Fail,
-                        detail: error.to_string(),
-                    });
-                    if current_action(&self.project, &task).is_some() {
-                        self.apply_outcome(task, Outcome::Action(ActionOutcome::Error));
-                    }
+                    Some(ForgeNews::Refused {
+                        task: id,
+                        error: error.to_string(),
+                    })
                 }
             }
         }
     }
-
-    /// The pull request is merged (by us or by a human): the action at hand succeeds, and a
-    /// task still at a gate is done waiting too.
-    fn github_landed(&mut self, task: Task, pr: Option<PrSnapshot>) {
-        let id = task.id;
-        if self.state.meta.rebase_attempts.remove(&id).is_some() {
-            let meta = self.state.meta.clone();
-            self.record(Change::PutMeta(meta));
-        }
-        let next = task
-            .position
-            .as_ref()
-            .and_then(|p| self.project.process.pipeline.next_at(p).ok());
-        let outcome = match next {
-            Some(Next::RunAction { .. }) => Outcome::Action(ActionOutcome::Success),
-            Some(Next::WaitAtGate { .. }) => Outcome::Gate(GateCheck::Cleared),
-            _ => return,
-        };
-        if let Some(pr) = pr {
-            self.event(
-                Some(id),
-                EventKind::Merged {
-                    branch: pr.head_ref.clone(),
-                    into: pr.base_ref.clone(),
-                    commit: pr.merge_commit_sha.clone().unwrap_or_default(),
-                    strategy: "by a human".to_owned(),
-                },
-            );
-        }
-        self.apply_outcome(task, outcome);
-    }
-
-    /// A human closed the pull request: what they said becomes the finding, the task fails,
-    /// and the gap goes back to intake with it.
-    fn github_closed(&mut self, mut task: Task, finding: String) {
-        let id = task.id;
-        self.add_review(Review {
-            task_id: id,
-            round: task.round,
-            role: "human".to_owned(),
-            verdict: Verdict::Fail,
-            detail: finding,
-        });
-        let reason = "its pull request was closed without merging".to_owned();
-        task.status = TaskStatus::Failed;
-        task.position = None;
-        task.failure = Some(reason.clone());
-        self.event(Some(id), EventKind::TaskFailed { reason });
-        self.task_failed(id);
-        self.github_failed(&task);
-        self.put_task(task);
-        self.fail_dependents(id);
-    }
 }
 
-fn at_gate(project: &Project, task: &Task, gate: &str) -> bool {
-    matches!(
-        task.position.as_ref().and_then(|p| project.process.pipeline.next_at(p).ok()),
-        Some(Next::WaitAtGate { gate: g, .. }) if g == gate
-    )
-}
-
-fn current_action(project: &Project, task: &Task) -> Option<String> {
-    match task
-        .position
-        .as_ref()
-        .and_then(|p| project.process.pipeline.next_at(p).ok())
-    {
-        Some(Next::RunAction { action, .. }) => Some(action),
-        _ => None,
-    }
+/// Whether humans are told things in pull request comments (`notifications.type`).
+fn comments(config: &Config) -> bool {
+    config.notifications.kind == NotificationKind::GithubComment
 }
 
 /// What a human reads on the pull request when a task reaches a gate.

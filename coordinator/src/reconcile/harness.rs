@@ -24,7 +24,7 @@ use crate::adapters::memory_specs::MemorySpecSource;
 use crate::adapters::memory_store::MemoryStore;
 use crate::compose::ProjectLoadError;
 use crate::control::{Command, CommandError};
-use crate::dispatch::{Joined, WorkerEvent};
+use crate::dispatch::{Joined, Registry, WorkerEvent};
 use crate::ports::notifier::Recorder;
 use crate::ports::state_store::StateStore;
 
@@ -79,13 +79,14 @@ impl CoordinatorHarness {
             term: 1,
             clock: Clock::start(),
         };
+        let dispatcher = Registry::new(rx, ctx.clock);
         let reconciler = Reconciler::new(
             ctx,
             store.clone(),
             source.clone(),
             lander.clone(),
             base_project,
-            rx,
+            dispatcher,
             links,
         )
         .await

@@ -6,13 +6,13 @@
 //! so a finished step's result is stored before any landing it leads to can begin; a crash
 //! mid-merge re-lands (idempotently) instead of re-running the step.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use hyperloop_shared::model::TaskId;
+use hyperloop_shared::landing::Landed;
 use tokio::sync::mpsc;
 
-use crate::ports::lander::{LandError, LandOutcome, LandRequest, Lander, WorkRef};
+use crate::ports::lander::{LandError, LandOutcome, LandRequest, Lander};
 
 /// Replies in flight: one git operation runs at a time, so one slot would do; a few more
 /// let a reply from a finished operation never wait on the loop.
@@ -46,10 +46,6 @@ pub(super) struct GitWork<L> {
     lander: Arc<L>,
     queue: VecDeque<GitOp>,
     running: bool,
-    /// Tasks with a landing queued or running: ADVANCE leaves them alone.
-    landing: BTreeSet<TaskId>,
-    /// Landings queued or running, the process-improver's included.
-    lands: usize,
     /// A sync is queued or running: at most one at a time.
     syncing: bool,
     tx: mpsc::Sender<GitReply>,
@@ -63,8 +59,6 @@ impl<L: Lander> GitWork<L> {
             lander: Arc::new(lander),
             queue: VecDeque::new(),
             running: false,
-            landing: BTreeSet::new(),
-            lands: 0,
             syncing: false,
             tx,
             rx,
@@ -72,27 +66,13 @@ impl<L: Lander> GitWork<L> {
     }
 
     pub(super) fn queue(&mut self, op: GitOp) {
-        match &op {
-            GitOp::Land { request, .. } => {
-                self.lands += 1;
-                if let WorkRef::Task(id) = request.task {
-                    self.landing.insert(id);
-                }
+        if let GitOp::Sync = op {
+            if self.syncing {
+                return;
             }
-            GitOp::Sync if self.syncing => return,
-            GitOp::Sync => self.syncing = true,
+            self.syncing = true;
         }
         self.queue.push_back(op);
-    }
-
-    /// Whether a landing for `task` is queued or running.
-    pub(super) fn is_landing(&self, task: TaskId) -> bool {
-        self.landing.contains(&task)
-    }
-
-    /// Whether any landing is queued or running (syncs do not count: they decide nothing).
-    pub(super) fn busy(&self) -> bool {
-        self.lands > 0
     }
 
     /// Starts the next queued operation if none is running. Call after the state write.
@@ -124,14 +104,8 @@ impl<L: Lander> GitWork<L> {
         match self.rx.recv().await {
             Some(reply) => {
                 self.running = false;
-                match &reply {
-                    GitReply::Landed { request, .. } => {
-                        self.lands -= 1;
-                        if let WorkRef::Task(id) = request.task {
-                            self.landing.remove(&id);
-                        }
-                    }
-                    GitReply::Synced(_) => self.syncing = false,
+                if let GitReply::Synced(_) = reply {
+                    self.syncing = false;
                 }
                 reply
             }
@@ -149,5 +123,24 @@ fn perform<L: Lander>(lander: &L, op: GitOp) -> GitReply {
             action,
         },
         GitOp::Sync => GitReply::Synced(lander.sync()),
+    }
+}
+
+/// A landing's outcome in the core's terms.
+pub(super) fn landed(outcome: Result<LandOutcome, LandError>) -> Landed {
+    match outcome {
+        Ok(LandOutcome::Landed(landing) | LandOutcome::AlreadyLanded { landing, .. }) => {
+            Landed::Done {
+                commit: landing.commit,
+            }
+        }
+        Ok(LandOutcome::Conflict { files }) => Landed::Conflict { files },
+        Ok(LandOutcome::Deferred { reason }) => Landed::RetryLater { reason },
+        Err(e) if e.is_transient() => Landed::RetryLater {
+            reason: e.to_string(),
+        },
+        Err(e) => Landed::Failed {
+            reason: e.to_string(),
+        },
     }
 }

@@ -1,0 +1,69 @@
+//! A step as it travels between the coordinator and a worker, in domain form: the order a
+//! worker is given and the report it sends back. The wire messages (`Assign`, `StepResult`)
+//! convert to and from these in the `proto` crate, so nothing past the coordinator's
+//! transport sees a protobuf type.
+
+use std::time::Duration;
+
+use crate::config::AgentProgram;
+use crate::model::{AttemptId, Proposal, SpecRef, Verdict};
+
+/// One step for one worker: everything it needs to run the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOrder {
+    pub attempt: AttemptId,
+    /// The task id, or `intake` / `process-improvement` for runs that are not task steps.
+    pub subject: String,
+    /// The step's position in the pipeline (empty for jobs).
+    pub step: String,
+    pub role: String,
+    pub round: u32,
+    /// The composed prompt, given to the agent on stdin.
+    pub prompt: String,
+    pub spec_ref: Option<SpecRef>,
+    /// Where the worker's mirror fetches from.
+    pub repo_url: String,
+    pub base_branch: String,
+    /// The base-branch commit the work starts from.
+    pub base_commit: String,
+    pub branch: String,
+    pub runtime: RuntimeSettings,
+    /// Wall-clock deadline (ms since the epoch) after which the attempt is given up.
+    pub deadline_ms: u64,
+}
+
+/// How the worker runs the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeSettings {
+    pub program: AgentProgram,
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub timeout: Duration,
+    pub budget_usd: Option<f64>,
+    /// Extra worker-host variables the agent may see.
+    pub env_passthrough: Vec<String>,
+}
+
+/// What a worker reports when a step ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    pub attempt: AttemptId,
+    pub subject: String,
+    pub step: String,
+    /// An unusable report (no verdict) arrives as a failure that says so.
+    pub verdict: Verdict,
+    pub detail: String,
+    /// The branch the worker pushed, when it pushed one.
+    pub branch: Option<String>,
+    /// The branch tip after the step, when the step produced commits.
+    pub head_commit: Option<String>,
+    pub duration: Duration,
+    /// The PM's proposals (intake only).
+    pub proposals: Vec<Proposal>,
+}
+
+impl StepReport {
+    pub fn duration_ms(&self) -> u64 {
+        u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX)
+    }
+}
