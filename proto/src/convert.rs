@@ -340,6 +340,83 @@ impl TryFrom<v1::Task> for Task {
     }
 }
 
+impl From<hyperloop_shared::step::StepOrder> for v1::Assign {
+    fn from(order: hyperloop_shared::step::StepOrder) -> Self {
+        use hyperloop_shared::config::AgentProgram;
+        let runtime = order.runtime;
+        let (kind, command) = match runtime.program {
+            AgentProgram::Claude => (v1::RuntimeKind::Claude, Vec::new()),
+            AgentProgram::Command(argv) => (v1::RuntimeKind::Command, argv),
+        };
+        let deadline = std::time::UNIX_EPOCH + std::time::Duration::from_millis(order.deadline_ms);
+        v1::Assign {
+            attempt_id: order.attempt.0,
+            task_id: order.subject,
+            step_path: order.step,
+            role: order.role,
+            round: order.round,
+            prompt: order.prompt,
+            spec_ref: order.spec_ref.map(v1::SpecRef::from),
+            repo_url: order.repo_url,
+            base_branch: order.base_branch,
+            base_commit: order.base_commit,
+            branch: order.branch,
+            runtime: Some(v1::RuntimeSettings {
+                kind: kind.into(),
+                command,
+                model: runtime.model.unwrap_or_default(),
+                max_turns: runtime.max_turns,
+                timeout: Some(duration_to_wire(runtime.timeout)),
+                budget_usd: runtime.budget_usd,
+                env_passthrough: runtime.env_passthrough,
+                extra_env: Default::default(),
+            }),
+            deadline: Some(prost_types::Timestamp::from(deadline)),
+            trace_context: Default::default(),
+        }
+    }
+}
+
+/// A worker's report never fails to convert: what cannot be read (no verdict, an unknown
+/// verdict, a malformed proposal) becomes a failed step whose detail says so, because the
+/// attempt must still end and be acknowledged.
+impl From<v1::StepResult> for hyperloop_shared::step::StepReport {
+    fn from(result: v1::StepResult) -> Self {
+        let (verdict, detail) = match result.result {
+            Some(r) => match parse_verdict("result.verdict", r.verdict) {
+                Ok(v) => (v, r.detail),
+                Err(e) => (
+                    Verdict::Fail,
+                    format!("the worker sent an unusable result: {e}"),
+                ),
+            },
+            None => (
+                Verdict::Fail,
+                "the worker sent a result without a verdict".to_owned(),
+            ),
+        };
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        hyperloop_shared::step::StepReport {
+            attempt: hyperloop_shared::model::AttemptId(result.attempt_id),
+            subject: result.task_id,
+            step: result.step_path,
+            verdict,
+            detail,
+            branch: nonempty(result.branch),
+            head_commit: nonempty(result.head_commit),
+            duration: result
+                .duration
+                .and_then(|d| std::time::Duration::try_from(d).ok())
+                .unwrap_or_default(),
+            proposals: result
+                .proposals
+                .into_iter()
+                .filter_map(|p| Proposal::try_from(p).ok())
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,82 +783,5 @@ mod tests {
             deps: vec![],
         };
         assert_eq!(Proposal::try_from(p).unwrap().key, None);
-    }
-}
-
-impl From<hyperloop_shared::step::StepOrder> for v1::Assign {
-    fn from(order: hyperloop_shared::step::StepOrder) -> Self {
-        use hyperloop_shared::config::AgentProgram;
-        let runtime = order.runtime;
-        let (kind, command) = match runtime.program {
-            AgentProgram::Claude => (v1::RuntimeKind::Claude, Vec::new()),
-            AgentProgram::Command(argv) => (v1::RuntimeKind::Command, argv),
-        };
-        let deadline = std::time::UNIX_EPOCH + std::time::Duration::from_millis(order.deadline_ms);
-        v1::Assign {
-            attempt_id: order.attempt.0,
-            task_id: order.subject,
-            step_path: order.step,
-            role: order.role,
-            round: order.round,
-            prompt: order.prompt,
-            spec_ref: order.spec_ref.map(v1::SpecRef::from),
-            repo_url: order.repo_url,
-            base_branch: order.base_branch,
-            base_commit: order.base_commit,
-            branch: order.branch,
-            runtime: Some(v1::RuntimeSettings {
-                kind: kind.into(),
-                command,
-                model: runtime.model.unwrap_or_default(),
-                max_turns: runtime.max_turns,
-                timeout: Some(duration_to_wire(runtime.timeout)),
-                budget_usd: runtime.budget_usd,
-                env_passthrough: runtime.env_passthrough,
-                extra_env: Default::default(),
-            }),
-            deadline: Some(prost_types::Timestamp::from(deadline)),
-            trace_context: Default::default(),
-        }
-    }
-}
-
-/// A worker's report never fails to convert: what cannot be read (no verdict, an unknown
-/// verdict, a malformed proposal) becomes a failed step whose detail says so, because the
-/// attempt must still end and be acknowledged.
-impl From<v1::StepResult> for hyperloop_shared::step::StepReport {
-    fn from(result: v1::StepResult) -> Self {
-        let (verdict, detail) = match result.result {
-            Some(r) => match parse_verdict("result.verdict", r.verdict) {
-                Ok(v) => (v, r.detail),
-                Err(e) => (
-                    Verdict::Fail,
-                    format!("the worker sent an unusable result: {e}"),
-                ),
-            },
-            None => (
-                Verdict::Fail,
-                "the worker sent a result without a verdict".to_owned(),
-            ),
-        };
-        let nonempty = |s: String| (!s.is_empty()).then_some(s);
-        hyperloop_shared::step::StepReport {
-            attempt: hyperloop_shared::model::AttemptId(result.attempt_id),
-            subject: result.task_id,
-            step: result.step_path,
-            verdict,
-            detail,
-            branch: nonempty(result.branch),
-            head_commit: nonempty(result.head_commit),
-            duration: result
-                .duration
-                .and_then(|d| std::time::Duration::try_from(d).ok())
-                .unwrap_or_default(),
-            proposals: result
-                .proposals
-                .into_iter()
-                .filter_map(|p| Proposal::try_from(p).ok())
-                .collect(),
-        }
     }
 }

@@ -109,13 +109,13 @@ impl Project {
     }
 }
 
+/// The embedded base alone, for tests of what runs on it.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use std::path::{Path, PathBuf};
 
-    use super::*;
     use crate::compose::{
-        EntryKind, FileSource, RemoteRef, SourceError, WithEmbeddedBase, compose,
+        Composition, EntryKind, FileSource, RemoteRef, SourceError, WithEmbeddedBase, compose,
     };
 
     /// A source with nothing but the embedded base.
@@ -139,10 +139,20 @@ mod tests {
         }
     }
 
-    fn base() -> Composition {
+    pub(crate) fn base() -> Composition {
         let source = WithEmbeddedBase::new(Nothing);
         compose(&source, &source.base_dir()).expect("the embedded base composes")
     }
+
+    pub(crate) fn base_project() -> super::Project {
+        super::Project::from_composition(&base()).expect("the embedded base is a project")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::base;
+    use super::*;
 
     #[test]
     fn the_embedded_base_is_a_valid_project() {

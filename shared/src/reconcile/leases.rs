@@ -242,14 +242,17 @@ impl Core {
             return;
         };
         match outcome {
-            Ok(bytes) => self.event(
-                l.task,
-                EventKind::PromptComposed {
-                    role: l.role,
-                    round: l.round,
-                    bytes,
-                },
-            ),
+            Ok(bytes) => {
+                let event = self.event_at(
+                    l.task,
+                    EventKind::PromptComposed {
+                        role: l.role,
+                        round: l.round,
+                        bytes,
+                    },
+                );
+                self.deferred.push(event);
+            }
             Err(reason) => {
                 self.event(
                     l.task,

@@ -382,6 +382,9 @@ pub struct Core {
     improvement_findings: Vec<FailedResult>,
     /// Changes not yet handed out in a [`Effect::Persist`].
     changes: Vec<Change>,
+    /// Journal entries that need no write of their own (a prompt's size): they go out with
+    /// the next batch that is written anyway.
+    deferred: Vec<Change>,
     /// Effects that must wait for the next persist (acknowledgements, landings).
     after_persist: Vec<Effect>,
     /// Consecutive failed intake runs, and when the next may start.
@@ -423,6 +426,7 @@ impl Core {
             improvements_landing: false,
             improvement_findings: Vec::new(),
             changes: Vec::new(),
+            deferred: Vec::new(),
             after_persist: Vec::new(),
             intake_failures: 0,
             intake_not_before: None,
@@ -597,7 +601,9 @@ impl Core {
     fn flush(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
         if !self.changes.is_empty() {
-            effects.push(Effect::Persist(std::mem::take(&mut self.changes)));
+            let mut batch = std::mem::take(&mut self.changes);
+            batch.append(&mut self.deferred);
+            effects.push(Effect::Persist(batch));
         }
         effects.append(&mut self.after_persist);
         effects
@@ -763,11 +769,16 @@ impl Core {
     }
 
     fn event(&mut self, task: Option<TaskId>, kind: EventKind) {
-        self.record(Change::AppendEvent(Event {
+        let event = self.event_at(task, kind);
+        self.record(event);
+    }
+
+    fn event_at(&self, task: Option<TaskId>, kind: EventKind) -> Change {
+        Change::AppendEvent(Event {
             seq: 0,
             at_ms: self.now,
             task,
             kind,
-        }));
+        })
     }
 }

@@ -1,1 +1,466 @@
+//! The loop's behaviours as unit tests of the pure core: inputs in, effects out, no clock,
+//! no I/O. `check` runs a script of (input, expected effects) steps; effects are compared in a
+//! short text form so a script reads like the loop's log.
 
+use super::*;
+use crate::model::{Proposal, SpecPath};
+use crate::project::fixtures::base_project;
+use crate::specs::{CommitId, SpecChange, SpecVersion};
+
+const W1: &str = "w1";
+const W2: &str = "w2";
+
+fn settings(mode: Mode) -> Settings {
+    Settings {
+        config: Config::default(),
+        mode,
+        distributed: false,
+        coordinator_id: "test".to_owned(),
+        term: 1,
+        forge: false,
+        takeover_grace_ms: 6_000,
+    }
+}
+
+fn path(name: &str) -> SpecPath {
+    SpecPath::parse(&format!("specs/{name}.md")).expect("a valid spec path")
+}
+
+/// A scan of the base branch at commit `c{n}` holding `specs` (name, blob).
+fn scan(n: u32, changes: Vec<SpecChange>) -> SpecChanges {
+    SpecChanges {
+        version: SpecVersion {
+            commit: CommitId(format!("c{n}")),
+            tree: Some(format!("t{n}")),
+        },
+        changes,
+        skipped: Vec::new(),
+    }
+}
+
+fn added(name: &str) -> SpecChange {
+    SpecChange::Added {
+        path: path(name),
+        blob: BlobId(format!("{name}-1")),
+    }
+}
+
+fn start(mode: Mode, specs: &[&str]) -> Core {
+    let changes = scan(1, specs.iter().map(|s| added(s)).collect());
+    let (core, effects) = Core::start(settings(mode), base_project(), State::default(), changes, 0);
+    assert_eq!(summary(&effects), ["persist"], "start journals itself");
+    core
+}
+
+fn offer(name: &str, capacity: u32) -> Offer {
+    Offer {
+        name: name.to_owned(),
+        labels: HashMap::new(),
+        capacity,
+        draining: false,
+    }
+}
+
+fn tick(workers: &[&str]) -> Input {
+    Input::Tick(Tick {
+        workers: workers.iter().map(|w| offer(w, 1)).collect(),
+        forge_busy: false,
+    })
+}
+
+fn report(attempt: u64, subject: &str, verdict: Verdict) -> StepReport {
+    StepReport {
+        attempt: AttemptId(attempt),
+        subject: subject.to_owned(),
+        step: String::new(),
+        verdict,
+        detail: format!("{verdict:?} by test"),
+        branch: (subject.starts_with("task")).then(|| format!("hyperloop/{subject}")),
+        head_commit: Some("abc".to_owned()),
+        duration: std::time::Duration::from_millis(144),
+        proposals: Vec::new(),
+    }
+}
+
+fn result(worker: &str, report: StepReport) -> Input {
+    Input::Result {
+        worker: worker.to_owned(),
+        report,
+    }
+}
+
+fn intake_result(attempt: u64, specs: &[&str]) -> Input {
+    let mut r = report(attempt, "intake", Verdict::Pass);
+    r.proposals = specs
+        .iter()
+        .map(|s| Proposal {
+            key: None,
+            title: format!("Build {s}"),
+            spec: path(s).to_string(),
+            deps: Vec::new(),
+        })
+        .collect();
+    result(W1, r)
+}
+
+/// Effects in a short text form: `persist`, `dispatch pm #1 -> w1`, `ack #1`, ...
+fn summary(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .map(|e| match e {
+            Effect::Persist(_) => "persist".to_owned(),
+            Effect::Ack { attempt, .. } => format!("ack #{}", attempt.0),
+            Effect::Cancel { attempt, .. } => format!("cancel #{}", attempt.0),
+            Effect::Dispatch(o) => {
+                format!(
+                    "dispatch {} #{} -> {}",
+                    o.work.role(),
+                    o.attempt.0,
+                    o.worker
+                )
+            }
+            Effect::Forget { attempt, .. } => format!("forget #{}", attempt.0),
+            Effect::Land { request, .. } => format!("land {}", request.task),
+            Effect::Forge(ask) => format!("forge {ask:?}"),
+            Effect::Recompose => "recompose".to_owned(),
+            Effect::Answer(Ok(_)) => "answer ok".to_owned(),
+            Effect::Answer(Err(e)) => format!("answer error: {e}"),
+            Effect::WakeAt(at) => format!("wake at {at}"),
+            Effect::Halt(h) => format!("halt {h:?}"),
+        })
+        .collect()
+}
+
+/// Feeds each input at its time and compares the effects with the expected summary.
+fn check(core: &mut Core, script: Vec<(u64, Input, &[&str])>) {
+    for (i, (now, input, expected)) in script.into_iter().enumerate() {
+        let label = format!("step {i} at {now}: {input:?}");
+        let got = summary(&core.on(input, now));
+        assert_eq!(got, expected, "{label}");
+    }
+}
+
+/// The journaled event names in a batch of effects.
+fn events(effects: &[Effect]) -> Vec<&'static str> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist(changes) => Some(changes),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|c| match c {
+            Change::AppendEvent(e) => Some(e.kind.name()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_spec_goes_through_intake_implementation_verification_and_landing_then_run_converges() {
+    let mut core = start(Mode::Run, &["a"]);
+    check(
+        &mut core,
+        vec![
+            // The assignment is stored before the order goes out.
+            (1, tick(&[W1]), &["persist", "dispatch pm #1 -> w1"]),
+            (
+                2,
+                Input::Dispatched {
+                    attempt: AttemptId(1),
+                    outcome: Ok(10),
+                },
+                &[],
+            ),
+            (3, intake_result(1, &["a"]), &[]),
+            // The result's consequences are stored before it is acknowledged.
+            (
+                4,
+                tick(&[W1]),
+                &[
+                    "persist",
+                    "ack #1",
+                    "forget #1",
+                    "dispatch implementer #2 -> w1",
+                ],
+            ),
+            (5, result(W1, report(2, "task-001", Verdict::Pass)), &[]),
+            (
+                6,
+                tick(&[W1]),
+                &[
+                    "persist",
+                    "ack #2",
+                    "forget #2",
+                    "dispatch verifier #3 -> w1",
+                ],
+            ),
+            (7, result(W1, report(3, "task-001", Verdict::Pass)), &[]),
+            // The landing starts only after the verdict that leads to it is stored.
+            (
+                8,
+                tick(&[W1]),
+                &["persist", "ack #3", "forget #3", "land task-001"],
+            ),
+        ],
+    );
+    let request = LandRequest {
+        task: crate::landing::WorkRef::Task(TaskId(1)),
+        title: String::new(),
+        spec_ref: None,
+        branch: "hyperloop/task-001".to_owned(),
+        head: None,
+        strategy: crate::config::MergeStrategy::Squash,
+        delete_branch: true,
+    };
+    let done = Landed::Done {
+        commit: CommitId("m1".to_owned()),
+    };
+    check(
+        &mut core,
+        vec![
+            (
+                9,
+                Input::Landed {
+                    request,
+                    action: "merge-pr".to_owned(),
+                    outcome: done,
+                },
+                &[],
+            ),
+            (
+                10,
+                tick(&[W1]),
+                &["persist", "halt Converged { complete: 1, failed: 0 }"],
+            ),
+        ],
+    );
+    assert_eq!(core.state().tasks[&TaskId(1)].status, TaskStatus::Complete);
+}
+
+#[test]
+fn a_cycle_with_nothing_new_writes_nothing_and_sends_nothing() {
+    let mut core = start(Mode::Watch, &[]);
+    check(
+        &mut core,
+        vec![
+            (1, tick(&[W1]), &[]),
+            (2, tick(&[W1]), &[]),
+            (3, tick(&[W1]), &[]),
+        ],
+    );
+}
+
+#[test]
+fn an_order_that_could_not_be_prepared_or_sent_is_journaled_and_planned_again() {
+    let mut core = start(Mode::Run, &["a"]);
+    check(
+        &mut core,
+        vec![
+            (1, tick(&[W1]), &["persist", "dispatch pm #1 -> w1"]),
+            (
+                2,
+                Input::Dispatched {
+                    attempt: AttemptId(1),
+                    outcome: Err("queue full".to_owned()),
+                },
+                &[],
+            ),
+        ],
+    );
+    let effects = core.on(tick(&[W1]), 3);
+    assert_eq!(
+        summary(&effects),
+        ["persist", "forget #1", "dispatch pm #2 -> w1"]
+    );
+    assert!(
+        events(&effects).contains(&"spawn_failed"),
+        "the failed dispatch is in the journal"
+    );
+}
+
+#[test]
+fn a_lost_worker_keeps_its_step_for_the_grace_period_then_another_worker_takes_it() {
+    let mut core = start(Mode::Run, &["a"]);
+    core.on(tick(&[W1]), 1);
+    let lost = Input::WorkerLost {
+        worker: W1.to_owned(),
+        reason: "connection closed".to_owned(),
+        grace_ms: 2_000,
+    };
+    check(
+        &mut core,
+        vec![
+            (10, lost, &[]),
+            // Before the grace runs out the step stays put, and the core says when to look.
+            (11, tick(&[W2]), &["persist", "wake at 2010"]),
+            (
+                2_010,
+                tick(&[W2]),
+                &["persist", "forget #1", "dispatch pm #2 -> w2"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_worker_that_comes_back_in_time_keeps_its_step_and_a_stale_one_is_cancelled() {
+    let mut core = start(Mode::Run, &["a"]);
+    core.on(tick(&[W1]), 1);
+    core.on(
+        Input::WorkerLost {
+            worker: W1.to_owned(),
+            reason: "connection closed".to_owned(),
+            grace_ms: 2_000,
+        },
+        10,
+    );
+    let back = Input::WorkerJoined {
+        worker: W1.to_owned(),
+        capacity: 1,
+        held: vec![
+            Held {
+                attempt: AttemptId(1),
+                reporting: false,
+            },
+            Held {
+                attempt: AttemptId(99),
+                reporting: false,
+            },
+        ],
+    };
+    check(
+        &mut core,
+        vec![
+            (100, back, &["cancel #99"]),
+            // Its slot is taken by the reclaimed step: nothing new goes out.
+            (5_000, tick(&[W1]), &["persist"]),
+        ],
+    );
+    assert!(core.leases()[&AttemptId(1)].orphaned_until.is_none());
+}
+
+#[test]
+fn an_operator_cancel_is_answered_only_after_it_is_stored_and_stops_the_running_step() {
+    let mut core = start(Mode::Run, &["a"]);
+    core.on(tick(&[W1]), 1);
+    core.on(intake_result(1, &["a"]), 2);
+    core.on(tick(&[W1]), 3); // task-001's implementer is #2 on w1
+    let cancel = Input::Command(Op::Cancel {
+        task: TaskId(1),
+        reason: "not wanted".to_owned(),
+    });
+    check(
+        &mut core,
+        vec![
+            (
+                4,
+                cancel,
+                &["persist", "cancel #2", "forget #2", "answer ok"],
+            ),
+            (
+                5,
+                Input::Command(Op::Cancel {
+                    task: TaskId(1),
+                    reason: String::new(),
+                }),
+                &["answer error: task-001 is already failed; there is nothing to cancel"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_landing_that_must_wait_is_retried_at_the_time_kept_in_the_task() {
+    let mut core = start(Mode::Run, &["a"]);
+    core.on(tick(&[W1]), 1);
+    core.on(intake_result(1, &["a"]), 2);
+    core.on(tick(&[W1]), 3);
+    core.on(result(W1, report(2, "task-001", Verdict::Pass)), 4);
+    core.on(tick(&[W1]), 5);
+    core.on(result(W1, report(3, "task-001", Verdict::Pass)), 6);
+    let effects = core.on(tick(&[W1]), 7);
+    let Some(Effect::Land { request, action }) = effects
+        .into_iter()
+        .find(|e| matches!(e, Effect::Land { .. }))
+    else {
+        panic!("a landing");
+    };
+    let busy = Landed::RetryLater {
+        reason: "the checkout has uncommitted changes".to_owned(),
+    };
+    check(
+        &mut core,
+        vec![
+            (
+                8,
+                Input::Landed {
+                    request: request.clone(),
+                    action: action.clone(),
+                    outcome: busy,
+                },
+                &[],
+            ),
+            // The first retry waits retry::delay(1) = 1 s, stored with the task.
+            (9, tick(&[W1]), &["persist", "wake at 1008"]),
+            (500, tick(&[W1]), &["wake at 1008"]),
+            (1_008, tick(&[W1]), &["persist", "land task-001"]),
+        ],
+    );
+    let retry = core.state().tasks[&TaskId(1)]
+        .retry
+        .clone()
+        .expect("kept in the task");
+    assert_eq!(retry.failures, 1);
+}
+
+#[test]
+fn every_result_is_acknowledged_even_one_for_an_attempt_that_is_no_longer_current() {
+    let mut core = start(Mode::Run, &["a"]);
+    core.on(tick(&[W1]), 1);
+    let effects = {
+        core.on(result(W2, report(42, "task-009", Verdict::Pass)), 2);
+        core.on(tick(&[]), 3)
+    };
+    assert_eq!(summary(&effects), ["persist", "ack #42", "forget #42"]);
+    assert_eq!(events(&effects), ["orphan_found"]);
+}
+
+#[test]
+fn run_halts_after_max_cycles_without_progress_but_watch_never_does() {
+    for (mode, halts) in [(Mode::Run, true), (Mode::Watch, false)] {
+        let mut core = start(mode, &["a"]);
+        core.settings.config.max_cycles = 3;
+        // A PM that keeps being declined: work every cycle, never progress.
+        let mut halted = false;
+        for n in 1..=10u64 {
+            let effects = core.on(tick(&[W1]), n * 10);
+            halted |= effects
+                .iter()
+                .any(|e| matches!(e, Effect::Halt(Halt::MaxCycles(3))));
+            core.on(
+                Input::Declined {
+                    worker: W1.to_owned(),
+                    attempt: AttemptId(n),
+                },
+                n * 10 + 1,
+            );
+        }
+        assert_eq!(halted, halts, "{mode:?}");
+    }
+}
+
+#[test]
+fn a_shutdown_cancels_running_steps_so_they_resume_on_restart() {
+    let mut core = start(Mode::Run, &["a"]);
+    core.on(tick(&[W1]), 1);
+    core.on(intake_result(1, &["a"]), 2);
+    core.on(tick(&[W1]), 3);
+    let effects = core.on(Input::Stop(Halt::Shutdown), 4);
+    assert_eq!(summary(&effects), ["cancel #2", "persist"]);
+    assert_eq!(events(&effects), ["coordinator_halted"]);
+    assert!(
+        core.state().assignments.contains_key(&TaskId(1)),
+        "the assignment stays, to be reclaimed or redone after the restart"
+    );
+}
