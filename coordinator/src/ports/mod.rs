@@ -4,6 +4,7 @@
 
 pub mod election;
 pub mod forge;
+pub mod gate;
 pub mod lander;
 pub mod notifier;
 pub mod spec_source;
