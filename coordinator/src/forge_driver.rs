@@ -14,10 +14,12 @@ use hyperloop_shared::model::TaskId;
 use hyperloop_shared::pipeline::GateDef;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::adapters::forge_gates::ForgeGates;
 use crate::ports::forge::{
     CommentMarker, Forge, ForgeError, GateStatus, MergeOutcome, MergeRequest, NEEDS_APPROVAL_LABEL,
     PrNumber, PrRequest, PrSnapshot, PrState, UpdateOutcome, feedback_finding,
 };
+use crate::ports::gate::{GateEvaluator, GateTarget, evaluate_gate};
 
 /// GitHub calls in flight at once. GitHub asks integrations not to make many concurrent
 /// requests (secondary rate limits), and a handful keeps dozens of tasks moving.
@@ -144,9 +146,22 @@ impl ForgeReply {
     }
 }
 
-/// Serves requests until the loop drops its sender.
+/// Serves requests until the loop drops its sender, refusing `command` gates (see
+/// [`drive_with_gates`] to evaluate them).
 pub async fn drive<F: Forge + 'static>(
     forge: Arc<F>,
+    requests: mpsc::Receiver<ForgeRequest>,
+    replies: mpsc::Sender<ForgeReply>,
+) {
+    let gates = Arc::new(ForgeGates::new(forge.clone(), None));
+    drive_with_gates(forge, gates, requests, replies).await;
+}
+
+/// Serves requests until the loop drops its sender, evaluating gates with `gates` (in
+/// GitHub mode a [`ForgeGates`] over the same forge).
+pub async fn drive_with_gates<F: Forge + 'static, G: GateEvaluator>(
+    forge: Arc<F>,
+    gates: Arc<G>,
     mut requests: mpsc::Receiver<ForgeRequest>,
     replies: mpsc::Sender<ForgeReply>,
 ) {
@@ -156,10 +171,11 @@ pub async fn drive<F: Forge + 'static>(
             return;
         };
         let forge = forge.clone();
+        let gates = gates.clone();
         let replies = replies.clone();
         tokio::spawn(async move {
             let task = request.task();
-            let reply = handle(&*forge, request)
+            let reply = handle(&*forge, &*gates, request)
                 .await
                 .unwrap_or_else(|error| ForgeReply::Failed { task, error });
             drop(permit);
@@ -168,7 +184,11 @@ pub async fn drive<F: Forge + 'static>(
     }
 }
 
-async fn handle<F: Forge>(forge: &F, request: ForgeRequest) -> Result<ForgeReply, ForgeError> {
+async fn handle<F: Forge, G: GateEvaluator>(
+    forge: &F,
+    gates: &G,
+    request: ForgeRequest,
+) -> Result<ForgeReply, ForgeError> {
     match request {
         ForgeRequest::EnsurePr { task, request } => {
             let ensured = forge.ensure_pr(&request).await?;
@@ -183,7 +203,7 @@ async fn handle<F: Forge>(forge: &F, request: ForgeRequest) -> Result<ForgeReply
             task,
             pr,
             gate,
-            gates,
+            gates: defs,
             notice,
         } => {
             let snapshot = forge.pr_snapshot(pr).await?;
@@ -202,7 +222,13 @@ async fn handle<F: Forge>(forge: &F, request: ForgeRequest) -> Result<ForgeReply
                     forge.comment_once(pr, &notice.marker, body).await?;
                 }
             }
-            let status = forge.gate_status(pr, &gate, &gates).await?;
+            let target = GateTarget {
+                task,
+                branch: Some(snapshot.head_ref.clone()),
+                commit: Some(snapshot.head_sha.clone()),
+                pr: Some(pr),
+            };
+            let status = evaluate_gate(gates, &defs, &gate, &target).await?;
             if status == GateStatus::Cleared {
                 forge
                     .set_labels(pr, &[], &[NEEDS_APPROVAL_LABEL.to_owned()])

@@ -105,6 +105,11 @@ struct RunArgs {
     /// PEM CA certificates that client certificates must chain to (mutual TLS).
     #[arg(long, value_name = "FILE")]
     tls_client_ca: Option<String>,
+    /// Let `type: command` gates run their commands on this host. The process definition is
+    /// written by whoever can commit to the repository, so without this flag a process with
+    /// command gates is refused.
+    #[arg(long)]
+    allow_command_gates: bool,
 }
 
 impl RunArgs {

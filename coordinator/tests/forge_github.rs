@@ -10,11 +10,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
 use http::{HeaderMap, Method, StatusCode, Uri};
+use hyperloop_coordinator::adapters::forge_gates::ForgeGates;
 use hyperloop_coordinator::adapters::github::{GitHubConfig, GitHubForge, RetryPolicy};
 use hyperloop_coordinator::ports::forge::{
     CommentMarker, CommentOutcome, EnsuredPr, Forge, ForgeError, GateStatus, MergeOutcome,
     MergeRequest, NEEDS_APPROVAL_LABEL, PrNumber, PrRequest, PrState, task_labels,
 };
+use hyperloop_coordinator::ports::gate::{GateError, GateTarget, evaluate_gate};
 use hyperloop_shared::config::{MergeStrategy, Secret};
 use hyperloop_shared::model::{SpecPath, TaskId};
 use hyperloop_shared::pipeline::{GateDef, GateKind};
@@ -584,10 +586,24 @@ fn gates() -> BTreeMap<String, GateDef> {
         ),
         ("approval".to_owned(), def(GateKind::PrApproval)),
         ("ci".to_owned(), def(GateKind::CiStatus)),
+        ("human".to_owned(), def(GateKind::Manual)),
+        (
+            "e2e".to_owned(),
+            def(GateKind::Command {
+                run: vec!["make".into(), "e2e".into()],
+                timeout: Duration::from_secs(60),
+            }),
+        ),
         (
             "everything".to_owned(),
             def(GateKind::All {
                 require: vec!["lgtm".into(), "approval".into(), "ci".into()],
+            }),
+        ),
+        (
+            "reviewed".to_owned(),
+            def(GateKind::All {
+                require: vec!["lgtm".into(), "human".into()],
             }),
         ),
     ])
@@ -648,22 +664,58 @@ async fn gates_read_labels_fresh_approvals_and_ci() {
     })
     .await;
     let gates = gates();
-    let pr = PrNumber(7);
-    assert_eq!(
-        forge.gate_status(pr, "lgtm", &gates).await.unwrap(),
-        GateStatus::Cleared
-    );
-    assert_eq!(
-        forge.gate_status(pr, "approval", &gates).await.unwrap(),
-        GateStatus::Cleared
-    );
-    match forge.gate_status(pr, "everything", &gates).await.unwrap() {
+    let evaluator = ForgeGates::new(Arc::new(forge), None);
+    let target = GateTarget {
+        task: TaskId(7),
+        branch: Some("hyperloop/task-007".to_owned()),
+        commit: Some(HEAD.to_owned()),
+        pr: Some(PrNumber(7)),
+    };
+    let status = |gate: &'static str| evaluate_gate(&evaluator, &gates, gate, &target);
+    assert_eq!(status("lgtm").await, Ok(GateStatus::Cleared));
+    assert_eq!(status("approval").await, Ok(GateStatus::Cleared));
+    match status("everything").await.unwrap() {
         GateStatus::Failed { findings } => {
             assert_eq!(findings.len(), 1, "{findings:?}");
             assert!(findings[0].contains("ci/lint") && findings[0].contains("2 lint errors"));
         }
         other => panic!("{other:?}"),
     }
+    assert_eq!(
+        status("reviewed").await,
+        Ok(GateStatus::Waiting {
+            reasons: vec![
+                "gate `human` waits for a human: run `hyperloopctl approve task-007` to let it \
+                 pass"
+                    .to_owned()
+            ]
+        })
+    );
+    // Without the operator's --allow-command-gates there is nothing to run them with.
+    let refused = status("e2e").await.unwrap_err();
+    assert_eq!(
+        refused,
+        GateError::CommandGatesRefused {
+            gate: "e2e".to_owned(),
+            command: "make e2e".to_owned()
+        }
+    );
+    assert!(
+        refused.to_string().contains("--allow-command-gates"),
+        "{refused}"
+    );
+    let no_pr = GateTarget {
+        pr: None,
+        ..target.clone()
+    };
+    let missing = evaluate_gate(&evaluator, &gates, "lgtm", &no_pr)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, GateError::NoPullRequest { .. }),
+        "{missing:?}"
+    );
+    assert!(!missing.is_transient());
 }
 
 #[tokio::test]

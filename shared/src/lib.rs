@@ -6,6 +6,7 @@
 //! - [`pipeline`]: the `kind: Process` DSL, its validation and the pure step executor.
 //! - [`intake`]: accepting the PM's proposals as tasks.
 //! - [`gaps`]: which spec gaps are open, and when a failing spec is given up.
+//! - [`gates`]: where a gate stands, the leaves of an `all` gate, and consent to command gates.
 //! - [`event`]: the typed domain events the journal keeps.
 //! - [`decide`]: which tasks to dispatch now, given capacity and dependencies.
 //! - [`compose`]: kustomize-semantics resolution of `kind: Agent` / `kind: Process` resources.
@@ -29,6 +30,7 @@ pub mod decide;
 pub mod duration;
 pub mod event;
 pub mod gaps;
+pub mod gates;
 pub mod intake;
 pub mod landing;
 pub mod model;

@@ -13,14 +13,13 @@
 //!   slows only the task that needed the forge.
 //! - The token is never logged, never part of an error message.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
 use hyperloop_shared::config::MergeStrategy;
+pub use hyperloop_shared::gates::GateStatus;
 use hyperloop_shared::model::{SpecPath, TaskId};
-use hyperloop_shared::pipeline::{GateDef, GateKind};
 
 /// A pull request number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -158,19 +157,15 @@ impl EnsuredPr {
     }
 }
 
-/// Where a gate stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GateStatus {
-    Cleared,
-    /// Not yet; what is missing, for humans.
-    Waiting {
-        reasons: Vec<String>,
-    },
-    /// It will not clear as things are (e.g. a failing CI check): the step fails with these
-    /// findings.
-    Failed {
-        findings: Vec<String>,
-    },
+/// A gate the forge decides from a pull request ([`Forge::pr_gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrGate<'a> {
+    /// The pull request carries this label.
+    Label(&'a str),
+    /// The pull request has an approving review of its current head.
+    Approval,
+    /// The head's commit statuses and check runs are all successful.
+    Ci,
 }
 
 /// A hidden marker making a comment unique per task state entry, written into the comment as
@@ -371,8 +366,10 @@ pub enum ForgeError {
     },
     #[error("GitHub's answer to {what} was not understood: {message}")]
     Decode { what: String, message: String },
-    #[error("gate `{gate}` is not defined under gates: in the process; define it or fix the name")]
-    UndefinedGate { gate: String },
+    /// A gate that could not be evaluated for a reason of its own (an undefined gate, a
+    /// command gate's checkout): the driver's replies carry only `ForgeError`s.
+    #[error("{message}")]
+    Gate { message: String, transient: bool },
 }
 
 impl ForgeError {
@@ -383,6 +380,10 @@ impl ForgeError {
             ForgeError::RateLimited { .. }
                 | ForgeError::Unavailable { .. }
                 | ForgeError::Transport { .. }
+                | ForgeError::Gate {
+                    transient: true,
+                    ..
+                }
         )
     }
 
@@ -420,14 +421,13 @@ pub trait Forge: Send + Sync {
         remove: &[String],
     ) -> impl Future<Output = Result<Vec<String>, ForgeError>> + Send;
 
-    /// Where gate `gate` stands for the pull request. `gates` are the process's gate
-    /// definitions (an `all` gate names its children there). A `manual` gate is always
-    /// waiting here: only `hyperloopctl approve` clears it.
-    fn gate_status(
+    /// Where the leaf gate `gate` (its name, for messages) stands for the pull request as
+    /// `pr` shows it.
+    fn pr_gate(
         &self,
-        pr: PrNumber,
+        pr: &PrSnapshot,
         gate: &str,
-        gates: &BTreeMap<String, GateDef>,
+        check: PrGate<'_>,
     ) -> impl Future<Output = Result<GateStatus, ForgeError>> + Send;
 
     /// Requests reviews (`login`s, or `org/team` for teams). Already requested ones are fine.
@@ -473,34 +473,6 @@ pub trait Forge: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Feedback>, ForgeError>> + Send;
 }
 
-/// The leaf gates an `all` gate (or any gate) requires, in order, each once.
-///
-/// # Errors
-/// A name that is not defined.
-pub fn leaf_gates<'a>(
-    gate: &'a str,
-    gates: &'a BTreeMap<String, GateDef>,
-) -> Result<Vec<(&'a str, &'a GateKind)>, ForgeError> {
-    let mut out: Vec<(&str, &GateKind)> = Vec::new();
-    let mut stack = vec![gate];
-    let mut seen = std::collections::BTreeSet::new();
-    while let Some(name) = stack.pop() {
-        if !seen.insert(name) {
-            continue;
-        }
-        let def = gates.get(name).ok_or_else(|| ForgeError::UndefinedGate {
-            gate: name.to_owned(),
-        })?;
-        match &def.kind {
-            GateKind::All { require } => {
-                stack.extend(require.iter().rev().map(String::as_str));
-            }
-            kind => out.push((name, kind)),
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,38 +492,5 @@ mod tests {
         assert_eq!(labels[0], "hyperloop/task-007");
         assert!(labels[1].chars().count() <= 50, "{}", labels[1]);
         assert!(labels[1].ends_with("aaa.md"));
-    }
-
-    #[test]
-    fn all_gates_flatten_to_leaves_once() {
-        let def = |kind| GateDef {
-            kind,
-            reviewers: vec![],
-        };
-        let gates = BTreeMap::from([
-            (
-                "both".to_owned(),
-                def(GateKind::All {
-                    require: vec!["lgtm".into(), "ci".into(), "lgtm".into()],
-                }),
-            ),
-            (
-                "lgtm".to_owned(),
-                def(GateKind::Label {
-                    label: "lgtm".into(),
-                }),
-            ),
-            ("ci".to_owned(), def(GateKind::CiStatus)),
-        ]);
-        let leaves: Vec<&str> = leaf_gates("both", &gates)
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(leaves, ["lgtm", "ci"]);
-        assert!(matches!(
-            leaf_gates("nope", &gates),
-            Err(ForgeError::UndefinedGate { .. })
-        ));
     }
 }

@@ -5,6 +5,7 @@
 pub mod dispatcher;
 pub mod election;
 pub mod forge;
+pub mod gate;
 pub mod lander;
 pub mod notifier;
 pub mod spec_source;

@@ -326,6 +326,10 @@ fn gate_notice(gate: &str, kind: &GateKind, task: &Task) -> String {
         GateKind::CiStatus => "nothing: it waits for CI to pass on the current head".to_owned(),
         GateKind::All { require } => format!("clear every one of the gates {}", require.join(", ")),
         GateKind::Manual => "run `hyperloopctl approve` for it".to_owned(),
+        GateKind::Command { run, .. } => format!(
+            "nothing: it waits for `{}` to pass on the task's branch",
+            hyperloop_shared::gates::command_line(run)
+        ),
     };
     format!(
         "hyperloop: {} ({}) waits at gate `{gate}`. To let it continue, {what}.",

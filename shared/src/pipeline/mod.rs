@@ -13,13 +13,16 @@
 //! exist without being declared under `actions:`; declaring them overrides the built-in.
 //! Gates are never implicit, but every gate, whatever its type, can be cleared by a human with
 //! `hyperloopctl approve <task>`; type `manual` is a gate that only that clears, which is what
-//! a local (GitHub-less) setup uses for human sign-off.
+//! a local (GitHub-less) setup uses for human sign-off. Type `command` runs a program on a
+//! checkout of the task's work, on the coordinator's host (only when its operator allows it:
+//! [`crate::gates::refuse_command_gates`]).
 
 mod exec;
 mod parse;
 mod position;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub use exec::{
     ActionOutcome, Change, FailReason, GateCheck, Limits, LoopCause, Next, Outcome, Progress,
@@ -267,6 +270,9 @@ pub struct GateDef {
 /// Default label of a `type: label` gate.
 pub const DEFAULT_GATE_LABEL: &str = "lgtm";
 
+/// Default `timeout` of a `type: command` gate.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateKind {
     /// Cleared when the task's PR carries `label` (default [`DEFAULT_GATE_LABEL`]).
@@ -279,6 +285,9 @@ pub enum GateKind {
     All { require: Vec<String> },
     /// Cleared only by `hyperloopctl approve`.
     Manual,
+    /// Cleared when `run` (program and arguments) exits 0 in a checkout of the task's head
+    /// within `timeout` (default [`DEFAULT_COMMAND_TIMEOUT`]).
+    Command { run: Vec<String>, timeout: Duration },
 }
 
 impl GateKind {
@@ -289,6 +298,7 @@ impl GateKind {
             GateKind::CiStatus => "ci-status",
             GateKind::All { .. } => "all",
             GateKind::Manual => "manual",
+            GateKind::Command { .. } => "command",
         }
     }
 }

@@ -3,14 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
 
 use super::position::{MAX_STEP_NAME_LEN, is_valid_step_name};
 use super::{
-    ActionKind, BUILTIN_ACTIONS, DEFAULT_GATE_LABEL, GateDef, GateKind, HookKind, Hooks, Pipeline,
-    Process, Step, StepKind,
+    ActionKind, BUILTIN_ACTIONS, DEFAULT_COMMAND_TIMEOUT, DEFAULT_GATE_LABEL, GateDef, GateKind,
+    HookKind, Hooks, Pipeline, Process, Step, StepKind,
 };
+use crate::config::{format_duration, parse_duration};
 
 /// The API version this crate reads.
 pub const API_VERSION: &str = "hyperloop.io/v1";
@@ -26,8 +28,19 @@ const TOP_KEYS: &[&str] = &[
     "hooks",
 ];
 const STEP_KEYS: &[&str] = &["agent", "role", "gate", "action", "loop"];
-const GATE_KEYS: &[&str] = &["type", "label", "require", "reviewers"];
-const GATE_TYPES: &[&str] = &["label", "pr-approval", "ci-status", "all", "manual"];
+const GATE_KEYS: &[&str] = &["type", "label", "require", "reviewers", "run", "timeout"];
+const GATE_TYPES: &[&str] = &[
+    "label",
+    "pr-approval",
+    "ci-status",
+    "all",
+    "manual",
+    "command",
+];
+/// `timeout` bounds of a command gate: under a second nothing can run; over a day is almost
+/// certainly a unit mistake (`30` meant as minutes).
+const COMMAND_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+const COMMAND_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
 const ACTION_KEYS: &[&str] = &["type"];
 const ACTION_TYPES: &[&str] = &["pr-merge", "mark-pr-ready"];
 const HOOK_SECTIONS: &[&str] = &["after_reap"];
@@ -185,6 +198,17 @@ pub enum ProblemKind {
         .cycle.join(" -> ")
     )]
     RequireCycle { cycle: Vec<String> },
+    #[error(
+        "a `command` gate needs `run:` as a list of strings, the program first, e.g. `run: [make, e2e]` (a shell line: `run: [sh, -c, \"make e2e && make lint\"]`)"
+    )]
+    CommandRun,
+    #[error(
+        "expected a duration from {} to {}, like 90s, 10m or 1h30m; set one or remove `timeout` for the default {}",
+        format_duration(COMMAND_TIMEOUT_MIN),
+        format_duration(COMMAND_TIMEOUT_MAX),
+        format_duration(DEFAULT_COMMAND_TIMEOUT)
+    )]
+    CommandTimeout,
 }
 
 impl Process {
@@ -669,6 +693,7 @@ fn parse_gates(v: Option<&Value>, p: &mut Problems) -> BTreeMap<String, GateDef>
             "pr-approval" => GateKind::PrApproval,
             "ci-status" => GateKind::CiStatus,
             "manual" => GateKind::Manual,
+            "command" => command_gate(def, &at, p),
             "all" => {
                 let require = match def.get("require") {
                     Some(r) => string_list(r, &join(&at, "require"), p),
@@ -690,10 +715,12 @@ fn parse_gates(v: Option<&Value>, p: &mut Problems) -> BTreeMap<String, GateDef>
                 continue;
             }
         };
-        for field in ["label", "require"] {
+        for field in ["label", "require", "run", "timeout"] {
             let applies = matches!(
                 (field, &kind),
-                ("label", GateKind::Label { .. }) | ("require", GateKind::All { .. })
+                ("label", GateKind::Label { .. })
+                    | ("require", GateKind::All { .. })
+                    | ("run" | "timeout", GateKind::Command { .. })
             );
             if def.contains_key(field) && !applies {
                 p.push(
@@ -709,6 +736,37 @@ fn parse_gates(v: Option<&Value>, p: &mut Problems) -> BTreeMap<String, GateDef>
     }
     check_all_gates(&gates, p);
     gates
+}
+
+/// A `type: command` gate's `run` and `timeout`; problems are reported and the gate is kept
+/// (the process is only used when nothing was reported).
+fn command_gate(def: &Mapping, at: &str, p: &mut Problems) -> GateKind {
+    let run: Vec<String> = def
+        .get("run")
+        .and_then(Value::as_sequence)
+        .and_then(|seq| seq.iter().map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    if run.first().is_none_or(String::is_empty) {
+        p.push(join(at, "run"), ProblemKind::CommandRun);
+    }
+    let timeout = match def.get("timeout") {
+        None => DEFAULT_COMMAND_TIMEOUT,
+        Some(v) => {
+            let parsed = match v {
+                Value::Number(n) => n.as_u64().map(Duration::from_secs),
+                Value::String(s) => parse_duration(s),
+                _ => None,
+            };
+            match parsed {
+                Some(t) if (COMMAND_TIMEOUT_MIN..=COMMAND_TIMEOUT_MAX).contains(&t) => t,
+                _ => {
+                    p.push(join(at, "timeout"), ProblemKind::CommandTimeout);
+                    DEFAULT_COMMAND_TIMEOUT
+                }
+            }
+        }
+    };
+    GateKind::Command { run, timeout }
 }
 
 /// `all` gates: every required gate exists, and no gate requires itself directly or through
@@ -954,6 +1012,10 @@ gates:
   both: {type: all, require: [ci, review]}
   local: {type: manual}
   custom: {type: label, label: ship-it}
+  e2e: {type: command, run: [make, e2e]}
+  quick: {type: command, run: [sh, -c, 'make lint && make test'], timeout: 1h30m}
+  secs: {type: command, run: [./check], timeout: 90}
+  green: {type: all, require: [ci, e2e]}
 hooks:
   after_reap:
     - type: process-improver
@@ -993,6 +1055,17 @@ hooks:
             }
         );
         assert_eq!(p.gates["local"].kind, GateKind::Manual);
+        let command = |run: &[&str], secs| GateKind::Command {
+            run: run.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: Duration::from_secs(secs),
+        };
+        assert_eq!(p.gates["e2e"].kind, command(&["make", "e2e"], 600));
+        assert_eq!(
+            p.gates["quick"].kind,
+            command(&["sh", "-c", "make lint && make test"], 5400)
+        );
+        assert_eq!(p.gates["secs"].kind, command(&["./check"], 90));
+        assert_eq!(p.gates["e2e"].kind.type_name(), "command");
         assert_eq!(p.actions["merge-pr"], ActionKind::PrMerge);
         assert_eq!(p.actions["mark-pr-ready"], ActionKind::MarkPrReady);
         assert_eq!(p.hooks.after_reap, vec![HookKind::ProcessImprover]);
@@ -1123,13 +1196,13 @@ hooks:
             (
                 "gates: {g: {type: lable}}",
                 &[
-                    "gates.g.type: unknown gate type `lable`; did you mean `label`? use one of: label, pr-approval, ci-status, all, manual",
+                    "gates.g.type: unknown gate type `lable`; did you mean `label`? use one of: label, pr-approval, ci-status, all, manual, command",
                 ],
             ),
             (
                 "gates: {g: {label: x}}",
                 &[
-                    "gates.g: missing `type`; set one of: label, pr-approval, ci-status, all, manual",
+                    "gates.g: missing `type`; set one of: label, pr-approval, ci-status, all, manual, command",
                 ],
             ),
             (
@@ -1139,7 +1212,7 @@ hooks:
             (
                 "gates: {g: {type: label, requires: [x]}}",
                 &[
-                    "gates.g.requires: unknown key `requires`; did you mean `require`? allowed keys here: type, label, require, reviewers",
+                    "gates.g.requires: unknown key `requires`; did you mean `require`? allowed keys here: type, label, require, reviewers, run, timeout",
                 ],
             ),
             (
@@ -1164,6 +1237,37 @@ hooks:
                 "gates: {a: {type: all, require: [b]}, b: {type: all, require: [c, a]}, c: {type: manual}}",
                 &[
                     "gates.a.require: `all` gates require each other in a cycle (a -> b -> a); it could never clear, so remove one requirement",
+                ],
+            ),
+            (
+                "gates: {g: {type: command}}",
+                &[
+                    "gates.g.run: a `command` gate needs `run:` as a list of strings, the program first, e.g. `run: [make, e2e]` (a shell line: `run: [sh, -c, \"make e2e && make lint\"]`)",
+                ],
+            ),
+            (
+                "gates: {g: {type: command, run: 'make e2e'}, h: {type: command, run: []}, i: {type: command, run: ['', x]}, j: {type: command, run: [make, 3]}}",
+                &[
+                    "gates.g.run: a `command` gate needs `run:` as a list of strings, the program first, e.g. `run: [make, e2e]` (a shell line: `run: [sh, -c, \"make e2e && make lint\"]`)",
+                    "gates.h.run: a `command` gate needs `run:` as a list of strings, the program first, e.g. `run: [make, e2e]` (a shell line: `run: [sh, -c, \"make e2e && make lint\"]`)",
+                    "gates.i.run: a `command` gate needs `run:` as a list of strings, the program first, e.g. `run: [make, e2e]` (a shell line: `run: [sh, -c, \"make e2e && make lint\"]`)",
+                    "gates.j.run: a `command` gate needs `run:` as a list of strings, the program first, e.g. `run: [make, e2e]` (a shell line: `run: [sh, -c, \"make e2e && make lint\"]`)",
+                ],
+            ),
+            (
+                "gates: {g: {type: command, run: [make], timeout: 10 minutes}, h: {type: command, run: [make], timeout: 0s}, i: {type: command, run: [make], timeout: 25h}}",
+                &[
+                    "gates.g.timeout: expected a duration from 1s to 24h, like 90s, 10m or 1h30m; set one or remove `timeout` for the default 10m",
+                    "gates.h.timeout: expected a duration from 1s to 24h, like 90s, 10m or 1h30m; set one or remove `timeout` for the default 10m",
+                    "gates.i.timeout: expected a duration from 1s to 24h, like 90s, 10m or 1h30m; set one or remove `timeout` for the default 10m",
+                ],
+            ),
+            (
+                "gates: {g: {type: label, run: [make], timeout: 5m}, h: {type: command, run: [make], label: x}}",
+                &[
+                    "gates.g.run: `run` does not apply to gates of type `label`; remove it",
+                    "gates.g.timeout: `timeout` does not apply to gates of type `label`; remove it",
+                    "gates.h.label: `label` does not apply to gates of type `command`; remove it",
                 ],
             ),
             (

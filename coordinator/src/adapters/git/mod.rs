@@ -1,7 +1,7 @@
 //! Git adapters: git2 for local object and ref work, the `git` CLI for remotes (credential
 //! helpers and ssh config keep working) and for updating a user's working tree.
 
-mod cli;
+pub(crate) mod cli;
 pub mod lander;
 pub mod spec_source;
 

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use ::http::{Method, StatusCode};
 use hyperloop_shared::config::{MergeStrategy, Secret};
-use hyperloop_shared::pipeline::{GateDef, GateKind};
 use octocrab::Octocrab;
 use octocrab::service::middleware::retry::RetryConfig;
 use serde_json::json;
@@ -21,8 +20,8 @@ pub use self::http::RetryPolicy;
 use self::http::{Api, enc};
 use crate::ports::forge::{
     CommentMarker, CommentOutcome, EnsuredPr, Feedback, FeedbackKind, Forge, ForgeError,
-    GateStatus, MergeOutcome, MergeRequest, MergeableState, PrNumber, PrRequest, PrSnapshot,
-    PrState, UpdateOutcome, leaf_gates,
+    GateStatus, MergeOutcome, MergeRequest, MergeableState, PrGate, PrNumber, PrRequest,
+    PrSnapshot, PrState, UpdateOutcome,
 };
 
 /// GitHub's public API.
@@ -176,32 +175,6 @@ impl GitHubForge {
                 &format!("read the reviews of pull request {pr}"),
             )
             .await
-    }
-
-    async fn leaf_status(
-        &self,
-        pr: &PrSnapshot,
-        name: &str,
-        kind: &GateKind,
-    ) -> Result<GateStatus, ForgeError> {
-        Ok(match kind {
-            GateKind::Label { label } => {
-                if pr.labels.iter().any(|l| l == label) {
-                    GateStatus::Cleared
-                } else {
-                    waiting(format!(
-                        "gate `{name}`: add the label `{label}` to pull request {} ({})",
-                        pr.number, pr.url
-                    ))
-                }
-            }
-            GateKind::PrApproval => approval_status(name, pr, &self.reviews(pr.number).await?),
-            GateKind::CiStatus => self.ci_status(name, pr).await?,
-            GateKind::Manual => waiting(format!(
-                "gate `{name}`: run `hyperloopctl approve` for the task to let it pass"
-            )),
-            GateKind::All { .. } => GateStatus::Cleared,
-        })
     }
 
     async fn ci_status(&self, name: &str, pr: &PrSnapshot) -> Result<GateStatus, ForgeError> {
@@ -509,29 +482,25 @@ impl Forge for GitHubForge {
         Ok(labels)
     }
 
-    async fn gate_status(
+    async fn pr_gate(
         &self,
-        pr: PrNumber,
+        pr: &PrSnapshot,
         gate: &str,
-        gates: &BTreeMap<String, GateDef>,
+        check: PrGate<'_>,
     ) -> Result<GateStatus, ForgeError> {
-        let leaves = leaf_gates(gate, gates)?;
-        let snap = self.pr_snapshot(pr).await?;
-        let mut reasons = Vec::new();
-        let mut findings = Vec::new();
-        for (name, kind) in leaves {
-            match self.leaf_status(&snap, name, kind).await? {
-                GateStatus::Cleared => {}
-                GateStatus::Waiting { reasons: r } => reasons.extend(r),
-                GateStatus::Failed { findings: f } => findings.extend(f),
+        Ok(match check {
+            PrGate::Label(label) => {
+                if pr.labels.iter().any(|l| l == label) {
+                    GateStatus::Cleared
+                } else {
+                    waiting(format!(
+                        "gate `{gate}`: add the label `{label}` to pull request {} ({})",
+                        pr.number, pr.url
+                    ))
+                }
             }
-        }
-        Ok(if !findings.is_empty() {
-            GateStatus::Failed { findings }
-        } else if !reasons.is_empty() {
-            GateStatus::Waiting { reasons }
-        } else {
-            GateStatus::Cleared
+            PrGate::Approval => approval_status(gate, pr, &self.reviews(pr.number).await?),
+            PrGate::Ci => self.ci_status(gate, pr).await?,
         })
     }
 
