@@ -461,4 +461,6 @@ pub enum ProjectLoadError {
     Compose(#[from] ComposeError),
     #[error(transparent)]
     Project(#[from] hyperloop_shared::project::ProjectError),
+    #[error(transparent)]
+    CommandGates(#[from] hyperloop_shared::gates::CommandGatesRefused),
 }

@@ -14,7 +14,6 @@ use hyperloop_shared::model::TaskId;
 use hyperloop_shared::pipeline::GateDef;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::adapters::forge_gates::ForgeGates;
 use crate::ports::forge::{
     CommentMarker, Forge, ForgeError, GateStatus, MergeOutcome, MergeRequest, NEEDS_APPROVAL_LABEL,
     PrNumber, PrRequest, PrSnapshot, PrState, UpdateOutcome, feedback_finding,
@@ -146,19 +145,8 @@ impl ForgeReply {
     }
 }
 
-/// Serves requests until the loop drops its sender, refusing `command` gates (see
-/// [`drive_with_gates`] to evaluate them).
-pub async fn drive<F: Forge + 'static>(
-    forge: Arc<F>,
-    requests: mpsc::Receiver<ForgeRequest>,
-    replies: mpsc::Sender<ForgeReply>,
-) {
-    let gates = Arc::new(ForgeGates::new(forge.clone(), None));
-    drive_with_gates(forge, gates, requests, replies).await;
-}
-
 /// Serves requests until the loop drops its sender, evaluating gates with `gates` (in
-/// GitHub mode a [`ForgeGates`] over the same forge).
+/// GitHub mode a [`crate::adapters::forge_gates::ForgeGates`] over the same forge).
 pub async fn drive_with_gates<F: Forge + 'static, G: GateEvaluator>(
     forge: Arc<F>,
     gates: Arc<G>,

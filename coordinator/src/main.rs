@@ -126,6 +126,7 @@ impl RunArgs {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             tls_client_ca: self.tls_client_ca.clone(),
+            allow_command_gates: self.allow_command_gates,
             ..Overrides::default()
         }
     }

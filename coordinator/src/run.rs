@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::adapters::command_gate::CommandGates;
 use crate::adapters::etcd_election::EtcdElection;
 use crate::adapters::etcd_store::EtcdStore;
 use crate::adapters::git::{GitLander, GitSpecSource};
@@ -108,7 +109,21 @@ pub async fn run(
         .and_then(|r| r.url().ok().map(str::to_owned));
     drop(repo);
     let compose = composer(root.clone(), &config);
-    compose().map_err(StartError::Composition)?;
+    let project = compose().map_err(StartError::Composition)?;
+    let has_command_gates = project
+        .process
+        .gates
+        .values()
+        .any(|g| matches!(g.kind, hyperloop_shared::pipeline::GateKind::Command { .. }));
+    if has_command_gates && !config.etcd.endpoints.is_empty() && config.target.repo.is_none() {
+        // Task branches live on origin there, not in this checkout the gate would run in.
+        return Err(StartError::Usage(
+            "command gates need GitHub mode (--repo OWNER/REPO) or a single host (no \
+             --etcd): with several coordinators and local landing the task branches are not in \
+             this checkout"
+                .to_owned(),
+        ));
+    }
     let tls = crate::tls::server_tls(&config.tls).map_err(|e| StartError::Usage(e.to_string()))?;
     let place = Place {
         git_dir,
@@ -209,7 +224,12 @@ impl Endpoint {
         })
     }
 
-    fn links(&self, deposed: CancellationToken, github: Option<GitHub>) -> Links {
+    fn links(
+        &self,
+        deposed: CancellationToken,
+        github: Option<GitHub>,
+        gates: Option<CommandGates>,
+    ) -> Links {
         Links {
             live: self.live.clone(),
             commands: self.commands.clone(),
@@ -218,6 +238,7 @@ impl Endpoint {
             github,
             // No notification channel exists yet (config refuses Matrix and OTLP until then).
             notifier: Arc::new(crate::ports::notifier::Nobody),
+            gates,
         }
     }
 
@@ -307,7 +328,14 @@ where
         .map_err(|e| StartError::Setup(e.to_string()))?;
     let lander =
         GitLander::open(&place.root, &base).map_err(|e| StartError::Setup(e.to_string()))?;
-    let links = endpoint.links(term.deposed.clone(), github_mode(&ctx.config).await?);
+    // Task branches are in this checkout (local workers push to it), so command gates can
+    // be checked out here.
+    let gates = ctx
+        .config
+        .allow_command_gates
+        .then(|| CommandGates::new(&place.root));
+    let github = github_mode(&ctx.config, &place.root).await?;
+    let links = endpoint.links(term.deposed.clone(), github, gates);
     let halt = lead(
         ctx,
         store,
@@ -433,14 +461,14 @@ where
                 break Err(StartError::Setup(e));
             }
         };
-        let github = match github_mode(&config).await {
+        let github = match github_mode(&config, &place.root).await {
             Ok(github) => github,
             Err(e) => {
                 leadership.resign().await;
                 break Err(e);
             }
         };
-        let links = endpoint.links(term.deposed.clone(), github);
+        let links = endpoint.links(term.deposed.clone(), github, None);
         let lost = leadership.lost.clone();
         let outcome = lead(
             ctx,
@@ -484,7 +512,7 @@ where
 
 /// GitHub mode (`--repo`): the forge, its access checked, and its driver started; `None`
 /// when work lands locally.
-async fn github_mode(config: &Config) -> Result<Option<GitHub>, StartError> {
+async fn github_mode(config: &Config, root: &Path) -> Result<Option<GitHub>, StartError> {
     let Some(repo) = config.target.repo.clone() else {
         return Ok(None);
     };
@@ -509,8 +537,15 @@ async fn github_mode(config: &Config) -> Result<Option<GitHub>, StartError> {
     })?;
     let (requests, requests_rx) = mpsc::channel(FORGE_QUEUE);
     let (replies_tx, replies) = mpsc::channel(FORGE_QUEUE);
-    tokio::spawn(forge_driver::drive(
-        Arc::new(forge),
+    let forge = Arc::new(forge);
+    let commands = config.allow_command_gates.then(|| CommandGates::new(root));
+    let gates = Arc::new(crate::adapters::forge_gates::ForgeGates::new(
+        forge.clone(),
+        commands,
+    ));
+    tokio::spawn(forge_driver::drive_with_gates(
+        forge,
+        gates,
         requests_rx,
         replies_tx,
     ));
@@ -640,10 +675,16 @@ fn composer(
 ) -> impl Fn() -> Result<Project, ProjectLoadError> + Clone + use<> {
     let overlay = config.overlay.clone();
     let base_ref = config.base_ref.clone();
+    let allow_command_gates = config.allow_command_gates;
     let cache = CacheDir::from_env();
     move || {
         let (composition, _) = compose_project(&root, &overlay, base_ref.as_deref(), &cache)?;
-        Ok(Project::from_composition(&composition)?)
+        let project = Project::from_composition(&composition)?;
+        // Checked on every composition: overlays an agent lands mid-run may add gates too.
+        if !allow_command_gates {
+            hyperloop_shared::gates::refuse_command_gates(&project.process)?;
+        }
+        Ok(project)
     }
 }
 

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use hyperloop_proto::v1::AttemptPhase;
 use hyperloop_shared::config::Config;
 use hyperloop_shared::event::Event;
+use hyperloop_shared::gates::GateStatus;
 use hyperloop_shared::model::{AttemptId, TaskId};
 use hyperloop_shared::project::Project;
 use hyperloop_shared::reconcile::{Answer, Core, Effect, Input, Op, Settings, Tick};
@@ -34,10 +35,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::adapters::command_gate::CommandGates;
 use crate::compose::ProjectLoadError;
 use crate::control::{AttemptView, Command, CommandError, Live, WorkerView};
 use crate::logs::LogHub;
 use crate::ports::dispatcher::{Dispatcher, Inbound};
+use crate::ports::gate::{GateTarget, evaluate_gate};
 use crate::ports::lander::Lander;
 use crate::ports::notifier::{Nobody, Notifier};
 use crate::ports::spec_source::{SpecSource, SpecSourceError};
@@ -51,6 +54,9 @@ pub use hyperloop_shared::reconcile::{Halt, MAX_INTAKE_FAILURES, Mode};
 /// How long a new leader waits for workers to reconnect and reclaim the steps they run
 /// before giving those steps to others. Above a worker's reconnect backoff cap.
 pub const TAKEOVER_GRACE: Duration = Duration::from_secs(6);
+/// Gate check answers in flight: one per task at a gate at most, and the loop reads them at
+/// once; more only makes a finished check wait less.
+const GATE_REPLIES: usize = 64;
 /// How often worker liveness and lease deadlines are checked.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
 /// How long a transient state store failure (an etcd member down, a leader election inside
@@ -114,6 +120,8 @@ pub struct Links {
     pub github: Option<GitHub>,
     /// Told about every event once it is stored.
     pub notifier: Arc<dyn Notifier>,
+    /// Runs `command` gates on this host when GitHub does not (`--allow-command-gates`).
+    pub gates: Option<CommandGates>,
 }
 
 impl Links {
@@ -128,9 +136,13 @@ impl Links {
             deposed: CancellationToken::new(),
             github: None,
             notifier: Arc::new(Nobody),
+            gates: None,
         }
     }
 }
+
+/// A finished gate check: the task, the gate, and where it stands.
+type GateReply = (TaskId, String, Result<GateStatus, String>);
 
 /// What the live view shows of a running attempt beyond its lease.
 #[derive(Debug, Clone, Copy, Default)]
@@ -165,6 +177,9 @@ pub struct Reconciler<S, P, L, C, D> {
     deposed: CancellationToken,
     github: Option<GitHub>,
     notifier: Arc<dyn Notifier>,
+    /// Gate checks run off the loop, answering on a channel.
+    gates: Option<Arc<CommandGates>>,
+    gate_replies: (mpsc::Sender<GateReply>, mpsc::Receiver<GateReply>),
     /// The core's next deadline (ms since the epoch).
     wake_at: Option<u64>,
     /// A halt the core asked for.
@@ -203,6 +218,7 @@ where
             coordinator_id: ctx.coordinator_id.clone(),
             term: ctx.term,
             forge: links.github.is_some(),
+            check_gates: links.github.is_none() && links.gates.is_some(),
             takeover_grace_ms: u64::try_from(TAKEOVER_GRACE.as_millis()).unwrap_or(u64::MAX),
         };
         let now = ctx.clock.now_ms();
@@ -226,6 +242,8 @@ where
             deposed: links.deposed,
             github: links.github,
             notifier: links.notifier,
+            gates: links.gates.map(Arc::new),
+            gate_replies: mpsc::channel(GATE_REPLIES),
             wake_at: None,
             halt: None,
         };
@@ -285,6 +303,12 @@ where
                     self.input(input).await?;
                 }
                 reply = self.git.reply() => self.git_reply(reply).await?,
+                Some((task, gate, outcome)) = self.gate_replies.1.recv() => {
+                    if let Err(e) = &outcome {
+                        tracing::warn!(%task, %gate, error = %e, "gate check failed; checking again later");
+                    }
+                    self.input(Input::GateChecked { task, gate, outcome }).await?;
+                }
                 () = tokio::time::sleep(idle) => {}
             }
             for lost in self.dispatcher.expire() {
@@ -543,6 +567,7 @@ where
                         github.ask(&ask, &self.core);
                     }
                 }
+                Effect::CheckGate { task, gate } => self.check_gate(task, gate),
                 Effect::Recompose => match (self.compose)() {
                     Ok(project) => {
                         self.shared_project = Arc::new(project.clone());
@@ -563,6 +588,33 @@ where
             Box::pin(self.carry_out(more)).await?;
         }
         Ok(())
+    }
+
+    /// Runs a gate check off the loop; its answer comes back on `gate_replies`.
+    fn check_gate(&self, task: TaskId, gate: String) {
+        let Some(gates) = self.gates.clone() else {
+            return;
+        };
+        let target = GateTarget {
+            task,
+            branch: self
+                .core
+                .state()
+                .tasks
+                .get(&task)
+                .and_then(|t| t.branch.clone()),
+            commit: None,
+            pr: None,
+        };
+        let defs = self.core.project().process.gates.clone();
+        let replies = self.gate_replies.0.clone();
+        tokio::spawn(async move {
+            let outcome = evaluate_gate(&*gates, &defs, &gate, &target)
+                .await
+                .map_err(|e| e.to_string());
+            // The loop may have stopped; then nobody needs the answer.
+            let _ = replies.send((task, gate, outcome)).await;
+        });
     }
 
     /// Writes a batch in one conditional write, retrying transient store failures.

@@ -99,6 +99,9 @@ pub struct Config {
     /// serialized: `--dry-run` output ends up in logs.
     #[serde(skip)]
     pub join_token: Option<Secret>,
+    /// `--allow-command-gates` only: the repository's own config cannot let its gates run
+    /// commands on the coordinator's host.
+    pub allow_command_gates: bool,
     pub etcd: EtcdConfig,
     pub github: GithubConfig,
     pub notifications: NotificationsConfig,
@@ -382,6 +385,8 @@ pub struct Overrides {
     pub overlay: Option<String>,
     /// `--base-ref REF`
     pub base_ref: Option<String>,
+    /// `--allow-command-gates`
+    pub allow_command_gates: bool,
 }
 
 impl Default for Config {
@@ -420,6 +425,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             join_token_env: "HYPERLOOP_JOIN_TOKEN".to_owned(),
             join_token: None,
+            allow_command_gates: false,
             etcd: EtcdConfig {
                 endpoints: Vec::new(),
                 prefix: None,
@@ -755,6 +761,7 @@ impl Resolver<'_> {
             tls,
             join_token_env,
             join_token,
+            allow_command_gates: overrides.allow_command_gates,
             etcd: EtcdConfig {
                 endpoints: self
                     .get(

@@ -490,6 +490,7 @@ impl Core {
     /// forge in GitHub mode. Returns how many actions started.
     pub(super) fn advance(&mut self) -> u32 {
         let mut advanced = 0;
+        let mut at_gates = BTreeSet::new();
         let waiting: Vec<Task> = self
             .state
             .tasks
@@ -521,10 +522,79 @@ impl Core {
                     advanced += 1;
                     self.run_action(task, &action);
                 }
+                Next::WaitAtGate { gate, .. } if self.settings.check_gates => {
+                    at_gates.insert(task.id);
+                    self.check_gate(task.id, gate);
+                }
                 _ => {}
             }
         }
+        // Tasks that left their gate (approved, cancelled) are not checked again.
+        self.gates_next.retain(|id, _| at_gates.contains(id));
         advanced
+    }
+
+    /// Asks for a check of a gate with `command` leaves, one at a time per task and at most
+    /// once per `poll_interval`; other gates wait for `hyperloopctl approve`.
+    fn check_gate(&mut self, task: TaskId, gate: String) {
+        let runs_here =
+            crate::gates::leaves(&gate, &self.project.process.gates).is_ok_and(|leaves| {
+                leaves
+                    .iter()
+                    .any(|(_, kind)| matches!(kind, crate::pipeline::GateKind::Command { .. }))
+            });
+        if !runs_here
+            || self.gates_checking.contains(&task)
+            || self.gates_next.get(&task).is_some_and(|at| self.now < *at)
+        {
+            return;
+        }
+        self.gates_checking.insert(task);
+        self.after_persist.push(Effect::CheckGate { task, gate });
+    }
+
+    /// A gate check finished: a cleared gate lets the task on, a failed one loops it back
+    /// with the findings, a waiting one is asked again after `poll_interval`.
+    pub(super) fn gate_checked(
+        &mut self,
+        id: TaskId,
+        gate: &str,
+        outcome: Result<crate::gates::GateStatus, String>,
+    ) {
+        use crate::gates::GateStatus;
+        self.gates_checking.remove(&id);
+        let poll = u64::try_from(self.settings.config.poll_interval.as_millis()).unwrap_or(0);
+        self.gates_next.insert(id, self.now.saturating_add(poll));
+        let Some(task) = self.state.tasks.get(&id).cloned() else {
+            return;
+        };
+        let next = task
+            .position
+            .as_ref()
+            .and_then(|p| self.project.process.pipeline.next_at(p).ok());
+        if !matches!(&next, Some(Next::WaitAtGate { gate: g, .. }) if g == gate) {
+            return; // moved on meanwhile (approved by an operator, cancelled)
+        }
+        match outcome {
+            Ok(GateStatus::Cleared) => {
+                self.wake = true;
+                self.event(
+                    Some(id),
+                    EventKind::GateCleared {
+                        gate: gate.to_owned(),
+                        by: "command".to_owned(),
+                    },
+                );
+                self.apply_outcome(task, Outcome::Gate(GateCheck::Cleared));
+            }
+            Ok(GateStatus::Failed { findings }) => {
+                self.wake = true;
+                let role = format!("gate:{gate}");
+                self.add_review(&task, &role, Verdict::Fail, findings.join("\n"));
+                self.apply_outcome(task, Outcome::Gate(GateCheck::Failed));
+            }
+            Ok(GateStatus::Waiting { .. }) | Err(_) => {}
+        }
     }
 
     fn run_action(&mut self, task: Task, action: &str) {

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::config::Config;
 use crate::event::{Event, EventKind};
 use crate::gaps;
+use crate::gates::GateStatus;
 use crate::landing::{LandRequest, Landed};
 use crate::model::{AttemptId, Review, SpecPath, Task, TaskId, TaskStatus, Verdict};
 use crate::pipeline::Limits;
@@ -87,6 +88,9 @@ pub struct Settings {
     pub forge: bool,
     /// How long a new leader keeps stored assignments for their workers to reclaim.
     pub takeover_grace_ms: u64,
+    /// Without the forge, gates with `command` leaves are checked on this host
+    /// ([`Effect::CheckGate`]); the operator allowed it.
+    pub check_gates: bool,
 }
 
 /// A worker as the dispatcher knows it, handed in with every tick.
@@ -240,6 +244,13 @@ pub enum Input {
         outcome: Landed,
     },
     Forge(ForgeNews),
+    /// A gate check asked for with [`Effect::CheckGate`] finished (`Err`: it could not be
+    /// run; it is asked again after `poll_interval`).
+    GateChecked {
+        task: TaskId,
+        gate: String,
+        outcome: Result<GateStatus, String>,
+    },
     /// The project was composed again (after process improvements landed).
     Recomposed(Box<Project>),
     /// Something outside may have changed (a poll, a sync): look again.
@@ -282,6 +293,12 @@ pub enum Effect {
         action: String,
     },
     Forge(ForgeAsk),
+    /// Check where this gate stands for the task (its `command` leaves run on this host);
+    /// report back with [`Input::GateChecked`].
+    CheckGate {
+        task: TaskId,
+        gate: String,
+    },
     /// Compose the project again and report back with [`Input::Recomposed`].
     Recompose,
     Answer(Result<Answer, CommandError>),
@@ -392,6 +409,9 @@ pub struct Core {
     intake_not_before: Option<u64>,
     /// When the task with the earliest pending retry may run again.
     next_retry: Option<u64>,
+    /// Tasks whose gate check is running, and when each waiting gate is checked next.
+    gates_checking: BTreeSet<TaskId>,
+    gates_next: BTreeMap<TaskId, u64>,
     /// Counts progress toward convergence; `max_cycles` bounds the cycles in a row without.
     progress: u64,
     progress_seen: u64,
@@ -431,6 +451,8 @@ impl Core {
             intake_failures: 0,
             intake_not_before: None,
             next_retry: None,
+            gates_checking: BTreeSet::new(),
+            gates_next: BTreeMap::new(),
             progress: 0,
             progress_seen: 0,
             stalled_cycles: 0,
@@ -502,6 +524,11 @@ impl Core {
                 outcome,
             } => self.landed(&request, &action, outcome),
             Input::Forge(news) => self.forge_news(news),
+            Input::GateChecked {
+                task,
+                gate,
+                outcome,
+            } => self.gate_checked(task, &gate, outcome),
             Input::Recomposed(project) => self.project = *project,
             Input::Wake => self.wake = true,
             Input::Stop(halt) => return self.stop(&halt),
@@ -616,6 +643,7 @@ impl Core {
             self.intake_not_before,
             self.next_retry,
             self.leases.values().filter_map(|l| l.orphaned_until).min(),
+            self.gates_next.values().min().copied(),
         ]
         .into_iter()
         .flatten()
