@@ -824,6 +824,7 @@ fn command_line_overrides_apply_and_are_validated() {
         tls_cert: Some("c.pem".into()),
         tls_key: Some("k.pem".into()),
         tls_client_ca: Some("ca.pem".into()),
+        allow_command_gates: true,
     };
     check_with("repo: acme/old", &[], &overrides, |c| {
         c.target.repo = Some("acme/api".into());
@@ -843,6 +844,7 @@ fn command_line_overrides_apply_and_are_validated() {
             client_ca: Some("ca.pem".into()),
             allow_plaintext: false,
         };
+        c.allow_command_gates = true;
     });
     check_errors_with(
         "",

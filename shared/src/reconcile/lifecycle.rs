@@ -549,6 +549,7 @@ impl Core {
         {
             return;
         }
+        self.gates_next.remove(&task);
         self.gates_checking.insert(task);
         self.after_persist.push(Effect::CheckGate { task, gate });
     }

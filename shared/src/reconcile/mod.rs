@@ -580,6 +580,9 @@ impl Core {
             self.next_retry = None;
             self.wake = true;
         }
+        if self.gates_next.values().any(|at| self.now >= *at) {
+            self.wake = true;
+        }
         let lost = self.expire_leases();
         self.after_persist.extend(lost);
         let mut worked = false;

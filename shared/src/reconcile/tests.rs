@@ -19,6 +19,7 @@ fn settings(mode: Mode) -> Settings {
         term: 1,
         forge: false,
         takeover_grace_ms: 6_000,
+        check_gates: false,
     }
 }
 
@@ -122,6 +123,7 @@ fn summary(effects: &[Effect]) -> Vec<String> {
             Effect::Forget { attempt, .. } => format!("forget #{}", attempt.0),
             Effect::Land { request, .. } => format!("land {}", request.task),
             Effect::Forge(ask) => format!("forge {ask:?}"),
+            Effect::CheckGate { task, gate } => format!("check gate {gate} of {task}"),
             Effect::Recompose => "recompose".to_owned(),
             Effect::Answer(Ok(_)) => "answer ok".to_owned(),
             Effect::Answer(Err(e)) => format!("answer error: {e}"),
@@ -463,4 +465,96 @@ fn a_shutdown_cancels_running_steps_so_they_resume_on_restart() {
         core.state().assignments.contains_key(&TaskId(1)),
         "the assignment stays, to be reclaimed or redone after the restart"
     );
+}
+
+/// A core whose task 1 has passed its implementer and verifier and waits at gate `suite`
+/// (a `command` gate inside the loop).
+fn at_command_gate() -> Core {
+    let yaml = "apiVersion: hyperloop.io/v1\nkind: Process\nmetadata: {name: default}\n\
+                pipeline:\n- loop:\n  - agent: implementer\n  - agent: verifier\n  - gate: suite\n\
+                - action: merge-pr\ngates:\n  suite:\n    type: command\n    run: [make, test]\n";
+    let mut project = base_project();
+    let agents: Vec<&String> = project.agents.keys().collect();
+    project.process = crate::pipeline::Process::parse_str(yaml, "process.yaml", &agents)
+        .expect("a valid process");
+    let mut s = settings(Mode::Run);
+    s.check_gates = true;
+    let changes = scan(1, vec![added("a")]);
+    let (mut core, _) = Core::start(s, project, State::default(), changes, 0);
+    core.on(tick(&[W1]), 1);
+    core.on(intake_result(1, &["a"]), 2);
+    core.on(tick(&[W1]), 3);
+    core.on(result(W1, report(2, "task-001", Verdict::Pass)), 4);
+    core.on(tick(&[W1]), 5);
+    core.on(result(W1, report(3, "task-001", Verdict::Pass)), 6);
+    core
+}
+
+fn gate_checked(outcome: Result<GateStatus, String>) -> Input {
+    Input::GateChecked {
+        task: TaskId(1),
+        gate: "suite".to_owned(),
+        outcome,
+    }
+}
+
+#[test]
+fn a_command_gate_is_checked_once_per_poll_interval_and_green_lets_the_task_land() {
+    let mut core = at_command_gate();
+    let waiting = GateStatus::Waiting {
+        reasons: vec!["running".to_owned()],
+    };
+    check(
+        &mut core,
+        vec![
+            (
+                7,
+                tick(&[W1]),
+                &[
+                    "persist",
+                    "ack #3",
+                    "forget #3",
+                    "check gate suite of task-001",
+                ],
+            ),
+            // One check at a time: while it runs nothing is asked again.
+            (8, Input::Wake, &[]),
+            (9, tick(&[W1]), &[]),
+            (10, gate_checked(Ok(waiting)), &[]),
+            // Asked again after poll_interval (30 s by default), not before.
+            (11, Input::Wake, &[]),
+            (12, tick(&[W1]), &["wake at 30010"]),
+            (30_010, tick(&[W1]), &["check gate suite of task-001"]),
+            (30_020, gate_checked(Ok(GateStatus::Cleared)), &[]),
+            (30_021, tick(&[W1]), &["persist", "land task-001"]),
+        ],
+    );
+}
+
+#[test]
+fn a_red_command_gate_sends_the_task_back_to_the_implementer_with_its_findings() {
+    let mut core = at_command_gate();
+    core.on(tick(&[W1]), 7);
+    let red = GateStatus::Failed {
+        findings: vec!["make test: 1 failure".to_owned()],
+    };
+    check(
+        &mut core,
+        vec![
+            (8, gate_checked(Ok(red)), &[]),
+            (
+                9,
+                tick(&[W1]),
+                &["persist", "dispatch implementer #4 -> w1"],
+            ),
+        ],
+    );
+    let reviews = &core.state().reviews[&TaskId(1)];
+    assert!(
+        reviews
+            .iter()
+            .any(|r| r.role == "gate:suite" && r.detail == "make test: 1 failure"),
+        "{reviews:?}"
+    );
+    assert_eq!(core.state().tasks[&TaskId(1)].round, 1, "a new round");
 }
