@@ -100,7 +100,8 @@ pub struct Config {
     #[serde(skip)]
     pub join_token: Option<Secret>,
     /// `--allow-command-gates` only: the repository's own config cannot let its gates run
-    /// commands on the coordinator's host.
+    /// commands on the coordinator's host. Not serialized: it has no key to load back into.
+    #[serde(skip)]
     pub allow_command_gates: bool,
     pub etcd: EtcdConfig,
     pub github: GithubConfig,
