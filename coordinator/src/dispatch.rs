@@ -241,6 +241,17 @@ impl Dispatcher for Registry {
         }
     }
 
+    fn try_next(&mut self) -> Option<Inbound> {
+        loop {
+            if let Some(next) = self.pending.pop_front() {
+                return Some(next);
+            }
+            let event = self.inbox.try_recv().ok()?;
+            let translated = self.translate(event);
+            self.pending.extend(translated);
+        }
+    }
+
     fn expire(&mut self) -> Vec<Inbound> {
         let silent: Vec<String> = self
             .workers

@@ -158,14 +158,13 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    /// Binds `config.listen` and serves the worker and admin services there. `required`:
-    /// failing to bind is fatal (otherwise a warning: local workers still do the work).
+    /// Binds `config.listen` and serves the worker and admin services there; an address in
+    /// use is a usage error (exit 2).
     async fn start<S: StateStore>(
         config: &Config,
         tls: Option<tonic::transport::ServerTlsConfig>,
         store: Arc<S>,
         coordinator_id: String,
-        required: bool,
     ) -> Result<Self, StartError> {
         let (route, route_rx) = watch::channel(Route::Following {
             leader: None,
@@ -200,19 +199,16 @@ impl Endpoint {
                     }
                 });
             }
-            Err(e) if required => {
-                return Err(StartError::Setup(format!(
-                    "cannot listen on {} ({e}); workers and other coordinators need it: pick \
-                     another address with --listen",
+            Err(e) => {
+                // Fatal even on a single host: a second coordinator left without an endpoint
+                // would let `hyperloopctl` reach the first one's and steer the wrong repository.
+                return Err(StartError::Usage(format!(
+                    "cannot listen on {} ({e}); another process (perhaps the coordinator of \
+                     another repository) uses it: pick another address with --listen (or \
+                     `listen:` in .hyperloop.yaml; 127.0.0.1:0 takes any free port)",
                     config.listen
                 )));
             }
-            Err(e) => tracing::warn!(
-                listen = %config.listen,
-                error = %e,
-                "cannot listen for workers; running with local workers only (set --listen to \
-                 let remote workers join and hyperloopctl connect)"
-            ),
         }
         Ok(Endpoint {
             route,
@@ -285,7 +281,6 @@ where
         place.tls,
         Arc::new(store.clone()),
         SINGLE_HOST.to_owned(),
-        config.local_worker_count() == 0,
     )
     .await?;
     endpoint.set_leader(
@@ -393,7 +388,6 @@ where
         place.tls.clone(),
         Arc::new(store.clone()),
         advertise.clone(),
-        true,
     )
     .await?;
     tracing::info!(%prefix, %advertise, "standing by for leadership");

@@ -394,6 +394,32 @@ fn approve_cancel_and_drain_reach_the_loop() {
 }
 
 #[test]
+fn an_oversized_reason_or_request_is_refused_and_never_reaches_the_loop() {
+    let h = serve(Options::default());
+    let long = "x".repeat(admin::MAX_NOTE_BYTES + 1);
+    let err = failed(&h.ctl(&["cancel", "1", "--reason", &long]), 2);
+    assert!(
+        err.contains("`reason`") && err.contains(&format!("at most {}", admin::MAX_NOTE_BYTES)),
+        "{err}"
+    );
+    let err = failed(&h.ctl(&["approve", "1", "--comment", &long]), 2);
+    assert!(err.contains("`comment`"), "{err}");
+    // Over the request limit: refused by the transport before it is decoded.
+    let huge = "y".repeat(admin::MAX_REQUEST_BYTES + 1);
+    let out = h.ctl(&["cancel", "1", "--reason", &huge]);
+    assert!(
+        !out.status.success(),
+        "a {}-byte request is refused",
+        huge.len()
+    );
+    assert!(
+        h.received().is_empty(),
+        "nothing reached the loop: {:?}",
+        h.received()
+    );
+}
+
+#[test]
 fn retry_spec_reaches_the_loop_and_its_refusal_reaches_the_operator() {
     let h = serve(Options::default());
     let out = ok(&h.ctl(&["retry", "spec", "specs/a.md"]));

@@ -70,6 +70,7 @@ fn coordinator(repo: &TestRepo, claude: &Path, base_url: &str) -> Command {
     let mut cmd = Command::new(coordinator_bin());
     cmd.args(["run", "--path"])
         .arg(&repo.checkout)
+        .args(["--listen", "127.0.0.1:0"])
         .env_clear()
         .env(
             "PATH",

@@ -62,6 +62,7 @@ fn run(repo: &TestRepo, log: &Path, env: &[(&str, &str)]) -> Ended {
     let mut cmd = Command::new(coordinator_bin());
     cmd.args(["run", "--path"])
         .arg(&repo.checkout)
+        .args(["--listen", "127.0.0.1:0"])
         .env("SCRIPTED_LOG", log)
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
         .env("HOME", test_home(repo.dir.path()))
@@ -249,6 +250,7 @@ fn kill_campaign(repo: &TestRepo, log: &Path, kills: u32) -> u32 {
         let mut cmd = Command::new(coordinator_bin());
         cmd.args(["run", "--path"])
             .arg(&repo.checkout)
+            .args(["--listen", "127.0.0.1:0"])
             .env("SCRIPTED_LOG", log)
             .env("SCRIPTED_DELAY", "0.5")
             .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))

@@ -34,6 +34,7 @@ fn coordinator(repo: &TestRepo, log: &Path, mode: &str) -> Command {
     let mut cmd = Command::new(coordinator_bin());
     cmd.args(["run", "--path"])
         .arg(&repo.checkout)
+        .args(["--listen", "127.0.0.1:0"])
         .env("SCRIPTED_LOG", log)
         .env("SCRIPTED_MODE", mode)
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))

@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 
+use hyperloop_shared::config::is_hyperloop_secret;
+
 /// Host variables let through by exact name or by prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AllowList {
@@ -35,13 +37,16 @@ pub const BASE: AllowList = AllowList {
 /// The complete agent environment.
 ///
 /// `host` is the worker's own environment, of which [`BASE`] and `runtime` (the variables the
-/// agent's runtime needs) pass; `passthrough` names further host variables to hand through
-/// (`GIT_*` names are refused); `extra` is set as given (the coordinator's per-role
-/// variables); `context` (the `HYPERLOOP_*` variables) wins over everything.
+/// agent's runtime needs) pass; `passthrough` names further host variables the step asks for
+/// (`GIT_*` and hyperloop's own secrets are refused: the repository's config, which anyone
+/// who can commit writes, asked for them; see [`is_hyperloop_secret`]); `operator` names variables the worker's operator
+/// hands to every agent (only `GIT_*` refused); `extra` is set as given (the coordinator's
+/// per-role variables); `context` (the `HYPERLOOP_*` variables) wins over everything.
 pub fn agent_env(
     host: impl IntoIterator<Item = (OsString, OsString)>,
     runtime: &AllowList,
     passthrough: &[String],
+    operator: &[String],
     extra: &HashMap<String, String>,
     context: &[(&'static str, String)],
 ) -> BTreeMap<OsString, OsString> {
@@ -51,7 +56,9 @@ pub fn agent_env(
         if text.starts_with("GIT_") {
             continue;
         }
-        if BASE.allows(text) || runtime.allows(text) || passthrough.iter().any(|p| p == text) {
+        let asked = passthrough.iter().any(|p| p == text) && !is_hyperloop_secret(text);
+        if BASE.allows(text) || runtime.allows(text) || asked || operator.iter().any(|p| p == text)
+        {
             env.insert(name, value);
         }
     }
@@ -100,6 +107,7 @@ mod tests {
             ]),
             &PROVIDER_ENV,
             &["NPM_TOKEN".to_owned(), "GIT_ASKPASS".to_owned()],
+            &[],
             &HashMap::from([("EXTRA".to_owned(), "1".to_owned())]),
             &[("HYPERLOOP_ROLE", "verifier".to_owned())],
         );
@@ -117,5 +125,23 @@ mod tests {
             ]
         );
         assert_eq!(env[&OsString::from("HYPERLOOP_ROLE")], "verifier");
+    }
+
+    #[test]
+    fn the_repository_cannot_pass_hyperloops_secrets_but_the_workers_operator_can() {
+        let host = host(&[
+            ("HYPERLOOP_TOKEN", "join-secret"),
+            ("GITHUB_TOKEN", "ghp_secret"),
+            ("GH_TOKEN", "gho_secret"),
+            ("NPM_TOKEN", "npm"),
+        ]);
+        let asked: Vec<String> = ["HYPERLOOP_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "NPM_TOKEN"]
+            .map(str::to_owned)
+            .to_vec();
+        let env = agent_env(host.clone(), &BASE, &asked, &[], &HashMap::new(), &[]);
+        assert_eq!(names(&env), ["NPM_TOKEN"]);
+        let operator = vec!["GITHUB_TOKEN".to_owned()];
+        let env = agent_env(host, &BASE, &asked, &operator, &HashMap::new(), &[]);
+        assert_eq!(names(&env), ["GITHUB_TOKEN", "NPM_TOKEN"]);
     }
 }

@@ -35,6 +35,10 @@ struct Cli {
     /// Join token (required when the coordinator listens beyond loopback).
     #[arg(long, env = "HYPERLOOP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Worker-host variables to hand to every agent, e.g. `NPM_TOKEN,GITHUB_TOKEN`. Unlike
+    /// the repository's `env_passthrough`, this may pass hyperloop's own secrets.
+    #[arg(long, env = "HYPERLOOP_PASS_ENV", value_delimiter = ',')]
+    pass_env: Vec<String>,
     /// Concurrent steps.
     #[arg(long, env = "HYPERLOOP_CAPACITY", default_value_t = 1)]
     capacity: u32,
@@ -172,6 +176,7 @@ fn options(cli: &Cli) -> Result<WorkerOptions, String> {
     options.capacity = cli.capacity;
     options.labels = parse_labels(&cli.labels).map_err(|e| e.to_string())?;
     options.token = cli.token.clone().unwrap_or_default();
+    options.pass_env.clone_from(&cli.pass_env);
     options.validate().map_err(|e| e.to_string())?;
     Ok(options)
 }

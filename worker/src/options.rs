@@ -40,6 +40,9 @@ pub struct WorkerOptions {
     pub work_dir: PathBuf,
     /// Join token, sent once in Hello.
     pub token: String,
+    /// Worker-host variables every agent gets, secrets included (`--pass-env`): the
+    /// operator's decision, which the repository's `env_passthrough` cannot make.
+    pub pass_env: Vec<String>,
     /// Program for the `claude` runtime.
     pub claude_bin: PathBuf,
     /// Step timeout when an assignment carries none.
@@ -58,6 +61,7 @@ impl WorkerOptions {
             labels: BTreeMap::new(),
             work_dir: work_dir.into(),
             token: String::new(),
+            pass_env: Vec::new(),
             claude_bin: claude::bin_from_env(),
             default_step_timeout: DEFAULT_STEP_TIMEOUT,
             result_resend_interval: DEFAULT_RESULT_RESEND_INTERVAL,

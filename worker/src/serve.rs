@@ -461,6 +461,7 @@ impl Worker {
             claude_bin: self.options.claude_bin.clone(),
             default_timeout: self.options.default_step_timeout,
             host_env: None,
+            pass_env: self.options.pass_env.clone(),
         };
         let forwarder =
             self.tracker

@@ -142,6 +142,10 @@ impl Dispatcher for MemoryDispatcher {
         self.inbound.recv().await
     }
 
+    fn try_next(&mut self) -> Option<Inbound> {
+        self.inbound.try_recv().ok()
+    }
+
     fn expire(&mut self) -> Vec<Inbound> {
         Vec::new()
     }

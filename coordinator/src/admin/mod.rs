@@ -36,6 +36,14 @@ pub const WATCH_POLL: Duration = Duration::from_millis(200);
 /// `ListEvents` without a limit, and its cap.
 pub const DEFAULT_EVENTS: usize = 100;
 pub const MAX_EVENTS: usize = 1_000;
+/// The largest request the admin API decodes. Requests carry ids, names and a short
+/// reason or comment; anything bigger is refused before it is read (RESOURCE_EXHAUSTED).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The longest reason or comment an operator may attach: it is journaled and shown to
+/// agents, so it stays a note, not a document.
+pub const MAX_NOTE_BYTES: usize = 4 * 1024;
+/// The longest id, name or path in a request.
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// The admin API of one coordinator.
 pub struct Admin<S> {
@@ -63,6 +71,18 @@ pub fn service<S: StateStore>(
         logs,
         config,
     })
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+}
+
+/// `value` if it is at most `max` bytes, else INVALID_ARGUMENT naming the field and the limit.
+fn bounded(field: &str, value: String, max: usize) -> Result<String, Status> {
+    if value.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "`{field}` is {} bytes; at most {max} are accepted: shorten it",
+            value.len()
+        )));
+    }
+    Ok(value)
 }
 
 fn store_error(e: StoreError) -> Status {
@@ -498,12 +518,14 @@ impl<S: StateStore> AdminService for Admin<S> {
     ) -> Result<Response<v1::ApproveTaskResponse>, Status> {
         let r = request.into_inner();
         let task = task_id("task_id", &r.task_id)?;
-        let gate = (!r.gate.is_empty()).then_some(r.gate);
+        let gate = bounded("gate", r.gate, MAX_NAME_BYTES)?;
+        let gate = (!gate.is_empty()).then_some(gate);
+        let comment = bounded("comment", r.comment, MAX_NOTE_BYTES)?;
         let done = self
             .command("approve tasks", |reply| Command::Approve {
                 task,
                 gate,
-                comment: r.comment,
+                comment,
                 reply,
             })
             .await?;
@@ -518,10 +540,11 @@ impl<S: StateStore> AdminService for Admin<S> {
     ) -> Result<Response<v1::CancelTaskResponse>, Status> {
         let r = request.into_inner();
         let task = task_id("task_id", &r.task_id)?;
+        let reason = bounded("reason", r.reason, MAX_NOTE_BYTES)?;
         let done = self
             .command("cancel tasks", |reply| Command::Cancel {
                 task,
-                reason: r.reason,
+                reason,
                 reply,
             })
             .await?;
@@ -535,7 +558,8 @@ impl<S: StateStore> AdminService for Admin<S> {
         request: Request<v1::RetrySpecRequest>,
     ) -> Result<Response<v1::RetrySpecResponse>, Status> {
         let r = request.into_inner();
-        let path = SpecPath::parse(&r.path).map_err(|e| {
+        let path = bounded("path", r.path, MAX_NAME_BYTES)?;
+        let path = SpecPath::parse(&path).map_err(|e| {
             Status::invalid_argument(format!(
                 "path: {e}; give the spec's repository-relative path, e.g. specs/auth.md"
             ))
@@ -552,7 +576,7 @@ impl<S: StateStore> AdminService for Admin<S> {
         &self,
         request: Request<v1::DrainWorkerRequest>,
     ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
-        let worker = request.into_inner().name;
+        let worker = bounded("name", request.into_inner().name, MAX_NAME_BYTES)?;
         if worker.is_empty() {
             return Err(Status::invalid_argument(
                 "`name`: the worker to drain is required",

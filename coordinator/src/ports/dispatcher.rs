@@ -69,6 +69,10 @@ pub trait Dispatcher: Send + 'static {
     /// Cancel-safe: nothing is lost when the future is dropped.
     fn next(&mut self) -> impl Future<Output = Option<Inbound>> + Send;
 
+    /// The next thing already received, without waiting: the loop takes everything queued
+    /// before deciding again, so a burst of results costs one cycle and one write.
+    fn try_next(&mut self) -> Option<Inbound>;
+
     /// Workers silent for too long, each as [`Inbound::Lost`] with no grace.
     fn expire(&mut self) -> Vec<Inbound>;
 

@@ -314,7 +314,8 @@ impl CoordinatorHarness {
 }
 
 /// The default agents and pipeline, as a project without overlays composes them.
-fn base_project() -> Result<Project, ProjectLoadError> {
+/// The embedded base agents and pipeline, composed as `run` would with no overlay.
+pub fn base_project() -> Result<Project, ProjectLoadError> {
     let (composition, _) = crate::compose::compose_project(
         std::path::Path::new("/nonexistent"),
         ".hyperloop/agents/",

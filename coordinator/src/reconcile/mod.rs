@@ -311,6 +311,10 @@ where
                 }
                 () = tokio::time::sleep(idle) => {}
             }
+            // Merge wake-ups: take everything already queued before deciding again.
+            while let Some(inbound) = self.dispatcher.try_next() {
+                self.inbound(inbound).await?;
+            }
             for lost in self.dispatcher.expire() {
                 self.inbound(lost).await?;
             }

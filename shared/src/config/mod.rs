@@ -38,7 +38,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 pub use error::{ConfigError, Origin};
-pub use parse::{format_duration, parse_duration};
+pub use parse::{format_duration, is_hyperloop_secret, parse_duration};
 
 use parse::{Input, Invalid, Parsed};
 use raw::RawConfig;
@@ -1064,8 +1064,10 @@ impl Resolver<'_> {
                 &key("env_passthrough"),
                 list(
                     ListSyntax::Commas,
-                    "a list of environment variable names like [AWS_PROFILE]",
-                    is_env_name,
+                    "a list of environment variable names like [AWS_PROFILE]; hyperloop's own \
+                     secrets (GITHUB_TOKEN, GH_TOKEN, HYPERLOOP_*) cannot be passed from the \
+                     repository (a worker's operator can: hyperloop-worker --pass-env NAME)",
+                    is_passable_env_name,
                 ),
             ),
             labels: self.get(&key("labels"), labels),

@@ -326,6 +326,18 @@ pub(crate) fn is_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// hyperloop's own secrets (forge tokens, every `HYPERLOOP_*` setting, the join token among
+/// them): the repository's `env_passthrough` never hands these to an agent; only a worker's
+/// operator can (`hyperloop-worker --pass-env`).
+pub fn is_hyperloop_secret(name: &str) -> bool {
+    matches!(name, "GITHUB_TOKEN" | "GH_TOKEN") || name.starts_with("HYPERLOOP_")
+}
+
+/// An `env_passthrough` entry: a variable name that is not one of hyperloop's secrets.
+pub(crate) fn is_passable_env_name(name: &str) -> bool {
+    is_env_name(name) && !is_hyperloop_secret(name)
+}
+
 /// `owner/repo` with GitHub's allowed characters.
 pub(crate) fn is_repo(repo: &str) -> bool {
     let valid = |part: &str| {

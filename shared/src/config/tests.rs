@@ -520,7 +520,17 @@ fn wrong_types_name_the_key_and_what_to_write() {
         (
             "agent: {env_passthrough: [GOOD, not-a-name]}",
             "`agent.env_passthrough`: expected a list of environment variable names like \
-             [AWS_PROFILE], got a list",
+             [AWS_PROFILE]; hyperloop's own secrets (GITHUB_TOKEN, GH_TOKEN, HYPERLOOP_*) cannot \
+             be passed from the repository (a worker's operator can: hyperloop-worker --pass-env \
+             NAME), got a list",
+        ),
+        // The repository cannot hand the worker's own credentials to its agents.
+        (
+            "agent: {roles: {implementer: {env_passthrough: [HYPERLOOP_TOKEN]}}}",
+            "`agent.roles.implementer.env_passthrough`: expected a list of environment variable \
+             names like [AWS_PROFILE]; hyperloop's own secrets (GITHUB_TOKEN, GH_TOKEN, \
+             HYPERLOOP_*) cannot be passed from the repository (a worker's operator can: \
+             hyperloop-worker --pass-env NAME), got a list",
         ),
         (
             "agent: {budget_usd: 0}",

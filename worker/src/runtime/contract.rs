@@ -124,7 +124,7 @@ fn passes_the_base_environment_but_no_git_variable_or_unrelated_secret(runtime: 
         .iter()
         .chain(&refused)
         .map(|name| (OsString::from(name), OsString::from("value")));
-    let env = agent_env(host, &runtime.env(), &[], &HashMap::new(), &[]);
+    let env = agent_env(host, &runtime.env(), &[], &[], &HashMap::new(), &[]);
     let names: BTreeSet<_> = env
         .keys()
         .map(|k| k.to_string_lossy().into_owned())

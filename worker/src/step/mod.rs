@@ -57,6 +57,8 @@ pub struct StepContext {
     /// The worker host's environment, filtered into the agent's. `None` reads the process
     /// environment; tests pass their own.
     pub host_env: Option<Vec<(OsString, OsString)>>,
+    /// Variables the worker's operator hands to every agent (`--pass-env`).
+    pub pass_env: Vec<String>,
 }
 
 impl StepContext {
@@ -70,6 +72,7 @@ impl StepContext {
             claude_bin: claude::bin_from_env(),
             default_timeout: DEFAULT_STEP_TIMEOUT,
             host_env: None,
+            pass_env: Vec::new(),
         }
     }
 
@@ -229,6 +232,7 @@ async fn run_in_worktree(
         host,
         &runtime.env(),
         &plan.env_passthrough,
+        &ctx.pass_env,
         &plan.extra_env,
         &context,
     );

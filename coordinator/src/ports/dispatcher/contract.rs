@@ -52,11 +52,13 @@ trait World {
 
 async fn contract<D: Dispatcher>(mut d: D, world: &mut impl World) {
     assert!(d.is_empty());
+    assert_eq!(d.try_next(), None, "nothing happened yet");
     world.join("w1", 2).await;
     assert!(
-        matches!(d.next().await, Some(Inbound::Joined { worker, capacity: 2, .. }) if worker == "w1"),
-        "a joining worker is announced"
+        matches!(d.try_next(), Some(Inbound::Joined { worker, capacity: 2, .. }) if worker == "w1"),
+        "a joining worker is announced, and what is queued is taken without waiting"
     );
+    assert_eq!(d.try_next(), None);
     let offers = d.offers();
     assert_eq!(offers.len(), 1);
     assert_eq!((offers[0].name.as_str(), offers[0].capacity), ("w1", 2));
