@@ -320,6 +320,8 @@ pub fn worker_service(
     route: RouteCell,
 ) -> WorkerServiceServer<impl WorkerService> {
     WorkerServiceServer::new(Service { admission, route })
+        .max_decoding_message_size(hyperloop_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(hyperloop_proto::MAX_MESSAGE_BYTES)
 }
 
 /// Serves `routes` (the worker and admin services) on `listener`, over TLS when `tls` is

@@ -40,6 +40,16 @@ pub const MAX_PROGRESS_LINES: usize = 256;
 /// Longest `LogLine.text` in bytes; workers truncate longer lines (at a char boundary).
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
 
+/// The largest message either end of a worker stream decodes or encodes. An `Assign` is
+/// mostly its prompt, which the coordinator bounds at [`MAX_PROMPT_BYTES`]; the rest (ids,
+/// settings) is small.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The longest prompt the coordinator sends; a longer one is cut with a note saying so. The
+/// largest intake (`max_specs_per_intake` 50 × `max_spec_bytes` 1 MiB) stays below it, so
+/// only the list of existing tasks of a very large project can be cut.
+pub const MAX_PROMPT_BYTES: usize = 56 * 1024 * 1024;
+
 /// Checks a peer's protocol version as carried in `field` (e.g. `hello.protocol_version`).
 ///
 /// # Errors

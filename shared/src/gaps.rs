@@ -110,6 +110,29 @@ pub fn count_failure(
     Some(reason)
 }
 
+/// Gives up a spec's current version at once, for a reason no retry can fix (its text
+/// cannot be used). Returns the recorded reason, or `None` if it was given up already.
+pub fn give_up(
+    failures: &mut BTreeMap<SpecPath, SpecFailures>,
+    path: &SpecPath,
+    blob: &str,
+    why: &str,
+) -> Option<String> {
+    let entry = failures.entry(path.clone()).or_default();
+    if entry.blob == blob && entry.failed.is_some() {
+        return None;
+    }
+    let reason = format!(
+        "{path} cannot be used: {why}. Fix the file; its next version is reconciled as usual"
+    );
+    *entry = SpecFailures {
+        blob: blob.to_owned(),
+        count: 1,
+        failed: Some(reason.clone()),
+    };
+    Some(reason)
+}
+
 /// The specs one intake session is asked about: pending ones that were not given up, at most
 /// `batch` of them in path order, so a PM session never gets more than it can answer.
 pub fn intake_batch<'a>(

@@ -26,8 +26,90 @@ fn a_coordinator_whose_listen_address_is_busy_exits_2_naming_the_address_and_the
         stderr.contains(&addr) && stderr.contains("--listen"),
         "the error names the address and the flag:\n{stderr}"
     );
-    assert!(
-        repo.log("main").lines().count() == 1,
-        "nothing ran: no work landed"
+    let commits = hyperloop_tests::repo::git(&repo.checkout, &["rev-list", "--count", "main"]);
+    assert_eq!(commits.trim(), "1", "nothing ran: no work landed");
+}
+
+#[test]
+fn an_unusable_spec_is_given_up_alone_and_every_other_spec_is_reconciled() {
+    let config = format!(
+        "max_workers: 1\npoll_interval: 1s\nmax_spec_bytes: 1024\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n",
+        hyperloop_tests::repo::scripted_agent().display()
     );
+    let big = format!(
+        "# Big\n\n{}\n",
+        "The repository records big work. ".repeat(64)
+    );
+    let repo = TestRepo::new(&[
+        (".hyperloop.yaml", &config),
+        (
+            "specs/good.md",
+            "# Good\n\nThe repository records work for Good.\n",
+        ),
+        ("specs/big.md", &big),
+    ]);
+    // Latin-1 bytes: not UTF-8. Before, this one file stopped intake for every spec.
+    std::fs::write(
+        repo.checkout.join("specs/latin1.md"),
+        b"# Caf\xe9\n\nNot UTF-8.\n",
+    )
+    .expect("write");
+    hyperloop_tests::repo::git(&repo.checkout, &["add", "-A"]);
+    hyperloop_tests::repo::git(&repo.checkout, &["commit", "-q", "-m", "A Latin-1 spec"]);
+    let out = Command::new(coordinator_bin())
+        .args(["run", "--path"])
+        .arg(&repo.checkout)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("HOME", test_home(repo.dir.path()))
+        .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+        .env_remove("HYPERLOOP_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("coordinator starts");
+    let (code, stderr) = wait_with_limit(out, std::time::Duration::from_secs(120));
+    assert_eq!(code, Some(4), "the given-up specs are named:\n{stderr}");
+    assert!(
+        stderr.contains("specs/latin1.md cannot be used: it is not UTF-8 text"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("specs/big.md cannot be used: it is") && stderr.contains("max_spec_bytes"),
+        "{stderr}"
+    );
+    let log = repo.log("main");
+    assert!(
+        log.contains("Spec-Ref: specs/good.md"),
+        "the good spec was implemented and landed:\n{log}"
+    );
+}
+
+/// Waits for `child` up to `limit` (then kills it), reading its stderr meanwhile so a
+/// chatty run never blocks on a full pipe; returns the exit code and the stderr.
+fn wait_with_limit(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (code, reader.join().unwrap_or_default())
 }

@@ -204,7 +204,9 @@ async fn bridge(channel: Channel, end: CoordinatorEnd, https: bool) -> Outcome {
         outbound: to_worker,
         inbound: from_worker,
     } = end;
-    let mut client = WorkerServiceClient::new(channel);
+    let mut client = WorkerServiceClient::new(channel)
+        .max_decoding_message_size(hyperloop_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(hyperloop_proto::MAX_MESSAGE_BYTES);
     // The coordinator reads Hello before it answers, so a refusal arrives as this status.
     let response = tokio::select! {
         response = client.join(ReceiverStream::new(from_worker)) => response,

@@ -89,6 +89,10 @@ pub enum PrepareError {
     },
     #[error("{task} no longer exists")]
     TaskGone { task: TaskId },
+    #[error("{spec} cannot be used: {why}")]
+    SpecUnusable { spec: String, why: String },
+    #[error("every spec of this intake was unusable and no failed task waits; nothing to ask")]
+    NothingToAsk,
 }
 
 /// Everything the loop works with, fixed for its lifetime.
@@ -524,13 +528,19 @@ where
                     reason,
                 } => self.dispatcher.cancel(&worker, attempt, &reason),
                 Effect::Dispatch(order) => {
-                    let preparer = Preparer {
+                    let mut preparer = Preparer {
                         specs: &self.specs,
                         config: &self.ctx.config,
                         repo_url: &self.ctx.repo_url,
                         now_ms: self.ctx.clock.now_ms(),
+                        unusable: Vec::new(),
                     };
-                    let outcome = match preparer.prepare(&self.core, &order) {
+                    let prepared_order = preparer.prepare(&self.core, &order);
+                    for (path, reason) in std::mem::take(&mut preparer.unusable) {
+                        tracing::warn!(spec = %path, %reason, "spec cannot be used; given up");
+                        prepared.push(Input::SpecUnusable { path, reason });
+                    }
+                    let outcome = match prepared_order {
                         Ok(step) => {
                             let bytes = step.prompt.len() as u64;
                             self.attempts.insert(

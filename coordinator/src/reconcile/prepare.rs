@@ -16,7 +16,7 @@ use hyperloop_shared::specs::BlobId;
 use hyperloop_shared::step::{RuntimeSettings, StepOrder};
 
 use super::PrepareError;
-use crate::ports::spec_source::SpecSource;
+use crate::ports::spec_source::{SpecSource, SpecSourceError};
 
 /// Failed earlier tasks of a spec whose findings a new task's prompt shows.
 const EARLIER_TASKS_SHOWN: usize = 3;
@@ -27,10 +27,16 @@ pub(super) struct Preparer<'a, P> {
     pub config: &'a Config,
     pub repo_url: &'a str,
     pub now_ms: u64,
+    /// Specs found unusable while preparing (path, why), for the core.
+    pub unusable: Vec<(SpecPath, String)>,
 }
 
 impl<P: SpecSource> Preparer<'_, P> {
-    pub(super) fn prepare(&self, core: &Core, order: &Order) -> Result<StepOrder, PrepareError> {
+    pub(super) fn prepare(
+        &mut self,
+        core: &Core,
+        order: &Order,
+    ) -> Result<StepOrder, PrepareError> {
         match &order.work {
             Work::Step { task, role, .. } => self.task_step(core, order.attempt, *task, role),
             Work::Intake {
@@ -45,17 +51,42 @@ impl<P: SpecSource> Preparer<'_, P> {
         }
     }
 
-    fn read(&self, spec_ref: &SpecRef) -> Result<String, PrepareError> {
-        self.specs
-            .read(spec_ref)
-            .map_err(|source| PrepareError::SpecUnreadable {
-                spec: spec_ref.to_string(),
-                source,
-            })
+    /// The spec's text, if it can be put into a prompt; an unusable one is recorded.
+    fn read(&mut self, spec_ref: &SpecRef) -> Result<String, PrepareError> {
+        let text = match self.specs.read(spec_ref) {
+            Ok(text) => text,
+            Err(SpecSourceError::NotText { .. }) => {
+                return Err(self.unusable(spec_ref, "it is not UTF-8 text; save it as UTF-8"));
+            }
+            Err(source) => {
+                return Err(PrepareError::SpecUnreadable {
+                    spec: spec_ref.to_string(),
+                    source,
+                });
+            }
+        };
+        let max = self.config.max_spec_bytes as usize;
+        if text.len() > max {
+            let why = format!(
+                "it is {} bytes, over max_spec_bytes ({max}); split it into smaller specs or \
+                 raise max_spec_bytes in .hyperloop.yaml",
+                text.len()
+            );
+            return Err(self.unusable(spec_ref, &why));
+        }
+        Ok(text)
+    }
+
+    fn unusable(&mut self, spec_ref: &SpecRef, why: &str) -> PrepareError {
+        self.unusable.push((spec_ref.path.clone(), why.to_owned()));
+        PrepareError::SpecUnusable {
+            spec: spec_ref.to_string(),
+            why: why.to_owned(),
+        }
     }
 
     fn task_step(
-        &self,
+        &mut self,
         core: &Core,
         attempt: AttemptId,
         id: TaskId,
@@ -107,7 +138,7 @@ impl<P: SpecSource> Preparer<'_, P> {
     }
 
     fn intake(
-        &self,
+        &mut self,
         core: &Core,
         attempt: AttemptId,
         run: u32,
@@ -123,7 +154,12 @@ impl<P: SpecSource> Preparer<'_, P> {
                 path: path.clone(),
                 commit: commit.to_owned(),
             };
-            let text = self.read(&spec_ref)?;
+            let text = match self.read(&spec_ref) {
+                Ok(text) => text,
+                // Given up on its own; the other specs are asked about.
+                Err(PrepareError::SpecUnusable { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             let kind = match state.specs.get(path) {
                 None => SpecChangeKind::New,
                 Some(old) => SpecChangeKind::Changed {
@@ -148,6 +184,9 @@ impl<P: SpecSource> Preparer<'_, P> {
                 reviews: state.reviews.get(&t.id).cloned().unwrap_or_default(),
             })
             .collect();
+        if specs.is_empty() && failures.is_empty() {
+            return Err(PrepareError::NothingToAsk);
+        }
         let tasks: Vec<Task> = state.tasks.values().cloned().collect();
         let composed = prompt::intake_prompt(
             template,
@@ -223,6 +262,7 @@ impl<P: SpecSource> Preparer<'_, P> {
     ) -> StepOrder {
         let agent = self.config.agent_for(role);
         let timeout: Duration = agent.timeout;
+        let prompt = bounded(prompt);
         StepOrder {
             attempt,
             subject,
@@ -248,6 +288,24 @@ impl<P: SpecSource> Preparer<'_, P> {
                 .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
         }
     }
+}
+
+/// The prompt, cut at [`hyperloop_proto::MAX_PROMPT_BYTES`] with a note saying so, so an
+/// assignment never exceeds the worker protocol's message limit.
+fn bounded(mut prompt: String) -> String {
+    const NOTE: &str = "\n\n[hyperloop: this prompt was cut here because it exceeded the size \
+                        a step may carry; what follows the cut is not shown]\n";
+    let max = hyperloop_proto::MAX_PROMPT_BYTES - NOTE.len();
+    if prompt.len() <= hyperloop_proto::MAX_PROMPT_BYTES {
+        return prompt;
+    }
+    let mut cut = max;
+    while !prompt.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    prompt.truncate(cut);
+    prompt.push_str(NOTE);
+    prompt
 }
 
 fn template<'a>(

@@ -103,6 +103,10 @@ pub const KEYS: &[Key] = &[
         "specs one PM session is asked about; more are split across sessions",
     ),
     key(
+        "max_spec_bytes",
+        "largest spec sent to an agent; a bigger one is given up with a finding",
+    ),
+    key(
         "branch_prefix",
         "prefix of task branches, e.g. hyperloop/task-007",
     ),

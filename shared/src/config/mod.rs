@@ -85,6 +85,9 @@ pub struct Config {
     pub max_spec_failures: u32,
     /// Specs one PM session is asked about at most; more are split across sessions.
     pub max_specs_per_intake: u32,
+    /// The largest spec text (bytes) put into a prompt; a bigger spec is given up with a
+    /// finding, so one huge file cannot push an assignment past the transport's limit.
+    pub max_spec_bytes: u32,
     /// Task branches are `<branch_prefix><task-id>`.
     pub branch_prefix: String,
     /// The coordinator's gRPC endpoint.
@@ -420,6 +423,7 @@ impl Default for Config {
             max_rebase_attempts: 3,
             max_spec_failures: 3,
             max_specs_per_intake: 25,
+            max_spec_bytes: 256 * 1024,
             branch_prefix: "hyperloop/".to_owned(),
             listen: loopback(7070),
             advertise: None,
@@ -748,6 +752,11 @@ impl Resolver<'_> {
             max_specs_per_intake: self
                 .get("max_specs_per_intake", int(1, 50))
                 .unwrap_or(d.max_specs_per_intake),
+            // Up to 1 MiB: max_specs_per_intake (at most 50) of them stay below the prompt
+            // limit of the worker protocol (hyperloop_proto::MAX_PROMPT_BYTES).
+            max_spec_bytes: self
+                .get("max_spec_bytes", int(1024, 1024 * 1024))
+                .unwrap_or(d.max_spec_bytes),
             branch_prefix: self
                 .get(
                     "branch_prefix",

@@ -239,7 +239,7 @@ impl Core {
                     reason: reason.to_owned(),
                 },
             ),
-            Stop::Cancelled | Stop::SpecDeleted => self.event(
+            Stop::Cancelled | Stop::SpecDeleted | Stop::SpecUnusable => self.event(
                 Some(id),
                 EventKind::TaskCancelled {
                     reason: reason.to_owned(),
@@ -456,6 +456,48 @@ impl Core {
     }
 
     // --- INTAKE --------------------------------------------------------------------------
+
+    /// A spec whose text cannot be used is given up at its current version: an intake in
+    /// flight does not count it as answered, its unfinished tasks stop, and nothing more is
+    /// spent on it until the file changes. Other specs are not held up.
+    pub(super) fn spec_unusable(&mut self, path: &SpecPath, why: &str) {
+        self.wake = true;
+        let Some(blob) = self.view.specs.get(path).map(|b| b.0.clone()) else {
+            return;
+        };
+        for job in self.jobs.values_mut() {
+            if let Job::Intake { changed, .. } = job {
+                changed.retain(|(p, _)| p != path);
+            }
+        }
+        if let Some(reason) = gaps::give_up(&mut self.state.meta.spec_failures, path, &blob, why) {
+            self.progress += 1;
+            let tasks = &self.state.tasks;
+            self.state
+                .meta
+                .failed_since_intake
+                .retain(|t| tasks.get(t).is_none_or(|t| &t.spec_ref.path != path));
+            self.put_meta();
+            self.event(
+                None,
+                EventKind::SpecFailed {
+                    path: path.to_string(),
+                    reason,
+                },
+            );
+        }
+        let doomed: Vec<TaskId> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| &t.spec_ref.path == path && !t.status.is_terminal())
+            .map(|t| t.id)
+            .collect();
+        for id in doomed {
+            let reason = format!("stopped: {path} cannot be used: {why}");
+            self.stop_task(id, reason, Stop::SpecUnusable);
+        }
+    }
 
     /// A deleted spec cancels its unfinished tasks right away.
     pub(super) fn cancel_deleted_specs(&mut self) {

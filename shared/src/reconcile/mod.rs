@@ -251,6 +251,12 @@ pub enum Input {
         gate: String,
         outcome: Result<GateStatus, String>,
     },
+    /// A spec's text cannot be used (not UTF-8, over `max_spec_bytes`): it is given up with
+    /// the reason, its unfinished tasks stop, and the other specs go on.
+    SpecUnusable {
+        path: SpecPath,
+        reason: String,
+    },
     /// The project was composed again (after process improvements landed).
     Recomposed(Box<Project>),
     /// Something outside may have changed (a poll, a sync): look again.
@@ -371,6 +377,8 @@ enum Stop {
     Cancelled,
     /// Its spec was deleted: nothing is left to reconcile.
     SpecDeleted,
+    /// Its spec cannot be used as it is: nothing more is spent until the file changes.
+    SpecUnusable,
     /// A task it depends on failed: the gap re-enters intake with the whole plan.
     DependencyFailed,
 }
@@ -529,6 +537,7 @@ impl Core {
                 gate,
                 outcome,
             } => self.gate_checked(task, &gate, outcome),
+            Input::SpecUnusable { path, reason } => self.spec_unusable(&path, &reason),
             Input::Recomposed(project) => self.project = *project,
             Input::Wake => self.wake = true,
             Input::Stop(halt) => return self.stop(&halt),

@@ -558,3 +558,35 @@ fn a_red_command_gate_sends_the_task_back_to_the_implementer_with_its_findings()
     );
     assert_eq!(core.state().tasks[&TaskId(1)].round, 1, "a new round");
 }
+
+#[test]
+fn an_unusable_spec_is_given_up_alone_and_an_intake_in_flight_does_not_close_it() {
+    let mut core = start(Mode::Run, &["a", "bad"]);
+    core.on(tick(&[W1]), 1); // intake #1 for a and bad
+    let unusable = Input::SpecUnusable {
+        path: path("bad"),
+        reason: "it is not UTF-8 text".to_owned(),
+    };
+    check(
+        &mut core,
+        vec![
+            (2, unusable, &[]),
+            // The PM answered for `a` only; silence about `bad` must not close its gap.
+            (3, intake_result(1, &["a"]), &[]),
+        ],
+    );
+    let effects = core.on(tick(&[W1]), 4);
+    assert!(
+        events(&effects).contains(&"spec_failed"),
+        "{:?}",
+        events(&effects)
+    );
+    assert!(
+        !core.state().specs.contains_key(&path("bad")),
+        "bad was not recorded as processed"
+    );
+    assert!(core.state().specs.contains_key(&path("a")));
+    let given_up = core.given_up_specs();
+    assert_eq!(given_up.len(), 1);
+    assert!(given_up[0].contains("specs/bad.md cannot be used: it is not UTF-8 text"));
+}
