@@ -28,6 +28,9 @@ pub mod code {
     pub const MAX_CYCLES: u8 = 3;
     /// Everything else converged, but specs were given up after `max_spec_failures`.
     pub const SPECS_FAILED: u8 = 4;
+    /// The base branch was rewritten outside hyperloop (not a fast-forward); nothing was
+    /// built on it. The message says how to restore it or continue.
+    pub const BASE_REWRITTEN: u8 = 5;
 }
 
 /// The outcome of a command: exit code, standard output and standard error text.
@@ -308,6 +311,11 @@ pub fn reconcile(
              Last finding: {detail}",
             crate::reconcile::MAX_INTAKE_FAILURES
         )),
+        Ok(Halt::BaseRewritten(detail)) => Exit {
+            code: code::BASE_REWRITTEN,
+            stdout: String::new(),
+            stderr: format!("stopped: {detail}\n"),
+        },
         Ok(Halt::Deposed) => runtime_error(
             "this coordinator lost its leadership and stopped; another one carries on".to_owned(),
         ),

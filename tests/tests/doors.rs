@@ -113,3 +113,85 @@ fn wait_with_limit(
     };
     (code, reader.join().unwrap_or_default())
 }
+
+#[test]
+fn a_base_branch_rewritten_while_running_stops_the_run_before_anything_is_built_on_it() {
+    let config = format!(
+        "max_workers: 1\npoll_interval: 1s\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n\
+         \x20 env_passthrough: [SCRIPTED_DELAY]\n",
+        hyperloop_tests::repo::scripted_agent().display()
+    );
+    let repo = TestRepo::new(&[
+        (".hyperloop.yaml", &config),
+        ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
+    ]);
+    let git = |args: &[&str]| hyperloop_tests::repo::git(&repo.checkout, args);
+    let before = git(&["rev-parse", "main"]).trim().to_owned();
+    let start = || {
+        Command::new(coordinator_bin())
+            .args(["run", "--path"])
+            .arg(&repo.checkout)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("SCRIPTED_DELAY", "2")
+            .env("HOME", test_home(repo.dir.path()))
+            .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+            .env_remove("HYPERLOOP_PATH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("coordinator starts")
+    };
+    let child = start();
+    // While the implementer works, something outside hyperloop (a hostile agent with the
+    // user's rights, a mistaken `reset --hard` + push) replaces main with unrelated history.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !repo
+        .events()
+        .iter()
+        .any(|e| e["event"] == "step_dispatched" && e["role"] == "implementer")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the implementer never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let tree = git(&["mktree"]);
+    let evil = git(&["commit-tree", tree.trim(), "-m", "unrelated history"]);
+    git(&["update-ref", "refs/heads/main", evil.trim()]);
+
+    let (code, stderr) = wait_with_limit(child, std::time::Duration::from_secs(120));
+    assert_eq!(code, Some(5), "{stderr}");
+    let restore = format!("git update-ref refs/heads/main {before}");
+    assert!(
+        stderr.contains("was rewritten outside hyperloop") && stderr.contains(&restore),
+        "the operator is told what happened and how to restore it:\n{stderr}"
+    );
+    assert_eq!(
+        git(&["rev-parse", "main"]).trim(),
+        evil.trim(),
+        "nothing landed on it"
+    );
+    let events = repo.events();
+    let dropped: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "task_cancelled" || e["event"] == "spec_changed")
+        .collect();
+    assert!(dropped.is_empty(), "no work was cancelled: {dropped:?}");
+    assert!(
+        !events.iter().any(|e| e["event"] == "merged"),
+        "nothing landed while main was foreign"
+    );
+
+    // The operator restores main; the next run carries on and lands on the real history.
+    git(&["update-ref", "refs/heads/main", &before]);
+    let (code, stderr) = wait_with_limit(start(), std::time::Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    let log = repo.log("main");
+    assert!(
+        log.contains("Spec-Ref: specs/a.md") && log.contains("Initial specs"),
+        "the work landed on the original history:\n{log}"
+    );
+}

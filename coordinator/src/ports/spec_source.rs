@@ -8,6 +8,8 @@
 //!   not change, and otherwise grows with the number of changed specs, not the total.
 //! - A path that cannot be a spec (symlink, non-UTF-8 name, `..`, `@`, ...) is reported in
 //!   [`SpecChanges::skipped`] with a reason, never an error for the whole scan.
+//! - A base branch whose tip no longer descends from the previous version's commit (a
+//!   force-push, a reset) is [`SpecSourceError::Rewritten`], never read as a set of changes.
 //!
 //! Calls are blocking (local object-database reads); call them from a blocking context.
 
@@ -40,6 +42,19 @@ pub enum SpecSourceError {
          again from scratch (since = None)"
     )]
     UnknownVersion { tree: String },
+    #[error(
+        "branch {branch} of {repo} was rewritten outside hyperloop: its tip moved from {from} \
+         to {to}, which does not descend from it. hyperloop stopped before building on it or \
+         landing onto it; nothing was cancelled or lost. If the rewrite was not intended, \
+         restore the branch with `git update-ref refs/heads/{branch} {from}` and run again; if \
+         it was, run again to continue from the new tip"
+    )]
+    Rewritten {
+        branch: String,
+        repo: String,
+        from: String,
+        to: String,
+    },
     #[error("{path} does not exist at commit {commit}")]
     SpecMissing { path: String, commit: String },
     #[error("{path} at commit {commit} is not UTF-8 text; save the spec as UTF-8")]

@@ -347,7 +347,16 @@ where
             self.last_sync = Some(Instant::now());
             self.git.queue(GitOp::Sync);
         }
-        let changes = self.specs.changes(self.core.view().version.as_ref())?;
+        let changes = match self.specs.changes(self.core.view().version.as_ref()) {
+            Ok(changes) => changes,
+            // Nothing is built on, landed onto or cancelled because of it: the loop stops.
+            Err(e @ SpecSourceError::Rewritten { .. }) => {
+                tracing::error!(error = %e, "base branch rewritten; stopping");
+                self.halt = Some(Halt::BaseRewritten(e.to_string()));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if Some(&changes.version) != self.core.view().version.as_ref() || !changes.is_unchanged() {
             for skipped in &changes.skipped {
                 tracing::warn!(%skipped, "spec skipped");

@@ -72,6 +72,8 @@ pub enum Halt {
     IntakeFailing(String),
     /// Leadership was lost; another coordinator carries on.
     Deposed,
+    /// The base branch was rewritten outside hyperloop; the detail says what to do.
+    BaseRewritten(String),
 }
 
 /// What the core is configured with, fixed for its lifetime.
@@ -640,8 +642,9 @@ impl Core {
     fn flush(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
         if !self.changes.is_empty() {
-            let mut batch = std::mem::take(&mut self.changes);
-            batch.append(&mut self.deferred);
+            // What was deferred happened first: it keeps its place in the journal.
+            let mut batch = std::mem::take(&mut self.deferred);
+            batch.append(&mut self.changes);
             effects.push(Effect::Persist(batch));
         }
         effects.append(&mut self.after_persist);
@@ -745,6 +748,7 @@ impl Core {
             Halt::Shutdown => ("shutdown requested".to_owned(), 0),
             Halt::MaxCycles(n) => (format!("stopped after max_cycles ({n})"), 3),
             Halt::IntakeFailing(detail) => (format!("intake keeps failing: {detail}"), 1),
+            Halt::BaseRewritten(detail) => (detail.clone(), 5),
             Halt::Deposed => return effects,
         };
         self.event(None, EventKind::CoordinatorHalted { reason, exit_code });

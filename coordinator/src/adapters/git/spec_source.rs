@@ -106,6 +106,23 @@ impl SpecSource for GitSpecSource {
             Err(e) => return Err(git_err("read base branch")(e)),
         };
         let version_commit = CommitId(commit.id().to_string());
+        if let Some(prev) = since
+            && prev.commit != version_commit
+        {
+            // Only forward moves are expected (landings, pushes on top). A tip that does not
+            // descend from the last one seen is a rewrite nobody here asked for.
+            let descends = Oid::from_str(&prev.commit.0)
+                .and_then(|old| repo.graph_descendant_of(commit.id(), old))
+                .unwrap_or(false);
+            if !descends {
+                return Err(SpecSourceError::Rewritten {
+                    branch: self.base_branch.clone(),
+                    repo: self.repo_label.clone(),
+                    from: prev.commit.0.clone(),
+                    to: version_commit.0,
+                });
+            }
+        }
         let root = commit.tree().map_err(git_err("read commit tree"))?;
         let mut skipped = Vec::new();
         let new_tree = specs_tree(&repo, &root, &self.specs_dir, &mut skipped)?;
