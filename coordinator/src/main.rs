@@ -105,6 +105,10 @@ struct RunArgs {
     /// PEM CA certificates that client certificates must chain to (mutual TLS).
     #[arg(long, value_name = "FILE")]
     tls_client_ca: Option<String>,
+    /// Operator token that admin mutations (approve, cancel, retry, drain) and agent logs
+    /// need; without one they are only served to loopback clients or over mutual TLS.
+    #[arg(long, env = "HYPERLOOP_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Let `type: command` gates run their commands on this host. The process definition is
     /// written by whoever can commit to the repository, so without this flag a process with
     /// command gates is refused.
@@ -127,6 +131,7 @@ impl RunArgs {
             tls_key: self.tls_key.clone(),
             tls_client_ca: self.tls_client_ca.clone(),
             allow_command_gates: self.allow_command_gates,
+            admin_token: self.admin_token.clone(),
             ..Overrides::default()
         }
     }

@@ -95,6 +95,10 @@ struct Harness {
 struct Options {
     leading: bool,
     tls: TlsConfig,
+    /// The coordinator's settings as its operator gave them (listen address, tokens), and
+    /// more of its `.hyperloop.yaml`.
+    overrides: Overrides,
+    yaml: &'static str,
 }
 
 impl Default for Options {
@@ -102,6 +106,8 @@ impl Default for Options {
         Self {
             leading: true,
             tls: TlsConfig::default(),
+            overrides: Overrides::default(),
+            yaml: "",
         }
     }
 }
@@ -138,10 +144,10 @@ fn serve(options: Options) -> Harness {
         .unwrap();
     // Every agent needs `gpu=yes`, which no connected worker has.
     let config = Config::load(
-        "agent:\n  labels: {gpu: \"yes\"}\n",
+        &format!("agent:\n  labels: {{gpu: \"yes\"}}\n{}", options.yaml),
         ".hyperloop.yaml",
         &BTreeMap::new(),
-        &Overrides::default(),
+        &options.overrides,
     )
     .unwrap();
     let leader_url = "http://leader.example:7070".to_owned();
@@ -266,6 +272,7 @@ impl Harness {
             .env_remove("HYPERLOOP_TLS_CA")
             .env_remove("HYPERLOOP_TLS_CERT")
             .env_remove("HYPERLOOP_TLS_KEY")
+            .env_remove("HYPERLOOP_ADMIN_TOKEN")
             .env("HYPERLOOP_SERVER", &self.url)
             .args(args)
             .timeout(Duration::from_secs(30))
@@ -417,6 +424,59 @@ fn an_oversized_reason_or_request_is_refused_and_never_reaches_the_loop() {
         "nothing reached the loop: {:?}",
         h.received()
     );
+}
+
+/// A coordinator listening on every interface, as its operator set it up.
+fn beyond_loopback(admin_token: Option<&str>) -> Options {
+    Options {
+        overrides: Overrides {
+            listen: Some("0.0.0.0:7070".into()),
+            join_token: Some("join-secret".into()),
+            admin_token: admin_token.map(str::to_owned),
+            ..Overrides::default()
+        },
+        // Plaintext keeps the test short; the credential rules are the same over TLS.
+        yaml: "tls: {allow_plaintext: true}\n",
+        ..Options::default()
+    }
+}
+
+#[test]
+fn an_anonymous_client_reads_but_cannot_steer_a_coordinator_listening_beyond_loopback() {
+    let h = serve(beyond_loopback(None));
+    ok(&h.ctl(&["get", "tasks"]));
+    for args in [
+        &["cancel", "1", "--reason", "anonymous"][..],
+        &["approve", "1"],
+        &["drain", "w1"],
+        &["retry", "spec", "specs/a.md"],
+        &["logs", "task-001"],
+    ] {
+        let err = failed(&h.ctl(args), 2);
+        assert!(
+            err.contains("--admin-token") && err.contains("mutual TLS"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(h.received().is_empty(), "{:?}", h.received());
+}
+
+#[test]
+fn with_an_operator_token_commands_need_it_and_a_wrong_one_is_refused() {
+    let h = serve(beyond_loopback(Some("op-7Kq")));
+    let err = failed(&h.ctl(&["cancel", "1"]), 2);
+    assert!(err.contains("operator token"), "{err}");
+    let err = failed(&h.ctl(&["--token", "op-guess", "cancel", "1"]), 2);
+    assert!(err.contains("operator token"), "{err}");
+    ok(&h.ctl(&[
+        "--token",
+        "op-7Kq",
+        "cancel",
+        "1",
+        "--reason",
+        "by the operator",
+    ]));
+    assert_eq!(h.received(), ["cancel task-001 by the operator"]);
 }
 
 #[test]

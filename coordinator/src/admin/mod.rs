@@ -44,6 +44,8 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_NOTE_BYTES: usize = 4 * 1024;
 /// The longest id, name or path in a request.
 pub const MAX_NAME_BYTES: usize = 1024;
+/// The request header that carries the operator token (`Bearer TOKEN`).
+pub const AUTHORIZATION: &str = "authorization";
 
 /// The admin API of one coordinator.
 pub struct Admin<S> {
@@ -83,6 +85,44 @@ fn bounded(field: &str, value: String, max: usize) -> Result<String, Status> {
         )));
     }
     Ok(value)
+}
+
+impl<S> Admin<S> {
+    /// Whether `request` may steer the loop or read agent output (the operator role): with
+    /// an operator token configured it must carry it; without one, only clients on loopback
+    /// or authenticated by mutual TLS may. Reads of state need no credential.
+    fn operator<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if let Some(token) = &self.config.admin_token {
+            let expected = format!("Bearer {}", token.expose());
+            let given = request
+                .metadata()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                return Ok(());
+            }
+            return Err(Status::unauthenticated(
+                "this needs the operator token: pass --token (or set HYPERLOOP_ADMIN_TOKEN) to \
+                 hyperloopctl",
+            ));
+        }
+        let mutual_tls = self.config.tls.client_ca.is_some();
+        if mutual_tls || self.config.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "this coordinator listens on {} without an operator credential, so it only answers \
+             reads: start it with --admin-token (or HYPERLOOP_ADMIN_TOKEN) or mutual TLS \
+             (--tls-client-ca) to allow commands",
+            self.config.listen
+        )))
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn store_error(e: StoreError) -> Status {
@@ -478,6 +518,7 @@ impl<S: StateStore> AdminService for Admin<S> {
         &self,
         request: Request<v1::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        self.operator(&request)?;
         let r = request.into_inner();
         let id = task_id("task_id", &r.task_id)?;
         self.leader_only("stream agent output")?;
@@ -516,6 +557,7 @@ impl<S: StateStore> AdminService for Admin<S> {
         &self,
         request: Request<v1::ApproveTaskRequest>,
     ) -> Result<Response<v1::ApproveTaskResponse>, Status> {
+        self.operator(&request)?;
         let r = request.into_inner();
         let task = task_id("task_id", &r.task_id)?;
         let gate = bounded("gate", r.gate, MAX_NAME_BYTES)?;
@@ -538,6 +580,7 @@ impl<S: StateStore> AdminService for Admin<S> {
         &self,
         request: Request<v1::CancelTaskRequest>,
     ) -> Result<Response<v1::CancelTaskResponse>, Status> {
+        self.operator(&request)?;
         let r = request.into_inner();
         let task = task_id("task_id", &r.task_id)?;
         let reason = bounded("reason", r.reason, MAX_NOTE_BYTES)?;
@@ -557,6 +600,7 @@ impl<S: StateStore> AdminService for Admin<S> {
         &self,
         request: Request<v1::RetrySpecRequest>,
     ) -> Result<Response<v1::RetrySpecResponse>, Status> {
+        self.operator(&request)?;
         let r = request.into_inner();
         let path = bounded("path", r.path, MAX_NAME_BYTES)?;
         let path = SpecPath::parse(&path).map_err(|e| {
@@ -576,6 +620,7 @@ impl<S: StateStore> AdminService for Admin<S> {
         &self,
         request: Request<v1::DrainWorkerRequest>,
     ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        self.operator(&request)?;
         let worker = bounded("name", request.into_inner().name, MAX_NAME_BYTES)?;
         if worker.is_empty() {
             return Err(Status::invalid_argument(

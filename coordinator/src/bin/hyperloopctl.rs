@@ -38,6 +38,16 @@ struct Cli {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, env = "HYPERLOOP_TLS_KEY", value_name = "FILE", global = true)]
     tls_key: Option<PathBuf>,
+    /// Operator token: what approve, cancel, retry, drain and logs need on a coordinator that
+    /// listens beyond loopback (its HYPERLOOP_ADMIN_TOKEN).
+    #[arg(
+        long,
+        env = "HYPERLOOP_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        global = true
+    )]
+    token: Option<String>,
     /// Configuration file (default: <path>/.hyperloop.yaml): its overlay and max_workers
     /// explain why tasks wait.
     #[arg(short = 'c', long = "config", env = "HYPERLOOP_CONFIG", global = true)]
@@ -219,11 +229,17 @@ fn dispatch(cli: Cli) -> Exit {
         key: cli.tls_key,
     };
     match (plan, &cli.server) {
-        (Plan::Live(_, command), Some(server)) => remote::run(server, &tls, cli.output, command),
-        (Plan::Live(what, _), None) => ctl::needs_server(what),
-        (Plan::Read(command), Some(server)) => {
-            remote::run(server, &tls, cli.output, Remote::Read(command))
+        (Plan::Live(_, command), Some(server)) => {
+            remote::run(server, &tls, cli.token.as_deref(), cli.output, command)
         }
+        (Plan::Live(what, _), None) => ctl::needs_server(what),
+        (Plan::Read(command), Some(server)) => remote::run(
+            server,
+            &tls,
+            cli.token.as_deref(),
+            cli.output,
+            Remote::Read(command),
+        ),
         (Plan::Read(command), None) => {
             let target = Target {
                 path: cli.path,

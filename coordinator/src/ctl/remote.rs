@@ -8,6 +8,7 @@ use hyperloop_proto::v1::{self, admin_service_client::AdminServiceClient};
 use hyperloop_shared::event::Event;
 use hyperloop_shared::model::{Review, Task, TaskId};
 use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::table::{Table, age};
@@ -45,8 +46,25 @@ pub enum Remote {
     RetrySpec(String),
 }
 
-/// Runs `command` against the coordinator at `server`.
-pub fn run(server: &str, tls: &ClientTls, format: Format, command: Remote) -> Exit {
+/// Runs `command` against the coordinator at `server`; `token` is the operator token that
+/// commands need on a coordinator that is not on loopback.
+pub fn run(
+    server: &str,
+    tls: &ClientTls,
+    token: Option<&str>,
+    format: Format,
+    command: Remote,
+) -> Exit {
+    let bearer = match token.map(|t| format!("Bearer {t}").parse()).transpose() {
+        Ok(value) => Bearer(value),
+        Err(_) => {
+            return Exit::usage(
+                "--token holds characters a request header cannot carry; use the token as \
+                 printed"
+                    .to_owned(),
+            );
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,7 +78,7 @@ pub fn run(server: &str, tls: &ClientTls, format: Format, command: Remote) -> Ex
             Err(e @ crate::tls::ConnectError::Settings(_)) => return Exit::usage(e.to_string()),
             Err(e) => return runtime_error(e.to_string()),
         };
-        let client = AdminServiceClient::new(channel);
+        let client = AdminServiceClient::with_interceptor(channel, bearer);
         match execute(server, client, format, command).await {
             Ok(exit) | Err(exit) => exit,
         }
@@ -73,9 +91,11 @@ pub fn run(server: &str, tls: &ClientTls, format: Format, command: Remote) -> Ex
 fn status_exit(server: &str) -> impl Fn(tonic::Status) -> Exit + '_ {
     use tonic::Code;
     move |s| match s.code() {
-        Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
-            Exit::usage(s.message().to_owned())
-        }
+        Code::NotFound
+        | Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::Unauthenticated
+        | Code::PermissionDenied => Exit::usage(s.message().to_owned()),
         // The connection broke under the call: no answer from the coordinator itself. The
         // transport error's chain says why (a Status's own Display is debug-formatted).
         Code::Unknown | Code::Cancelled => runtime_error(format!(
@@ -299,7 +319,25 @@ fn render_worker(w: &WorkerView, now: u64) -> String {
     out
 }
 
-type Client = AdminServiceClient<Channel>;
+type Client = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds the operator token (`--token`) to every request.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(crate::admin::AUTHORIZATION, value.clone());
+        }
+        Ok(request)
+    }
+}
 
 async fn all_tasks(server: &str, client: &mut Client, spec: String) -> Result<Vec<TaskView>, Exit> {
     let r = client

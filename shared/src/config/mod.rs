@@ -106,6 +106,10 @@ pub struct Config {
     /// commands on the coordinator's host. Not serialized: it has no key to load back into.
     #[serde(skip)]
     pub allow_command_gates: bool,
+    /// The operator token admin mutations need (`--admin-token` or `HYPERLOOP_ADMIN_TOKEN`).
+    /// Never serialized, and never read from the repository's config.
+    #[serde(skip)]
+    pub admin_token: Option<Secret>,
     pub etcd: EtcdConfig,
     pub github: GithubConfig,
     pub notifications: NotificationsConfig,
@@ -338,6 +342,9 @@ pub enum AgentProgram {
     Command(Vec<String>),
 }
 
+/// Where the coordinator reads its operator token from (besides `--admin-token`).
+pub const ADMIN_TOKEN_ENV: &str = "HYPERLOOP_ADMIN_TOKEN";
+
 /// A secret string: `Debug` does not show it and it is never serialized.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -391,6 +398,8 @@ pub struct Overrides {
     pub base_ref: Option<String>,
     /// `--allow-command-gates`
     pub allow_command_gates: bool,
+    /// `--admin-token TOKEN`
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
@@ -431,6 +440,7 @@ impl Default for Config {
             join_token_env: "HYPERLOOP_JOIN_TOKEN".to_owned(),
             join_token: None,
             allow_command_gates: false,
+            admin_token: None,
             etcd: EtcdConfig {
                 endpoints: Vec::new(),
                 prefix: None,
@@ -772,6 +782,12 @@ impl Resolver<'_> {
             join_token_env,
             join_token,
             allow_command_gates: overrides.allow_command_gates,
+            admin_token: overrides
+                .admin_token
+                .clone()
+                .or_else(|| env.get(ADMIN_TOKEN_ENV).cloned())
+                .filter(|token| !token.is_empty())
+                .map(Secret),
             etcd: EtcdConfig {
                 endpoints: self
                     .get(

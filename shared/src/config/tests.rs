@@ -835,6 +835,7 @@ fn command_line_overrides_apply_and_are_validated() {
         tls_key: Some("k.pem".into()),
         tls_client_ca: Some("ca.pem".into()),
         allow_command_gates: true,
+        admin_token: Some("op-secret".into()),
     };
     check_with("repo: acme/old", &[], &overrides, |c| {
         c.target.repo = Some("acme/api".into());
@@ -855,6 +856,7 @@ fn command_line_overrides_apply_and_are_validated() {
             allow_plaintext: false,
         };
         c.allow_command_gates = true;
+        c.admin_token = Some(Secret::new("op-secret"));
     });
     check_errors_with(
         "",
