@@ -590,3 +590,51 @@ fn an_unusable_spec_is_given_up_alone_and_an_intake_in_flight_does_not_close_it(
     assert_eq!(given_up.len(), 1);
     assert!(given_up[0].contains("specs/bad.md cannot be used: it is not UTF-8 text"));
 }
+
+#[test]
+fn a_role_that_requires_labels_goes_only_to_a_worker_carrying_them_and_capacity_counts() {
+    let mut core = start(Mode::Run, &["a", "b"]);
+    core.settings.config.agent.roles.insert(
+        "implementer".to_owned(),
+        crate::config::RoleOverrides {
+            labels: Some(std::collections::BTreeMap::from([(
+                "gpu".to_owned(),
+                "a100".to_owned(),
+            )])),
+            ..Default::default()
+        },
+    );
+    let plain = offer("plain", 4);
+    let mut gpu = offer("gpu", 1);
+    gpu.labels.insert("gpu".to_owned(), "a100".to_owned());
+    let workers = Input::Tick(Tick {
+        workers: vec![plain, gpu],
+        forge_busy: false,
+    });
+    // The PM needs no label: it goes to the worker with the most free slots.
+    assert_eq!(
+        summary(&core.on(workers.clone(), 1)),
+        ["persist", "dispatch pm #1 -> plain"]
+    );
+    let mut r = report(1, "intake", Verdict::Pass);
+    r.proposals = ["a", "b"]
+        .iter()
+        .map(|s| Proposal {
+            key: None,
+            title: format!("Build {s}"),
+            spec: path(s).to_string(),
+            deps: Vec::new(),
+        })
+        .collect();
+    core.on(result("plain", r), 2);
+    // Two implementers are due, but only the one-slot gpu worker carries the label.
+    assert_eq!(
+        summary(&core.on(workers, 3)),
+        [
+            "persist",
+            "ack #1",
+            "forget #1",
+            "dispatch implementer #2 -> gpu"
+        ]
+    );
+}
