@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use hyperloop_coordinator::adapters::git::GitLander;
 use hyperloop_coordinator::ports::lander::{
-    CheckoutSync, LandOutcome, LandRequest, LandedEvidence, Lander, Landing, PushStatus, WorkRef,
+    CheckoutSync, LandError, LandOutcome, LandRequest, LandedEvidence, Lander, Landing, PushStatus,
+    WorkRef,
 };
 use hyperloop_coordinator::ports::spec_source::CommitId;
 use hyperloop_shared::config::MergeStrategy;
@@ -414,4 +415,43 @@ fn a_linked_worktree_on_the_base_branch_is_moved_along() {
         "feature\n"
     );
     assert_eq!(git(&linked, &["status", "--porcelain"]), "");
+}
+
+#[test]
+fn a_shared_origin_whose_base_was_rewritten_is_never_landed_onto_or_pulled() {
+    let f = Fixture::new();
+    let before = f.rev(&f.work, "main");
+    // Someone (an agent with origin credentials) force-pushes an unrelated history to main.
+    let other = f._tmp.path().join("other");
+    git(f._tmp.path(), &["clone", "-q", "origin.git", "other"]);
+    git(&other, &["checkout", "-q", "--orphan", "evil"]);
+    git(&other, &["rm", "-rq", "--cached", "."]);
+    std::fs::write(other.join("evil.txt"), "replaced\n").unwrap();
+    git(&other, &["add", "evil.txt"]);
+    git(&other, &["commit", "-q", "-m", "unrelated history"]);
+    git(&other, &["push", "-q", "--force", "origin", "evil:main"]);
+    let rewritten = f.rev(&f.origin, "main");
+
+    let lander = GitLander::open_shared(&f.work, "main").unwrap();
+    let err = lander
+        .land(&request(MergeStrategy::Squash))
+        .expect_err("a rewritten origin is refused");
+    assert!(matches!(err, LandError::Rewritten { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("git push --force origin {before}:refs/heads/main")),
+        "{message}"
+    );
+    assert_eq!(
+        f.rev(&f.work, "main"),
+        before,
+        "the local base was not moved"
+    );
+    assert_eq!(
+        f.rev(&f.origin, "main"),
+        rewritten,
+        "and nothing was pushed on top"
+    );
+    assert_eq!(f.status(), "", "the checkout is untouched");
 }

@@ -101,6 +101,17 @@ pub enum LandError {
     },
     #[error("{repo} is not a usable git repository: {reason}; run hyperloop inside a git checkout")]
     OpenRepository { repo: String, reason: String },
+    #[error(
+        "origin's {branch} was rewritten outside hyperloop: it moved from {from} to {to}, which \
+         does not descend from it; nothing was landed on it. If that was not intended, push the \
+         old tip back with `git push --force origin {from}:refs/heads/{branch}` and run again"
+    )]
+    Rewritten {
+        task: WorkRef,
+        branch: String,
+        from: String,
+        to: String,
+    },
     #[error("git {operation} failed while landing {task}: {reason}")]
     Git {
         task: WorkRef,

@@ -136,9 +136,12 @@ pub(super) fn landed(outcome: Result<LandOutcome, LandError>) -> Landed {
         }
         Ok(LandOutcome::Conflict { files }) => Landed::Conflict { files },
         Ok(LandOutcome::Deferred { reason }) => Landed::RetryLater { reason },
-        Err(e) if e.is_transient() => Landed::RetryLater {
-            reason: e.to_string(),
-        },
+        // A rewritten base halts the loop; the task waits to land once it is sorted out.
+        Err(e) if e.is_transient() || matches!(e, LandError::Rewritten { .. }) => {
+            Landed::RetryLater {
+                reason: e.to_string(),
+            }
+        }
         Err(e) => Landed::Failed {
             reason: e.to_string(),
         },

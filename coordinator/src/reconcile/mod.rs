@@ -41,7 +41,7 @@ use crate::control::{AttemptView, Command, CommandError, Live, WorkerView};
 use crate::logs::LogHub;
 use crate::ports::dispatcher::{Dispatcher, Inbound};
 use crate::ports::gate::{GateTarget, evaluate_gate};
-use crate::ports::lander::Lander;
+use crate::ports::lander::{LandError, Lander};
 use crate::ports::notifier::{Nobody, Notifier};
 use crate::ports::spec_source::{SpecSource, SpecSourceError};
 use crate::ports::state_store::{Change, StateStore, StoreError};
@@ -275,6 +275,11 @@ where
         let commands = self.commands.clone();
         let mut commands = commands.lock().await;
         loop {
+            // A halt found while handling the last input stops the loop before it decides
+            // anything more.
+            if let Some(halt) = self.halt.take() {
+                return self.stop(halt).await;
+            }
             self.cycle().await?;
             if let Some(halt) = self.halt.take() {
                 return self.stop(halt).await;
@@ -496,6 +501,11 @@ where
     async fn git_reply(&mut self, reply: GitReply) -> Result<(), RunError> {
         let input = match reply {
             GitReply::Synced(Ok(())) => Input::Wake,
+            GitReply::Synced(Err(e @ LandError::Rewritten { .. })) => {
+                tracing::error!(error = %e, "origin's base branch rewritten; stopping");
+                self.halt = Some(Halt::BaseRewritten(e.to_string()));
+                Input::Wake
+            }
             GitReply::Synced(Err(e)) => {
                 tracing::warn!(error = %e, "could not bring the base branch up to date; retrying later");
                 Input::Wake
@@ -507,6 +517,10 @@ where
             } => {
                 if let Err(e) = &outcome {
                     tracing::warn!(task = %request.task, error = %e, "landing failed");
+                }
+                // Nothing was landed; the loop stops before anything is built on the rewrite.
+                if let Err(e @ LandError::Rewritten { .. }) = &outcome {
+                    self.halt = Some(Halt::BaseRewritten(e.to_string()));
                 }
                 Input::Landed {
                     request,

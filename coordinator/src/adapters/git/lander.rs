@@ -100,6 +100,15 @@ impl GitLander {
         let local = repo.refname_to_id(&self.base_ref()).ok();
         match local {
             Some(local) if local == remote => {}
+            // origin's branch must only have moved forward; never take a rewrite over.
+            Some(local) if !repo.graph_descendant_of(remote, local).unwrap_or(false) => {
+                return Err(LandError::Rewritten {
+                    task,
+                    branch: self.base_branch.clone(),
+                    from: local.to_string(),
+                    to: remote.to_string(),
+                });
+            }
             Some(local) => match self.advance(repo, task, local, remote)? {
                 Advance::Moved(_) => {}
                 Advance::Raced => {
