@@ -166,24 +166,45 @@ async fn a_ref_lock_left_by_a_crashed_writer_is_cleared_and_a_fresh_one_is_waite
 }
 
 #[tokio::test]
-async fn a_ref_moved_by_another_program_is_a_conflict_and_reloads() {
+async fn a_state_ref_moved_or_deleted_by_another_program_is_put_back_and_the_foreign_commit_kept() {
     let r = repo(10);
     let store = r.open();
     store
         .apply(Revision(0), vec![Change::PutTask(contract::task(1))])
         .await
         .unwrap();
-    store.load().await.unwrap(); // warm the cache
+    let good = git(r.dir.path(), &["rev-parse", STATE_REF]);
+    // An agent with the user's rights forges a state with a task of its own.
     replace_in_state(
         r.dir.path(),
         "tasks/02/task-002.json",
         &serde_json::to_vec(&contract::task(2)).unwrap(),
     );
+    let forged = git(r.dir.path(), &["rev-parse", STATE_REF]);
+    assert_ne!(good, forged);
     let state = store.load().await.unwrap();
     assert!(
-        state.tasks.contains_key(&TaskId(2)),
-        "the cache follows the ref"
+        !state.tasks.contains_key(&TaskId(2)),
+        "the forged task is not read"
     );
+    assert!(state.tasks.contains_key(&TaskId(1)));
+    assert_eq!(git(r.dir.path(), &["rev-parse", STATE_REF]), good);
+    let kept = format!("refs/hyperloop/quarantine/{}", forged.trim());
+    assert_eq!(
+        git(r.dir.path(), &["rev-parse", &kept]),
+        forged,
+        "kept for inspection"
+    );
+
+    // Deleting the ref loses nothing either; the next write builds on the last good state.
+    git(r.dir.path(), &["update-ref", "-d", STATE_REF]);
+    let (revision, _) = store
+        .apply(Revision(1), vec![Change::PutTask(contract::task(3))])
+        .await
+        .unwrap();
+    assert_eq!(revision, Revision(2));
+    let state = r.open().load().await.unwrap();
+    assert!(state.tasks.contains_key(&TaskId(1)) && state.tasks.contains_key(&TaskId(3)));
 }
 
 #[tokio::test]

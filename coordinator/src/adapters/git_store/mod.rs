@@ -13,8 +13,13 @@
 //!   (`<git dir>/hyperloop/state-writer.lock`), compare the ref's revision with `expected`,
 //!   and move the ref only if it still points at the commit they built on.
 //!
-//! Assumptions: nothing but hyperloop writes `refs/hyperloop/state` (`git gc`/`pack-refs` may
-//! pack it; that is fine). A ref lock file left by a crashed writer is removed once it is
+//! - Tamper-evident within a run: the store remembers the state commit it last read or wrote.
+//!   When the ref points anywhere else (an agent with the user's rights force-pushed or
+//!   deleted it), the foreign commit is kept under `refs/hyperloop/quarantine/<id>` and the
+//!   ref is put back on the last good state before anything is read or written.
+//!
+//! Assumptions: nothing but this store writes `refs/hyperloop/state` while it runs
+//! (`git gc`/`pack-refs` may pack it; that is fine). A ref lock file left by a crashed writer is removed once it is
 //! [`STALE_REF_LOCK_AGE`] old, because only a crash leaves one that long.
 //!
 //! Revision scheme: each state commit carries `Hyperloop-Revision: <n>` and
@@ -77,6 +82,9 @@ struct Inner {
     cache: Mutex<Option<Cached>>,
     /// The shared git directory (the main one for a linked worktree): where refs live.
     common_dir: PathBuf,
+    /// The state commit this store last read or wrote, and its revision: the ref must still
+    /// point there, or at a later revision written on top of it.
+    known: Mutex<Option<(Oid, Revision)>>,
     journal_limit: usize,
 }
 
@@ -115,6 +123,7 @@ impl GitStore {
                 common_dir: repo.commondir().to_path_buf(),
                 repo: Mutex::new(repo),
                 cache: Mutex::new(None),
+                known: Mutex::new(None),
                 journal_limit,
             }),
         })
@@ -164,11 +173,65 @@ impl Inner {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn known(&self) -> MutexGuard<'_, Option<(Oid, Revision)>> {
+        // An Oid is written whole; a poisoned lock still holds a valid one.
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts the ref back on the last good state if something else moved it, keeping what it
+    /// found for inspection. Another instance of this store writing on top (a descendant
+    /// with a higher revision) is not foreign. A store that has not read yet trusts what is
+    /// there.
+    fn restore_if_foreign(&self, repo: &Repository) -> Result<(), StoreError> {
+        let Some((known, known_revision)) = *self.known() else {
+            return Ok(());
+        };
+        let current = repo.find_reference(STATE_REF).ok().and_then(|r| r.target());
+        if current == Some(known) {
+            return Ok(());
+        }
+        if let Some(id) = current
+            && repo.graph_descendant_of(id, known).unwrap_or(false)
+            && read_head(repo)
+                .ok()
+                .flatten()
+                .is_some_and(|h| h.revision > known_revision)
+        {
+            return Ok(());
+        }
+        if let Some(foreign) = current {
+            let kept = format!("refs/hyperloop/quarantine/{foreign}");
+            repo.reference(
+                &kept,
+                foreign,
+                true,
+                "hyperloop: a foreign state write, kept",
+            )
+            .map_err(|e| git_err("restore", e))?;
+        }
+        repo.reference(
+            STATE_REF,
+            known,
+            true,
+            "hyperloop: restore the last good state",
+        )
+        .map_err(|e| git_err("restore", e))?;
+        tracing::warn!(
+            restored = %known,
+            foreign = ?current.map(|c| c.to_string()),
+            "{STATE_REF} was changed outside hyperloop; the last good state is back (the \
+             foreign commit is kept under refs/hyperloop/quarantine/)"
+        );
+        Ok(())
+    }
+
     fn load(&self) -> Result<State, StoreError> {
         let repo = self.repo();
+        self.restore_if_foreign(&repo)?;
         let Some(head) = read_head(&repo)? else {
             return Ok(State::default());
         };
+        *self.known() = Some((head.commit.id(), head.revision));
         if let Some(cached) = self
             .cache()
             .as_ref()
@@ -191,6 +254,7 @@ impl Inner {
     ) -> Result<(Revision, Vec<Event>), StoreError> {
         let _writer = self.writer_lock()?;
         let repo = self.repo();
+        self.restore_if_foreign(&repo)?;
         let head = read_head(&repo)?;
         let found = head.as_ref().map_or(Revision(0), |h| h.revision);
         if found != expected {
@@ -228,7 +292,7 @@ impl Inner {
             None => repo.reference(STATE_REF, commit, false, &log),
         };
         match moved {
-            Ok(_) => {}
+            Ok(_) => *self.known() = Some((commit, revision)),
             // Someone outside this store's writer lock moved the ref since we read it.
             Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
                 let found = read_head(&repo)?.map_or(Revision(0), |h| h.revision);
