@@ -80,6 +80,9 @@ impl Harness for Repo {
             Corruption::UnknownKey => ("tasks/01/notes.txt".to_owned(), "hello"),
         };
         replace_in_state(self.dir.path(), &key, content.as_bytes());
+        // Damage to what the store itself wrote, not a foreign write it would undo: no record
+        // of a better state is left.
+        let _ = std::fs::remove_file(self.dir.path().join(".git/hyperloop/state-known"));
         Some(key)
     }
 }
@@ -205,6 +208,32 @@ async fn a_state_ref_moved_or_deleted_by_another_program_is_put_back_and_the_for
     assert_eq!(revision, Revision(2));
     let state = r.open().load().await.unwrap();
     assert!(state.tasks.contains_key(&TaskId(1)) && state.tasks.contains_key(&TaskId(3)));
+}
+
+#[tokio::test]
+async fn a_state_ref_replaced_while_no_coordinator_ran_is_put_back_on_the_next_start() {
+    let r = repo(10);
+    let store = r.open();
+    store
+        .apply(Revision(0), vec![Change::PutTask(contract::task(1))])
+        .await
+        .unwrap();
+    drop(store);
+    // While nothing runs, something force-pushes an unrelated commit over the state.
+    let tree = git(r.dir.path(), &["mktree"]);
+    let orphan = git(
+        r.dir.path(),
+        &["commit-tree", tree.trim(), "-m", "not a state"],
+    );
+    git(r.dir.path(), &["update-ref", STATE_REF, orphan.trim()]);
+    let state = r
+        .open()
+        .load()
+        .await
+        .expect("the last good state, not an error");
+    assert!(state.tasks.contains_key(&TaskId(1)), "nothing lost");
+    let kept = format!("refs/hyperloop/quarantine/{}", orphan.trim());
+    assert_eq!(git(r.dir.path(), &["rev-parse", &kept]), orphan);
 }
 
 #[tokio::test]

@@ -13,7 +13,8 @@
 //!   (`<git dir>/hyperloop/state-writer.lock`), compare the ref's revision with `expected`,
 //!   and move the ref only if it still points at the commit they built on.
 //!
-//! - Tamper-evident within a run: the store remembers the state commit it last read or wrote.
+//! - Tamper-evident: the store remembers the state commit it last read or wrote (in memory,
+//!   and in `<git dir>/hyperloop/state-known` so a restart remembers it too).
 //!   When the ref points anywhere else (an agent with the user's rights force-pushed or
 //!   deleted it), the foreign commit is kept under `refs/hyperloop/quarantine/<id>` and the
 //!   ref is put back on the last good state before anything is read or written.
@@ -175,7 +176,38 @@ impl Inner {
 
     fn known(&self) -> MutexGuard<'_, Option<(Oid, Revision)>> {
         // An Oid is written whole; a poisoned lock still holds a valid one.
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.is_none() {
+            *known = self.remembered();
+        }
+        known
+    }
+
+    fn known_file(&self) -> PathBuf {
+        self.common_dir.join("hyperloop").join("state-known")
+    }
+
+    /// The last good state a previous run of this store recorded (`<commit> <revision>`).
+    fn remembered(&self) -> Option<(Oid, Revision)> {
+        let text = fs::read_to_string(self.known_file()).ok()?;
+        let (commit, revision) = text.trim().split_once(' ')?;
+        Some((
+            Oid::from_str(commit).ok()?,
+            Revision(revision.parse().ok()?),
+        ))
+    }
+
+    /// Records the last good state for the next run; best effort (the ref stays the truth,
+    /// this only lets a restart notice a foreign write made while it was down).
+    fn remember(&self, commit: Oid, revision: Revision) {
+        *self.known() = Some((commit, revision));
+        let path = self.known_file();
+        let temp = path.with_extension("tmp");
+        let written = fs::write(&temp, format!("{commit} {}\n", revision.0))
+            .and_then(|()| fs::rename(&temp, &path));
+        if let Err(e) = written {
+            tracing::debug!(error = %e, path = %path.display(), "could not record the last good state");
+        }
     }
 
     /// Puts the ref back on the last good state if something else moved it, keeping what it
@@ -187,7 +219,8 @@ impl Inner {
             return Ok(());
         };
         let current = repo.find_reference(STATE_REF).ok().and_then(|r| r.target());
-        if current == Some(known) {
+        // A remembered commit that is gone (the state was pruned on purpose) is no evidence.
+        if current == Some(known) || repo.find_commit(known).is_err() {
             return Ok(());
         }
         if let Some(id) = current
@@ -231,7 +264,9 @@ impl Inner {
         let Some(head) = read_head(&repo)? else {
             return Ok(State::default());
         };
-        *self.known() = Some((head.commit.id(), head.revision));
+        if *self.known() != Some((head.commit.id(), head.revision)) {
+            self.remember(head.commit.id(), head.revision);
+        }
         if let Some(cached) = self
             .cache()
             .as_ref()
@@ -292,7 +327,7 @@ impl Inner {
             None => repo.reference(STATE_REF, commit, false, &log),
         };
         match moved {
-            Ok(_) => *self.known() = Some((commit, revision)),
+            Ok(_) => self.remember(commit, revision),
             // Someone outside this store's writer lock moved the ref since we read it.
             Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => {
                 let found = read_head(&repo)?.map_or(Revision(0), |h| h.revision);
