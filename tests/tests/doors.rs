@@ -195,3 +195,64 @@ fn a_base_branch_rewritten_while_running_stops_the_run_before_anything_is_built_
         "the work landed on the original history:\n{log}"
     );
 }
+
+#[test]
+fn an_agent_that_force_pushes_over_origins_main_is_caught_and_nothing_is_pushed_over_it() {
+    let config = format!(
+        "max_workers: 1\npoll_interval: 1s\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n\
+         \x20 env_passthrough: [SCRIPTED_MODE]\n",
+        hyperloop_tests::repo::scripted_agent().display()
+    );
+    let repo = TestRepo::new(&[
+        (".hyperloop.yaml", &config),
+        ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
+    ]);
+    let git = |dir: &std::path::Path, args: &[&str]| hyperloop_tests::repo::git(dir, args);
+    let run = |mode: &str| {
+        let child = Command::new(coordinator_bin())
+            .args(["run", "--path"])
+            .arg(&repo.checkout)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("SCRIPTED_MODE", mode)
+            .env("HOME", test_home(repo.dir.path()))
+            .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+            .env_remove("HYPERLOOP_PATH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("coordinator starts");
+        wait_with_limit(child, std::time::Duration::from_secs(120))
+    };
+    let (code, stderr) = run("rewrite-origin");
+    let origin_main = git(&repo.origin, &["log", "--format=%s", "main"]);
+    assert_eq!(
+        origin_main.trim(),
+        "history replaced by an agent",
+        "the attack really replaced origin's main, and nothing was pushed over it"
+    );
+    assert_eq!(code, Some(5), "{stderr}");
+    let local = git(&repo.checkout, &["rev-parse", "main"]);
+    let restore = format!("git push --force origin {}:refs/heads/main", local.trim());
+    assert!(
+        stderr.contains("was replaced outside hyperloop") && stderr.contains(&restore),
+        "the operator is told what happened and how to restore it:\n{stderr}"
+    );
+    assert!(
+        repo.log("main").contains("Spec-Ref: specs/a.md"),
+        "the work is landed locally, not lost"
+    );
+
+    // The operator restores origin as told; the next run has nothing left to do.
+    git(
+        &repo.checkout,
+        &["push", "-q", "--force", "origin", "main:refs/heads/main"],
+    );
+    let (code, stderr) = run("normal");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        git(&repo.origin, &["rev-parse", "main"]),
+        git(&repo.checkout, &["rev-parse", "main"])
+    );
+}

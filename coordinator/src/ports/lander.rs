@@ -45,6 +45,13 @@ pub enum PushStatus {
     Failed {
         reason: String,
     },
+    /// Landed locally, but origin's base branch shares no history with it any more: someone
+    /// replaced it. Nothing is pushed over it; an operator decides.
+    OriginRewritten {
+        branch: String,
+        origin_tip: String,
+        local_tip: String,
+    },
 }
 
 /// A landing, fresh or found.

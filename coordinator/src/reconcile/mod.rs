@@ -41,7 +41,7 @@ use crate::control::{AttemptView, Command, CommandError, Live, WorkerView};
 use crate::logs::LogHub;
 use crate::ports::dispatcher::{Dispatcher, Inbound};
 use crate::ports::gate::{GateTarget, evaluate_gate};
-use crate::ports::lander::{LandError, Lander};
+use crate::ports::lander::{LandError, LandOutcome, Lander, PushStatus};
 use crate::ports::notifier::{Nobody, Notifier};
 use crate::ports::spec_source::{SpecSource, SpecSourceError};
 use crate::ports::state_store::{Change, StateStore, StoreError};
@@ -521,6 +521,23 @@ where
                 // Nothing was landed; the loop stops before anything is built on the rewrite.
                 if let Err(e @ LandError::Rewritten { .. }) = &outcome {
                     self.halt = Some(Halt::BaseRewritten(e.to_string()));
+                }
+                // Landed here, but origin's branch was replaced: stop before pushing more.
+                if let Ok(LandOutcome::Landed(landing) | LandOutcome::AlreadyLanded { landing, .. }) =
+                    &outcome
+                    && let PushStatus::OriginRewritten {
+                        branch,
+                        origin_tip,
+                        local_tip,
+                    } = &landing.push
+                {
+                    self.halt = Some(Halt::BaseRewritten(format!(
+                        "origin's {branch} was replaced outside hyperloop by a history that \
+                         shares nothing with this repository's (origin has {origin_tip}, here \
+                         is {local_tip}); the work is landed here and nothing was pushed over \
+                         it. If that was not intended, restore origin with `git push --force \
+                         origin {local_tip}:refs/heads/{branch}` and run again"
+                    )));
                 }
                 Input::Landed {
                     request,

@@ -357,6 +357,19 @@ impl GitLander {
         repo.refname_to_id(&tracking).ok()
     }
 
+    /// After a refused push: whether origin's base branch was replaced by a history that
+    /// shares nothing with ours (not merely moved on by someone's push).
+    fn origin_rewritten(&self, repo: &Repository, local: Oid) -> Option<PushStatus> {
+        let remote = self.fetch_branch(repo, &self.base_branch)?;
+        repo.merge_base(local, remote)
+            .is_err()
+            .then(|| PushStatus::OriginRewritten {
+                branch: self.base_branch.clone(),
+                origin_tip: remote.to_string(),
+                local_tip: local.to_string(),
+            })
+    }
+
     /// Moves the base branch from `old` to `new`, carrying a checkout of it along.
     fn advance(
         &self,
@@ -454,9 +467,11 @@ impl GitLander {
             let spec = format!("{0}:{0}", self.base_ref());
             match git(dir, ["push", "-q", "origin", &spec]) {
                 Ok(out) if out.status.success() => PushStatus::Pushed,
-                Ok(out) => PushStatus::Failed {
-                    reason: failure(&out),
-                },
+                Ok(out) => self
+                    .origin_rewritten(repo, commit)
+                    .unwrap_or(PushStatus::Failed {
+                        reason: failure(&out),
+                    }),
                 Err(e) => PushStatus::Failed {
                     reason: e.to_string(),
                 },
@@ -469,7 +484,7 @@ impl GitLander {
             && match push {
                 PushStatus::NoOrigin => true,
                 // Keep origin's copy until origin also has the landed base branch.
-                PushStatus::Failed { .. } => false,
+                PushStatus::Failed { .. } | PushStatus::OriginRewritten { .. } => false,
                 PushStatus::Pushed => delete_remote_branch(dir, &request.branch),
             };
         Landing {
