@@ -32,11 +32,7 @@ fn a_coordinator_whose_listen_address_is_busy_exits_2_naming_the_address_and_the
 
 #[test]
 fn an_unusable_spec_is_given_up_alone_and_every_other_spec_is_reconciled() {
-    let config = format!(
-        "max_workers: 1\npoll_interval: 1s\nmax_spec_bytes: 1024\n\
-         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n",
-        hyperloop_tests::repo::scripted_agent().display()
-    );
+    let config = scripted_config("max_spec_bytes: 1024\n", "");
     let big = format!(
         "# Big\n\n{}\n",
         "The repository records big work. ".repeat(64)
@@ -57,19 +53,7 @@ fn an_unusable_spec_is_given_up_alone_and_every_other_spec_is_reconciled() {
     .expect("write");
     hyperloop_tests::repo::git(&repo.checkout, &["add", "-A"]);
     hyperloop_tests::repo::git(&repo.checkout, &["commit", "-q", "-m", "A Latin-1 spec"]);
-    let out = Command::new(coordinator_bin())
-        .args(["run", "--path"])
-        .arg(&repo.checkout)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("HOME", test_home(repo.dir.path()))
-        .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
-        .env_remove("HYPERLOOP_PATH")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("coordinator starts");
-    let (code, stderr) = wait_with_limit(out, std::time::Duration::from_secs(120));
+    let (code, stderr) = wait_with_limit(start(&repo, &[]), LIMIT);
     assert_eq!(code, Some(4), "the given-up specs are named:\n{stderr}");
     assert!(
         stderr.contains("specs/latin1.md cannot be used: it is not UTF-8 text"),
@@ -84,6 +68,40 @@ fn an_unusable_spec_is_given_up_alone_and_every_other_spec_is_reconciled() {
         log.contains("Spec-Ref: specs/good.md"),
         "the good spec was implemented and landed:\n{log}"
     );
+}
+
+/// How long a whole `run` of these small repositories may take.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `.hyperloop.yaml` for one local worker running the scripted agent, with `extra` settings
+/// and `passthrough` (a variable name, or empty) handed to the agent.
+fn scripted_config(extra: &str, passthrough: &str) -> String {
+    let mut config = format!(
+        "max_workers: 1\npoll_interval: 1s\n{extra}\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n",
+        hyperloop_tests::repo::scripted_agent().display()
+    );
+    if !passthrough.is_empty() {
+        config.push_str(&format!("  env_passthrough: [{passthrough}]\n"));
+    }
+    config
+}
+
+/// `run` on `repo` on any free port, with `env` set and stderr piped.
+fn start(repo: &TestRepo, env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(coordinator_bin())
+        .args(["run", "--path"])
+        .arg(&repo.checkout)
+        .args(["--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        .env("HOME", test_home(repo.dir.path()))
+        .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+        .env_remove("HYPERLOOP_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("coordinator starts")
 }
 
 /// Waits for `child` up to `limit` (then kills it), reading its stderr meanwhile so a
@@ -116,34 +134,14 @@ fn wait_with_limit(
 
 #[test]
 fn a_base_branch_rewritten_while_running_stops_the_run_before_anything_is_built_on_it() {
-    let config = format!(
-        "max_workers: 1\npoll_interval: 1s\n\
-         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n\
-         \x20 env_passthrough: [SCRIPTED_DELAY]\n",
-        hyperloop_tests::repo::scripted_agent().display()
-    );
+    let config = scripted_config("", "SCRIPTED_DELAY");
     let repo = TestRepo::new(&[
         (".hyperloop.yaml", &config),
         ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
     ]);
     let git = |args: &[&str]| hyperloop_tests::repo::git(&repo.checkout, args);
     let before = git(&["rev-parse", "main"]).trim().to_owned();
-    let start = || {
-        Command::new(coordinator_bin())
-            .args(["run", "--path"])
-            .arg(&repo.checkout)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("SCRIPTED_DELAY", "2")
-            .env("HOME", test_home(repo.dir.path()))
-            .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
-            .env_remove("HYPERLOOP_PATH")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("coordinator starts")
-    };
-    let child = start();
+    let child = start(&repo, &[("SCRIPTED_DELAY", "2")]);
     // While the implementer works, something outside hyperloop (a hostile agent with the
     // user's rights, a mistaken `reset --hard` + push) replaces main with unrelated history.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -162,7 +160,7 @@ fn a_base_branch_rewritten_while_running_stops_the_run_before_anything_is_built_
     let evil = git(&["commit-tree", tree.trim(), "-m", "unrelated history"]);
     git(&["update-ref", "refs/heads/main", evil.trim()]);
 
-    let (code, stderr) = wait_with_limit(child, std::time::Duration::from_secs(120));
+    let (code, stderr) = wait_with_limit(child, LIMIT);
     assert_eq!(code, Some(5), "{stderr}");
     let restore = format!("git update-ref refs/heads/main {before}");
     assert!(
@@ -187,7 +185,7 @@ fn a_base_branch_rewritten_while_running_stops_the_run_before_anything_is_built_
 
     // The operator restores main; the next run carries on and lands on the real history.
     git(&["update-ref", "refs/heads/main", &before]);
-    let (code, stderr) = wait_with_limit(start(), std::time::Duration::from_secs(120));
+    let (code, stderr) = wait_with_limit(start(&repo, &[("SCRIPTED_DELAY", "2")]), LIMIT);
     assert_eq!(code, Some(0), "{stderr}");
     let log = repo.log("main");
     assert!(
@@ -198,33 +196,13 @@ fn a_base_branch_rewritten_while_running_stops_the_run_before_anything_is_built_
 
 #[test]
 fn an_agent_that_force_pushes_over_origins_main_is_caught_and_nothing_is_pushed_over_it() {
-    let config = format!(
-        "max_workers: 1\npoll_interval: 1s\n\
-         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n\
-         \x20 env_passthrough: [SCRIPTED_MODE]\n",
-        hyperloop_tests::repo::scripted_agent().display()
-    );
+    let config = scripted_config("", "SCRIPTED_MODE");
     let repo = TestRepo::new(&[
         (".hyperloop.yaml", &config),
         ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
     ]);
     let git = |dir: &std::path::Path, args: &[&str]| hyperloop_tests::repo::git(dir, args);
-    let run = |mode: &str| {
-        let child = Command::new(coordinator_bin())
-            .args(["run", "--path"])
-            .arg(&repo.checkout)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("SCRIPTED_MODE", mode)
-            .env("HOME", test_home(repo.dir.path()))
-            .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
-            .env_remove("HYPERLOOP_PATH")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("coordinator starts");
-        wait_with_limit(child, std::time::Duration::from_secs(120))
-    };
+    let run = |mode: &str| wait_with_limit(start(&repo, &[("SCRIPTED_MODE", mode)]), LIMIT);
     let (code, stderr) = run("rewrite-origin");
     let origin_main = git(&repo.origin, &["log", "--format=%s", "main"]);
     assert_eq!(

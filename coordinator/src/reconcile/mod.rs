@@ -416,7 +416,7 @@ where
                 reason,
             } => {
                 tracing::info!(%worker, %attempt, %reason, "step declined; it will be dispatched again");
-                Input::Declined { worker, attempt }
+                Input::Declined { attempt }
             }
             Inbound::Progress {
                 attempt,
@@ -611,7 +611,7 @@ where
                         outcome,
                     });
                 }
-                Effect::Forget { attempt, .. } => {
+                Effect::Forget(attempt) => {
                     self.attempts.remove(&attempt);
                     self.logs.finished(attempt.0);
                 }

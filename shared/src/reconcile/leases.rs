@@ -210,17 +210,14 @@ impl Core {
             },
         );
         self.wake = true;
-        self.drop_attempt(attempt, &l.worker)
+        self.drop_attempt(attempt)
     }
 
     /// Forgets an attempt: its assignment (the task becomes runnable at the same position)
     /// or its job (intake or improvement runs again when due).
-    pub(super) fn drop_attempt(&mut self, attempt: AttemptId, worker: &str) -> Vec<Effect> {
+    pub(super) fn drop_attempt(&mut self, attempt: AttemptId) -> Vec<Effect> {
         self.leases.remove(&attempt);
-        let forget = vec![Effect::Forget {
-            worker: worker.to_owned(),
-            attempt,
-        }];
+        let forget = vec![Effect::Forget(attempt)];
         if self.jobs.remove(&attempt).is_some() {
             return forget;
         }
@@ -262,7 +259,7 @@ impl Core {
                         reason,
                     },
                 );
-                let forget = self.drop_attempt(attempt, &l.worker);
+                let forget = self.drop_attempt(attempt);
                 self.after_persist.extend(forget);
                 self.wake = true;
             }

@@ -34,10 +34,7 @@ impl Core {
                 worker: worker.clone(),
                 attempt,
             });
-            self.after_persist.push(Effect::Forget {
-                worker: worker.clone(),
-                attempt,
-            });
+            self.after_persist.push(Effect::Forget(attempt));
             if self.leases.remove(&attempt).is_none() {
                 self.event(
                     report.subject.parse().ok(),
@@ -156,7 +153,7 @@ impl Core {
                 attempt: a.attempt,
                 reason,
             });
-            let forget = self.drop_attempt(a.attempt, &a.worker);
+            let forget = self.drop_attempt(a.attempt);
             self.after_persist.extend(forget);
         }
         self.needs_rebase.remove(&id);
@@ -345,21 +342,40 @@ impl Core {
         let given_up =
             gaps::count_failure(&mut self.state.meta.spec_failures, path, &blob, why, limit);
         if let Some(reason) = given_up {
-            self.progress += 1;
-            let tasks = &self.state.tasks;
-            self.state
-                .meta
-                .failed_since_intake
-                .retain(|t| tasks.get(t).is_none_or(|t| &t.spec_ref.path != path));
-            self.event(
-                None,
-                EventKind::SpecFailed {
-                    path: path.to_string(),
-                    reason,
-                },
-            );
+            self.spec_given_up(path, reason);
         }
         self.put_meta();
+    }
+
+    /// A spec was given up: its failed tasks leave the intake queue, and it is journaled.
+    fn spec_given_up(&mut self, path: &SpecPath, reason: String) {
+        self.progress += 1;
+        let tasks = &self.state.tasks;
+        self.state
+            .meta
+            .failed_since_intake
+            .retain(|t| tasks.get(t).is_none_or(|t| &t.spec_ref.path != path));
+        self.event(
+            None,
+            EventKind::SpecFailed {
+                path: path.to_string(),
+                reason,
+            },
+        );
+    }
+
+    /// Stops every unfinished task of `path` with `reason`.
+    fn stop_tasks_of(&mut self, path: &SpecPath, reason: &str, stop: Stop) {
+        let doomed: Vec<TaskId> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| &t.spec_ref.path == path && !t.status.is_terminal())
+            .map(|t| t.id)
+            .collect();
+        for id in doomed {
+            self.stop_task(id, reason.to_owned(), stop);
+        }
     }
 
     fn reap_job(&mut self, job: Job, report: StepReport) {
@@ -471,32 +487,11 @@ impl Core {
             }
         }
         if let Some(reason) = gaps::give_up(&mut self.state.meta.spec_failures, path, &blob, why) {
-            self.progress += 1;
-            let tasks = &self.state.tasks;
-            self.state
-                .meta
-                .failed_since_intake
-                .retain(|t| tasks.get(t).is_none_or(|t| &t.spec_ref.path != path));
             self.put_meta();
-            self.event(
-                None,
-                EventKind::SpecFailed {
-                    path: path.to_string(),
-                    reason,
-                },
-            );
+            self.spec_given_up(path, reason);
         }
-        let doomed: Vec<TaskId> = self
-            .state
-            .tasks
-            .values()
-            .filter(|t| &t.spec_ref.path == path && !t.status.is_terminal())
-            .map(|t| t.id)
-            .collect();
-        for id in doomed {
-            let reason = format!("stopped: {path} cannot be used: {why}");
-            self.stop_task(id, reason, Stop::SpecUnusable);
-        }
+        let reason = format!("stopped: {path} cannot be used: {why}");
+        self.stop_tasks_of(path, &reason, Stop::SpecUnusable);
     }
 
     /// A deleted spec cancels its unfinished tasks right away.
@@ -512,17 +507,8 @@ impl Core {
                     change: SpecChangeEvent::Deleted,
                 },
             );
-            let doomed: Vec<TaskId> = self
-                .state
-                .tasks
-                .values()
-                .filter(|t| t.spec_ref.path == path && !t.status.is_terminal())
-                .map(|t| t.id)
-                .collect();
-            for id in doomed {
-                let reason = format!("cancelled: spec {path} was deleted");
-                self.stop_task(id, reason, Stop::SpecDeleted);
-            }
+            let reason = format!("cancelled: spec {path} was deleted");
+            self.stop_tasks_of(&path, &reason, Stop::SpecDeleted);
         }
     }
 

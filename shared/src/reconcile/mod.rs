@@ -220,7 +220,6 @@ pub enum Input {
     },
     /// A worker will not run an attempt; it is planned again.
     Declined {
-        worker: String,
         attempt: AttemptId,
     },
     /// The driver prepared a dispatched order: the prompt's size, or why it could not.
@@ -291,11 +290,8 @@ pub enum Effect {
     },
     /// Prepare (compose the prompt) and send; report back with [`Input::Dispatched`].
     Dispatch(Order),
-    /// The attempt is over on this worker: free its slot, close its log.
-    Forget {
-        worker: String,
-        attempt: AttemptId,
-    },
+    /// The attempt is over: close its log and live-view entry.
+    Forget(AttemptId),
     Land {
         request: LandRequest,
         action: String,
@@ -512,9 +508,9 @@ impl Core {
                 self.wake = true;
                 self.results.push((worker, report));
             }
-            Input::Declined { worker, attempt } => {
+            Input::Declined { attempt } => {
                 self.wake = true;
-                return self.drop_attempt(attempt, &worker);
+                return self.drop_attempt(attempt);
             }
             Input::Dispatched { attempt, outcome } => self.dispatched(attempt, outcome),
             Input::WorkerJoined {

@@ -120,7 +120,7 @@ fn summary(effects: &[Effect]) -> Vec<String> {
                     o.worker
                 )
             }
-            Effect::Forget { attempt, .. } => format!("forget #{}", attempt.0),
+            Effect::Forget(attempt) => format!("forget #{}", attempt.0),
             Effect::Land { request, .. } => format!("land {}", request.task),
             Effect::Forge(ask) => format!("forge {ask:?}"),
             Effect::CheckGate { task, gate } => format!("check gate {gate} of {task}"),
@@ -442,7 +442,6 @@ fn run_halts_after_max_cycles_without_progress_but_watch_never_does() {
                 .any(|e| matches!(e, Effect::Halt(Halt::MaxCycles(3))));
             core.on(
                 Input::Declined {
-                    worker: W1.to_owned(),
                     attempt: AttemptId(n),
                 },
                 n * 10 + 1,
