@@ -104,6 +104,22 @@ fn intake_result(attempt: u64, specs: &[&str]) -> Input {
     result(W1, r)
 }
 
+/// Takes a core started with spec `a` through intake to task-001's implementer running as
+/// attempt #2 on w1 (times 1 to 3).
+fn implementing(core: &mut Core) {
+    core.on(tick(&[W1]), 1);
+    core.on(intake_result(1, &["a"]), 2);
+    core.on(tick(&[W1]), 3);
+}
+
+/// As [`implementing`], then on through a passing implementer and verifier (times 4 to 6).
+fn verified(core: &mut Core) {
+    implementing(core);
+    core.on(result(W1, report(2, "task-001", Verdict::Pass)), 4);
+    core.on(tick(&[W1]), 5);
+    core.on(result(W1, report(3, "task-001", Verdict::Pass)), 6);
+}
+
 /// Effects in a short text form: `persist`, `dispatch pm #1 -> w1`, `ack #1`, ...
 fn summary(effects: &[Effect]) -> Vec<String> {
     effects
@@ -345,9 +361,7 @@ fn a_worker_that_comes_back_in_time_keeps_its_step_and_a_stale_one_is_cancelled(
 #[test]
 fn an_operator_cancel_is_answered_only_after_it_is_stored_and_stops_the_running_step() {
     let mut core = start(Mode::Run, &["a"]);
-    core.on(tick(&[W1]), 1);
-    core.on(intake_result(1, &["a"]), 2);
-    core.on(tick(&[W1]), 3); // task-001's implementer is #2 on w1
+    implementing(&mut core); // task-001's implementer is #2 on w1
     let cancel = Input::Command(Op::Cancel {
         task: TaskId(1),
         reason: "not wanted".to_owned(),
@@ -375,12 +389,7 @@ fn an_operator_cancel_is_answered_only_after_it_is_stored_and_stops_the_running_
 #[test]
 fn a_landing_that_must_wait_is_retried_at_the_time_kept_in_the_task() {
     let mut core = start(Mode::Run, &["a"]);
-    core.on(tick(&[W1]), 1);
-    core.on(intake_result(1, &["a"]), 2);
-    core.on(tick(&[W1]), 3);
-    core.on(result(W1, report(2, "task-001", Verdict::Pass)), 4);
-    core.on(tick(&[W1]), 5);
-    core.on(result(W1, report(3, "task-001", Verdict::Pass)), 6);
+    verified(&mut core);
     let effects = core.on(tick(&[W1]), 7);
     let Some(Effect::Land { request, action }) = effects
         .into_iter()
@@ -454,9 +463,7 @@ fn run_halts_after_max_cycles_without_progress_but_watch_never_does() {
 #[test]
 fn a_shutdown_cancels_running_steps_so_they_resume_on_restart() {
     let mut core = start(Mode::Run, &["a"]);
-    core.on(tick(&[W1]), 1);
-    core.on(intake_result(1, &["a"]), 2);
-    core.on(tick(&[W1]), 3);
+    implementing(&mut core);
     let effects = core.on(Input::Stop(Halt::Shutdown), 4);
     assert_eq!(summary(&effects), ["cancel #2", "persist"]);
     assert_eq!(events(&effects), ["coordinator_halted"]);
@@ -480,12 +487,7 @@ fn at_command_gate() -> Core {
     s.check_gates = true;
     let changes = scan(1, vec![added("a")]);
     let (mut core, _) = Core::start(s, project, State::default(), changes, 0);
-    core.on(tick(&[W1]), 1);
-    core.on(intake_result(1, &["a"]), 2);
-    core.on(tick(&[W1]), 3);
-    core.on(result(W1, report(2, "task-001", Verdict::Pass)), 4);
-    core.on(tick(&[W1]), 5);
-    core.on(result(W1, report(3, "task-001", Verdict::Pass)), 6);
+    verified(&mut core);
     core
 }
 
