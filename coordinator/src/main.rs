@@ -114,6 +114,8 @@ struct RunArgs {
     /// command gates is refused.
     #[arg(long)]
     allow_command_gates: bool,
+    #[command(flatten)]
+    confinement: hyperloop_worker::shim::ConfinementArgs,
 }
 
 impl RunArgs {
@@ -132,12 +134,15 @@ impl RunArgs {
             tls_client_ca: self.tls_client_ca.clone(),
             allow_command_gates: self.allow_command_gates,
             admin_token: self.admin_token.clone(),
+            no_confine: self.confinement.no_confine,
+            agent_writable: self.confinement.agent_writable.clone(),
             ..Overrides::default()
         }
     }
 }
 
 fn main() -> ExitCode {
+    hyperloop_worker::shim::run_if_invoked();
     let cli = Cli::parse();
     let exit = match cli.command {
         Command::Compose(args) => cli::compose(

@@ -642,6 +642,11 @@ where
         let name = format!("local-{i}");
         let mut options = WorkerOptions::new(&name, git_dir.join("hyperloop/workers").join(&name));
         options.capacity = 1;
+        options.confinement.landlock = !ctx.config.agents_unconfined;
+        options
+            .confinement
+            .writable
+            .clone_from(&ctx.config.agent_writable);
         attach_local(&mut workers, options, leading.clone(), term_stop.clone());
     }
     drop(leading);

@@ -37,3 +37,27 @@ pub fn exits_ok(mut child: std::process::Child, limit: std::time::Duration) -> S
         None => panic!("did not exit within {limit:?}:\n{stderr}"),
     }
 }
+
+/// The environment that points the scripted agent's log at `log`, and lets a confined agent
+/// append to it: both files it writes (`log` and `log.pids`) are created and named in
+/// `HYPERLOOP_AGENT_WRITABLE`, the operator's list of extra writable paths.
+pub fn scripted_log(log: impl AsRef<std::path::Path>) -> [(&'static str, std::ffi::OsString); 2] {
+    let log = log.as_ref();
+    let mut pids = log.as_os_str().to_owned();
+    pids.push(".pids");
+    let pids = std::path::PathBuf::from(pids);
+    for file in [log, pids.as_path()] {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", file.display()));
+    }
+    let mut writable = log.as_os_str().to_owned();
+    writable.push(":");
+    writable.push(&pids);
+    [
+        ("SCRIPTED_LOG", log.as_os_str().to_owned()),
+        ("HYPERLOOP_AGENT_WRITABLE", writable),
+    ]
+}

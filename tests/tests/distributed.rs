@@ -115,7 +115,7 @@ impl Site {
             .args(["--connect-timeout", "0"])
             .arg("--work-dir")
             .arg(self.repo.dir.path().join(format!("work-{name}")))
-            .env("SCRIPTED_LOG", self.steps_file(name))
+            .envs(hyperloop_tests::scripted_log(self.steps_file(name)))
             .env("SCRIPTED_MODE", "normal")
             .env("SCRIPTED_DELAY", delay);
         self.workers

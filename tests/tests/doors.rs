@@ -89,19 +89,25 @@ fn scripted_config(extra: &str, passthrough: &str) -> String {
 
 /// `run` on `repo` on any free port, with `env` set and stderr piped.
 fn start(repo: &TestRepo, env: &[(&str, &str)]) -> std::process::Child {
-    Command::new(coordinator_bin())
-        .args(["run", "--path"])
+    run_command(repo)
+        .envs(env.iter().copied())
+        .spawn()
+        .expect("coordinator starts")
+}
+
+/// The `run` command [`start`] spawns, for tests that add to its environment.
+fn run_command(repo: &TestRepo) -> Command {
+    let mut cmd = Command::new(coordinator_bin());
+    cmd.args(["run", "--path"])
         .arg(&repo.checkout)
         .args(["--listen", "127.0.0.1:0"])
-        .envs(env.iter().copied())
         .env("HOME", test_home(repo.dir.path()))
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
         .env_remove("HYPERLOOP_PATH")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("coordinator starts")
+        .stderr(Stdio::piped());
+    cmd
 }
 
 /// Waits for `child` up to `limit` (then kills it), reading its stderr meanwhile so a
@@ -195,14 +201,20 @@ fn a_base_branch_rewritten_while_running_stops_the_run_before_anything_is_built_
 }
 
 #[test]
-fn an_agent_that_force_pushes_over_origins_main_is_caught_and_nothing_is_pushed_over_it() {
+fn an_unconfined_agent_that_force_pushes_over_origins_main_is_caught_and_nothing_is_pushed_over_it()
+{
+    // Defence in depth: with Landlock off the push goes through, and the coordinator still
+    // refuses to build on it.
     let config = scripted_config("", "SCRIPTED_MODE");
     let repo = TestRepo::new(&[
         (".hyperloop.yaml", &config),
         ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
     ]);
     let git = |dir: &std::path::Path, args: &[&str]| hyperloop_tests::repo::git(dir, args);
-    let run = |mode: &str| wait_with_limit(start(&repo, &[("SCRIPTED_MODE", mode)]), LIMIT);
+    let run = |mode: &str| {
+        let env = [("SCRIPTED_MODE", mode), ("HYPERLOOP_NO_CONFINE", "true")];
+        wait_with_limit(start(&repo, &env), LIMIT)
+    };
     let (code, stderr) = run("rewrite-origin");
     let origin_main = git(&repo.origin, &["log", "--format=%s", "main"]);
     assert_eq!(
@@ -233,4 +245,191 @@ fn an_agent_that_force_pushes_over_origins_main_is_caught_and_nothing_is_pushed_
         git(&repo.origin, &["rev-parse", "main"]),
         git(&repo.checkout, &["rev-parse", "main"])
     );
+}
+
+/// The `attack-…` lines the scripted agent's attack mode logged.
+fn attack_lines(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("attack-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The five attacks of the scripted agent's `attack` mode.
+const ATTACKS: usize = 5;
+
+fn attack_repo() -> (TestRepo, std::path::PathBuf) {
+    let repo = TestRepo::new(&[
+        (
+            ".hyperloop.yaml",
+            &scripted_config("", "SCRIPTED_MODE, SCRIPTED_LOG"),
+        ),
+        ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
+    ]);
+    std::fs::write(
+        test_home(repo.dir.path()).join(".git-credentials"),
+        "https://x-access-token:ghp_secret_for_tests@github.com\n",
+    )
+    .unwrap();
+    let log = repo.dir.path().join("steps.log");
+    (repo, log)
+}
+
+#[test]
+fn a_confined_agent_can_move_neither_main_nor_the_state_ref_nor_read_credentials_and_its_work_lands()
+ {
+    // The same attacks succeed without confinement: they are real.
+    let (control, control_log) = attack_repo();
+    let mut child = run_command(&control)
+        .envs(hyperloop_tests::scripted_log(&control_log))
+        .env("SCRIPTED_MODE", "attack")
+        .env("HYPERLOOP_NO_CONFINE", "true")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while attack_lines(&control_log).len() < ATTACKS && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let unconfined = attack_lines(&control_log);
+    assert_eq!(unconfined.len(), ATTACKS, "{unconfined:?}");
+    assert!(
+        unconfined.iter().all(|l| l.starts_with("attack-succeeded")),
+        "without Landlock every attack works: {unconfined:#?}"
+    );
+
+    let (repo, log) = attack_repo();
+    let git = |dir: &std::path::Path, args: &[&str]| hyperloop_tests::repo::git(dir, args);
+    let child = run_command(&repo)
+        .envs(hyperloop_tests::scripted_log(&log))
+        .env("SCRIPTED_MODE", "attack")
+        .spawn()
+        .unwrap();
+    let (code, stderr) = wait_with_limit(child, LIMIT);
+    // Every implementer session of the run attacks.
+    let confined = attack_lines(&log);
+    assert!(
+        !confined.is_empty() && confined.len().is_multiple_of(ATTACKS),
+        "{confined:?}\n{stderr}"
+    );
+    assert!(
+        confined.iter().all(|l| l.starts_with("attack-refused")),
+        "a confined agent gets nowhere: {confined:#?}"
+    );
+    assert!(
+        stderr.contains("agents are confined with Landlock"),
+        "the worker says how agents are confined:\n{stderr}"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(repo.log("main").contains("Spec-Ref: specs/a.md"));
+    assert_eq!(
+        git(&repo.origin, &["rev-parse", "main"]),
+        git(&repo.checkout, &["rev-parse", "main"]),
+        "origin's main is the landed work, not the agent's"
+    );
+    let mirror_config = std::fs::read_to_string(
+        repo.checkout
+            .join(".git/hyperloop/workers/local-0/mirror/config"),
+    )
+    .unwrap();
+    assert!(!mirror_config.contains("hooksPath"), "{mirror_config}");
+}
+
+/// Pids the scripted agent wrote to `<log>.pids`.
+fn logged_pids(log: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(format!("{}.pids", log.display()))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether `pid` is a live process (a zombie is dead: it holds nothing and runs nothing).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    })
+}
+
+/// Waits up to `limit` for every pid to be gone; returns those still alive.
+fn survivors(pids: &[i32], limit: std::time::Duration) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn kill_all(pids: &[i32]) {
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+}
+
+#[test]
+fn an_agent_and_the_daemon_it_started_with_setsid_die_when_the_coordinator_is_killed_with_sigkill()
+{
+    let repo = TestRepo::new(&[
+        (
+            ".hyperloop.yaml",
+            &scripted_config("", "SCRIPTED_MODE, SCRIPTED_LOG"),
+        ),
+        ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
+    ]);
+    let log = repo.dir.path().join("steps.log");
+    let mut child = run_command(&repo)
+        .envs(hyperloop_tests::scripted_log(&log))
+        .env("SCRIPTED_MODE", "daemon")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while logged_pids(&log).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pids = logged_pids(&log);
+    assert_eq!(pids.len(), 2, "the agent and its daemon started: {pids:?}");
+    assert!(pids.iter().all(|p| alive(*p)));
+    child.kill().unwrap(); // SIGKILL: nothing of the coordinator runs after this
+    child.wait().unwrap();
+    let left = survivors(&pids, std::time::Duration::from_secs(5));
+    kill_all(&left);
+    assert!(
+        left.is_empty(),
+        "still running after the coordinator died: {left:?}"
+    );
+}
+
+#[test]
+fn a_daemon_an_agent_started_with_setsid_dies_with_its_step() {
+    let repo = TestRepo::new(&[
+        (
+            ".hyperloop.yaml",
+            &scripted_config("", "SCRIPTED_MODE, SCRIPTED_LOG"),
+        ),
+        ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
+    ]);
+    let log = repo.dir.path().join("steps.log");
+    let child = run_command(&repo)
+        .envs(hyperloop_tests::scripted_log(&log))
+        .env("SCRIPTED_MODE", "daemon-pass")
+        .spawn()
+        .unwrap();
+    let (code, stderr) = wait_with_limit(child, LIMIT);
+    assert_eq!(code, Some(0), "{stderr}");
+    let pids = logged_pids(&log);
+    assert!(!pids.is_empty(), "the agent started a daemon");
+    let left = survivors(&pids, std::time::Duration::from_secs(2));
+    kill_all(&left);
+    assert!(left.is_empty(), "daemons outlived their step: {left:?}");
 }

@@ -50,7 +50,9 @@ fn start_with(repo: &TestRepo, config: &str, mode: &str) -> Child {
         .env("HOME", test_home(repo.dir.path()))
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
         .env("GITHUB_TOKEN", "ghp_fake_token_for_tests_9Q")
-        .env("SCRIPTED_LOG", repo.dir.path().join("steps.log"))
+        .envs(hyperloop_tests::scripted_log(
+            repo.dir.path().join("steps.log"),
+        ))
         .env("SCRIPTED_MODE", mode)
         .env_remove("GH_TOKEN")
         .env_remove("HYPERLOOP_PATH")

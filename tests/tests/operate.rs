@@ -242,7 +242,7 @@ impl Site {
             .arg("--work-dir")
             .arg(self.file(&format!("work-{name}")))
             .args(args)
-            .env("SCRIPTED_LOG", self.steps_file(name))
+            .envs(hyperloop_tests::scripted_log(self.steps_file(name)))
             .env("SCRIPTED_MODE", "normal");
         cmd
     }

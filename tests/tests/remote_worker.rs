@@ -40,7 +40,7 @@ fn worker_bin() -> PathBuf {
 
 /// Environment both processes share: a HOME with a git identity and the agent's variables.
 fn env(cmd: &mut Command, repo: &TestRepo, log: &Path) {
-    cmd.env("SCRIPTED_LOG", log)
+    cmd.envs(hyperloop_tests::scripted_log(log))
         .env("SCRIPTED_MODE", "normal")
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
         .env("HOME", test_home(repo.dir.path()))
@@ -194,5 +194,9 @@ fn a_worker_with_a_wrong_token_is_refused_and_no_token_is_printed() {
         );
     }
     // No agent ran: nothing joined.
-    assert!(!log.exists(), "a refused worker must not run steps");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        "",
+        "a refused worker must not run steps"
+    );
 }

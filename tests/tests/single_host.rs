@@ -35,7 +35,7 @@ fn coordinator(repo: &TestRepo, log: &Path, mode: &str) -> Command {
     cmd.args(["run", "--path"])
         .arg(&repo.checkout)
         .args(["--listen", "127.0.0.1:0"])
-        .env("SCRIPTED_LOG", log)
+        .envs(hyperloop_tests::scripted_log(log))
         .env("SCRIPTED_MODE", mode)
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
         .env("HOME", test_home(repo.dir.path()))

@@ -161,16 +161,24 @@ async fn output<S: AsRef<OsStr>>(
 
 fn command<S: AsRef<OsStr>>(dir: &Path, args: &[S]) -> Command {
     let mut cmd = Command::new("git");
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Never wait for a password on a terminal nobody watches; helpers still run.
-        .env("GIT_TERMINAL_PROMPT", "0")
-        // Stable, parseable messages in errors.
-        .env("LC_ALL", "C")
-        .kill_on_drop(true);
+    // No hooks and no fsmonitor: the worker's git never runs a program an agent could have
+    // named (worktree files are the agent's; see `Workspace::reseal` for the pointers).
+    cmd.args([
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "core.fsmonitor=false",
+    ])
+    .args(args)
+    .current_dir(dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    // Never wait for a password on a terminal nobody watches; helpers still run.
+    .env("GIT_TERMINAL_PROMPT", "0")
+    // Stable, parseable messages in errors.
+    .env("LC_ALL", "C")
+    .kill_on_drop(true);
     for var in REPO_LOCAL_VARS {
         cmd.env_remove(var);
     }

@@ -14,6 +14,8 @@
 //!   runtime: [`claude`] (the Claude Code CLI: argv and stream-json parsing) and `command`.
 //! - [`progress`]: bounded, lossy-not-blocking log streaming.
 //! - `process`: agent processes in their own process group; timeout and cancel.
+//! - [`shim`]: the supervisor each agent runs under: dies with its worker, takes every
+//!   descendant with it, and confines the agent with Landlock.
 //! - `git`: the git CLI with a controlled environment.
 //!
 //! Architecture Invariant: the worker never changes task state. It reports a verdict, a
@@ -30,6 +32,7 @@ mod process;
 pub mod progress;
 mod runtime;
 mod serve;
+pub mod shim;
 pub mod signals;
 pub mod step;
 pub mod workspace;

@@ -67,9 +67,12 @@ struct Cli {
     /// Name to verify the coordinator's certificate against (default: the URL's host).
     #[arg(long, env = "HYPERLOOP_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
+    #[command(flatten)]
+    confinement: hyperloop_worker::shim::ConfinementArgs,
 }
 
 fn main() -> ExitCode {
+    hyperloop_worker::shim::run_if_invoked();
     let cli = Cli::parse();
     let (options, config) = match options(&cli).and_then(|o| Ok((o, join_config(&cli)?))) {
         Ok(settings) => settings,
@@ -177,6 +180,11 @@ fn options(cli: &Cli) -> Result<WorkerOptions, String> {
     options.labels = parse_labels(&cli.labels).map_err(|e| e.to_string())?;
     options.token = cli.token.clone().unwrap_or_default();
     options.pass_env.clone_from(&cli.pass_env);
+    options.confinement.landlock = !cli.confinement.no_confine;
+    options
+        .confinement
+        .writable
+        .clone_from(&cli.confinement.agent_writable);
     options.validate().map_err(|e| e.to_string())?;
     Ok(options)
 }

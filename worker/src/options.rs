@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::WorkerError;
 use crate::claude;
+use crate::shim::Confinement;
 use crate::step::DEFAULT_STEP_TIMEOUT;
 
 /// How often an unacknowledged StepResult is sent again. Well below the coordinator's
@@ -45,6 +46,8 @@ pub struct WorkerOptions {
     pub pass_env: Vec<String>,
     /// Program for the `claude` runtime.
     pub claude_bin: PathBuf,
+    /// How agents are started (shim, Landlock, extra writable paths).
+    pub confinement: Confinement,
     /// Step timeout when an assignment carries none.
     pub default_step_timeout: Duration,
     pub result_resend_interval: Duration,
@@ -63,6 +66,7 @@ impl WorkerOptions {
             token: String::new(),
             pass_env: Vec::new(),
             claude_bin: claude::bin_from_env(),
+            confinement: Confinement::default(),
             default_step_timeout: DEFAULT_STEP_TIMEOUT,
             result_resend_interval: DEFAULT_RESULT_RESEND_INTERVAL,
             registration_timeout: DEFAULT_REGISTRATION_TIMEOUT,

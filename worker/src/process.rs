@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::progress::ProgressSink;
 use crate::runtime::OutputParser;
+use crate::shim::ShimArgs;
 
 /// How long the agent gets to stop after SIGINT (Claude Code ends its session cleanly on
 /// SIGINT) before SIGTERM. Short because cancel must take effect within a second (P9) and
@@ -47,6 +48,10 @@ pub(crate) struct Launch {
     pub env: BTreeMap<OsString, OsString>,
     pub cwd: PathBuf,
     pub stdin: String,
+    /// Start the agent under this shim (see [`crate::shim`]); `None` starts it directly.
+    pub shim: Option<PathBuf>,
+    /// With a shim: confine the agent, writable only beneath these paths.
+    pub confine: Option<Vec<PathBuf>>,
 }
 
 /// How the agent process ended.
@@ -74,9 +79,28 @@ pub(crate) async fn run(
     limit: Duration,
     cancel: &CancellationToken,
 ) -> std::io::Result<Finished> {
-    let mut cmd = Command::new(&launch.program);
-    cmd.args(&launch.args)
-        .env_clear()
+    let mut cmd = match &launch.shim {
+        Some(shim) => {
+            let mut cmd = Command::new(shim);
+            cmd.args(
+                ShimArgs {
+                    parent: std::process::id(),
+                    confine: launch.confine.clone(),
+                    probe: false,
+                    program: launch.program.clone(),
+                    args: launch.args.clone(),
+                }
+                .to_args(),
+            );
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(&launch.program);
+            cmd.args(&launch.args);
+            cmd
+        }
+    };
+    cmd.env_clear()
         .envs(&launch.env)
         .current_dir(&launch.cwd)
         .stdin(Stdio::piped())

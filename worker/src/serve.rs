@@ -59,6 +59,41 @@ pub async fn serve(
     serve_links(options, links, shutdown).await
 }
 
+/// Says once, at start, how this worker's agents are confined.
+async fn report_confinement(options: &WorkerOptions) {
+    let worker = options.name.as_str();
+    let Some(shim) = &options.confinement.shim else {
+        tracing::warn!(
+            worker,
+            "agents start without the shim: they are not confined and may outlive this worker"
+        );
+        return;
+    };
+    if !options.confinement.landlock {
+        tracing::warn!(
+            worker,
+            "agent confinement is off (--no-confine): agents can write anywhere this worker can"
+        );
+        return;
+    }
+    match crate::shim::probe(shim).await {
+        Ok(status) if status == "fully enforced" => {
+            tracing::info!(worker, "agents are confined with Landlock ({status})");
+        }
+        Ok(status) => tracing::warn!(
+            worker,
+            landlock = %status,
+            "this kernel does not fully support Landlock: agents are not (fully) confined; \
+             they still die with their step and this worker"
+        ),
+        Err(e) => tracing::warn!(
+            worker,
+            error = %e,
+            "could not check agent confinement; agents may fail to start"
+        ),
+    }
+}
+
 /// [`serve`] across reconnects: every [`Link`] received from `links` is a new stream to a
 /// (possibly different) coordinator.
 ///
@@ -81,6 +116,7 @@ pub async fn serve_links(
     options.validate()?;
     let workspace = Arc::new(Workspace::new(&options.work_dir));
     workspace.sweep().await?;
+    report_confinement(&options).await;
     let registration = Registration {
         name: options.name.clone(),
         instance_id: instance_id(),
@@ -462,6 +498,7 @@ impl Worker {
             default_timeout: self.options.default_step_timeout,
             host_env: None,
             pass_env: self.options.pass_env.clone(),
+            confinement: self.options.confinement.clone(),
         };
         let forwarder =
             self.tracker

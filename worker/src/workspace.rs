@@ -117,6 +117,9 @@ pub(crate) struct Checkout {
     /// The task branch's tip on the remote before the step, if the branch existed there.
     /// Pushing uses it as the force-with-lease expectation.
     pub remote_tip: Option<String>,
+    /// The worktree's admin directory in the mirror (`mirror/worktrees/<name>`): its HEAD,
+    /// index and pointer files.
+    pub admin_dir: PathBuf,
 }
 
 /// How many checkouts between two `git maintenance run --auto` on the mirror (which packs
@@ -344,11 +347,53 @@ impl Workspace {
                 .await
                 .map_err(add_err)?;
         }
+        let admin_dir = read_gitdir(path)
+            .await
+            .ok_or_else(|| WorkspaceError::Inspect {
+                path: path.to_owned(),
+                source: GitError::Failed {
+                    args: "worktree add".to_owned(),
+                    dir: path.to_owned(),
+                    status: "no .git file".to_owned(),
+                    stderr: "the new worktree has no `.git` file naming its admin directory"
+                        .to_owned(),
+                },
+            })?;
         Ok(Checkout {
             path: path.to_owned(),
             start_commit,
             remote_tip,
+            admin_dir,
         })
+    }
+
+    /// A private temp directory for the step's agent (its `TMPDIR`), beside the worktrees.
+    pub fn tmp_path(&self, attempt_id: u64) -> PathBuf {
+        self.root.join("tmp").join(format!("attempt-{attempt_id}"))
+    }
+
+    /// Restores the files that tell git where a worktree's repository is (`<worktree>/.git`,
+    /// and `gitdir`/`commondir` in its admin directory) to what the worker wrote. The agent
+    /// can write all three; pointed elsewhere, they would have the worker's own git read a
+    /// configuration (hooks, fsmonitor) the agent chose. Call after the agent, before any git
+    /// command in the worktree.
+    pub(crate) async fn reseal(&self, checkout: &Checkout) -> std::io::Result<()> {
+        let dot_git = checkout.path.join(".git");
+        if tokio::fs::symlink_metadata(&dot_git)
+            .await
+            .is_ok_and(|m| m.is_dir())
+        {
+            tokio::fs::remove_dir_all(&dot_git).await?;
+        }
+        write_replacing(
+            &dot_git,
+            format!("gitdir: {}\n", checkout.admin_dir.display()),
+        )
+        .await?;
+        let admin = &checkout.admin_dir;
+        write_replacing(&admin.join("gitdir"), format!("{}\n", dot_git.display())).await?;
+        let common = std::path::absolute(&self.mirror_dir)?;
+        write_replacing(&admin.join("commondir"), format!("{}\n", common.display())).await
     }
 
     /// Removes the worktree at `path` and its admin entry, and deletes the local task branch
@@ -618,6 +663,9 @@ pub(crate) async fn state(worktree: &Path) -> Result<WorktreeState, WorkspaceErr
             "--porcelain=v2",
             "--branch",
             "--untracked-files=normal",
+            // A nested repository the agent made would have git read its config (and run
+            // its fsmonitor) in the worker.
+            "--ignore-submodules=all",
         ],
         LOCAL_GIT_TIMEOUT,
     )
@@ -650,6 +698,29 @@ pub(crate) async fn state(worktree: &Path) -> Result<WorktreeState, WorkspaceErr
         }
     }
     Ok(WorktreeState { head, uncommitted })
+}
+
+/// The admin directory a worktree's `.git` file names.
+async fn read_gitdir(worktree: &Path) -> Option<PathBuf> {
+    let text = tokio::fs::read_to_string(worktree.join(".git"))
+        .await
+        .ok()?;
+    let dir = PathBuf::from(text.trim().strip_prefix("gitdir: ")?);
+    Some(if dir.is_absolute() {
+        dir
+    } else {
+        worktree.join(dir)
+    })
+}
+
+/// Writes `text` to `path`, replacing a symlink rather than following it.
+async fn write_replacing(path: &Path, text: String) -> std::io::Result<()> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    tokio::fs::write(path, text).await
 }
 
 /// Pushes `branch` to `url`, overwriting only the commit we started from

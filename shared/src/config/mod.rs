@@ -110,6 +110,12 @@ pub struct Config {
     /// Never serialized, and never read from the repository's config.
     #[serde(skip)]
     pub admin_token: Option<Secret>,
+    /// `--no-confine` only: in-process workers start agents without Landlock.
+    #[serde(skip)]
+    pub agents_unconfined: bool,
+    /// `--agent-writable` only: further paths confined agents may write.
+    #[serde(skip)]
+    pub agent_writable: Vec<std::path::PathBuf>,
     pub etcd: EtcdConfig,
     pub github: GithubConfig,
     pub notifications: NotificationsConfig,
@@ -400,6 +406,10 @@ pub struct Overrides {
     pub allow_command_gates: bool,
     /// `--admin-token TOKEN`
     pub admin_token: Option<String>,
+    /// `--no-confine`
+    pub no_confine: bool,
+    /// `--agent-writable PATH[:PATH...]`
+    pub agent_writable: Vec<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -441,6 +451,8 @@ impl Default for Config {
             join_token: None,
             allow_command_gates: false,
             admin_token: None,
+            agents_unconfined: false,
+            agent_writable: Vec::new(),
             etcd: EtcdConfig {
                 endpoints: Vec::new(),
                 prefix: None,
@@ -788,6 +800,8 @@ impl Resolver<'_> {
                 .or_else(|| env.get(ADMIN_TOKEN_ENV).cloned())
                 .filter(|token| !token.is_empty())
                 .map(Secret),
+            agents_unconfined: overrides.no_confine,
+            agent_writable: overrides.agent_writable.clone(),
             etcd: EtcdConfig {
                 endpoints: self
                     .get(

@@ -836,6 +836,8 @@ fn command_line_overrides_apply_and_are_validated() {
         tls_client_ca: Some("ca.pem".into()),
         allow_command_gates: true,
         admin_token: Some("op-secret".into()),
+        no_confine: true,
+        agent_writable: vec!["/cache".into()],
     };
     check_with("repo: acme/old", &[], &overrides, |c| {
         c.target.repo = Some("acme/api".into());
@@ -857,6 +859,8 @@ fn command_line_overrides_apply_and_are_validated() {
         };
         c.allow_command_gates = true;
         c.admin_token = Some(Secret::new("op-secret"));
+        c.agents_unconfined = true;
+        c.agent_writable = vec!["/cache".into()];
     });
     check_errors_with(
         "",

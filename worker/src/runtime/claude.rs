@@ -7,9 +7,10 @@
 //! `is_error == false`: `subtype` can say "success" after an API error, and SIGTERM ends the
 //! CLI (exit 143) without any `result` line.
 
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hyperloop_proto::v1::{FailureCause, LogSource};
 use serde_json::Value;
@@ -314,6 +315,23 @@ impl AgentRuntime for ClaudeRuntime {
 
     fn env(&self) -> AllowList {
         PROVIDER_ENV
+    }
+
+    fn state_paths(&self, home: Option<&Path>, env: &BTreeMap<OsString, OsString>) -> Vec<PathBuf> {
+        // Claude Code keeps sessions and settings in its config dir (`CLAUDE_CONFIG_DIR`,
+        // else `~/.claude`) and its global state in `~/.claude.json` beside it.
+        let config = env
+            .get(&OsString::from("CLAUDE_CONFIG_DIR"))
+            .map(PathBuf::from)
+            .or_else(|| home.map(|h| h.join(".claude")));
+        let mut paths: Vec<PathBuf> = config.into_iter().collect();
+        paths.extend(home.map(|h| h.join(".claude.json")));
+        // Its own temp dir, when the host names one instead of TMPDIR.
+        paths.extend(
+            env.get(&OsString::from("CLAUDE_CODE_TMPDIR"))
+                .map(PathBuf::from),
+        );
+        paths
     }
 
     fn parser(&self) -> Box<dyn OutputParser> {

@@ -31,6 +31,16 @@ pub(crate) trait AgentRuntime: Send + Sync {
     /// Host variables the agent receives on top of [`env::BASE`](crate::env::BASE).
     fn env(&self) -> AllowList;
 
+    /// Where the runtime keeps its own state (sessions, settings), which a confined agent
+    /// must be able to write. `home` is the agent's `HOME`, `env` its environment.
+    fn state_paths(
+        &self,
+        _home: Option<&std::path::Path>,
+        _env: &std::collections::BTreeMap<OsString, OsString>,
+    ) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
     /// A parser for one session's output.
     fn parser(&self) -> Box<dyn OutputParser>;
 

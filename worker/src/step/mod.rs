@@ -7,6 +7,7 @@
 
 mod plan;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use crate::env::agent_env;
 use crate::process::{self, Ended, Finished, Launch};
 use crate::progress::{ProgressSink, progress_channel};
 use crate::runtime::claude;
+use crate::shim::{Confinement, step_writable};
 use crate::workspace::{self, Checkout, CheckoutRequest, Workspace};
 
 pub(crate) use plan::StepPlan;
@@ -59,6 +61,8 @@ pub struct StepContext {
     pub host_env: Option<Vec<(OsString, OsString)>>,
     /// Variables the worker's operator hands to every agent (`--pass-env`).
     pub pass_env: Vec<String>,
+    /// How agents are started: through the shim, confined or not.
+    pub confinement: Confinement,
 }
 
 impl StepContext {
@@ -73,6 +77,7 @@ impl StepContext {
             default_timeout: DEFAULT_STEP_TIMEOUT,
             host_env: None,
             pass_env: Vec::new(),
+            confinement: Confinement::default(),
         }
     }
 
@@ -228,7 +233,8 @@ async fn run_in_worktree(
         .clone()
         .unwrap_or_else(|| std::env::vars_os().collect());
     let runtime = plan.runtime.agent(&ctx.claude_bin);
-    let env = agent_env(
+    let host_vars = host.clone();
+    let mut env = agent_env(
         host,
         &runtime.env(),
         &plan.env_passthrough,
@@ -236,12 +242,46 @@ async fn run_in_worktree(
         &plan.extra_env,
         &context,
     );
+    let tmp = ctx.workspace.tmp_path(plan.attempt_id);
+    if let Err(e) = tokio::fs::create_dir_all(&tmp).await {
+        return report.fail(
+            FailureCause::Workspace,
+            format!(
+                "The worker could not create the agent's temp dir {}: {e}",
+                tmp.display()
+            ),
+        );
+    }
+    for name in ["TMPDIR", "TMP", "TEMP"] {
+        env.insert(OsString::from(name), tmp.clone().into_os_string());
+    }
+    if ctx.confinement.landlock {
+        // A fresh mirror has no reflog dir yet; a path that does not exist cannot be granted.
+        let _ = tokio::fs::create_dir_all(ctx.workspace.mirror_dir().join("logs")).await;
+    }
+    let confine = ctx.confinement.landlock.then(|| {
+        // From the host's environment only: the repository's config sets per-role variables
+        // too, and must not be able to name a writable path.
+        let host: BTreeMap<OsString, OsString> = host_vars.into_iter().collect();
+        let home = host.get(&OsString::from("HOME")).map(PathBuf::from);
+        let mut extra = runtime.state_paths(home.as_deref(), &host);
+        extra.extend(ctx.confinement.writable.iter().cloned());
+        step_writable(
+            worktree,
+            &checkout.admin_dir,
+            ctx.workspace.mirror_dir(),
+            &tmp,
+            &extra,
+        )
+    });
     let launch = Launch {
         program: runtime.program().to_owned(),
         args: runtime.args(),
         env,
         cwd: worktree.clone(),
         stdin: plan.prompt.clone(),
+        shim: ctx.confinement.shim.clone(),
+        confine,
     };
     let sink = ctx.progress.clone().unwrap_or_else(|| progress_channel().0);
     sink.line(
@@ -263,9 +303,20 @@ async fn run_in_worktree(
     } = match process::run(launch, parser, sink.clone(), plan.timeout, &ctx.cancel).await {
         Ok(finished) => finished,
         Err(e) => {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
             return report.fail(FailureCause::RuntimeUnavailable, runtime.spawn_failure(&e));
         }
     };
+    let _ = tokio::fs::remove_dir_all(&tmp).await;
+    if let Err(e) = ctx.workspace.reseal(checkout).await {
+        return report.fail(
+            FailureCause::Workspace,
+            format!(
+                "The worker could not restore the worktree's git pointers after the agent: \
+                 {e}; nothing of this step is pushed"
+            ),
+        );
+    }
     // A stdout reader lost to a pipe held open past the drain timeout: judge as if the agent
     // printed nothing.
     let mut parser = parser.unwrap_or_else(|| runtime.parser());
