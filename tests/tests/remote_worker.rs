@@ -53,6 +53,12 @@ fn env(cmd: &mut Command, repo: &TestRepo, log: &Path) {
 }
 
 fn coordinator(repo: &TestRepo, log: &Path, port: u16) -> Child {
+    coordinator_cmd(repo, log, port)
+        .spawn()
+        .expect("coordinator starts")
+}
+
+fn coordinator_cmd(repo: &TestRepo, log: &Path, port: u16) -> Command {
     let mut cmd = Command::new(coordinator_bin());
     cmd.args(["run", "--path"])
         .arg(&repo.checkout)
@@ -60,17 +66,23 @@ fn coordinator(repo: &TestRepo, log: &Path, port: u16) -> Child {
         .arg(format!("127.0.0.1:{port}"))
         .args(["--join-token", TOKEN]);
     env(&mut cmd, repo, log);
-    cmd.spawn().expect("coordinator starts")
+    cmd
 }
 
 fn worker(repo: &TestRepo, log: &Path, port: u16, token: &str) -> Child {
+    worker_cmd(repo, log, port, token)
+        .spawn()
+        .expect("worker starts")
+}
+
+fn worker_cmd(repo: &TestRepo, log: &Path, port: u16, token: &str) -> Command {
     let mut cmd = Command::new(worker_bin());
     cmd.args(["--join", &format!("http://127.0.0.1:{port}")])
         .args(["--token", token, "--capacity", "2", "--name", "remote-1"])
         .arg("--work-dir")
         .arg(repo.dir.path().join("worker"));
     env(&mut cmd, repo, log);
-    cmd.spawn().expect("worker starts")
+    cmd
 }
 
 /// Waits until something accepts connections on `port` (the coordinator is up).
@@ -199,4 +211,89 @@ fn a_worker_with_a_wrong_token_is_refused_and_no_token_is_printed() {
         "",
         "a refused worker must not run steps"
     );
+}
+
+/// Pids the scripted agent wrote to `<log>.pids`.
+fn logged_pids(log: &Path) -> Vec<i32> {
+    std::fs::read_to_string(format!("{}.pids", log.display()))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    })
+}
+
+#[test]
+fn a_remote_agent_and_its_setsid_daemon_die_when_their_worker_is_killed_with_sigkill() {
+    let repo = repo();
+    let log = repo.dir.path().join("steps.log");
+    let port = free_port();
+    let coordinator = coordinator(&repo, &log, port);
+    await_listening(port);
+    let mut worker = worker_cmd(&repo, &log, port, TOKEN)
+        .env("SCRIPTED_MODE", "daemon")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while logged_pids(&log).len() < 2 && started.elapsed() < RUN_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pids = logged_pids(&log);
+    assert!(pids.len() >= 2, "the agent and its daemon started: {pids:?}");
+    worker.kill().unwrap(); // SIGKILL
+    worker.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    for pid in &left {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    stop(coordinator);
+    assert!(left.is_empty(), "still running after the worker died: {left:?}");
+}
+
+#[test]
+fn a_confined_remote_agent_can_neither_push_over_origins_main_nor_read_credentials_and_its_work_lands()
+ {
+    let repo = repo();
+    std::fs::write(
+        test_home(repo.dir.path()).join(".git-credentials"),
+        "https://x-access-token:ghp_secret_for_tests@github.com\n",
+    )
+    .unwrap();
+    let log = repo.dir.path().join("steps.log");
+    let port = free_port();
+    let coordinator = coordinator(&repo, &log, port);
+    await_listening(port);
+    let worker = worker_cmd(&repo, &log, port, TOKEN)
+        .env("SCRIPTED_MODE", "attack")
+        .spawn()
+        .unwrap();
+    let out = finish(coordinator, "coordinator", RUN_TIMEOUT);
+    let worker_out = finish(worker, "worker", REFUSAL_TIMEOUT);
+    let steps = std::fs::read_to_string(&log).unwrap();
+    let attacks: Vec<&str> = steps.lines().filter(|l| l.starts_with("attack-")).collect();
+    assert!(!attacks.is_empty(), "{steps}");
+    assert!(
+        attacks.iter().all(|l| l.starts_with("attack-refused")),
+        "{attacks:#?}\nworker stderr:\n{}",
+        text(&worker_out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let main = repo.log("main");
+    assert!(main.contains("Task-Ref: task-003"), "{main}");
+    assert!(!main.contains("history replaced by an agent"), "{main}");
 }

@@ -279,7 +279,7 @@ pub fn group_alive(pgid: Pid) -> bool {
         if !name.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if let Some((state, pgrp)) = proc_state(name)
+        if let Some((state, _, pgrp)) = name.parse().ok().and_then(crate::shim::stat_fields)
             && pgrp == pgid.as_raw()
             && state != 'Z'
             && state != 'X'
@@ -288,18 +288,6 @@ pub fn group_alive(pgid: Pid) -> bool {
         }
     }
     false
-}
-
-/// `(state, process group)` of a process, from `/proc/<pid>/stat`.
-fn proc_state(pid: &str) -> Option<(char, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid pgrp ..."; comm may contain spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
 }
 
 /// Reads one line (without its `\n`) into `buf`, keeping at most `cap` bytes and

@@ -326,9 +326,16 @@ fn mirror_status(status: std::process::ExitStatus) -> i32 {
 /// reaps them.
 fn sweep(signal: Signal) {
     let me = getpid();
+    let group = nix::unistd::getpgrp();
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
-        let targets = descendants(me);
+        let mut targets = descendants(me);
+        if signal != Signal::SIGKILL {
+            // The worker signalled the group itself; a second SIGINT would turn an agent's
+            // clean stop into an abrupt one.
+            targets.retain(|(_, pgrp)| *pgrp != group);
+        }
+        let targets: Vec<Pid> = targets.into_iter().map(|(pid, _)| pid).collect();
         if targets.is_empty() {
             break;
         }
@@ -356,32 +363,36 @@ fn reap_zombies() {
     }
 }
 
-/// Live (not zombie) descendants of `root`, from `/proc`.
-pub fn descendants(root: Pid) -> Vec<Pid> {
-    let mut parents: Vec<(Pid, Pid)> = Vec::new();
+/// Live (not zombie) descendants of `root` with their process groups, from `/proc`.
+fn descendants(root: Pid) -> Vec<(Pid, Pid)> {
+    let mut parents: Vec<(Pid, Pid, Pid)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            if let Some((state, ppid)) = stat_fields(pid)
+            if let Some((state, ppid, pgrp)) = stat_fields(pid)
                 && state != 'Z'
                 && state != 'X'
             {
-                parents.push((Pid::from_raw(pid), Pid::from_raw(ppid)));
+                parents.push((
+                    Pid::from_raw(pid),
+                    Pid::from_raw(ppid),
+                    Pid::from_raw(pgrp),
+                ));
             }
         }
     }
-    let mut found = vec![root];
+    let mut found = vec![(root, root)];
     let mut i = 0;
     while i < found.len() {
-        let parent = found[i];
+        let parent = found[i].0;
         found.extend(
             parents
                 .iter()
-                .filter(|(_, ppid)| *ppid == parent)
-                .map(|(pid, _)| *pid),
+                .filter(|(_, ppid, _)| *ppid == parent)
+                .map(|(pid, _, pgrp)| (*pid, *pgrp)),
         );
         i += 1;
     }
@@ -389,14 +400,16 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
     found
 }
 
-/// `(state, parent pid)` from `/proc/<pid>/stat`.
-fn stat_fields(pid: i32) -> Option<(char, i32)> {
+/// `(state, parent pid, process group)` from `/proc/<pid>/stat` (the command name may
+/// hold spaces and parentheses; the fields after it are plain).
+pub(crate) fn stat_fields(pid: i32) -> Option<(char, i32, i32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
 }
 
 /// Where a confined agent of a step may write: its worktree, the parts of the mirror a
