@@ -250,7 +250,10 @@ fn a_remote_agent_and_its_setsid_daemon_die_when_their_worker_is_killed_with_sig
         std::thread::sleep(Duration::from_millis(50));
     }
     let pids = logged_pids(&log);
-    assert!(pids.len() >= 2, "the agent and its daemon started: {pids:?}");
+    assert!(
+        pids.len() >= 2,
+        "the agent and its daemon started: {pids:?}"
+    );
     worker.kill().unwrap(); // SIGKILL
     worker.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -262,7 +265,10 @@ fn a_remote_agent_and_its_setsid_daemon_die_when_their_worker_is_killed_with_sig
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
     stop(coordinator);
-    assert!(left.is_empty(), "still running after the worker died: {left:?}");
+    assert!(
+        left.is_empty(),
+        "still running after the worker died: {left:?}"
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! enforce the time limit, and stop the whole group on timeout or cancel.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -81,6 +81,18 @@ pub(crate) async fn run(
 ) -> std::io::Result<Finished> {
     let mut cmd = match &launch.shim {
         Some(shim) => {
+            // The shim would only report a missing program by its exit status; find out
+            // here so it stays a failed start.
+            if !findable(
+                &launch.program,
+                launch.env.get(OsStr::new("PATH")),
+                &launch.cwd,
+            ) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such executable",
+                ));
+            }
             let mut cmd = Command::new(shim);
             cmd.args(
                 ShimArgs {
@@ -215,6 +227,20 @@ pub(crate) async fn run(
         parser,
         stderr_tail,
     })
+}
+
+/// Whether `program` names an executable file: a path (relative to `cwd`), or a name found
+/// on `path`.
+fn findable(program: &OsStr, path: Option<&OsString>, cwd: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let program = std::path::Path::new(program);
+    if program.components().count() > 1 {
+        return executable(&cwd.join(program));
+    }
+    path.is_some_and(|p| std::env::split_paths(p).any(|dir| executable(&dir.join(program))))
 }
 
 fn from_status(status: ExitStatus) -> Ended {

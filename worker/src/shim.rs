@@ -316,6 +316,9 @@ fn mirror_status(status: std::process::ExitStatus) -> i32 {
     if let Ok(signal) = Signal::try_from(sig)
         && !matches!(signal, Signal::SIGTERM | Signal::SIGINT)
     {
+        // Twice: Rust's runtime catches the first SIGSEGV/SIGBUS (stack-overflow detection)
+        // and restores the default action, which the second then takes.
+        let _ = kill(getpid(), signal);
         let _ = kill(getpid(), signal);
     }
     128 + sig
@@ -376,11 +379,7 @@ fn descendants(root: Pid) -> Vec<(Pid, Pid)> {
                 && state != 'Z'
                 && state != 'X'
             {
-                parents.push((
-                    Pid::from_raw(pid),
-                    Pid::from_raw(ppid),
-                    Pid::from_raw(pgrp),
-                ));
+                parents.push((Pid::from_raw(pid), Pid::from_raw(ppid), Pid::from_raw(pgrp)));
             }
         }
     }
