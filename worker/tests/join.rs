@@ -25,6 +25,9 @@ impl Worker {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hyperloop-worker"))
             .args(["--join", join, "--name", "builder-1", "--work-dir"])
             .arg(fx.path("work"))
+            // These agents leave their marks (pids, timestamps) in the fixture's dir.
+            .arg("--agent-writable")
+            .arg(fx.dir.path())
             .args(extra)
             .env_remove("HYPERLOOP_JOIN")
             .env_remove("HYPERLOOP_TOKEN")

@@ -435,10 +435,17 @@ async fn the_agent_sees_exactly_the_allowed_environment() {
         "HYPERLOOP_BRANCH",
         "HYPERLOOP_BASE_BRANCH",
         "HYPERLOOP_RESULT_FILE",
+        "TMPDIR",
+        "TMP",
+        "TEMP",
     ]
     .into_iter()
     .collect();
     assert_eq!(names, expected);
+    // A temp dir of its own, beside the worktrees, gone after the step.
+    let tmp = std::path::Path::new(&vars["TMPDIR"]);
+    assert!(tmp.ends_with("tmp/attempt-1"), "{tmp:?}");
+    assert!(!tmp.exists());
     assert_eq!(vars["HYPERLOOP_ROLE"], "implementer");
     assert_eq!(vars["HYPERLOOP_TASK_ID"], "task-007");
     assert_eq!(vars["HYPERLOOP_ROUND"], "1");
