@@ -7,6 +7,10 @@
 //! Every stream is a *connection* with its own id: a worker that reconnects (or a new
 //! process under the same name) replaces its old connection, and events from a replaced
 //! connection are ignored, so a late `Gone` can never remove the live one.
+//!
+//! Push fence: a `PushRequest` becomes [`Inbound::PushAsked`]; the answer goes back only on
+//! the connection the request came on, granting at most [`push_validity`]: less than the time
+//! before this registry could declare the worker lost and its attempts be given away.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -16,7 +20,7 @@ use tokio::time::Instant;
 use hyperloop_proto::v1::{self, AttemptPhase};
 use hyperloop_shared::model::AttemptId;
 use hyperloop_shared::reconcile::{Held, Offer};
-use hyperloop_shared::step::{StepOrder, StepReport};
+use hyperloop_shared::step::{PushAnswer, PushGrant, PushRequest, StepOrder, StepReport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -77,8 +81,22 @@ pub struct Registry {
     inbox: mpsc::Receiver<WorkerEvent>,
     /// Translated but not yet handed out (a heartbeat reports several attempts).
     pending: VecDeque<Inbound>,
+    /// Push questions not yet answered: worker, attempt, and the connection asked on. The
+    /// loop answers every [`Inbound::PushAsked`] once, so this stays as short as its backlog.
+    asked: Vec<(String, AttemptId, u64)>,
     /// Wall-clock ms for the live view's timestamps.
     clock: Clock,
+}
+
+/// How long a push grant holds for a worker last heard from `silent_for` ago. A silent worker
+/// is declared lost (its attempts given away at once) [`HEARTBEAT_TIMEOUT`] after it was last
+/// seen, and a dropped connection keeps its attempts [`RECONNECT_GRACE`]; the grant ends
+/// before either could happen. The worker counts it from when it sent its request, which was
+/// before we saw it, so its clock runs out first.
+pub fn push_validity(silent_for: Duration) -> Duration {
+    HEARTBEAT_TIMEOUT
+        .saturating_sub(silent_for)
+        .min(RECONNECT_GRACE)
 }
 
 fn held(attempts: &[v1::HeldAttempt]) -> Vec<Held> {
@@ -97,6 +115,7 @@ impl Registry {
             workers: BTreeMap::new(),
             inbox,
             pending: VecDeque::new(),
+            asked: Vec::new(),
             clock,
         }
     }
@@ -222,6 +241,21 @@ impl Registry {
                             lines: Vec::new(),
                         })
                         .collect(),
+                    Body::PushRequest(request) => match PushRequest::try_from(request) {
+                        Ok(request) => {
+                            tracing::debug!(%worker, attempt = %request.attempt, head = %request.head_commit, "push asked");
+                            self.asked.push((worker.clone(), request.attempt, conn));
+                            vec![Inbound::PushAsked {
+                                worker,
+                                attempt: request.attempt,
+                            }]
+                        }
+                        // Unanswerable; the worker gives up without pushing.
+                        Err(e) => {
+                            tracing::warn!(%worker, error = %e, "ignored a malformed push request");
+                            Vec::new()
+                        }
+                    },
                     Body::Hello(_) => Vec::new(),
                 }
             }
@@ -320,6 +354,33 @@ impl Dispatcher for Registry {
                 reason: reason.to_owned(),
             }),
         );
+    }
+
+    fn answer_push(&mut self, worker: &str, attempt: AttemptId, granted: bool, reason: &str) {
+        let asked_on = self
+            .asked
+            .iter()
+            .position(|(w, a, _)| w == worker && *a == attempt)
+            .map(|i| self.asked.remove(i).2);
+        let Some(w) = self.workers.get(worker) else {
+            return;
+        };
+        // The worker times a grant from a request it sent on this stream: an answer to a
+        // question from an earlier connection must not reach a later one.
+        if asked_on != Some(w.conn) {
+            return;
+        }
+        let grant = if granted {
+            PushGrant::Granted {
+                valid_for: push_validity(w.last_seen.elapsed()),
+            }
+        } else {
+            PushGrant::Refused {
+                reason: reason.to_owned(),
+            }
+        };
+        let answer = v1::PushAnswer::from(PushAnswer { attempt, grant });
+        self.tell(worker, v1::coordinator_message::Body::PushAnswer(answer));
     }
 
     fn drain(&mut self, name: &str, reason: &str) -> bool {
@@ -468,5 +529,91 @@ mod tests {
         let expired = r.expire();
         assert!(matches!(&expired[..], [Inbound::Lost { grace, .. }] if grace.is_zero()));
         assert!(close.is_cancelled());
+    }
+
+    fn push_request(worker: &str, conn: u64, attempt: u64) -> WorkerEvent {
+        WorkerEvent::Message {
+            worker: worker.into(),
+            conn,
+            message: v1::worker_message::Body::PushRequest(v1::PushRequest {
+                attempt_id: attempt,
+                head_commit: "c0ffee".into(),
+            }),
+        }
+    }
+
+    fn push_answer(rx: &mut mpsc::Receiver<v1::CoordinatorMessage>) -> Option<v1::PushAnswer> {
+        std::iter::from_fn(|| rx.try_recv().ok()).find_map(|m| match m.body {
+            Some(v1::coordinator_message::Body::PushAnswer(a)) => Some(a),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_push_grant_ends_before_the_worker_could_be_declared_lost_or_its_grace_run_out() {
+        assert_eq!(push_validity(Duration::ZERO), RECONNECT_GRACE);
+        assert!(RECONNECT_GRACE < HEARTBEAT_TIMEOUT);
+        assert_eq!(
+            push_validity(HEARTBEAT_TIMEOUT - Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(push_validity(HEARTBEAT_TIMEOUT * 2), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_request_is_asked_as_push_asked_and_answered_with_a_grant_shorter_than_the_reconnect_grace()
+     {
+        let (mut r, tx) = registry();
+        let (w, mut rx) = joined("w", 1);
+        tx.send(WorkerEvent::Joined(Box::new(w))).await.unwrap();
+        r.next().await;
+        tx.send(push_request("w", 1, 5)).await.unwrap();
+        assert_eq!(
+            r.next().await,
+            Some(Inbound::PushAsked {
+                worker: "w".into(),
+                attempt: AttemptId(5),
+            })
+        );
+        // The loop took 2.5 s to decide: the worker could be declared lost 1.5 s later.
+        tokio::time::advance(Duration::from_millis(2_500)).await;
+        r.answer_push("w", AttemptId(5), true, "");
+        let answer = push_answer(&mut rx).expect("answered");
+        assert_eq!((answer.attempt_id, answer.granted), (5, true));
+        let valid_for =
+            hyperloop_proto::convert::parse_duration("valid_for", answer.valid_for).unwrap();
+        assert!(valid_for <= RECONNECT_GRACE, "{valid_for:?}");
+        assert_eq!(valid_for, HEARTBEAT_TIMEOUT - Duration::from_millis(2_500));
+
+        tx.send(push_request("w", 1, 6)).await.unwrap();
+        r.next().await;
+        r.answer_push("w", AttemptId(6), false, "attempt-6 was revoked");
+        let answer = push_answer(&mut rx).expect("answered");
+        assert!(!answer.granted);
+        assert_eq!(answer.reason, "attempt-6 was revoked");
+        assert_eq!(answer.valid_for, Some(prost_types::Duration::default()));
+    }
+
+    #[tokio::test]
+    async fn a_push_answer_never_reaches_a_later_connection_than_the_one_asked_on() {
+        let (mut r, tx) = registry();
+        let (first, _rx1) = joined("w", 1);
+        tx.send(WorkerEvent::Joined(Box::new(first))).await.unwrap();
+        r.next().await;
+        tx.send(push_request("w", 1, 5)).await.unwrap();
+        assert!(matches!(r.next().await, Some(Inbound::PushAsked { .. })));
+        // The worker reconnects before the loop answers.
+        let (second, mut rx2) = joined("w", 2);
+        tx.send(WorkerEvent::Joined(Box::new(second)))
+            .await
+            .unwrap();
+        r.next().await;
+        r.answer_push("w", AttemptId(5), true, "");
+        assert_eq!(push_answer(&mut rx2), None, "the new stream never asked");
+        // Asked again on the new stream, it is answered there.
+        tx.send(push_request("w", 2, 5)).await.unwrap();
+        r.next().await;
+        r.answer_push("w", AttemptId(5), true, "");
+        assert!(push_answer(&mut rx2).is_some_and(|a| a.granted));
     }
 }

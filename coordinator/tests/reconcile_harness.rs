@@ -414,3 +414,59 @@ async fn a_lost_worker_gives_its_step_to_another() {
     assert_eq!(again.step_path, first.step_path);
     assert_ne!(again.attempt_id, first.attempt_id);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_step_was_given_away_is_refused_its_push_and_the_new_holder_may_push() {
+    let mut h = start(&[SPEC_A], Config::default(), Mode::Watch).await;
+    intake(&mut h, &[proposal("Build A", "specs/a.md")]).await;
+    let first = next_work(&mut h).await;
+    let granted = h.ask_push("w1", first.attempt_id).await;
+    assert!(granted.granted, "{granted:?}");
+    let valid_for =
+        hyperloop_proto::convert::parse_duration("valid_for", granted.valid_for).unwrap();
+    assert!(
+        !valid_for.is_zero() && valid_for <= hyperloop_coordinator::dispatch::RECONNECT_GRACE,
+        "{valid_for:?}"
+    );
+
+    h.lose_worker("w1").await;
+    h.add_worker("w2", 1).await;
+    let again = h.next_assign("w2").await;
+    // The first worker comes back after its step was given away, and asks to push it.
+    h.add_worker("w1", 2).await;
+    let refused = h.ask_push("w1", first.attempt_id).await;
+    assert!(!refused.granted);
+    assert!(
+        refused
+            .reason
+            .contains("was revoked: w1 did not come back in time"),
+        "{}",
+        refused.reason
+    );
+    assert!(h.ask_push("w2", again.attempt_id).await.granted);
+
+    // The refusal is journaled with the next write.
+    h.finish(
+        "w2",
+        &again,
+        Verdict::Pass,
+        "",
+        &[],
+        Duration::from_millis(5),
+    )
+    .await;
+    h.await_task_state(TaskId(1), TaskStatus::InProgress).await;
+    let journaled = |events: &[hyperloop_shared::event::Event]| {
+        events.iter().any(|e| {
+            matches!(&e.kind, EventKind::OrphanFound { kind, action, .. }
+                if kind == "push" && action.starts_with("refused"))
+        })
+    };
+    for _ in 0..100 {
+        if journaled(&h.events().await) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the refused push was not journaled: {:?}", h.events().await);
+}

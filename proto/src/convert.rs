@@ -8,7 +8,7 @@
 //! position, for instance) are left at their defaults by `From` for the caller to fill in.
 
 use hyperloop_shared::model::{
-    Proposal, Review, SpecPath, SpecRef, Task, TaskId, TaskStatus, Verdict, WorkerResult,
+    AttemptId, Proposal, Review, SpecPath, SpecRef, Task, TaskId, TaskStatus, Verdict, WorkerResult,
 };
 
 use crate::ConversionError;
@@ -417,6 +417,67 @@ impl From<v1::StepResult> for hyperloop_shared::step::StepReport {
     }
 }
 
+// --- Push fence --------------------------------------------------------------------------
+
+impl From<hyperloop_shared::step::PushRequest> for v1::PushRequest {
+    fn from(request: hyperloop_shared::step::PushRequest) -> Self {
+        v1::PushRequest {
+            attempt_id: request.attempt.0,
+            head_commit: request.head_commit,
+        }
+    }
+}
+
+impl TryFrom<v1::PushRequest> for hyperloop_shared::step::PushRequest {
+    type Error = ConversionError;
+
+    fn try_from(wire: v1::PushRequest) -> Result<Self, Self::Error> {
+        Ok(hyperloop_shared::step::PushRequest {
+            attempt: AttemptId(parse_attempt_id(
+                "push_request.attempt_id",
+                wire.attempt_id,
+            )?),
+            head_commit: require_text("push_request.head_commit", wire.head_commit)?,
+        })
+    }
+}
+
+impl From<hyperloop_shared::step::PushAnswer> for v1::PushAnswer {
+    fn from(answer: hyperloop_shared::step::PushAnswer) -> Self {
+        use hyperloop_shared::step::PushGrant;
+        let (granted, valid_for, reason) = match answer.grant {
+            PushGrant::Granted { valid_for } => (true, valid_for, String::new()),
+            PushGrant::Refused { reason } => (false, std::time::Duration::ZERO, reason),
+        };
+        v1::PushAnswer {
+            attempt_id: answer.attempt.0,
+            granted,
+            valid_for: Some(duration_to_wire(valid_for)),
+            reason,
+        }
+    }
+}
+
+/// A grant must say how long it holds: without `valid_for` there is no safe time to push.
+impl TryFrom<v1::PushAnswer> for hyperloop_shared::step::PushAnswer {
+    type Error = ConversionError;
+
+    fn try_from(wire: v1::PushAnswer) -> Result<Self, Self::Error> {
+        use hyperloop_shared::step::PushGrant;
+        let attempt = AttemptId(parse_attempt_id("push_answer.attempt_id", wire.attempt_id)?);
+        let grant = if wire.granted {
+            PushGrant::Granted {
+                valid_for: parse_duration("push_answer.valid_for", wire.valid_for)?,
+            }
+        } else {
+            PushGrant::Refused {
+                reason: wire.reason,
+            }
+        };
+        Ok(hyperloop_shared::step::PushAnswer { attempt, grant })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,5 +844,62 @@ mod tests {
             deps: vec![],
         };
         assert_eq!(Proposal::try_from(p).unwrap().key, None);
+    }
+
+    #[test]
+    fn push_requests_and_answers_round_trip_and_a_grant_without_valid_for_is_refused() {
+        use hyperloop_shared::step::{PushAnswer, PushGrant, PushRequest};
+        let request = PushRequest {
+            attempt: AttemptId(7),
+            head_commit: "abc123".into(),
+        };
+        assert_eq!(
+            PushRequest::try_from(v1::PushRequest::from(request.clone())),
+            Ok(request)
+        );
+        check_missing::<_, PushRequest>(
+            v1::PushRequest {
+                attempt_id: 7,
+                head_commit: String::new(),
+            },
+            "push_request.head_commit",
+        );
+        for grant in [
+            PushGrant::Granted {
+                valid_for: std::time::Duration::from_millis(1_500),
+            },
+            PushGrant::Refused {
+                reason: "attempt 7 was revoked".into(),
+            },
+        ] {
+            let answer = PushAnswer {
+                attempt: AttemptId(7),
+                grant,
+            };
+            assert_eq!(
+                PushAnswer::try_from(v1::PushAnswer::from(answer.clone())),
+                Ok(answer)
+            );
+        }
+        let refused = v1::PushAnswer::from(PushAnswer {
+            attempt: AttemptId(7),
+            grant: PushGrant::Refused {
+                reason: "no".into(),
+            },
+        });
+        assert_eq!(
+            refused.valid_for,
+            Some(duration_to_wire(std::time::Duration::ZERO)),
+            "a refusal grants no time"
+        );
+        check_missing::<_, PushAnswer>(
+            v1::PushAnswer {
+                attempt_id: 7,
+                granted: true,
+                valid_for: None,
+                reason: String::new(),
+            },
+            "push_answer.valid_for",
+        );
     }
 }

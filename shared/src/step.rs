@@ -67,3 +67,31 @@ impl StepReport {
         u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX)
     }
 }
+
+/// A worker asks whether an attempt may still push its commits (the push fence): a worker
+/// whose attempt was revoked must not push over the work of the one that took it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRequest {
+    pub attempt: AttemptId,
+    /// The commit the worker would push, for the coordinator's log.
+    pub head_commit: String,
+}
+
+/// The coordinator's answer to a [`PushRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushAnswer {
+    pub attempt: AttemptId,
+    pub grant: PushGrant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushGrant {
+    /// The worker may start its push within `valid_for` of sending its request; after that
+    /// the coordinator may already have given the attempt away.
+    Granted {
+        valid_for: Duration,
+    },
+    Refused {
+        reason: String,
+    },
+}

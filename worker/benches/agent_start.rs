@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyperloop_proto::v1::{Assign, FailureCause, RuntimeKind, RuntimeSettings};
-use hyperloop_worker::{StepContext, Workspace, run_step};
+use hyperloop_worker::{PushFence, StepContext, Workspace, run_step};
 
 const DEFAULT_RUNS: usize = 20;
 const MIN_RUNS: usize = 5;
@@ -155,7 +155,7 @@ fn main() {
             }),
             ..Default::default()
         };
-        let ctx = StepContext::new(workspace.clone());
+        let ctx = StepContext::new(workspace.clone(), PushFence::unfenced());
         let _ = std::fs::remove_file(&stamp);
         let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         let t = Instant::now();

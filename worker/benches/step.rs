@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyperloop_proto::v1::{Assign, RuntimeKind, RuntimeSettings};
-use hyperloop_worker::{StepContext, Workspace, run_step};
+use hyperloop_worker::{PushFence, StepContext, Workspace, run_step};
 
 const RUNS: usize = 40;
 
@@ -106,7 +106,7 @@ fn main() {
                 }),
                 ..Default::default()
             };
-            let ctx = StepContext::new(workspace.clone());
+            let ctx = StepContext::new(workspace.clone(), PushFence::unfenced());
             let t = Instant::now();
             let report = rt.block_on(run_step(&assign, &ctx));
             assert_eq!(

@@ -8,6 +8,7 @@
 //!   [`serve_links`] keeps steps running across reconnects.
 //! - [`link`]: the bounded channel pair that carries the stream ([`Link`]).
 //! - [`step`]: [`run_step`], one step from worktree to pushed branch, usable on its own.
+//! - [`fence`]: the push fence: a step pushes only while the coordinator's grant holds.
 //! - [`workspace`]: the per-worker mirror and per-step worktrees.
 //! - [`env`]: the agent's environment allow-list.
 //! - `runtime`: the `AgentRuntime` seam the step runner runs agents through, one file per
@@ -25,6 +26,7 @@
 
 pub mod env;
 mod error;
+pub mod fence;
 mod git;
 pub mod link;
 pub mod options;
@@ -38,6 +40,7 @@ pub mod step;
 pub mod workspace;
 
 pub use error::WorkerError;
+pub use fence::PushFence;
 pub use git::GitError;
 pub use link::Link;
 pub use options::WorkerOptions;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::WorkerError;
 use crate::claude;
+use crate::fence::DEFAULT_PUSH_ANSWER_TIMEOUT;
 use crate::shim::Confinement;
 use crate::step::DEFAULT_STEP_TIMEOUT;
 
@@ -50,7 +51,10 @@ pub struct WorkerOptions {
     pub confinement: Confinement,
     /// Step timeout when an assignment carries none.
     pub default_step_timeout: Duration,
+    /// Also the pace at which an unanswered push request is sent again.
     pub result_resend_interval: Duration,
+    /// How long a step waits for a usable push answer before giving up without pushing.
+    pub push_answer_timeout: Duration,
     pub registration_timeout: Duration,
     pub shutdown_grace: Duration,
 }
@@ -69,6 +73,7 @@ impl WorkerOptions {
             confinement: Confinement::default(),
             default_step_timeout: DEFAULT_STEP_TIMEOUT,
             result_resend_interval: DEFAULT_RESULT_RESEND_INTERVAL,
+            push_answer_timeout: DEFAULT_PUSH_ANSWER_TIMEOUT,
             registration_timeout: DEFAULT_REGISTRATION_TIMEOUT,
             shutdown_grace: SHUTDOWN_GRACE,
         }
@@ -92,6 +97,7 @@ impl WorkerOptions {
         for interval in [
             ("result_resend_interval", self.result_resend_interval),
             ("registration_timeout", self.registration_timeout),
+            ("push_answer_timeout", self.push_answer_timeout),
         ] {
             if interval.1.is_zero() {
                 return Err(invalid(interval.0, "must be greater than zero"));

@@ -5,6 +5,9 @@
 //! bounded channel. That state outlives any one stream: `serve_links` takes a new [`Link`]
 //! per reconnect and carries on. Nothing else sends on a stream except the per-step
 //! progress forwarders, which only ever send `Progress` to whichever stream is current.
+//!
+//! Steps ask the loop before pushing (the push fence, [`crate::fence`]): the loop sends their
+//! `PushRequest`s, again on every new stream and while unanswered, and hands each answer back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::WorkerError;
+use crate::fence::{Asks, PushFence, Question};
 use crate::link::Link;
 use crate::options::{DEFAULT_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL, WorkerOptions};
 use crate::progress::{ProgressStream, progress_channel};
@@ -124,7 +128,9 @@ pub async fn serve_links(
         labels: options.labels.clone().into_iter().collect(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let (finished_tx, finished_rx) = mpsc::channel(finished_capacity(options.capacity));
+    let (finished_tx, finished) = mpsc::channel(finished_capacity(options.capacity));
+    // Each step asks at most once at a time: room for all of them, as for reports.
+    let (questions_tx, questions) = mpsc::channel(finished_capacity(options.capacity));
     let worker = Worker {
         workspace,
         outbound: watch::channel(None).0,
@@ -133,11 +139,21 @@ pub async fn serve_links(
         unacked: BTreeMap::new(),
         draining: false,
         finished_tx,
+        asks: Asks::default(),
+        questions_tx,
         tracker: TaskTracker::new(),
         shutdown,
         options,
     };
-    worker.run(links, finished_rx).await
+    worker
+        .run(
+            links,
+            Inbox {
+                finished,
+                questions,
+            },
+        )
+        .await
 }
 
 /// Every step sends exactly one report; room for all of them means a step never waits to
@@ -148,10 +164,17 @@ fn finished_capacity(capacity: u32) -> usize {
         .clamp(1, 1024)
 }
 
+/// What the steps tell the loop.
+struct Inbox {
+    finished: mpsc::Receiver<(u64, Box<StepReport>)>,
+    questions: mpsc::Receiver<Question>,
+}
+
 /// The one event type the connected loop consumes.
 enum Event {
     Inbound(Option<Box<CoordinatorMessage>>),
     Finished(u64, Box<StepReport>),
+    Asked(Question),
     Heartbeat,
     Resend,
     Shutdown,
@@ -202,6 +225,9 @@ struct Worker {
     unacked: BTreeMap<u64, Pending>,
     draining: bool,
     finished_tx: mpsc::Sender<(u64, Box<StepReport>)>,
+    /// Steps' push questions still being asked, and where steps send new ones.
+    asks: Asks,
+    questions_tx: mpsc::Sender<Question>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -216,31 +242,40 @@ impl Worker {
     async fn run(
         mut self,
         mut links: mpsc::Receiver<Link>,
-        mut finished_rx: mpsc::Receiver<(u64, Box<StepReport>)>,
+        mut inbox: Inbox,
     ) -> Result<(), WorkerError> {
         let mut last_end = WorkerError::LinkClosed { running: 0 };
         loop {
-            // Between streams: steps keep running; finished ones wait in `unacked`.
+            // Between streams: steps keep running; finished ones wait in `unacked`, push
+            // questions wait for the next stream (or give up after their time).
             let link = tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return self.stop(finished_rx, None).await,
-                Some((attempt, report)) = finished_rx.recv() => {
+                () = self.shutdown.cancelled() => return self.stop(inbox, None).await,
+                Some((attempt, report)) = inbox.finished.recv() => {
                     self.record(attempt, *report);
+                    continue;
+                }
+                Some(question) = inbox.questions.recv() => {
+                    self.asks.add(question, Instant::now(), false);
+                    continue;
+                }
+                () = tokio::time::sleep(self.options.result_resend_interval), if !self.asks.is_empty() => {
+                    self.push_requests_due(false);
                     continue;
                 }
                 link = links.recv() => match link {
                     Some(link) => link,
-                    None => return self.stop(finished_rx, Some(last_end)).await,
+                    None => return self.stop(inbox, Some(last_end)).await,
                 },
             };
-            match self.session(link, &mut finished_rx).await {
+            match self.session(link, &mut inbox).await {
                 Ended::Drained => {
                     self.outbound.send_replace(None);
                     self.tracker.close();
                     self.tracker.wait().await;
                     return Ok(());
                 }
-                Ended::Stop(error) => return self.stop(finished_rx, error).await,
+                Ended::Stop(error) => return self.stop(inbox, error).await,
                 Ended::Lost(e) => {
                     self.outbound.send_replace(None);
                     last_end = e;
@@ -251,11 +286,7 @@ impl Worker {
 
     /// One stream: Hello with the held attempts, Registered, the unacknowledged results
     /// again, then the protocol until the stream ends.
-    async fn session(
-        &mut self,
-        link: Link,
-        finished_rx: &mut mpsc::Receiver<(u64, Box<StepReport>)>,
-    ) -> Ended {
+    async fn session(&mut self, link: Link, inbox: &mut Inbox) -> Ended {
         let Link {
             outbound,
             mut inbound,
@@ -272,13 +303,20 @@ impl Worker {
             Ok(Sent::Stopped) => return Ended::Stop(None),
             Err(e) => return Ended::from_error(e),
         }
-        let heartbeat_interval = match self.handshake(&mut inbound, finished_rx).await {
+        let heartbeat_interval = match self.handshake(&mut inbound, &mut inbox.finished).await {
             Ok(Some(interval)) => interval,
             Ok(None) => return Ended::Stop(None),
             Err(e) => return Ended::from_error(e),
         };
-        // Results that finished while no stream was up go out now, not at the next tick.
+        // Results that finished while no stream was up go out now, not at the next tick, and
+        // push questions are asked again: the last stream can no longer answer them.
         match self.resend(true).await {
+            Ok(Sent::Delivered) => {}
+            Ok(Sent::Stopped) => return Ended::Stop(None),
+            Err(e) => return Ended::from_error(e),
+        }
+        let again = self.asks.restart(Instant::now());
+        match self.send_push_requests(again).await {
             Ok(Sent::Delivered) => {}
             Ok(Sent::Stopped) => return Ended::Stop(None),
             Err(e) => return Ended::from_error(e),
@@ -298,7 +336,8 @@ impl Worker {
             let event = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Event::Shutdown,
-                Some((attempt, report)) = finished_rx.recv() => Event::Finished(attempt, report),
+                Some((attempt, report)) = inbox.finished.recv() => Event::Finished(attempt, report),
+                Some(question) = inbox.questions.recv() => Event::Asked(question),
                 msg = inbound.recv() => Event::Inbound(msg.map(Box::new)),
                 _ = heartbeat.tick() => Event::Heartbeat,
                 _ = resend.tick() => Event::Resend,
@@ -310,8 +349,18 @@ impl Worker {
                 }),
                 Event::Inbound(Some(msg)) => self.on_message(*msg).await,
                 Event::Finished(attempt, report) => self.on_finished(attempt, *report).await,
+                Event::Asked(question) => {
+                    let request = self.asks.add(question, Instant::now(), true);
+                    self.send_push_requests(request.into_iter().collect()).await
+                }
                 Event::Heartbeat => self.send(self.heartbeat()).await,
-                Event::Resend => self.resend(false).await,
+                Event::Resend => match self.resend(false).await {
+                    Ok(Sent::Delivered) => {
+                        let due = self.push_requests_due(true);
+                        self.send_push_requests(due).await
+                    }
+                    other => other,
+                },
             };
             match outcome {
                 Ok(Sent::Delivered) => {}
@@ -426,6 +475,10 @@ impl Worker {
                 self.unacked.remove(&ack.attempt_id);
                 Ok(Sent::Delivered)
             }
+            Some(Body::PushAnswer(answer)) => {
+                self.asks.answer(answer, Instant::now());
+                Ok(Sent::Delivered)
+            }
             Some(Body::NotLeader(n)) => Err(WorkerError::NotLeader {
                 leader_address: n.leader_address,
             }),
@@ -499,6 +552,7 @@ impl Worker {
             host_env: None,
             pass_env: self.options.pass_env.clone(),
             confinement: self.options.confinement.clone(),
+            fence: PushFence::coordinator(self.questions_tx.clone()),
         };
         let forwarder =
             self.tracker
@@ -565,6 +619,32 @@ impl Worker {
         Ok(Sent::Delivered)
     }
 
+    /// Push requests due again (and questions given up, with or without a stream).
+    fn push_requests_due(&mut self, connected: bool) -> Vec<v1::PushRequest> {
+        self.asks.due(
+            Instant::now(),
+            self.options.result_resend_interval,
+            self.options.push_answer_timeout,
+            connected,
+        )
+    }
+
+    async fn send_push_requests(
+        &self,
+        requests: Vec<v1::PushRequest>,
+    ) -> Result<Sent, WorkerError> {
+        for request in requests {
+            if self
+                .send(worker_message::Body::PushRequest(request))
+                .await?
+                == Sent::Stopped
+            {
+                return Ok(Sent::Stopped);
+            }
+        }
+        Ok(Sent::Delivered)
+    }
+
     /// Every attempt this worker holds, for Hello and Heartbeat.
     fn held(&self) -> Vec<HeldAttempt> {
         let mut attempts: Vec<HeldAttempt> = self
@@ -601,7 +681,7 @@ impl Worker {
     /// current stream, if any, without waiting.
     async fn stop(
         mut self,
-        mut finished_rx: mpsc::Receiver<(u64, Box<StepReport>)>,
+        mut inbox: Inbox,
         error: Option<WorkerError>,
     ) -> Result<(), WorkerError> {
         for step in self.running.values() {
@@ -618,7 +698,7 @@ impl Worker {
             );
         }
         let outbound = self.outbound.borrow().clone();
-        while let Ok((attempt, report)) = finished_rx.try_recv() {
+        while let Ok((attempt, report)) = inbox.finished.try_recv() {
             self.running.remove(&attempt);
             let msg = WorkerMessage {
                 body: Some(worker_message::Body::StepResult(report.to_wire())),
@@ -676,6 +756,7 @@ fn body_name(body: &coordinator_message::Body) -> &'static str {
         Body::Drain(_) => "Drain",
         Body::ResultAck(_) => "ResultAck",
         Body::NotLeader(_) => "NotLeader",
+        Body::PushAnswer(_) => "PushAnswer",
     }
 }
 

@@ -398,3 +398,60 @@ async fn an_untrusted_coordinator_certificate_names_the_ca_flag() {
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("--tls-ca"), "{log}");
 }
+
+#[tokio::test]
+async fn a_push_asked_of_a_coordinator_that_went_away_is_asked_again_on_the_next_stream() {
+    let fx = Fixture::new();
+    let script = fx.script(
+        "agent.sh",
+        &format!(
+            "echo work > work.txt\ngit add work.txt\n\
+             git -c user.name=Agent -c user.email=agent@example.invalid commit -q -m Work\n{}",
+            write_result("pass", "ok")
+        ),
+    );
+    let mut coordinator = FakeCoordinator::start(Answer::Admit, None).await;
+    let addr = coordinator.addr;
+    let worker = Worker::spawn(&fx, &coordinator.url, &token_args());
+    let mut first = coordinator.session().await;
+    first.tell(Tell::Assign(fx.assign(7, &script))).await;
+    assert!(matches!(first.next().await, Some(Body::Accepted(_))));
+    let Some(Body::PushRequest(asked)) = first.next().await else {
+        panic!("the step asks before pushing")
+    };
+
+    // Gone before answering: that question can no longer be answered, so it is asked anew.
+    drop(first);
+    coordinator.stop().await;
+    let mut coordinator = FakeCoordinator::start_on(addr, Answer::Admit, None).await;
+    let mut second = coordinator.session().await;
+    assert_eq!(held(&second.hello), [(7, AttemptPhase::Running)]);
+    let Some(Body::PushRequest(again)) = second.next().await else {
+        panic!("the question is asked again on the new stream")
+    };
+    assert_eq!(again, asked);
+    assert_eq!(fx.origin_branch("hyperloop/task-007"), None);
+    second
+        .tell(Tell::PushAnswer(v1::PushAnswer {
+            attempt_id: 7,
+            granted: true,
+            valid_for: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            reason: String::new(),
+        }))
+        .await;
+    let Some(Body::StepResult(result)) = second.next().await else {
+        panic!("expected the step's result")
+    };
+    assert_eq!(result.head_commit, asked.head_commit);
+    assert_eq!(
+        fx.origin_branch("hyperloop/task-007").as_deref(),
+        Some(asked.head_commit.as_str())
+    );
+    second
+        .tell(Tell::ResultAck(v1::ResultAck { attempt_id: 7 }))
+        .await;
+    drain_and_expect_exit_0(&second, worker).await;
+}

@@ -350,3 +350,130 @@ async fn invalid_assignments_are_declined_with_the_field_named() {
     h.shutdown.cancel();
     h.finish().await.unwrap();
 }
+
+/// An agent that commits one file and passes.
+const COMMIT_AND_PASS: &str = r#"echo "work of $HYPERLOOP_TASK_ID" > work.txt
+git add work.txt
+git -c user.name=Agent -c user.email=agent@example.invalid commit -q -m "Work"
+"#;
+
+fn grant(attempt_id: u64, valid_for: Duration) -> coordinator_message::Body {
+    coordinator_message::Body::PushAnswer(v1::PushAnswer {
+        attempt_id,
+        granted: true,
+        valid_for: Some(prost_types::Duration::try_from(valid_for).unwrap()),
+        reason: String::new(),
+    })
+}
+
+/// Starts a committing step as attempt 41 and returns its push request.
+async fn committed(fx: &Fixture, h: &mut Harness) -> v1::PushRequest {
+    let script = fx.script(
+        "agent.sh",
+        &format!("{COMMIT_AND_PASS}{}", write_result("pass", "ok")),
+    );
+    h.register().await;
+    h.tell(coordinator_message::Body::Assign(fx.assign(41, &script)))
+        .await;
+    assert!(matches!(h.next().await, Body::Accepted(a) if a.attempt_id == 41));
+    let Body::PushRequest(request) = h.next().await else {
+        panic!("a step with commits asks before pushing")
+    };
+    assert_eq!(request.attempt_id, 41);
+    assert_eq!(request.head_commit.len(), 40, "{request:?}");
+    request
+}
+
+async fn result(h: &mut Harness) -> v1::StepResult {
+    loop {
+        match h.next().await {
+            Body::StepResult(result) => return result,
+            Body::PushRequest(_) => {} // asked again while the test did not answer
+            other => panic!("expected StepResult, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_step_pushes_its_commits_only_once_the_coordinator_grants_it() {
+    let fx = Fixture::new();
+    let mut h = start(options(&fx, 1)).await;
+    let request = committed(&fx, &mut h).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fx.origin_branch("hyperloop/task-007"),
+        None,
+        "nothing is pushed before the answer"
+    );
+    h.tell(grant(41, Duration::from_secs(60))).await;
+    let result = result(&mut h).await;
+    assert_eq!(
+        result.result.as_ref().map(|r| r.verdict),
+        Some(v1::Verdict::Pass as i32),
+        "{result:?}"
+    );
+    assert_eq!(result.head_commit, request.head_commit);
+    assert_eq!(
+        fx.origin_branch("hyperloop/task-007").as_deref(),
+        Some(request.head_commit.as_str())
+    );
+    h.shutdown.cancel();
+    h.finish().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_refused_push_leaves_the_branch_absent_and_the_report_says_why() {
+    let fx = Fixture::new();
+    let mut h = start(options(&fx, 1)).await;
+    committed(&fx, &mut h).await;
+    h.tell(coordinator_message::Body::PushAnswer(v1::PushAnswer {
+        attempt_id: 41,
+        granted: false,
+        valid_for: None,
+        reason: "attempt-41 was revoked: builder-1 stopped heartbeating".into(),
+    }))
+    .await;
+    let result = result(&mut h).await;
+    assert_eq!(result.failure_cause, FailureCause::Workspace as i32);
+    assert_eq!(result.head_commit, "", "nothing was pushed");
+    let detail = result.result.unwrap().detail;
+    assert!(
+        detail.contains(
+            "The coordinator refused the push of attempt 41 (attempt-41 was revoked: builder-1 \
+             stopped heartbeating); its commits were not pushed."
+        ),
+        "{detail}"
+    );
+    assert_eq!(fx.origin_branch("hyperloop/task-007"), None);
+    h.shutdown.cancel();
+    h.finish().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_grant_that_expired_before_it_arrived_is_not_used_and_the_step_gives_up_unpushed() {
+    let fx = Fixture::new();
+    let mut o = options(&fx, 1);
+    o.push_answer_timeout = Duration::from_secs(1);
+    let mut h = start(o).await;
+    committed(&fx, &mut h).await;
+    // Every grant has run out by the time it arrives: the worker asks again, then gives up.
+    h.tell(grant(41, Duration::ZERO)).await;
+    let result = loop {
+        match h.next().await {
+            Body::PushRequest(r) => h.tell(grant(r.attempt_id, Duration::ZERO)).await,
+            Body::StepResult(result) => break result,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(result.failure_cause, FailureCause::Workspace as i32);
+    let detail = result.result.unwrap().detail;
+    assert!(
+        detail.contains("could not get the coordinator's permission to push attempt 41")
+            && detail.contains("no usable answer within 1s: the last grant arrived")
+            && detail.contains("its commits were not pushed"),
+        "{detail}"
+    );
+    assert_eq!(fx.origin_branch("hyperloop/task-007"), None);
+    h.shutdown.cancel();
+    h.finish().await.expect("clean shutdown");
+}

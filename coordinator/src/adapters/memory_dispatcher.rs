@@ -23,6 +23,8 @@ pub struct Outbox {
     pub orders: Vec<(String, StepOrder)>,
     pub acks: Vec<(String, AttemptId)>,
     pub cancels: Vec<(String, AttemptId, String)>,
+    /// Push answers: worker, attempt, granted, reason.
+    pub push_answers: Vec<(String, AttemptId, bool, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +120,15 @@ impl MemoryWorkers {
         .await;
     }
 
+    /// The worker asks whether `attempt` may push.
+    pub async fn ask_push(&self, worker: &str, attempt: AttemptId) {
+        self.say(Inbound::PushAsked {
+            worker: worker.to_owned(),
+            attempt,
+        })
+        .await;
+    }
+
     /// The next `n` dispatches fail as if the worker's queue were full.
     pub fn fail_next_dispatch(&self, n: usize) {
         lock(&self.shared).fail_next += n;
@@ -184,6 +195,18 @@ impl Dispatcher for MemoryDispatcher {
                 .outbox
                 .cancels
                 .push((worker.to_owned(), attempt, reason.to_owned()));
+        }
+    }
+
+    fn answer_push(&mut self, worker: &str, attempt: AttemptId, granted: bool, reason: &str) {
+        let mut shared = lock(&self.shared);
+        if shared.workers.contains_key(worker) {
+            shared.outbox.push_answers.push((
+                worker.to_owned(),
+                attempt,
+                granted,
+                reason.to_owned(),
+            ));
         }
     }
 

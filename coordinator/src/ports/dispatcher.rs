@@ -8,6 +8,8 @@
 //! - Acknowledgements and cancels for a worker that is gone are dropped: it has nothing left
 //!   to acknowledge or cancel.
 //! - A worker that stops answering is reported [`Inbound::Lost`] by [`Dispatcher::expire`].
+//! - A push answer reaches the worker that asked, or nobody: never another worker, and (for
+//!   the stream registry) never a later connection than the one the question came on.
 
 use std::future::Future;
 use std::time::Duration;
@@ -44,6 +46,12 @@ pub enum Inbound {
         worker: String,
         attempt: AttemptId,
         reason: String,
+    },
+    /// The worker asks whether `attempt` may still push its commits (the push fence);
+    /// answered with [`Dispatcher::answer_push`].
+    PushAsked {
+        worker: String,
+        attempt: AttemptId,
     },
     /// Where a running attempt is (for the live view and log followers).
     Progress {
@@ -88,6 +96,11 @@ pub trait Dispatcher: Send + 'static {
     fn ack(&mut self, worker: &str, attempt: AttemptId);
 
     fn cancel(&mut self, worker: &str, attempt: AttemptId, reason: &str);
+
+    /// Answers an [`Inbound::PushAsked`]. A grant holds for less time than it would take to
+    /// declare the worker lost and give its attempts away, so the worker cannot start a push
+    /// after the attempt stopped being its own; a refusal says why (`reason`).
+    fn answer_push(&mut self, worker: &str, attempt: AttemptId, granted: bool, reason: &str);
 
     /// Asks one worker to finish its steps, take no new ones and leave; false if it is not
     /// connected.

@@ -225,6 +225,40 @@ impl CoordinatorHarness {
         .await;
     }
 
+    /// `worker` asks whether `attempt` may push; returns the loop's answer.
+    ///
+    /// # Panics
+    /// If no answer arrives while the loop has anything left to do.
+    pub async fn ask_push(&mut self, worker: &str, attempt: u64) -> v1::PushAnswer {
+        let conn = self.workers.get(worker).expect("a connected worker").conn;
+        self.send(WorkerEvent::Message {
+            worker: worker.to_owned(),
+            conn,
+            message: v1::worker_message::Body::PushRequest(v1::PushRequest {
+                attempt_id: attempt,
+                head_commit: format!("{attempt:040x}"),
+            }),
+        })
+        .await;
+        let w = self.workers.get_mut(worker).expect("a connected worker");
+        let wait = async {
+            loop {
+                match w.messages.recv().await.map(|m| m.body) {
+                    Some(Some(v1::coordinator_message::Body::PushAnswer(a)))
+                        if a.attempt_id == attempt =>
+                    {
+                        return a;
+                    }
+                    Some(_) => {}
+                    None => panic!("the loop stopped before answering {worker}"),
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{worker}'s push was not answered"))
+    }
+
     /// The stored state.
     pub async fn state(&self) -> State {
         self.store.load().await.expect("the memory store loads")

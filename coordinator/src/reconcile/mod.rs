@@ -410,6 +410,7 @@ where
                 grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
             },
             Inbound::Result { worker, report } => Input::Result { worker, report },
+            Inbound::PushAsked { worker, attempt } => Input::PushAsked { worker, attempt },
             Inbound::Declined {
                 worker,
                 attempt,
@@ -567,6 +568,20 @@ where
                     attempt,
                     reason,
                 } => self.dispatcher.cancel(&worker, attempt, &reason),
+                Effect::AnswerPush {
+                    worker,
+                    attempt,
+                    granted,
+                    reason,
+                } => {
+                    if granted {
+                        tracing::debug!(%worker, %attempt, "push granted");
+                    } else {
+                        tracing::warn!(%worker, %attempt, %reason, "push refused");
+                    }
+                    self.dispatcher
+                        .answer_push(&worker, attempt, granted, &reason);
+                }
                 Effect::Dispatch(order) => {
                     let mut preparer = Preparer {
                         specs: &self.specs,

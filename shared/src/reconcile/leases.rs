@@ -14,6 +14,10 @@ use crate::state::{Assignment, Change};
 
 use super::{Answer, CommandError, Core, Effect, Held, Op, Stop};
 
+/// How many revoked attempts keep their reason for a push asked after the revocation; a
+/// push asked later still is refused, only with a vaguer reason.
+const REVOKED_REMEMBERED: usize = 1024;
+
 /// A dispatched attempt as the core tracks it (task steps and jobs alike).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -198,6 +202,7 @@ impl Core {
         let Some(l) = self.leases.get(&attempt).cloned() else {
             return Vec::new();
         };
+        self.revoked(attempt, l.task, why);
         self.event(
             l.task,
             EventKind::OrphanFound {
@@ -211,6 +216,66 @@ impl Core {
         );
         self.wake = true;
         self.drop_attempt(attempt)
+    }
+
+    /// Remembers why `attempt` was taken from its worker, for a push it may still ask for.
+    pub(super) fn revoked(&mut self, attempt: AttemptId, task: Option<TaskId>, why: &str) {
+        self.revoked.insert(attempt, (task, why.to_owned()));
+        while self.revoked.len() > REVOKED_REMEMBERED {
+            self.revoked.pop_first();
+        }
+    }
+
+    /// The push fence: a worker may push only for an attempt that is current and held by it.
+    /// Once the lease was lost, cancelled or moved, the old worker must not push over the work
+    /// of whoever holds the task now. How long a grant holds is the dispatcher's to say (it
+    /// knows how soon it could declare the worker lost). A refusal is journaled with the
+    /// next write.
+    pub(super) fn push_asked(&mut self, worker: &str, attempt: AttemptId) -> Vec<Effect> {
+        let refusal = match self.leases.get(&attempt) {
+            Some(l) if l.worker != worker => Some((
+                l.task,
+                format!("{attempt} is held by {}, not by {worker}", l.worker),
+            )),
+            Some(l) if l.orphaned_until.is_some() => Some((
+                l.task,
+                format!("{attempt} waits for {} to reconnect", l.worker),
+            )),
+            Some(_) => None,
+            None => Some(match self.revoked.get(&attempt) {
+                Some((task, why)) => (*task, format!("{attempt} was revoked: {why}")),
+                None => (
+                    None,
+                    format!(
+                        "{attempt} is not current (it was revoked, or it already \
+                         finished)"
+                    ),
+                ),
+            }),
+        };
+        let Some((task, reason)) = refusal else {
+            return vec![Effect::AnswerPush {
+                worker: worker.to_owned(),
+                attempt,
+                granted: true,
+                reason: String::new(),
+            }];
+        };
+        let event = self.event_at(
+            task,
+            EventKind::OrphanFound {
+                kind: "push".to_owned(),
+                name: format!("{attempt} from {worker}"),
+                action: format!("refused: {reason}"),
+            },
+        );
+        self.deferred.push(event);
+        vec![Effect::AnswerPush {
+            worker: worker.to_owned(),
+            attempt,
+            granted: false,
+            reason,
+        }]
     }
 
     /// Forgets an attempt: its assignment (the task becomes runnable at the same position)

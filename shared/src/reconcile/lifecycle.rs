@@ -148,6 +148,7 @@ impl Core {
             return; // already finished
         };
         if let Some(a) = self.state.assignments.get(&id).cloned() {
+            self.revoked(a.attempt, Some(id), &reason);
             self.after_persist.push(Effect::Cancel {
                 worker: a.worker.clone(),
                 attempt: a.attempt,

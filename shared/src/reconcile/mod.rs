@@ -218,6 +218,12 @@ pub enum Input {
         worker: String,
         report: StepReport,
     },
+    /// A worker asks whether `attempt` may still push its commits; answered at once with
+    /// [`Effect::AnswerPush`].
+    PushAsked {
+        worker: String,
+        attempt: AttemptId,
+    },
     /// A worker will not run an attempt; it is planned again.
     Declined {
         attempt: AttemptId,
@@ -286,6 +292,14 @@ pub enum Effect {
     Cancel {
         worker: String,
         attempt: AttemptId,
+        reason: String,
+    },
+    /// Tell the worker whether the attempt may push: only while it is current and held by
+    /// that worker (`reason` says why not).
+    AnswerPush {
+        worker: String,
+        attempt: AttemptId,
+        granted: bool,
         reason: String,
     },
     /// Prepare (compose the prompt) and send; report back with [`Input::Dispatched`].
@@ -392,6 +406,9 @@ pub struct Core {
     now: u64,
     /// Every dispatched attempt (task steps and jobs), with its lease.
     leases: BTreeMap<AttemptId, Lease>,
+    /// Why recent attempts were taken away (and their task), so a refused push can say so
+    /// (bounded).
+    revoked: BTreeMap<AttemptId, (Option<TaskId>, String)>,
     /// Intake and process-improver runs in flight.
     jobs: BTreeMap<AttemptId, Job>,
     /// Results waiting for the next cycle.
@@ -445,6 +462,7 @@ impl Core {
             view: SpecView::default(),
             now,
             leases: BTreeMap::new(),
+            revoked: BTreeMap::new(),
             jobs: BTreeMap::new(),
             results: Vec::new(),
             needs_rebase: BTreeSet::new(),
@@ -508,6 +526,7 @@ impl Core {
                 self.wake = true;
                 self.results.push((worker, report));
             }
+            Input::PushAsked { worker, attempt } => return self.push_asked(&worker, attempt),
             Input::Declined { attempt } => {
                 self.wake = true;
                 return self.drop_attempt(attempt);

@@ -137,6 +137,18 @@ fn summary(effects: &[Effect]) -> Vec<String> {
                 )
             }
             Effect::Forget(attempt) => format!("forget #{}", attempt.0),
+            Effect::AnswerPush {
+                worker,
+                attempt,
+                granted: true,
+                ..
+            } => format!("grant push #{} -> {worker}", attempt.0),
+            Effect::AnswerPush {
+                worker,
+                attempt,
+                reason,
+                ..
+            } => format!("refuse push #{} -> {worker}: {reason}", attempt.0),
             Effect::Land { request, .. } => format!("land {}", request.task),
             Effect::Forge(ask) => format!("forge {ask:?}"),
             Effect::CheckGate { task, gate } => format!("check gate {gate} of {task}"),
@@ -356,6 +368,121 @@ fn a_worker_that_comes_back_in_time_keeps_its_step_and_a_stale_one_is_cancelled(
         ],
     );
     assert!(core.leases()[&AttemptId(1)].orphaned_until.is_none());
+}
+
+fn push(worker: &str, attempt: u64) -> Input {
+    Input::PushAsked {
+        worker: worker.to_owned(),
+        attempt: AttemptId(attempt),
+    }
+}
+
+#[test]
+fn a_live_attempt_may_push_and_the_grant_is_not_journaled() {
+    let mut core = start(Mode::Run, &["a"]);
+    implementing(&mut core); // task-001's implementer is #2 on w1
+    check(&mut core, vec![(4, push(W1, 2), &["grant push #2 -> w1"])]);
+    let effects = core.on(result(W1, report(2, "task-001", Verdict::Pass)), 5);
+    assert!(effects.is_empty());
+    let effects = core.on(tick(&[W1]), 6);
+    assert!(!events(&effects).contains(&"orphan_found"), "{effects:?}");
+}
+
+#[test]
+fn an_attempt_whose_worker_was_lost_and_that_was_given_to_another_worker_may_not_push() {
+    let mut core = start(Mode::Run, &["a"]);
+    implementing(&mut core);
+    let lost = Input::WorkerLost {
+        worker: W1.to_owned(),
+        reason: "stopped heartbeating".to_owned(),
+        grace_ms: 0,
+    };
+    check(
+        &mut core,
+        vec![
+            (10, lost, &["forget #2"]),
+            (
+                11,
+                tick(&[W2]),
+                &["persist", "dispatch implementer #3 -> w2"],
+            ),
+            // The frozen worker wakes up and asks: its attempt is gone, and it hears why.
+            (
+                12,
+                push(W1, 2),
+                &["refuse push #2 -> w1: attempt-2 was revoked: w1 stopped heartbeating"],
+            ),
+            (13, push(W2, 3), &["grant push #3 -> w2"]),
+        ],
+    );
+    let effects = core.on(result(W2, report(3, "task-001", Verdict::Pass)), 14);
+    assert!(effects.is_empty());
+    let effects = core.on(tick(&[W2]), 15);
+    assert!(
+        events(&effects).contains(&"orphan_found"),
+        "the refused push is journaled with the next write: {:?}",
+        events(&effects)
+    );
+}
+
+#[test]
+fn a_cancelled_attempt_may_not_push() {
+    let mut core = start(Mode::Run, &["a"]);
+    implementing(&mut core);
+    core.on(
+        Input::Command(Op::Cancel {
+            task: TaskId(1),
+            reason: "not wanted".to_owned(),
+        }),
+        4,
+    );
+    check(
+        &mut core,
+        vec![(
+            5,
+            push(W1, 2),
+            &["refuse push #2 -> w1: attempt-2 was revoked: cancelled by an operator: not wanted"],
+        )],
+    );
+}
+
+#[test]
+fn a_push_asked_by_another_worker_or_while_the_holder_is_away_or_for_an_unknown_attempt_is_refused()
+{
+    let mut core = start(Mode::Run, &["a"]);
+    implementing(&mut core);
+    check(
+        &mut core,
+        vec![
+            (
+                4,
+                push(W2, 2),
+                &["refuse push #2 -> w2: attempt-2 is held by w1, not by w2"],
+            ),
+            (
+                5,
+                push(W1, 77),
+                &[
+                    "refuse push #77 -> w1: attempt-77 is not current (it was revoked, or it \
+                   already finished)",
+                ],
+            ),
+            (
+                6,
+                Input::WorkerLost {
+                    worker: W1.to_owned(),
+                    reason: "connection closed".to_owned(),
+                    grace_ms: 2_000,
+                },
+                &[],
+            ),
+            (
+                7,
+                push(W1, 2),
+                &["refuse push #2 -> w1: attempt-2 waits for w1 to reconnect"],
+            ),
+        ],
+    );
 }
 
 #[test]

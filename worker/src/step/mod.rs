@@ -1,5 +1,6 @@
 //! One step, start to finish: [`run_step`] checks out a worktree from the mirror, runs the
-//! agent in it, reads the result file, pushes the branch and removes the worktree.
+//! agent in it, reads the result file, pushes the branch (if the coordinator still grants the
+//! attempt: [`PushFence`]) and removes the worktree.
 //!
 //! Every path ends in a [`StepReport`]; failures of the worker itself (fetch, worktree,
 //! push) are reported as failed steps with [`FailureCause::Workspace`], never as panics,
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::env::agent_env;
+use crate::fence::{Permit, PushFence};
 use crate::process::{self, Ended, Finished, Launch};
 use crate::progress::{ProgressSink, progress_channel};
 use crate::runtime::claude;
@@ -63,11 +65,14 @@ pub struct StepContext {
     pub pass_env: Vec<String>,
     /// How agents are started: through the shim, confined or not.
     pub confinement: Confinement,
+    /// Asked before pushing: the attempt may have been revoked while the agent ran.
+    pub fence: PushFence,
 }
 
 impl StepContext {
     /// A context with defaults: no progress, [`claude::bin_from_env`], [`DEFAULT_STEP_TIMEOUT`].
-    pub fn new(workspace: Arc<Workspace>) -> Self {
+    /// The fence is the caller's choice: [`PushFence::unfenced`] only without a coordinator.
+    pub fn new(workspace: Arc<Workspace>, fence: PushFence) -> Self {
         Self {
             workspace,
             cancel: CancellationToken::new(),
@@ -78,6 +83,7 @@ impl StepContext {
             host_env: None,
             pass_env: Vec::new(),
             confinement: Confinement::default(),
+            fence,
         }
     }
 
@@ -386,7 +392,7 @@ async fn run_in_worktree(
         }
     }
 
-    finish_branch(plan, checkout, ended, report).await;
+    finish_branch(plan, checkout, ended, ctx, report).await;
 }
 
 /// Turns an accepted or rejected result file into the report.
@@ -415,11 +421,13 @@ fn apply_outcome(report: &mut StepReport, outcome: Outcome) {
     report.fail(cause, outcome.result.detail);
 }
 
-/// Notes uncommitted work, pushes new commits and records the branch head.
+/// Notes uncommitted work, pushes new commits (if the fence allows) and records the branch
+/// head.
 async fn finish_branch(
     plan: &StepPlan,
     checkout: &Checkout,
     ended: Ended,
+    ctx: &StepContext,
     report: &mut StepReport,
 ) {
     let worktree = &checkout.path;
@@ -469,10 +477,40 @@ async fn finish_branch(
         // A cancelled task's work is abandoned; don't delay the stop with a push.
         return;
     }
+    // Until a push succeeds the branch is where it was.
+    report.head_commit = remote_tip.map(str::to_owned);
+    let attempt = plan.attempt_id;
+    let permit = if ctx.cancel.is_cancelled() {
+        Permit::Cancelled
+    } else {
+        ctx.fence.ask(attempt, &head, &ctx.cancel).await
+    };
+    // Checked as late as possible: the grant must still hold when `git push` starts.
+    let refusal = match permit {
+        Permit::Unfenced => None,
+        Permit::Granted { until, .. } if tokio::time::Instant::now() < until => None,
+        Permit::Granted { valid_for, .. } => Some(format!(
+            "The coordinator's grant to push attempt {attempt} (valid for {}) expired before \
+             the push could start",
+            human(valid_for)
+        )),
+        Permit::Refused(reason) => Some(format!(
+            "The coordinator refused the push of attempt {attempt} ({reason})"
+        )),
+        Permit::Unanswered(why) => Some(format!(
+            "The worker could not get the coordinator's permission to push attempt \
+             {attempt} ({why})"
+        )),
+        Permit::Cancelled => Some(format!("Attempt {attempt} was cancelled")),
+    };
+    if let Some(refusal) = refusal {
+        tracing::warn!(attempt, %branch, %head, %refusal, "commits not pushed");
+        push_problem(report, format!("{refusal}; its commits were not pushed."));
+        return;
+    }
     match workspace::push(worktree, &plan.repo_url, branch, remote_tip).await {
         Ok(()) => report.head_commit = Some(head),
         Err(e) => {
-            report.head_commit = remote_tip.map(str::to_owned);
             push_problem(
                 report,
                 format!("The worker could not push the agent's commits: {e}"),

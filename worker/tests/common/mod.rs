@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyperloop_proto::v1::{Assign, RuntimeKind, RuntimeSettings, SpecRef};
-use hyperloop_worker::{StepContext, Workspace};
+use hyperloop_worker::{PushFence, StepContext, Workspace};
 
 pub const BASE_BRANCH: &str = "main";
 
@@ -96,8 +96,9 @@ impl Fixture {
         path
     }
 
+    /// A context for running steps directly, with no coordinator: nothing fences the push.
     pub fn ctx(&self) -> StepContext {
-        let mut ctx = StepContext::new(self.workspace.clone());
+        let mut ctx = StepContext::new(self.workspace.clone(), PushFence::unfenced());
         ctx.default_timeout = Duration::from_secs(30);
         ctx
     }

@@ -48,6 +48,10 @@ trait World {
     async fn lose(&mut self, name: &str);
     /// Attempts delivered to `name` so far.
     async fn delivered(&mut self, name: &str) -> Vec<AttemptId>;
+    /// `name` asks whether `attempt` may push.
+    async fn ask_push(&mut self, name: &str, attempt: AttemptId);
+    /// Push answers that reached `name` since last asked: attempt and whether granted.
+    async fn push_answers(&mut self, name: &str) -> Vec<(AttemptId, bool)>;
 }
 
 async fn contract<D: Dispatcher>(mut d: D, world: &mut impl World) {
@@ -71,6 +75,27 @@ async fn contract<D: Dispatcher>(mut d: D, world: &mut impl World) {
         "an order for a worker that is not there is refused, not lost"
     );
 
+    world.ask_push("w1", AttemptId(1)).await;
+    world.ask_push("w1", AttemptId(2)).await;
+    for attempt in [1, 2] {
+        assert_eq!(
+            d.next().await,
+            Some(Inbound::PushAsked {
+                worker: "w1".to_owned(),
+                attempt: AttemptId(attempt),
+            }),
+            "a push request is heard as a question about that attempt"
+        );
+    }
+    d.answer_push("w1", AttemptId(1), true, "");
+    d.answer_push("w1", AttemptId(2), false, "attempt-2 was revoked");
+    assert_eq!(
+        world.push_answers("w1").await,
+        vec![(AttemptId(1), true), (AttemptId(2), false)],
+        "each answer reaches the worker that asked"
+    );
+    d.answer_push("ghost", AttemptId(3), true, "");
+
     assert!(d.drain("w1", "test"));
     assert!(!d.drain("ghost", "test"));
     assert!(
@@ -84,15 +109,28 @@ async fn contract<D: Dispatcher>(mut d: D, world: &mut impl World) {
         "a dropped worker is reported with a grace period to come back"
     );
     assert!(d.offers().is_empty());
-    // Nothing to acknowledge or cancel on a worker that is gone: no panic, no error.
+    // Nothing to acknowledge, cancel or answer on a worker that is gone: no panic, no error.
     d.ack("w1", AttemptId(1));
     d.cancel("w1", AttemptId(1), "gone");
+    d.answer_push("w1", AttemptId(1), true, "");
     assert!(d.is_empty());
 }
 
 struct Streams {
     inbox: mpsc::Sender<WorkerEvent>,
     workers: Vec<(String, u64, mpsc::Receiver<v1::CoordinatorMessage>)>,
+}
+
+impl Streams {
+    /// Everything that reached `name` since the last look.
+    fn received(&mut self, name: &str) -> Vec<v1::coordinator_message::Body> {
+        let (_, _, rx) = self.workers.iter_mut().find(|(n, ..)| n == name).unwrap();
+        let mut got = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            got.extend(m.body);
+        }
+        got
+    }
 }
 
 impl World for Streams {
@@ -128,14 +166,39 @@ impl World for Streams {
     }
 
     async fn delivered(&mut self, name: &str) -> Vec<AttemptId> {
-        let (_, _, rx) = self.workers.iter_mut().find(|(n, ..)| n == name).unwrap();
-        let mut got = Vec::new();
-        while let Ok(m) = rx.try_recv() {
-            if let Some(v1::coordinator_message::Body::Assign(a)) = m.body {
-                got.push(AttemptId(a.attempt_id));
-            }
-        }
-        got
+        self.received(name)
+            .into_iter()
+            .filter_map(|b| match b {
+                v1::coordinator_message::Body::Assign(a) => Some(AttemptId(a.attempt_id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn ask_push(&mut self, name: &str, attempt: AttemptId) {
+        let (_, conn, _) = self.workers.iter().find(|(n, ..)| n == name).unwrap();
+        let message = v1::worker_message::Body::PushRequest(v1::PushRequest {
+            attempt_id: attempt.0,
+            head_commit: "c0ffee".to_owned(),
+        });
+        let event = WorkerEvent::Message {
+            worker: name.to_owned(),
+            conn: *conn,
+            message,
+        };
+        self.inbox.send(event).await.unwrap();
+    }
+
+    async fn push_answers(&mut self, name: &str) -> Vec<(AttemptId, bool)> {
+        self.received(name)
+            .into_iter()
+            .filter_map(|b| match b {
+                v1::coordinator_message::Body::PushAnswer(a) => {
+                    Some((AttemptId(a.attempt_id), a.granted))
+                }
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -154,6 +217,20 @@ impl World for MemoryWorkers {
                 .iter()
                 .filter(|(w, _)| w == name)
                 .map(|(_, order)| order.attempt)
+                .collect()
+        })
+    }
+
+    async fn ask_push(&mut self, name: &str, attempt: AttemptId) {
+        MemoryWorkers::ask_push(self, name, attempt).await;
+    }
+
+    async fn push_answers(&mut self, name: &str) -> Vec<(AttemptId, bool)> {
+        self.with_outbox(|o| {
+            o.push_answers
+                .iter()
+                .filter(|(w, ..)| w == name)
+                .map(|(_, attempt, granted, _)| (*attempt, *granted))
                 .collect()
         })
     }
