@@ -15,12 +15,13 @@
 //! a machine whose file system is slow today still finishes in a couple of minutes.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyperloop_proto::v1::{Assign, FailureCause, RuntimeKind, RuntimeSettings};
+use hyperloop_worker::shim::Confinement;
 use hyperloop_worker::{PushFence, StepContext, Workspace, run_step};
 
 const DEFAULT_RUNS: usize = 20;
@@ -131,12 +132,16 @@ fn main() {
     )
     .unwrap();
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let stamp = root.join("started.ns");
+    // In a directory of its own: the confined agent may write there and nowhere else outside
+    // its step.
+    let stamps = root.join("stamps");
+    std::fs::create_dir(&stamps).unwrap();
+    let stamp = stamps.join("started.ns");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let workspace = Arc::new(Workspace::new(root.join("work")));
     let origin_url = root.join("origin.git").to_string_lossy().into_owned();
-    let step = |attempt: u64| -> (Duration, Duration) {
+    let step = |attempt: u64, confined: bool| -> (Duration, Duration) {
         let assign = Assign {
             attempt_id: attempt,
             task_id: "task-001".into(),
@@ -155,7 +160,14 @@ fn main() {
             }),
             ..Default::default()
         };
-        let ctx = StepContext::new(workspace.clone(), PushFence::unfenced());
+        let mut ctx = StepContext::new(workspace.clone(), PushFence::unfenced());
+        if confined {
+            ctx.confinement = Confinement {
+                shim: Some(PathBuf::from(env!("CARGO_BIN_EXE_hyperloop-worker"))),
+                landlock: true,
+                writable: vec![stamps.clone()],
+            };
+        }
         let _ = std::fs::remove_file(&stamp);
         let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         let t = Instant::now();
@@ -179,11 +191,12 @@ fn main() {
     };
 
     // Warm the mirror (first clone) and the page cache.
-    let (first, _) = step(1);
+    let (first, _) = step(1, false);
     println!("cold start (mirror clone + checkout): {first:.2?}");
     timed_worktree_add(&plain, &root.join("ref-warm"), false);
 
     let (mut full, mut bare, mut start, mut whole) = (vec![], vec![], vec![], vec![]);
+    let (mut start_shim, mut whole_shim) = (vec![], vec![]);
     let rounds = Instant::now();
     for i in 0..runs {
         if i >= MIN_RUNS && rounds.elapsed() > ROUNDS_BUDGET {
@@ -199,9 +212,12 @@ fn main() {
             &root.join(format!("ref-bare-{i}")),
             true,
         ));
-        let (s, w) = step(i as u64 + 2);
+        let (s, w) = step(2 * i as u64 + 2, false);
         start.push(s);
         whole.push(w);
+        let (s, w) = step(2 * i as u64 + 3, true);
+        start_shim.push(s);
+        whole_shim.push(w);
     }
 
     let done = start.len();
@@ -211,6 +227,14 @@ fn main() {
         ("reference: git worktree add --no-checkout", &stats(bare)),
         ("run_step → agent running (P2 subject)", &stats(start)),
         ("run_step whole (incl. agent, cleanup)", &stats(whole)),
+        (
+            "the same, agent confined under the shim",
+            &stats(start_shim),
+        ),
+        (
+            "run_step whole, confined under the shim",
+            &stats(whole_shim),
+        ),
     ];
     println!();
     println!(
