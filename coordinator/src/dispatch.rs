@@ -61,6 +61,9 @@ pub struct Joined {
 }
 
 /// Something a worker said or did, delivered to the registry's inbox.
+// Events pass through a channel one at a time and are never stored in bulk, so the size of
+// the message variant (a StepResult) costs nothing worth a box on every message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// The worker registered (its first message).

@@ -370,6 +370,10 @@ impl From<hyperloop_shared::step::StepOrder> for v1::Assign {
                 budget_usd: runtime.budget_usd,
                 env_passthrough: runtime.env_passthrough,
                 extra_env: Default::default(),
+                git_identity: Some(v1::GitIdentity {
+                    name: runtime.git_identity.name,
+                    email: runtime.git_identity.email,
+                }),
             }),
             deadline: Some(prost_types::Timestamp::from(deadline)),
             trace_context: Default::default(),
@@ -404,6 +408,7 @@ impl From<v1::StepResult> for hyperloop_shared::step::StepReport {
             detail,
             branch: nonempty(result.branch),
             head_commit: nonempty(result.head_commit),
+            new_commits: result.new_commits,
             duration: result
                 .duration
                 .and_then(|d| std::time::Duration::try_from(d).ok())

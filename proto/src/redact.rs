@@ -38,6 +38,7 @@ impl fmt::Debug for RuntimeSettings {
             .field("budget_usd", &self.budget_usd)
             .field("env_passthrough", &self.env_passthrough)
             .field("extra_env (names only)", &env_names)
+            .field("git_identity", &self.git_identity)
             .finish()
     }
 }

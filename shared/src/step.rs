@@ -42,6 +42,25 @@ pub struct RuntimeSettings {
     pub budget_usd: Option<f64>,
     /// Extra worker-host variables the agent may see.
     pub env_passthrough: Vec<String>,
+    /// Who the agent commits as when git on the worker has no identity of its own.
+    pub git_identity: GitIdentity,
+}
+
+/// A git author/committer identity (`agent.git_identity`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GitIdentity {
+    pub name: String,
+    pub email: String,
+}
+
+impl Default for GitIdentity {
+    /// `.invalid` (RFC 2606) so the address can never reach anyone.
+    fn default() -> Self {
+        GitIdentity {
+            name: "hyperloop agent".to_owned(),
+            email: "agent@hyperloop.invalid".to_owned(),
+        }
+    }
 }
 
 /// What a worker reports when a step ends.
@@ -57,6 +76,8 @@ pub struct StepReport {
     pub branch: Option<String>,
     /// The branch tip after the step, when the step produced commits.
     pub head_commit: Option<String>,
+    /// The step made commits and the worker pushed them (the branch moved).
+    pub new_commits: bool,
     pub duration: Duration,
     /// The PM's proposals (intake only).
     pub proposals: Vec<Proposal>,

@@ -566,6 +566,8 @@ fn answer(assign: &v1::Assign, journal: &Journal) -> [Body; 2] {
                 detail: "- bench finding".into(),
             }),
             proposals,
+            // Stands for a pushed commit: an implementer passing without one fails its round.
+            new_commits: !fail,
             ..Default::default()
         }),
     ]

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 
 use hyperloop_shared::config::is_hyperloop_secret;
+use hyperloop_shared::step::GitIdentity;
 
 /// Host variables let through by exact name or by prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,42 @@ pub fn agent_env(
         env.insert(OsString::from(name), OsString::from(value));
     }
     env
+}
+
+/// The `GIT_AUTHOR_*`/`GIT_COMMITTER_*` variables that give an agent `identity`, for each half
+/// (name, email) that neither `env` (the coordinator's `extra_env` may set them) nor git's own
+/// config in the worktree provides. Without them, every commit on a machine with no global
+/// git identity (fresh HOME, containers, CI) fails and the task spins until `max_cycles`.
+pub fn git_identity_env(
+    env: &BTreeMap<OsString, OsString>,
+    git_has_name: bool,
+    git_has_email: bool,
+    identity: &GitIdentity,
+) -> Vec<(OsString, OsString)> {
+    let mut vars = Vec::new();
+    let halves = [
+        (
+            git_has_name,
+            ["GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"],
+            &identity.name,
+        ),
+        (
+            git_has_email,
+            ["GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"],
+            &identity.email,
+        ),
+    ];
+    for (git_has, names, value) in halves {
+        if git_has {
+            continue;
+        }
+        for name in names {
+            if !env.contains_key(&OsString::from(name)) {
+                vars.push((OsString::from(name), OsString::from(value)));
+            }
+        }
+    }
+    vars
 }
 
 #[cfg(test)]
@@ -143,5 +180,36 @@ mod tests {
         let operator = vec!["GITHUB_TOKEN".to_owned()];
         let env = agent_env(host, &BASE, &asked, &operator, &HashMap::new(), &[]);
         assert_eq!(names(&env), ["GITHUB_TOKEN", "NPM_TOKEN"]);
+    }
+
+    #[test]
+    fn an_agent_without_any_git_identity_commits_as_the_configured_one() {
+        let id = GitIdentity {
+            name: "Bot".to_owned(),
+            email: "bot@example.invalid".to_owned(),
+        };
+        let vars = git_identity_env(&BTreeMap::new(), false, false, &id);
+        let names: Vec<_> = vars.iter().map(|(k, _)| k.to_string_lossy()).collect();
+        assert_eq!(
+            names,
+            [
+                "GIT_AUTHOR_NAME",
+                "GIT_COMMITTER_NAME",
+                "GIT_AUTHOR_EMAIL",
+                "GIT_COMMITTER_EMAIL"
+            ]
+        );
+        assert_eq!(vars[0].1, "Bot");
+        assert_eq!(vars[3].1, "bot@example.invalid");
+    }
+
+    #[test]
+    fn an_identity_git_or_the_coordinator_already_gives_is_kept() {
+        let id = GitIdentity::default();
+        assert!(git_identity_env(&BTreeMap::new(), true, true, &id).is_empty());
+        let env = BTreeMap::from([(OsString::from("GIT_AUTHOR_EMAIL"), OsString::from("a@b"))]);
+        let vars = git_identity_env(&env, true, false, &id);
+        let names: Vec<_> = vars.iter().map(|(k, _)| k.to_string_lossy()).collect();
+        assert_eq!(names, ["GIT_COMMITTER_EMAIL"]);
     }
 }

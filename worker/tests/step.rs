@@ -438,10 +438,17 @@ async fn the_agent_sees_exactly_the_allowed_environment() {
         "TMPDIR",
         "TMP",
         "TEMP",
+        // HOME has no git identity: the worker's own, never the host's GIT_AUTHOR_NAME.
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
     ]
     .into_iter()
     .collect();
     assert_eq!(names, expected);
+    assert_eq!(vars["GIT_AUTHOR_NAME"], "hyperloop agent");
+    assert_eq!(vars["GIT_COMMITTER_EMAIL"], "agent@hyperloop.invalid");
     // A temp dir of its own, beside the worktrees, gone after the step.
     let tmp = std::path::Path::new(&vars["TMPDIR"]);
     assert!(tmp.ends_with("tmp/attempt-1"), "{tmp:?}");

@@ -210,6 +210,7 @@ impl CoordinatorHarness {
                 String::new()
             },
             branch: assign.branch.clone(),
+            new_commits: verdict == Verdict::Pass,
             duration: Some(prost_types::Duration {
                 seconds: i64::try_from(took.as_secs()).unwrap_or(i64::MAX),
                 nanos: i32::try_from(took.subsec_nanos()).unwrap_or(0),

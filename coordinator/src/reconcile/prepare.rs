@@ -282,6 +282,7 @@ impl<P: SpecSource> Preparer<'_, P> {
                 timeout,
                 budget_usd: agent.budget_usd,
                 env_passthrough: agent.env_passthrough.clone(),
+                git_identity: self.config.agent.git_identity.clone(),
             },
             deadline_ms: self
                 .now_ms

@@ -235,6 +235,14 @@ pub const KEYS: &[Key] = &[
         "extra environment variable names handed to agents",
     ),
     key(
+        "agent.git_identity.name",
+        "author/committer name for agents' commits when the worker's git has none",
+    ),
+    key(
+        "agent.git_identity.email",
+        "author/committer email for agents' commits when the worker's git has none",
+    ),
+    key(
         "agent.labels",
         "worker labels a step requires, like [gpu=a100]; steps only go to matching workers",
     ),

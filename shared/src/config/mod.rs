@@ -284,6 +284,9 @@ pub struct AgentConfig {
     pub timeout: Duration,
     pub budget_usd: Option<f64>,
     pub env_passthrough: Vec<String>,
+    /// `agent.git_identity.{name,email}`: what agents commit as on a worker whose git has no
+    /// identity (fresh HOME, containers, CI). An identity git already has always wins.
+    pub git_identity: crate::step::GitIdentity,
     /// Worker labels (`k=v`) every step requires unless its role says otherwise.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -482,6 +485,7 @@ impl Default for Config {
                 timeout: Duration::from_secs(30 * 60),
                 budget_usd: None,
                 env_passthrough: Vec::new(),
+                git_identity: crate::step::GitIdentity::default(),
                 labels: BTreeMap::new(),
                 roles: BTreeMap::new(),
             },
@@ -1023,6 +1027,14 @@ impl Resolver<'_> {
             timeout: defaults.timeout.unwrap_or(d.timeout),
             budget_usd: defaults.budget_usd,
             env_passthrough: defaults.env_passthrough.unwrap_or(d.env_passthrough),
+            git_identity: crate::step::GitIdentity {
+                name: self
+                    .get("agent.git_identity.name", parse::string)
+                    .unwrap_or(d.git_identity.name),
+                email: self
+                    .get("agent.git_identity.email", parse::string)
+                    .unwrap_or(d.git_identity.email),
+            },
             labels: defaults.labels.unwrap_or(d.labels),
             roles: BTreeMap::new(),
         };

@@ -269,6 +269,7 @@ agent:
             timeout: secs(5400),
             budget_usd: Some(2.5),
             env_passthrough: vec!["AWS_PROFILE".into()],
+            git_identity: crate::step::GitIdentity::default(),
             labels: BTreeMap::from([("os".into(), "linux".into())]),
             roles: BTreeMap::from([(
                 "verifier".to_owned(),

@@ -67,6 +67,14 @@ impl Core {
     }
 
     fn reap_task(&mut self, assignment: &Assignment, worker: &str, report: &StepReport) {
+        let owned;
+        let report = match passed_without_commits(&assignment.role, report) {
+            Some(failed) => {
+                owned = failed;
+                &owned
+            }
+            None => report,
+        };
         let Some(mut task) = self.state.tasks.get(&assignment.task).cloned() else {
             return;
         };
@@ -885,4 +893,23 @@ impl Core {
         let reason = "its pull request was closed without merging".to_owned();
         self.stop_task(task.id, reason, Stop::Pipeline);
     }
+}
+
+/// An implementer's pass that left the task branch where it was is a failed round: the
+/// verifier would review unchanged code and the task could loop until `max_cycles` with
+/// nothing to show. Returns the report turned into that failure, or `None` to keep it.
+pub(super) fn passed_without_commits(role: &str, report: &StepReport) -> Option<StepReport> {
+    if role != super::IMPLEMENTER || report.verdict != Verdict::Pass || report.new_commits {
+        return None;
+    }
+    let mut failed = report.clone();
+    failed.verdict = Verdict::Fail;
+    let branch = report.branch.as_deref().unwrap_or("the task branch");
+    failed.detail = format!(
+        "- The implementer reported pass but made no new commit on {branch}: its work must \
+         be committed (`git add` and `git commit` in the worktree; uncommitted changes are \
+         discarded). Its report said:\n{}",
+        report.detail
+    );
+    Some(failed)
 }

@@ -36,6 +36,8 @@ pub use leases::Lease;
 /// The role sent to resolve a landing conflict; it runs outside the pipeline, with the task
 /// parked at its merge action.
 pub const REBASE_RESOLVER: &str = "rebase-resolver";
+/// The role whose steps must produce commits: its pass without any is a failed round.
+pub const IMPLEMENTER: &str = "implementer";
 pub const PM: &str = "pm";
 pub const PROCESS_IMPROVER: &str = "process-improver";
 

@@ -78,6 +78,7 @@ fn report(attempt: u64, subject: &str, verdict: Verdict) -> StepReport {
         detail: format!("{verdict:?} by test"),
         branch: (subject.starts_with("task")).then(|| format!("hyperloop/{subject}")),
         head_commit: Some("abc".to_owned()),
+        new_commits: verdict == Verdict::Pass,
         duration: std::time::Duration::from_millis(144),
         proposals: Vec::new(),
     }
@@ -764,5 +765,60 @@ fn a_role_that_requires_labels_goes_only_to_a_worker_carrying_them_and_capacity_
             "forget #1",
             "dispatch implementer #2 -> gpu"
         ]
+    );
+}
+
+#[test]
+fn an_implementer_that_passes_without_a_new_commit_fails_its_round_with_a_finding_that_says_so() {
+    let mut core = start(Mode::Run, &["a"]);
+    implementing(&mut core);
+    let mut idle = report(2, "task-001", Verdict::Pass);
+    idle.new_commits = false;
+    check(
+        &mut core,
+        vec![
+            (4, result(W1, idle), &[]),
+            (
+                5,
+                tick(&[W1]),
+                // The failed round's finding goes to the process improver first.
+                &[
+                    "persist",
+                    "ack #2",
+                    "forget #2",
+                    "dispatch process-improver #3 -> w1",
+                ],
+            ),
+        ],
+    );
+    let reviews = &core.state().reviews[&TaskId(1)];
+    assert!(
+        reviews.iter().any(|r| r.role == "implementer"
+            && r.verdict == Verdict::Fail
+            && r.detail
+                .contains("made no new commit on hyperloop/task-001")),
+        "{reviews:?}"
+    );
+    assert_eq!(core.state().tasks[&TaskId(1)].round, 1, "a new round");
+}
+
+#[test]
+fn a_verifier_that_passes_without_commits_lets_the_task_land() {
+    let mut core = start(Mode::Run, &["a"]);
+    implementing(&mut core);
+    core.on(result(W1, report(2, "task-001", Verdict::Pass)), 4);
+    core.on(tick(&[W1]), 5);
+    let mut review = report(3, "task-001", Verdict::Pass);
+    review.new_commits = false;
+    check(
+        &mut core,
+        vec![
+            (6, result(W1, review), &[]),
+            (
+                7,
+                tick(&[W1]),
+                &["persist", "ack #3", "forget #3", "land task-001"],
+            ),
+        ],
     );
 }

@@ -26,7 +26,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::env::agent_env;
+use crate::env::{agent_env, git_identity_env};
 use crate::fence::{Permit, PushFence};
 use crate::process::{self, Ended, Finished, Launch};
 use crate::progress::{ProgressSink, progress_channel};
@@ -107,6 +107,8 @@ pub struct StepReport {
     /// Tip of the task branch on the remote after the step; `None` when the step produced no
     /// branch (no commits on a new branch, or a step without branch).
     pub head_commit: Option<String>,
+    /// The agent's commits were pushed: the branch moved.
+    pub new_commits: bool,
     pub branch: String,
     pub duration: Duration,
     pub cost_usd: f64,
@@ -125,6 +127,7 @@ impl StepReport {
             detail: String::new(),
             failure_cause: FailureCause::Unspecified,
             head_commit: None,
+            new_commits: false,
             branch: assign.branch.clone(),
             duration: Duration::ZERO,
             cost_usd: 0.0,
@@ -151,6 +154,7 @@ impl StepReport {
                 detail: self.detail.clone(),
             }),
             head_commit: self.head_commit.clone().unwrap_or_default(),
+            new_commits: self.new_commits,
             branch: self.branch.clone(),
             duration: Some(duration_to_wire(self.duration)),
             cost_usd: self.cost_usd,
@@ -201,6 +205,23 @@ pub async fn run_step(assign: &Assign, ctx: &StepContext) -> StepReport {
     ctx.workspace.remove(&path, plan.branch.as_deref()).await;
     report.duration = started.elapsed();
     report
+}
+
+/// Whether git, run as the agent would run it (same environment, in the worktree), has `key`:
+/// repository, global (the agent's HOME) and system config all count. A git that cannot run
+/// counts as not set, so the agent still gets an identity.
+async fn git_config_set(worktree: &Path, env: &BTreeMap<OsString, OsString>, key: &str) -> bool {
+    tokio::process::Command::new("git")
+        .args(["config", "--get", key])
+        .current_dir(worktree)
+        .env_clear()
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
 }
 
 async fn run_in_worktree(
@@ -261,6 +282,14 @@ async fn run_in_worktree(
     for name in ["TMPDIR", "TMP", "TEMP"] {
         env.insert(OsString::from(name), tmp.clone().into_os_string());
     }
+    let git_has_name = git_config_set(worktree, &env, "user.name").await;
+    let git_has_email = git_config_set(worktree, &env, "user.email").await;
+    env.extend(git_identity_env(
+        &env,
+        git_has_name,
+        git_has_email,
+        &plan.git_identity,
+    ));
     if ctx.confinement.landlock {
         // A fresh mirror has no reflog dir yet; a path that does not exist cannot be granted.
         let _ = tokio::fs::create_dir_all(ctx.workspace.mirror_dir().join("logs")).await;
@@ -509,7 +538,10 @@ async fn finish_branch(
         return;
     }
     match workspace::push(worktree, &plan.repo_url, branch, remote_tip).await {
-        Ok(()) => report.head_commit = Some(head),
+        Ok(()) => {
+            report.head_commit = Some(head);
+            report.new_commits = true;
+        }
         Err(e) => {
             push_problem(
                 report,

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use hyperloop_proto::v1::{Assign, FailureCause, RuntimeKind};
 use hyperloop_shared::model::TaskId;
 use hyperloop_shared::result_file::{Expected, Subject};
+use hyperloop_shared::step::GitIdentity;
 
 use crate::runtime::AgentRuntime;
 use crate::runtime::claude::{ClaudeLimits, ClaudeRuntime};
@@ -82,6 +83,8 @@ pub(crate) struct StepPlan {
     pub timeout: Duration,
     pub env_passthrough: Vec<String>,
     pub extra_env: HashMap<String, String>,
+    /// Who the agent commits as if git in its worktree has no identity.
+    pub git_identity: GitIdentity,
 }
 
 impl StepPlan {
@@ -195,6 +198,15 @@ impl StepPlan {
             timeout,
             env_passthrough: settings.env_passthrough.clone(),
             extra_env: settings.extra_env.clone(),
+            git_identity: settings
+                .git_identity
+                .as_ref()
+                .filter(|id| !id.name.trim().is_empty() && !id.email.trim().is_empty())
+                .map(|id| GitIdentity {
+                    name: id.name.clone(),
+                    email: id.email.clone(),
+                })
+                .unwrap_or_default(),
         })
     }
 }

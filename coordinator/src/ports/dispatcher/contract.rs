@@ -37,6 +37,7 @@ pub fn order(attempt: AttemptId) -> StepOrder {
             timeout: Duration::from_secs(60),
             budget_usd: None,
             env_passthrough: Vec::new(),
+            git_identity: Default::default(),
         },
         deadline_ms: 0,
     }
