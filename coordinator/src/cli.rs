@@ -345,11 +345,17 @@ fn init_tracing(config: &hyperloop_shared::config::Config) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.observability.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Console => builder.try_init(),
+    let style = match config.observability.log_format {
+        LogFormat::Json => crate::logfmt::Style::Json,
+        // Colour only for a person at a terminal: never escape codes in a file or pipe.
+        LogFormat::Console => crate::logfmt::Style::Console {
+            colour: std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        },
     };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(crate::logfmt::Format(style))
+        .with_writer(std::io::stderr)
+        .try_init();
 }
