@@ -758,9 +758,22 @@ where
             .converged(self.github.as_ref().is_some_and(GitHub::busy));
         let cycle = self.core.state().meta.cycle;
         let last_cycle_at_ms = self.core.last_cycle_at_ms();
+        let tasks = self
+            .core
+            .state()
+            .tasks
+            .values()
+            .map(|t| crate::control::TaskBrief {
+                id: t.id.to_string(),
+                status: t.status,
+                round: t.round,
+                step: t.position.as_ref().map(|p| p.step().clone()),
+            })
+            .collect();
         self.live.send_modify(|live| {
             *live = Arc::new(Live {
                 workers,
+                tasks,
                 cycle,
                 last_cycle_at_ms,
                 converged,
