@@ -336,6 +336,9 @@ where
             return Ok(halt);
         }
         self.input(Input::Stop(halt.clone())).await?;
+        // The final state, for the summary `run` ends with.
+        self.live_dirty = true;
+        self.publish();
         // With standbys, workers move on to the next leader instead of exiting.
         if !self.ctx.distributed {
             self.dispatcher.drain_all("coordinator stopped");
