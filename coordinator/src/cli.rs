@@ -264,7 +264,12 @@ pub fn reconcile(
         Err(e) => return Exit::usage(e.to_string()),
     };
     let config = settings.config;
-    init_tracing(&config);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let display = crate::progress::Display::new(terminal);
+    init_tracing(&config, &display);
+    // JSON logs are for machines: no progress text mixed into them.
+    let show_progress =
+        config.observability.log_format == hyperloop_shared::config::LogFormat::Console;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return runtime_error(format!("cannot start the async runtime: {e}")),
@@ -276,7 +281,21 @@ pub fn reconcile(
             shutdown.clone(),
             "stopping agents and saving state",
         ));
-        crate::run::run(root, config, mode, shutdown).await
+        let stop = CancellationToken::new();
+        let (give, take) = tokio::sync::oneshot::channel();
+        let observer: crate::run::LiveObserver = Box::new(move |live| drop(give.send(live)));
+        let follower = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if let (true, Ok(live)) = (show_progress, take.await) {
+                    display.follow(live, stop).await;
+                }
+            })
+        };
+        let outcome = crate::run::run_observed(root, config, mode, shutdown, Some(observer)).await;
+        stop.cancel();
+        let _ = follower.await;
+        outcome
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match outcome {
@@ -334,7 +353,10 @@ fn runtime_error(message: String) -> Exit {
 
 /// Logs go to stderr, as console lines or JSON, at the configured level. `RUST_LOG`, when
 /// set, wins (for debugging one module).
-fn init_tracing(config: &hyperloop_shared::config::Config) {
+fn init_tracing(
+    config: &hyperloop_shared::config::Config,
+    display: &std::sync::Arc<crate::progress::Display>,
+) {
     use hyperloop_shared::config::{LogFormat, LogLevel};
     let level = match config.observability.log_level {
         LogLevel::Trace => "trace",
@@ -345,11 +367,17 @@ fn init_tracing(config: &hyperloop_shared::config::Config) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.observability.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Console => builder.try_init(),
+    let style = match config.observability.log_format {
+        LogFormat::Json => crate::logfmt::Style::Json,
+        // Colour only for a person at a terminal: never escape codes in a file or pipe.
+        LogFormat::Console => crate::logfmt::Style::Console {
+            colour: display.terminal() && std::env::var_os("NO_COLOR").is_none(),
+        },
     };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(crate::logfmt::Format(style))
+        // Through the display, so log lines appear above the live progress block.
+        .with_writer(display.log_writer())
+        .try_init();
 }

@@ -74,6 +74,18 @@ pub struct Live {
     /// The composition the loop works with (to explain why tasks wait); `None` on a standby
     /// that has not composed yet.
     pub project: Option<Arc<Project>>,
+    /// Every task in brief, for the terminal's progress display.
+    pub tasks: Vec<TaskBrief>,
+}
+
+/// A task as the progress display shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskBrief {
+    pub id: String,
+    pub status: hyperloop_shared::model::TaskStatus,
+    pub round: u32,
+    /// The step it is at while in progress (`gate: human-review`).
+    pub step: Option<hyperloop_shared::pipeline::StepRef>,
 }
 
 pub use hyperloop_shared::reconcile::CommandError;

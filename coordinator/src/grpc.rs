@@ -292,7 +292,7 @@ impl WorkerService for Service {
         let hello = match self.admission.admit(&mut inbound).await {
             Ok(hello) => hello,
             Err(status) => {
-                tracing::warn!(peer = ?peer, code = ?status.code(), reason = status.message(), "refused a worker");
+                tracing::warn!(peer = %peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string()), code = ?status.code(), reason = status.message(), "refused a worker");
                 return Err(status);
             }
         };

@@ -15,6 +15,8 @@
 //! - [`init`]: scaffolds a repository for hyperloop.
 //! - [`lock`]: one coordinator per repository.
 //! - [`logs`]: recent agent output per task, for `hyperloopctl logs`.
+//! - [`progress`]: live progress and the final summary `run`/`watch` show a person.
+//! - [`logfmt`]: the coordinator's own log lines (console `key=value` or flat JSON).
 //! - [`ports`] and [`adapters`]: the traits the loop uses and their implementations.
 //! - [`tls`]: TLS for the gRPC endpoint and for `hyperloopctl --server`.
 //! - [`specs`]: finds the spec files of a working tree (for `--dry-run`).
@@ -30,8 +32,10 @@ pub mod forge_driver;
 pub mod grpc;
 pub mod init;
 pub mod lock;
+pub mod logfmt;
 pub mod logs;
 pub mod ports;
+pub mod progress;
 pub mod reconcile;
 pub mod run;
 pub mod settings;

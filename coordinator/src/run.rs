@@ -98,6 +98,23 @@ pub async fn run(
     mode: Mode,
     shutdown: CancellationToken,
 ) -> Result<Halt, StartError> {
+    run_observed(root, config, mode, shutdown, None).await
+}
+
+/// Given the live view once the endpoint serves it (for the progress display).
+pub type LiveObserver = Box<dyn FnOnce(watch::Receiver<Arc<Live>>) + Send>;
+
+/// [`run`], handing the live view to `observer` as soon as it exists.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_observed(
+    root: &Path,
+    config: Config,
+    mode: Mode,
+    shutdown: CancellationToken,
+    observer: Option<LiveObserver>,
+) -> Result<Halt, StartError> {
     let root = std::fs::canonicalize(root)
         .map_err(|_| StartError::NotARepository(root.display().to_string()))?;
     let repo = git2::Repository::open(&root)
@@ -130,6 +147,7 @@ pub async fn run(
         root,
         origin,
         tls,
+        observer,
     };
     if config.etcd.endpoints.is_empty() {
         single_host(place, config, mode, compose, shutdown).await
@@ -145,6 +163,7 @@ struct Place {
     /// The checkout's `origin` URL.
     origin: Option<String>,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    observer: Option<LiveObserver>,
 }
 
 /// The gRPC endpoint (workers and hyperloopctl) for the life of the process.
@@ -263,7 +282,7 @@ impl Endpoint {
 }
 
 async fn single_host<C>(
-    place: Place,
+    mut place: Place,
     config: Config,
     mode: Mode,
     compose: C,
@@ -283,6 +302,9 @@ where
         SINGLE_HOST.to_owned(),
     )
     .await?;
+    if let Some(observe) = place.observer.take() {
+        observe(endpoint.live.subscribe());
+    }
     endpoint.set_leader(
         Some(LeaderView {
             address: SINGLE_HOST.to_owned(),
@@ -352,7 +374,7 @@ where
 /// leadership); when deposed, stand by and campaign again. A standby answers workers with
 /// the leader's address and serves hyperloopctl's reads.
 async fn distributed<C>(
-    place: Place,
+    mut place: Place,
     config: Config,
     mode: Mode,
     compose: C,
@@ -390,6 +412,9 @@ where
         advertise.clone(),
     )
     .await?;
+    if let Some(observe) = place.observer.take() {
+        observe(endpoint.live.subscribe());
+    }
     tracing::info!(%prefix, %advertise, "standing by for leadership");
     let mut follower = Some(follow_leader(election.clone(), &endpoint));
     let mut backoff = Duration::from_millis(200);

@@ -168,6 +168,7 @@ fn serve(options: Options) -> Harness {
         last_cycle_at_ms: 1,
         converged: false,
         project: Some(Arc::new(project())),
+        tasks: Vec::new(),
     };
     let (live_tx, live_rx) = watch::channel(Arc::new(live));
     let (tx, mut rx) = mpsc::channel::<LoopCommand>(8);

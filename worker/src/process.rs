@@ -37,8 +37,11 @@ pub const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// whole tool results (a file read, a test log) and can reach megabytes; longer lines are
 /// cut, which only loses a progress line, never the small final `result` line.
 pub const MAX_OUTPUT_LINE_BYTES: usize = 8 * 1024 * 1024;
-/// How many final stderr lines are kept for the finding of a failed step.
+/// How many final stderr (and stdout) lines are kept for the finding of a failed step.
 pub const STDERR_TAIL_LINES: usize = 20;
+/// Longest line kept in a tail: a stream-json stdout line can be megabytes, and a finding
+/// is read by a person and fed to the next agent's prompt.
+pub const TAIL_LINE_CHARS: usize = 500;
 
 /// What to run.
 #[derive(Debug)]
@@ -68,6 +71,26 @@ pub(crate) struct Finished {
     /// `None` when the stdout reader did not finish within [`OUTPUT_DRAIN_TIMEOUT`].
     pub parser: Option<Box<dyn OutputParser>>,
     pub stderr_tail: Vec<String>,
+    /// The agent's last stdout lines (each cut to [`TAIL_LINE_CHARS`]); empty when the
+    /// stdout reader did not finish in time.
+    pub stdout_tail: Vec<String>,
+}
+
+/// Keeps the newest [`STDERR_TAIL_LINES`] lines, each cut to [`TAIL_LINE_CHARS`].
+#[derive(Default)]
+struct Tail(VecDeque<String>);
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        if self.0.len() == STDERR_TAIL_LINES {
+            self.0.pop_front();
+        }
+        let mut kept: String = line.chars().take(TAIL_LINE_CHARS).collect();
+        if kept.len() < line.len() {
+            kept.push_str(" …");
+        }
+        self.0.push_back(kept);
+    }
 }
 
 /// Runs the agent to completion, time limit or cancellation, feeding its stdout to `parser`.
@@ -143,33 +166,33 @@ pub(crate) async fn run(
         let sink = sink.clone();
         tokio::spawn(async move {
             let mut parser = parser;
+            let mut tail = Tail::default();
             let mut reader = BufReader::new(out);
             let mut buf = Vec::new();
             while let Ok(Some(_truncated)) =
                 read_bounded_line(&mut reader, &mut buf, MAX_OUTPUT_LINE_BYTES).await
             {
-                parser.stdout_line(&String::from_utf8_lossy(&buf), &sink);
+                let line = String::from_utf8_lossy(&buf);
+                parser.stdout_line(&line, &sink);
+                tail.push(&line);
             }
-            parser
+            (parser, Vec::from(tail.0))
         })
     });
     let stderr = child.stderr.take().map(|err| {
         let sink = sink.clone();
         tokio::spawn(async move {
-            let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
+            let mut tail = Tail::default();
             let mut reader = BufReader::new(err);
             let mut buf = Vec::new();
             while let Ok(Some(_)) =
                 read_bounded_line(&mut reader, &mut buf, hyperloop_proto::MAX_LOG_LINE_BYTES).await
             {
-                let line = String::from_utf8_lossy(&buf).into_owned();
+                let line = String::from_utf8_lossy(&buf);
                 sink.line(LogSource::Stderr, &line);
-                if tail.len() == STDERR_TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
+                tail.push(&line);
             }
-            Vec::from(tail)
+            Vec::from(tail.0)
         })
     });
 
@@ -207,12 +230,13 @@ pub(crate) async fn run(
         let _ = std::fs::remove_file(record);
     }
 
-    let parser = match stdout {
+    let (parser, stdout_tail) = match stdout {
         Some(task) => tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, task)
             .await
             .ok()
-            .and_then(Result::ok),
-        None => None,
+            .and_then(Result::ok)
+            .map_or((None, Vec::new()), |(p, tail)| (Some(p), tail)),
+        None => (None, Vec::new()),
     };
     let stderr_tail = match stderr {
         Some(task) => tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, task)
@@ -226,6 +250,7 @@ pub(crate) async fn run(
         ended,
         parser,
         stderr_tail,
+        stdout_tail,
     })
 }
 

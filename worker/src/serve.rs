@@ -582,8 +582,12 @@ impl Worker {
         }
         tracing::info!(
             attempt,
-            verdict = ?report.verdict,
-            cause = ?report.failure_cause,
+            verdict = %report.verdict,
+            cause = report
+                .failure_cause
+                .as_str_name()
+                .trim_start_matches("FAILURE_CAUSE_")
+                .to_ascii_lowercase(),
             duration_ms = report.duration.as_millis(),
             "step finished"
         );

@@ -184,6 +184,35 @@ async fn a_nonzero_exit_fails_even_when_the_file_says_pass() {
 }
 
 #[tokio::test]
+async fn a_nonzero_exit_finding_ends_with_the_last_twenty_lines_of_the_agents_stdout() {
+    let fx = Fixture::new();
+    let script = fx.script(
+        "agent.sh",
+        "for i in $(seq 1 30); do echo \"stdout line $i\"; done\n\
+         echo 'error[E0425]: cannot find value `x`'\n\
+         head -c 5000 /dev/zero | tr '\\0' y; echo\n\
+         exit 101\n",
+    );
+    let report = run_step(&fx.assign(1, &script), &fx.ctx()).await;
+    assert_eq!(report.failure_cause, FailureCause::NonzeroExit);
+    let detail = &report.detail;
+    assert!(
+        detail.contains("Last lines of the agent's stdout"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("error[E0425]: cannot find value"),
+        "{detail}"
+    );
+    assert!(detail.contains("stdout line 30"), "{detail}");
+    // Bounded: 20 lines, so the 30 echoed lines lose their first 12.
+    assert!(detail.contains("stdout line 13\n"), "{detail}");
+    assert!(!detail.contains("stdout line 12\n"), "{detail}");
+    // A long line is cut, not kept whole.
+    assert!(!detail.contains(&"y".repeat(1000)), "{detail}");
+}
+
+#[tokio::test]
 async fn an_agent_killed_by_a_signal_is_a_crash() {
     let fx = Fixture::new();
     let script = fx.script(

@@ -522,6 +522,14 @@ impl<S: StateStore> AdminService for Admin<S> {
         let r = request.into_inner();
         let id = task_id("task_id", &r.task_id)?;
         self.leader_only("stream agent output")?;
+        // A finished task runs no more steps: following it ends with its backlog.
+        let follow = r.follow
+            && !self
+                .state()
+                .await?
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.status.is_terminal());
         let (backlog, mut live) = self.logs.subscribe(&id.to_string(), r.tail as usize);
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -530,7 +538,7 @@ impl<S: StateStore> AdminService for Admin<S> {
                     return;
                 }
             }
-            if !r.follow {
+            if !follow {
                 return;
             }
             loop {
@@ -539,8 +547,10 @@ impl<S: StateStore> AdminService for Admin<S> {
                     () = tx.closed() => return,
                 };
                 match message {
+                    // `-f` follows the step that runs (or the next one) to its end.
                     Ok(m) => {
-                        if tx.send(Ok(m)).await.is_err() {
+                        let ended = m.attempt_finished;
+                        if tx.send(Ok(m)).await.is_err() || ended {
                             return;
                         }
                     }

@@ -90,7 +90,8 @@ enum Command {
     /// A task's agent output (needs --server).
     Logs {
         task: String,
-        /// Keep following, across attempts, until Ctrl-C.
+        /// Keep following until the running (or next) step ends; exits 1 if the coordinator goes
+        /// away first.
         #[arg(short, long)]
         follow: bool,
     },

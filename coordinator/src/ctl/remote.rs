@@ -616,12 +616,29 @@ async fn logs(server: &str, mut client: Client, task: &str, follow: bool) -> Res
         .into_inner();
     let mut last: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut stdout = std::io::stdout();
+    // Whether the last message ended a step: how a follower tells "the step ended" (the
+    // coordinator closes the stream then) from "the coordinator went away".
+    let mut ended = false;
     loop {
         let message = match stream.message().await {
             Ok(Some(m)) => m,
-            Ok(None) => break,
+            Ok(None) if !follow || ended => break,
+            Ok(None) => {
+                return Err(runtime_error(format!(
+                    "the coordinator at {server} stopped before the step of {task} ended"
+                )));
+            }
+            Err(s) if follow => {
+                return Err(runtime_error(format!(
+                    "lost the coordinator at {server} while following {task} ({}); is it \
+                     still running?",
+                    std::error::Error::source(&s)
+                        .map_or_else(|| s.message().to_owned(), crate::tls::error_chain)
+                )));
+            }
             Err(s) => return Err(status_exit(server)(s)),
         };
+        ended = message.attempt_finished;
         let mut out = String::new();
         let prev = last.entry(message.attempt_id).or_insert(0);
         for line in &message.lines {
@@ -653,5 +670,10 @@ async fn logs(server: &str, mut client: Client, task: &str, follow: bool) -> Res
         let _ = stdout.write_all(out.as_bytes());
         let _ = stdout.flush();
     }
-    Ok(Exit::ok(String::new(), String::new()))
+    let note = if follow {
+        format!("{task}: the step ended; no more output to follow\n")
+    } else {
+        String::new()
+    };
+    Ok(Exit::ok(String::new(), note))
 }

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use hyperloop_proto::v1::AttemptPhase;
 use hyperloop_shared::config::Config;
-use hyperloop_shared::event::Event;
+use hyperloop_shared::event::{Event, EventKind};
 use hyperloop_shared::gates::GateStatus;
 use hyperloop_shared::model::{AttemptId, TaskId};
 use hyperloop_shared::project::Project;
@@ -336,6 +336,9 @@ where
             return Ok(halt);
         }
         self.input(Input::Stop(halt.clone())).await?;
+        // The final state, for the summary `run` ends with.
+        self.live_dirty = true;
+        self.publish();
         // With standbys, workers move on to the next leader instead of exiting.
         if !self.ctx.distributed {
             self.dispatcher.drain_all("coordinator stopped");
@@ -758,9 +761,22 @@ where
             .converged(self.github.as_ref().is_some_and(GitHub::busy));
         let cycle = self.core.state().meta.cycle;
         let last_cycle_at_ms = self.core.last_cycle_at_ms();
+        let tasks = self
+            .core
+            .state()
+            .tasks
+            .values()
+            .map(|t| crate::control::TaskBrief {
+                id: t.id.to_string(),
+                status: t.status,
+                round: t.round,
+                step: t.position.as_ref().map(|p| p.step().clone()),
+            })
+            .collect();
         self.live.send_modify(|live| {
             *live = Arc::new(Live {
                 workers,
+                tasks,
                 cycle,
                 last_cycle_at_ms,
                 converged,
@@ -789,13 +805,30 @@ impl Replier {
     }
 }
 
-/// Every stored event, in the log too.
+/// Every stored event, in the log too, its typed fields flat (see `logfmt`).
 fn log_events(events: &[Event]) {
+    use crate::logfmt::flatten_event;
     for e in events {
         let name = e.kind.name();
-        match e.task {
-            Some(task) => tracing::info!(event = name, task = %task, details = ?e.kind),
-            None => tracing::info!(event = name, details = ?e.kind),
+        let task = e.task.map(|t| t.to_string());
+        let kind = serde_json::to_value(&e.kind).unwrap_or_default();
+        let fields: serde_json::Map<String, serde_json::Value> =
+            flatten_event(task.as_deref(), &kind).into_iter().collect();
+        let fields = serde_json::Value::Object(fields);
+        // What went wrong is a warning, as in the seed's sample; the rest is progress.
+        let warn = matches!(
+            e.kind,
+            EventKind::TaskLoopedBack { .. }
+                | EventKind::TaskFailed { .. }
+                | EventKind::SpawnFailed { .. }
+                | EventKind::SpecFailed { .. }
+                | EventKind::RebaseConflict { .. }
+                | EventKind::WorkerLost { .. }
+        );
+        if warn {
+            tracing::warn!(event = name, event_fields = %fields);
+        } else {
+            tracing::info!(event = name, event_fields = %fields);
         }
     }
 }

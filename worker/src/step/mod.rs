@@ -335,6 +335,7 @@ async fn run_in_worktree(
         ended,
         parser,
         stderr_tail,
+        stdout_tail,
     } = match process::run(launch, parser, sink.clone(), plan.timeout, &ctx.cancel).await {
         Ok(finished) => finished,
         Err(e) => {
@@ -385,18 +386,23 @@ async fn run_in_worktree(
     match (&agent_failure, read) {
         (Some((cause, text)), read) => {
             let mut detail = text.clone();
+            // What the agent printed last is usually why it failed; both streams, since
+            // many tools report errors on stdout.
             if matches!(
                 cause,
                 FailureCause::NonzeroExit
                     | FailureCause::AgentCrashed
                     | FailureCause::RuntimeUnavailable
-            ) && !stderr_tail.is_empty()
-            {
-                let _ = write!(
-                    detail,
-                    "\n\nLast lines of the agent's stderr:\n\n```\n{}\n```",
-                    stderr_tail.join("\n")
-                );
+            ) {
+                for (stream, tail) in [("stdout", &stdout_tail), ("stderr", &stderr_tail)] {
+                    if !tail.is_empty() {
+                        let _ = write!(
+                            detail,
+                            "\n\nLast lines of the agent's {stream}:\n\n```\n{}\n```",
+                            tail.join("\n")
+                        );
+                    }
+                }
             }
             if let Ok(Some(bytes)) = read {
                 let outcome = evaluate_bytes(Some(&bytes), &plan.expected);
