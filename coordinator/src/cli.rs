@@ -81,6 +81,17 @@ pub fn compose(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
             settings.config.overlay
         );
     }
+    if let CompositionSource::Implied {
+        overlay,
+        kustomization,
+    } = &source
+    {
+        let _ = writeln!(
+            stderr,
+            "note: {overlay} has no kustomization.yaml; its files were applied to the base \
+             as if it held:\n{kustomization}"
+        );
+    }
     for warning in &composition.warnings {
         let _ = writeln!(stderr, "warning: {warning}");
     }
@@ -144,6 +155,9 @@ pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
         match &source {
             CompositionSource::Overlay(o) => format!("overlay {o}"),
             CompositionSource::BaseOnly(b) => format!("base {b} (no overlay kustomization)"),
+            CompositionSource::Implied { overlay, .. } => {
+                format!("overlay {overlay} (its patch files, through an implied kustomization)")
+            }
         }
     );
     let landing = match &config.target.repo {
