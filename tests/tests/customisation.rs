@@ -363,3 +363,97 @@ fn a_base_ref_that_cannot_apply_is_an_error_naming_the_key() {
         "{err}"
     );
 }
+
+/// Bounds a whole coordinator run.
+const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `run` to its end in `project` with the scripted agent logging to `log`.
+fn run_to_end(project: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Output {
+    let scratch = project.parent().expect("scratch dir");
+    let mut child = Command::new(coordinator_bin())
+        .args(["run", "--path"])
+        .arg(project)
+        .args(["--listen", "127.0.0.1:0"])
+        .envs(hyperloop_tests::scripted_log(log))
+        .envs(extra_env.iter().copied())
+        .env("XDG_CACHE_HOME", scratch.join("cache"))
+        .env("HOME", test_home(scratch))
+        .env_remove("HYPERLOOP_PATH")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("coordinator starts");
+    // Read both pipes concurrently so a chatty coordinator never blocks on a full pipe.
+    let started = std::time::Instant::now();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let out_reader =
+        std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err_reader =
+        std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "coordinator did not finish within {RUN_TIMEOUT:?}; stderr:\n{}",
+                err_reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default().into_bytes(),
+        stderr: err_reader.join().unwrap_or_default().into_bytes(),
+    }
+}
+
+/// A configuration running the scripted agent, plus `extra` keys.
+fn scripted_config(extra: &str) -> String {
+    format!(
+        "max_workers: 1\npoll_interval: 1s\nmax_task_rounds: 3\n\
+         dashboard:\n  enabled: false\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 20s\n\
+         \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE]\n{extra}",
+        hyperloop_tests::repo::scripted_agent().display()
+    )
+}
+
+/// A checkout (with a bare origin) holding `files` and one spec.
+fn scripted_project(tmp: &Path, extra_config: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let config = scripted_config(extra_config);
+    let mut all = vec![
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop.yaml", config.as_str()),
+    ];
+    all.extend_from_slice(files);
+    let src = tmp.join("src");
+    repo_with(&src, &all);
+    git(tmp, &["clone", "-q", "--bare", "src", "origin.git"]);
+    git(tmp, &["clone", "-q", "origin.git", "project"]);
+    tmp.join("project")
+}
+
+#[test]
+fn the_seed_001_persona_reaches_the_implementers_prompt() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = scripted_project(
+        tmp.path(),
+        "overlay: .hyperloop/agents/\n",
+        &[(
+            ".hyperloop/agents/implementer-patch.yaml",
+            SEED_IMPLEMENTER_PATCH,
+        )],
+    );
+    let log = tmp.path().join("steps.log");
+    let out = run_to_end(&p, &log, &[]);
+    let (code, _, err) = text(&out);
+    assert_eq!(code, 0, "{err}");
+    let steps = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(steps.contains("persona-seen task-001"), "{steps}");
+}
