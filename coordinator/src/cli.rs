@@ -122,6 +122,8 @@ pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
         Ok(loaded) => loaded,
         Err(exit) => return exit,
     };
+    let mut settings = settings;
+    let inferred = settings::infer_repo(root, &mut settings.config);
     let config = &settings.config;
     let project = match Project::from_composition(&composition) {
         Ok(p) => p,
@@ -161,7 +163,16 @@ pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
         }
     );
     let landing = match &config.target.repo {
-        Some(repo) => format!("pull requests on {repo} into {}", config.target.base_branch),
+        Some(repo) => format!(
+            "pull requests on {repo} into {}{}",
+            config.target.base_branch,
+            inferred
+                .as_ref()
+                .map_or(String::new(), |(_, origin)| format!(
+                    " (target.repo inferred from origin {origin}; `target.repo: null` or \
+                 `--repo ''` lands locally)"
+                ))
+        ),
         None => format!("local merges into {}", config.target.base_branch),
     };
     let _ = writeln!(out, "landing:       {landing}");
@@ -277,8 +288,16 @@ pub fn reconcile(
         Ok(s) => s,
         Err(e) => return Exit::usage(e.to_string()),
     };
-    let config = settings.config;
+    let mut config = settings.config;
     init_tracing(&config);
+    if let Some((repo, origin)) = settings::infer_repo(root, &mut config) {
+        tracing::info!(
+            repo = %repo,
+            origin = %origin,
+            "target.repo inferred from the GitHub origin remote: landing through pull \
+             requests; set `target.repo: null` or pass `--repo ''` to merge locally instead"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return runtime_error(format!("cannot start the async runtime: {e}")),

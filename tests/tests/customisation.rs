@@ -457,3 +457,38 @@ fn the_seed_001_persona_reaches_the_implementers_prompt() {
     let steps = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(steps.contains("persona-seen task-001"), "{steps}");
 }
+
+#[test]
+fn target_repo_is_inferred_from_a_github_origin_and_null_or_empty_lands_locally() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = project(tmp.path(), "max_workers: 1\n", &[]);
+    let landing = |p: &Path, args: &[&str]| {
+        let mut all = vec!["run", "--dry-run"];
+        all.extend_from_slice(args);
+        let (code, out, err) = text(&coordinator(p, &all));
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .find(|l| l.starts_with("landing:"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // No origin, then a local origin: local merges.
+    assert!(landing(&p, &[]).contains("local merges"));
+    git(&p, &["remote", "add", "origin", "/srv/git/widgets.git"]);
+    assert!(landing(&p, &[]).contains("local merges"));
+    for url in [
+        "git@github.com:acme/widgets.git",
+        "https://github.com/acme/widgets",
+    ] {
+        git(&p, &["remote", "set-url", "origin", url]);
+        let line = landing(&p, &[]);
+        assert!(
+            line.contains("pull requests on acme/widgets")
+                && line.contains(&format!("inferred from origin {url}")),
+            "{line}"
+        );
+        assert!(landing(&p, &["--repo", ""]).contains("local merges"));
+    }
+    std::fs::write(p.join(".hyperloop.yaml"), "target:\n  repo: null\n").expect("write");
+    assert!(landing(&p, &[]).contains("local merges"));
+}
