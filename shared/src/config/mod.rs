@@ -124,13 +124,12 @@ pub struct Config {
     pub agent: AgentConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetConfig {
     /// GitHub `owner/repo`; `None` = land work locally.
     pub repo: Option<String>,
     /// `target.repo` was not set at all (neither to a repository nor to `null`/`''`), so the
     /// coordinator infers it from a GitHub `origin` remote ([`crate::origin::github_repo`]).
-    #[serde(skip)]
     pub repo_from_origin: bool,
     pub base_branch: String,
     /// Relative to the repository root; never contains `..`.
@@ -138,6 +137,24 @@ pub struct TargetConfig {
     /// Where workers fetch from and push to; `None` = the coordinator's checkout (single
     /// host) or its `origin` remote (etcd mode, where coordinators do not share a checkout).
     pub clone_url: Option<String>,
+}
+
+/// `repo` is left out while it is still to be inferred and written (`null` = local) once
+/// decided, so the printed configuration loads back to the same value.
+impl Serialize for TargetConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut s = serializer.serialize_struct("TargetConfig", 4)?;
+        if self.repo.is_some() || !self.repo_from_origin {
+            s.serialize_field("repo", &self.repo)?;
+        } else {
+            s.skip_field("repo")?;
+        }
+        s.serialize_field("base_branch", &self.base_branch)?;
+        s.serialize_field("specs_dir", &self.specs_dir)?;
+        s.serialize_field("clone_url", &self.clone_url)?;
+        s.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -28,6 +28,10 @@ fn check_with(
 ) {
     let mut expected = Config::default();
     edit(&mut expected);
+    // A repository given is never inferred.
+    if expected.target.repo.is_some() {
+        expected.target.repo_from_origin = false;
+    }
     match load_all(yaml, env, overrides) {
         Ok(actual) => assert_eq!(actual, expected, "for input:\n{yaml}"),
         Err(error) => panic!("for input:\n{yaml}\nunexpected error: {error}"),
@@ -294,9 +298,11 @@ agent:
 #[test]
 fn null_values_and_empty_sections_mean_default() {
     check(
-        "repo: ~\nmax_workers:\nmerge:\nnotifications: {type: null}\nagent: {roles: {pm: }}",
+        "max_workers:\nmerge:\nnotifications: {type: null}\nagent: {roles: {pm: }}",
         |_| {},
     );
+    // Except `repo: ~`: an explicit "land locally", not "infer from origin".
+    check("repo: ~\n", |c| c.target.repo_from_origin = false);
 }
 
 #[test]
@@ -477,7 +483,7 @@ fn wrong_types_name_the_key_and_what_to_write() {
         ),
         (
             "repo: widgets",
-            "`repo`: expected owner/repo, like acme/widgets, got \"widgets\"",
+            "`repo`: expected owner/repo, like acme/widgets, or null to land locally, got \"widgets\"",
         ),
         (
             "base_branch: 'my branch'",
