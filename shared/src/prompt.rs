@@ -641,7 +641,8 @@ fn destinations() -> String {
          A mechanical rule (formatting, a forbidden pattern, a required file) is better \
          enforced by a check: an executable script in `{CHECKS_DIR}` that runs from the \
          repository root, exits 0 when the rule holds, and otherwise prints what is wrong and \
-         how to fix it and exits non-zero. The verifier runs every check on every task.\n\n\
+         how to fix it and exits non-zero. hyperloop runs every check after each implementer \
+         and verifier pass; a failing check fails that round with its output.\n\n\
          Change only these two places: not the `prompt` of any agent, not the pipeline, not \
          the code or the specs."
     )

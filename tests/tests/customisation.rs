@@ -416,7 +416,7 @@ fn run_to_end(project: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Output 
 /// A configuration running the scripted agent, plus `extra` keys.
 fn scripted_config(extra: &str) -> String {
     format!(
-        "max_workers: 1\npoll_interval: 1s\nmax_task_rounds: 3\n\
+        "max_workers: 1\npoll_interval: 1s\nmax_task_rounds: 5\n\
          dashboard:\n  enabled: false\n\
          agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 20s\n\
          \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE]\n{extra}",
@@ -491,4 +491,63 @@ fn target_repo_is_inferred_from_a_github_origin_and_null_or_empty_lands_locally(
     }
     std::fs::write(p.join(".hyperloop.yaml"), "target:\n  repo: null\n").expect("write");
     assert!(landing(&p, &[]).contains("local merges"));
+}
+
+/// A check that fails the implementer's first round with a marker, and passes otherwise.
+const CHECK_RULE: &str = "#!/bin/sh
+if [ \"$HYPERLOOP_ROLE\" = implementer ] && [ \"$HYPERLOOP_ROUND\" = 0 ]; then
+  echo \"CHECK-FAIL-4X: work files need a round stamp\"
+  echo \"stderr line of the check\" >&2
+  exit 3
+fi
+echo \"checked $HYPERLOOP_ROLE $HYPERLOOP_ROUND\" >> \"$SCRIPTED_LOG\"
+";
+
+#[test]
+fn a_failing_check_fails_the_round_with_its_output_and_a_passing_one_lets_the_task_land() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = scripted_project(
+        tmp.path(),
+        "",
+        &[
+            (".hyperloop/checks/rule", CHECK_RULE),
+            (".hyperloop/checks/.gitkeep", ""),
+        ],
+    );
+    // The execute bit must be in the commit, as `git add` of an executable records it.
+    let src = tmp.path().join("src");
+    git(
+        &src,
+        &["update-index", "--chmod=+x", ".hyperloop/checks/rule"],
+    );
+    git(&src, &["commit", "-qm", "rule is executable"]);
+    git(
+        &src,
+        &[
+            "push",
+            "-q",
+            tmp.path().join("origin.git").to_str().expect("utf-8"),
+            "main",
+        ],
+    );
+    git(&p, &["pull", "-q"]);
+    let log = tmp.path().join("steps.log");
+    let out = run_to_end(&p, &log, &[]);
+    let (code, _, err) = text(&out);
+    assert_eq!(code, 0, "{err}");
+    let steps = std::fs::read_to_string(&log).unwrap_or_default();
+    // Round 0's implementer pass was overruled by the check: no verifier ran in round 0.
+    assert!(!steps.contains("verifier task-001 0"), "{steps}");
+    assert!(
+        steps.contains("checked verifier"),
+        "checks run after verifiers too: {steps}"
+    );
+    let reviews =
+        hyperloop_tests::repo::git(&p, &["log", "-p", "refs/hyperloop/state", "--format="]);
+    assert!(
+        reviews.contains("check `.hyperloop/checks/rule` exited with status 3")
+            && reviews.contains("CHECK-FAIL-4X: work files need a round stamp")
+            && reviews.contains("stderr line of the check"),
+        "the finding carries the check's output: {reviews}"
+    );
 }
