@@ -552,19 +552,7 @@ impl Core {
                         .push(Effect::Forge(ForgeAsk::Advance(task.id)));
                 }
                 Next::RunAction { action, .. } if self.merge_needs_approval(&task, &action) => {
-                    if self.merges_waiting.insert(task.id) {
-                        self.event(
-                            Some(task.id),
-                            EventKind::GateChecked {
-                                gate: format!(
-                                    "{action} (merge.auto_merge is false: run `hyperloopctl \
-                                     approve {}` to merge)",
-                                    task.id
-                                ),
-                                cleared: false,
-                            },
-                        );
-                    }
+                    self.announce_merge_wait(task.id, &action);
                 }
                 Next::RunAction { action, .. } => {
                     self.merges_waiting.remove(&task.id);
@@ -645,6 +633,23 @@ impl Core {
             }
             Ok(GateStatus::Waiting { .. }) | Err(_) => {}
         }
+    }
+
+    /// Says once per task that its merge waits for an operator, and how to give it.
+    fn announce_merge_wait(&mut self, id: TaskId, action: &str) {
+        if !self.merges_waiting.insert(id) {
+            return;
+        }
+        self.event(
+            Some(id),
+            EventKind::GateChecked {
+                gate: format!(
+                    "{action} (merge.auto_merge is false: run `hyperloopctl approve {id}` to \
+                     merge)"
+                ),
+                cleared: false,
+            },
+        );
     }
 
     /// Without GitHub, `merge.auto_merge: false` makes a `pr-merge` action wait until an
