@@ -81,6 +81,17 @@ pub fn compose(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
             settings.config.overlay
         );
     }
+    if let CompositionSource::Implied {
+        overlay,
+        kustomization,
+    } = &source
+    {
+        let _ = writeln!(
+            stderr,
+            "note: {overlay} has no kustomization.yaml; its files were applied to the base \
+             as if it held:\n{kustomization}"
+        );
+    }
     for warning in &composition.warnings {
         let _ = writeln!(stderr, "warning: {warning}");
     }
@@ -111,6 +122,8 @@ pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
         Ok(loaded) => loaded,
         Err(exit) => return exit,
     };
+    let mut settings = settings;
+    let inferred = settings::infer_repo(root, &mut settings.config);
     let config = &settings.config;
     let project = match Project::from_composition(&composition) {
         Ok(p) => p,
@@ -144,10 +157,22 @@ pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
         match &source {
             CompositionSource::Overlay(o) => format!("overlay {o}"),
             CompositionSource::BaseOnly(b) => format!("base {b} (no overlay kustomization)"),
+            CompositionSource::Implied { overlay, .. } => {
+                format!("overlay {overlay} (its patch files, through an implied kustomization)")
+            }
         }
     );
     let landing = match &config.target.repo {
-        Some(repo) => format!("pull requests on {repo} into {}", config.target.base_branch),
+        Some(repo) => format!(
+            "pull requests on {repo} into {}{}",
+            config.target.base_branch,
+            inferred
+                .as_ref()
+                .map_or(String::new(), |(_, origin)| format!(
+                    " (target.repo inferred from origin {origin}; `target.repo: null` or \
+                 `--repo ''` lands locally)"
+                ))
+        ),
         None => format!("local merges into {}", config.target.base_branch),
     };
     let _ = writeln!(out, "landing:       {landing}");
@@ -263,10 +288,18 @@ pub fn reconcile(
         Ok(s) => s,
         Err(e) => return Exit::usage(e.to_string()),
     };
-    let config = settings.config;
+    let mut config = settings.config;
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let display = crate::progress::Display::new(terminal);
     init_tracing(&config, &display);
+    if let Some((repo, origin)) = settings::infer_repo(root, &mut config) {
+        tracing::info!(
+            repo = %repo,
+            origin = %origin,
+            "target.repo inferred from the GitHub origin remote: landing through pull \
+             requests; set `target.repo: null` or pass `--repo ''` to merge locally instead"
+        );
+    }
     // JSON logs are for machines: no progress text mixed into them.
     let show_progress =
         config.observability.log_format == hyperloop_shared::config::LogFormat::Console;

@@ -114,6 +114,14 @@ pub fn compose_dir(dir: &Path, cache: &CacheDir) -> Result<Composition, ComposeE
 pub enum CompositionSource {
     /// The project overlay: a kustomization folder in the repository or a remote git overlay.
     Overlay(String),
+    /// The overlay folder holds patch files but no kustomization (seed 001's in-repo layout):
+    /// they were applied to the base through the implied kustomization shown here.
+    Implied {
+        /// The overlay setting.
+        overlay: String,
+        /// The kustomization hyperloop composed in its place.
+        kustomization: String,
+    },
     /// No overlay kustomization exists; the base (`base_ref`, or hyperloop's embedded base)
     /// was composed alone.
     BaseOnly(String),
@@ -122,10 +130,24 @@ pub enum CompositionSource {
 /// The kustomization file names kustomize accepts, in its order of preference.
 const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
 
-/// Builds a project's composition: the `overlay` (a folder relative to `root`, or a remote git
-/// overlay). When the overlay folder has no kustomization, the base is composed alone —
-/// `base_ref` if set, else hyperloop's embedded base — so a repository without
-/// `.hyperloop/agents/` still works with zero setup.
+/// The default of the `overlay` setting: missing, it means "no customisation".
+const DEFAULT_OVERLAY: &str = ".hyperloop/agents";
+
+/// The process overlay folder inside the overlay (seed 000's `process/process.yaml`).
+const PROCESS_DIR: &str = "process";
+
+/// Builds a project's composition from the `overlay` setting (a folder relative to `root`, or
+/// a remote git overlay `URL//subdir?ref=REF`):
+///
+/// - a folder with a kustomization is composed as it is; every YAML file beside it (and in
+///   its `process/`) must be used by it, so no patch is silently ignored;
+/// - a folder with patch files but no kustomization (seed 001's in-repo layout) is composed
+///   through an implied kustomization: the base, every file as a patch, `process/` as a
+///   component (or its files as patches when it has no kustomization either);
+/// - the default folder missing or empty composes the base alone — `base_ref` if set, else
+///   hyperloop's embedded base — so a repository needs zero setup;
+/// - any other missing folder, a remote overlay without a kustomization, or a `base_ref`
+///   that is unusable or ignored is a [`ComposeError::Setting`] naming the key and the fix.
 ///
 /// # Errors
 /// See [`ComposeError`].
@@ -135,36 +157,384 @@ pub fn compose_project(
     base_ref: Option<&str>,
     cache: &CacheDir,
 ) -> Result<(Composition, CompositionSource), ComposeError> {
-    let source = WithEmbeddedBase::new(FsSource {
-        cache: cache.clone(),
-    });
-    let locate = |entry: &str| -> Result<PathBuf, ComposeError> {
-        if RemoteRef::looks_remote(entry) {
-            let remote = RemoteRef::parse(entry).map_err(|e| ComposeError::Parse {
-                file: PathBuf::from(entry),
-                reason: e.to_string(),
-            })?;
-            Ok(source.fetch_remote(&remote)?)
-        } else {
-            Ok(normalize(&absolute(&root.join(entry))?))
-        }
+    let setting = |key: &'static str, value: &str, reason: String| ComposeError::Setting {
+        key,
+        value: value.to_owned(),
+        reason,
     };
-    let overlay_dir = locate(overlay)?;
-    let has_kustomization = KUSTOMIZATION_FILES
-        .iter()
-        .any(|f| source.entry(&overlay_dir.join(f)) == EntryKind::File);
-    if has_kustomization {
+    let overlay_dir = locate(root, overlay, cache).map_err(|e| setting("overlay", overlay, e))?;
+    let source = ProjectSource::new(cache, Some(overlay_dir.clone()));
+    let kustomization = find_kustomization(&overlay_dir);
+    let remote = RemoteRef::looks_remote(overlay);
+    let base = base_ref.unwrap_or(BASE_URL);
+
+    if let Some(kustomization) = kustomization {
+        if let Some(base_ref) = base_ref {
+            // The overlay's kustomization chooses its own base; a base_ref it does not name
+            // would be silently ignored.
+            let text = std::fs::read_to_string(&kustomization).unwrap_or_default();
+            if !text.contains(base_ref) {
+                return Err(setting(
+                    "base_ref",
+                    base_ref,
+                    format!(
+                        "it cannot apply: the overlay {} has its own kustomization, whose \
+                         `resources:` choose the base; put `- {base_ref}` in the `resources:` \
+                         of {} in place of the base listed there, and remove `base_ref`",
+                        overlay,
+                        kustomization.display()
+                    ),
+                ));
+            }
+        }
         let composition = compose(&source, &overlay_dir)?;
+        if !remote {
+            source.refuse_unused(&overlay_dir, &kustomization)?;
+        }
         return Ok((composition, CompositionSource::Overlay(overlay.to_owned())));
     }
-    let (base_dir, label) = match base_ref {
-        Some(base) => (locate(base)?, base.to_owned()),
-        None => (source.base_dir(), format!("{BASE_URL} (embedded)")),
+    if remote {
+        return Err(setting(
+            "overlay",
+            overlay,
+            format!(
+                "the remote folder {} has no kustomization.yaml; check the `//subdir` and \
+                 `?ref=` of the URL (the folder must hold the overlay's kustomization.yaml)",
+                overlay_dir.display()
+            ),
+        ));
+    }
+    // Validate base_ref before it is used, so its errors name the key.
+    let base_dir = match base_ref {
+        Some(base_ref) => Some(
+            locate(root, base_ref, cache)
+                .and_then(|dir| match find_kustomization(&dir) {
+                    Some(_) => Ok(dir),
+                    None if source.entry(&dir) == EntryKind::Dir => Err(format!(
+                        "{} exists but has no kustomization.yaml",
+                        dir.display()
+                    )),
+                    None => Err(format!("{} does not exist", dir.display())),
+                })
+                .map_err(|e| {
+                    setting(
+                        "base_ref",
+                        base_ref,
+                        format!(
+                            "it cannot apply: {e}; point it at a kustomization folder such as \
+                             `{BASE_URL}`, or remove it to use hyperloop's embedded base"
+                        ),
+                    )
+                })?,
+        ),
+        None => None,
     };
+    let patches = overlay_patches(&overlay_dir);
+    if patches.is_empty() && !overlay_dir.join(PROCESS_DIR).is_dir() {
+        let (dir, label) = match base_dir {
+            Some(dir) => (dir, base.to_owned()),
+            None => (source.base_dir(), format!("{BASE_URL} (embedded)")),
+        };
+        let composition = compose(&source, &dir).map_err(|e| match base_ref {
+            Some(b) => setting(
+                "base_ref",
+                b,
+                format!("it cannot apply: {e}; fix the base or remove `base_ref`"),
+            ),
+            None => e,
+        })?;
+        return Ok((composition, CompositionSource::BaseOnly(label)));
+    }
+    let text = implied_kustomization(base, &overlay_dir, &patches);
+    let source = source.with_implied(overlay_dir.join("kustomization.yaml"), text.clone());
+    let composition = compose(&source, &overlay_dir).map_err(|e| {
+        setting(
+            "overlay",
+            overlay,
+            format!(
+                "the folder has no kustomization.yaml, so hyperloop applied its files to the \
+                 base through this implied one:\n{text}and that failed: {e}\nfix the patch \
+                 file, or write {}/kustomization.yaml yourself",
+                overlay_dir.display()
+            ),
+        )
+    })?;
     Ok((
-        compose(&source, &base_dir)?,
-        CompositionSource::BaseOnly(label),
+        composition,
+        CompositionSource::Implied {
+            overlay: overlay.to_owned(),
+            kustomization: text,
+        },
     ))
+}
+
+/// The local folder of an `overlay`/`base_ref` value: a remote is fetched and its `//subdir`
+/// joined; a local path is taken relative to `root`. A local folder that does not exist is
+/// an error, except the default overlay (no customisation yet).
+fn locate(root: &Path, entry: &str, cache: &CacheDir) -> Result<PathBuf, String> {
+    if RemoteRef::looks_remote(entry) {
+        let remote = RemoteRef::parse(entry)
+            .map_err(|e| format!("{e}; write it as `URL//FOLDER?ref=TAG`, e.g. `{BASE_URL}`"))?;
+        let checkout = WithEmbeddedBase::new(FsSource {
+            cache: cache.clone(),
+        })
+        .fetch_remote(&remote)
+        .map_err(|e| e.to_string())?;
+        let dir = normalize(&checkout.join(&remote.subdir));
+        return Ok(dir);
+    }
+    let dir = normalize(&absolute(&root.join(entry)).map_err(|e| e.to_string())?);
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(dir),
+        Ok(_) => Err(format!(
+            "{} is a file; point it at the folder that holds kustomization.yaml",
+            dir.display()
+        )),
+        Err(_) if entry.trim_end_matches('/') == DEFAULT_OVERLAY => Ok(dir),
+        Err(_) => Err(format!(
+            "the folder {} does not exist; fix the path (relative to the repository root), \
+             or remove the key to use the default ({DEFAULT_OVERLAY}/, which \
+             `hyperloop-coordinator init` scaffolds)",
+            dir.display()
+        )),
+    }
+}
+
+fn find_kustomization(dir: &Path) -> Option<PathBuf> {
+    KUSTOMIZATION_FILES.iter().find_map(|f| {
+        let p = dir.join(f);
+        // The embedded base is virtual: ask the source there, the disk elsewhere.
+        let source = WithEmbeddedBase::new(NoFiles);
+        (source.entry(&p) == EntryKind::File || p.is_file()).then_some(p)
+    })
+}
+
+/// YAML files directly in `dir`, sorted, kustomization files excluded.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| KUSTOMIZATION_FILES.iter().any(|k| n == *k))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The patch files of an overlay folder without a kustomization, relative to it: its YAML
+/// files, and those of `process/` unless `process/` has a kustomization (then a component).
+fn overlay_patches(dir: &Path) -> Vec<String> {
+    let process = dir.join(PROCESS_DIR);
+    let mut files = yaml_files(dir);
+    if find_kustomization(&process).is_none() {
+        files.extend(yaml_files(&process));
+    }
+    files
+        .iter()
+        .filter_map(|f| f.strip_prefix(dir).ok())
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
+fn implied_kustomization(base: &str, dir: &Path, patches: &[String]) -> String {
+    let mut text = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {base}\n"
+    );
+    if find_kustomization(&dir.join(PROCESS_DIR)).is_some() {
+        text.push_str("components:\n- process\n");
+    }
+    if !patches.is_empty() {
+        text.push_str("patches:\n");
+        for p in patches {
+            text.push_str(&format!("- path: {p}\n"));
+        }
+    }
+    text
+}
+
+/// The file system, git cache and embedded base, plus what a project adds: seed shorthand
+/// in overlay files, an implied kustomization, and a record of what was read.
+struct ProjectSource {
+    inner: WithEmbeddedBase<FsSource>,
+    overlay_dir: Option<PathBuf>,
+    implied: Option<(PathBuf, String)>,
+    read: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
+}
+
+impl ProjectSource {
+    fn new(cache: &CacheDir, overlay_dir: Option<PathBuf>) -> Self {
+        Self {
+            inner: WithEmbeddedBase::new(FsSource {
+                cache: cache.clone(),
+            }),
+            overlay_dir,
+            implied: None,
+            read: Default::default(),
+        }
+    }
+
+    fn with_implied(mut self, path: PathBuf, text: String) -> Self {
+        self.implied = Some((path, text));
+        self
+    }
+
+    fn base_dir(&self) -> PathBuf {
+        self.inner.base_dir()
+    }
+
+    /// A YAML file beside the overlay's kustomization (or in its `process/`) that no
+    /// kustomization read would be silently ignored: refuse it, saying what to add.
+    fn refuse_unused(&self, dir: &Path, kustomization: &Path) -> Result<(), ComposeError> {
+        let read = self.read.borrow();
+        let process = dir.join(PROCESS_DIR);
+        for (folder, files) in [
+            (dir, yaml_files(dir)),
+            (process.as_path(), yaml_files(&process)),
+        ] {
+            for file in files {
+                if read.contains(&file) {
+                    continue;
+                }
+                let listing =
+                    find_kustomization(folder).unwrap_or_else(|| kustomization.to_owned());
+                let rel = file
+                    .strip_prefix(folder)
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string();
+                return Err(ComposeError::Parse {
+                    file: file.clone(),
+                    reason: format!(
+                        "no kustomization uses this file, so it would be ignored; add \
+                         `- path: {rel}` under `patches:` in {} (or delete the file)",
+                        listing.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileSource for ProjectSource {
+    fn entry(&self, path: &Path) -> EntryKind {
+        if self.implied.as_ref().is_some_and(|(p, _)| p == path) {
+            return EntryKind::File;
+        }
+        self.inner.entry(path)
+    }
+
+    fn read(&self, path: &Path) -> Result<String, SourceError> {
+        if let Some((p, text)) = &self.implied
+            && p == path
+        {
+            return Ok(text.clone());
+        }
+        let text = self.inner.read(path)?;
+        self.read.borrow_mut().insert(path.to_owned());
+        let in_overlay = self
+            .overlay_dir
+            .as_ref()
+            .is_some_and(|d| path.starts_with(d));
+        let is_kustomization = path
+            .file_name()
+            .is_some_and(|n| KUSTOMIZATION_FILES.iter().any(|k| n == *k));
+        if in_overlay && !is_kustomization {
+            return Ok(shorthand(&text, path).unwrap_or(text));
+        }
+        Ok(text)
+    }
+
+    fn fetch_remote(&self, remote: &RemoteRef) -> Result<PathBuf, SourceError> {
+        self.inner.fetch_remote(remote)
+    }
+}
+
+/// A source with no files, to ask [`WithEmbeddedBase`] about its virtual paths.
+struct NoFiles;
+
+impl FileSource for NoFiles {
+    fn entry(&self, _: &Path) -> EntryKind {
+        EntryKind::Missing
+    }
+    fn read(&self, path: &Path) -> Result<String, SourceError> {
+        Err(SourceError::Read {
+            path: path.to_owned(),
+            reason: "not found".into(),
+        })
+    }
+    fn fetch_remote(&self, remote: &RemoteRef) -> Result<PathBuf, SourceError> {
+        Err(SourceError::Read {
+            path: PathBuf::from(&remote.original),
+            reason: "not fetched".into(),
+        })
+    }
+}
+
+/// The seeds' shorthand for overlay files, rewritten into the resource shape kustomize
+/// needs (`None` when the file is not shorthand):
+/// - `kind: Agent` / `name: implementer` / `annotations:` at the top level (seed 001) →
+///   `apiVersion: hyperloop.io/v1` and `metadata: {name, annotations}`;
+/// - a `process.yaml` with `pipeline:` but no `kind` (seed 000) → the `default` Process.
+fn shorthand(text: &str, path: &Path) -> Option<String> {
+    use serde_yaml::{Mapping, Value};
+    let mut doc: Value = serde_yaml::from_str(text).ok()?;
+    let map = doc.as_mapping_mut()?;
+    let key = |k: &str| Value::String(k.to_owned());
+    let mut changed = false;
+    if !map.contains_key("kind")
+        && map.contains_key("pipeline")
+        && path.file_stem().is_some_and(|s| s == "process")
+    {
+        map.insert(key("kind"), key("Process"));
+        if !map.contains_key("name") && !map.contains_key("metadata") {
+            map.insert(key("name"), key(hyperloop_shared::project::DEFAULT_PROCESS));
+        }
+        changed = true;
+    }
+    let kind = map.get("kind").and_then(Value::as_str)?.to_owned();
+    if !matches!(kind.as_str(), "Agent" | "Process") {
+        return changed.then(|| serde_yaml::to_string(&doc).ok()).flatten();
+    }
+    let mut metadata = match map.remove("metadata") {
+        Some(Value::Mapping(m)) => m,
+        Some(other) => {
+            map.insert(key("metadata"), other);
+            return None;
+        }
+        None => Mapping::new(),
+    };
+    if let Some(name) = map.get("name").filter(|v| v.is_string()).cloned()
+        && !metadata.contains_key("name")
+    {
+        map.remove("name");
+        metadata.insert(key("name"), name);
+        changed = true;
+    }
+    if let Some(Value::Mapping(annotations)) = map.get("annotations").cloned() {
+        map.remove("annotations");
+        let into = metadata
+            .entry(key("annotations"))
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        if let Some(into) = into.as_mapping_mut() {
+            for (k, v) in annotations {
+                into.entry(k).or_insert(v);
+            }
+        }
+        changed = true;
+    }
+    if changed && !map.contains_key("apiVersion") {
+        map.insert(key("apiVersion"), key("hyperloop.io/v1"));
+    }
+    map.insert(key("metadata"), Value::Mapping(metadata));
+    changed.then(|| serde_yaml::to_string(&doc).ok()).flatten()
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, ComposeError> {

@@ -128,8 +128,14 @@ pub fn init(
             &format!("{AGENTS_DIR}/process/kustomization.yaml"),
             PROCESS_COMPONENT,
         )?,
+        create_file(
+            path,
+            &format!("{AGENTS_DIR}/process/process.yaml"),
+            &default_process(),
+        )?,
     ];
     entries.push(create_specs_dir(path)?);
+    entries.push(create_checks_dir(path)?);
 
     // Validate what `run` will compose: the settings as loaded (an existing configuration
     // may name another overlay), through the same code path.
@@ -168,11 +174,28 @@ overlay: .hyperloop/agents/
 ";
 
 const PROCESS_COMPONENT: &str = "\
-# Written by the process-improver: patches that add learned guidelines to agents.
+# The process overlay, applied on top of the base and the project's patches: process.yaml
+# (the pipeline; edit it to change the steps), plus the patches the process-improver writes
+# to add learned guidelines to agents.
 apiVersion: kustomize.config.k8s.io/v1alpha1
 kind: Component
-patches: []
+patches:
+- path: process.yaml
 ";
+
+/// The base's default Process, as the file users edit to change the pipeline (seed 000's
+/// `.hyperloop/agents/process/process.yaml`).
+fn default_process() -> String {
+    let base = hyperloop_shared::base::FILES
+        .iter()
+        .find(|(p, _)| *p == "process.yaml")
+        .map_or("", |(_, text)| text);
+    format!(
+        "# The pipeline every task goes through; edit it to change the steps. It starts as \
+         hyperloop's\n# default (implement, verify, merge). Step primitives: `agent: ROLE`, \
+         `gate: NAME`,\n# `action: NAME`, `loop: [STEPS]`.\n{base}"
+    )
+}
 
 /// `path` must be the top of a (non-bare) git working tree: scaffolding a subfolder would
 /// leave `run` in the root without configuration.
@@ -218,6 +241,21 @@ fn create_file(root: &Path, rel: &str, text: &str) -> Result<InitEntry, InitErro
     Ok(InitEntry {
         path: rel.to_owned(),
         status,
+    })
+}
+
+/// `.hyperloop/checks/`: executables hyperloop runs in the worktree after an agent reports
+/// pass (the process-improver adds them). The `.gitkeep` is not executable, so not a check.
+fn create_checks_dir(root: &Path) -> Result<InitEntry, InitError> {
+    let dir = ".hyperloop/checks";
+    let entry = if root.join(dir).is_dir() {
+        EntryStatus::Exists
+    } else {
+        create_file(root, &format!("{dir}/.gitkeep"), "")?.status
+    };
+    Ok(InitEntry {
+        path: format!("{dir}/"),
+        status: entry,
     })
 }
 

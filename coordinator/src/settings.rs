@@ -52,6 +52,24 @@ pub fn load(
     Ok(Settings { config, file })
 }
 
+/// Fills `target.repo` from a GitHub `origin` remote when the setting was left out (seed
+/// 001: "default: inferred from git remote"). Returns the inferred repository and the origin
+/// URL it came from, for the caller to say so; `None` when nothing was inferred (the setting
+/// was given, even as `null`/`''`, or origin is not on GitHub: local landing).
+pub fn infer_repo(
+    root: &Path,
+    config: &mut hyperloop_shared::config::Config,
+) -> Option<(String, String)> {
+    if !config.target.repo_from_origin || config.target.repo.is_some() {
+        return None;
+    }
+    let repo = git2::Repository::open(root).ok()?;
+    let origin = repo.find_remote("origin").ok()?.url().ok()?.to_owned();
+    let inferred = hyperloop_shared::origin::github_repo(&origin)?;
+    config.target.repo = Some(inferred.clone());
+    Some((inferred, origin))
+}
+
 /// The validator reads only `HYPERLOOP_*` variables and the one `join_token_env` names (which
 /// may be anything), so it gets the whole environment; non-UTF-8 entries cannot be settings.
 fn process_env() -> BTreeMap<String, String> {

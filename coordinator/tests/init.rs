@@ -17,16 +17,19 @@ fn statuses(report: &hyperloop_coordinator::init::InitReport) -> Vec<(String, En
         .collect()
 }
 
-/// The entries `init` reports, in order: the three files it writes, then the specs folder.
-const SCAFFOLD: [&str; 4] = [
+/// The entries `init` reports, in order: the four files it writes, then the specs and checks
+/// folders.
+const SCAFFOLD: [&str; 6] = [
     ".hyperloop.yaml",
     ".hyperloop/agents/kustomization.yaml",
     ".hyperloop/agents/process/kustomization.yaml",
+    ".hyperloop/agents/process/process.yaml",
     "specs/",
+    ".hyperloop/checks/",
 ];
 
 /// The scaffold's entries paired with the given statuses.
-fn scaffold(statuses: [EntryStatus; 4]) -> Vec<(String, EntryStatus)> {
+fn scaffold(statuses: [EntryStatus; 6]) -> Vec<(String, EntryStatus)> {
     SCAFFOLD
         .into_iter()
         .map(str::to_owned)
@@ -40,7 +43,7 @@ fn read(dir: &Path, rel: &str) -> String {
 
 /// The contents of the files `init` writes.
 fn read_scaffold_files(root: &Path) -> Vec<String> {
-    SCAFFOLD[..3].iter().map(|f| read(root, f)).collect()
+    SCAFFOLD[..4].iter().map(|f| read(root, f)).collect()
 }
 
 #[test]
@@ -51,7 +54,7 @@ fn a_fresh_repository_gets_the_whole_scaffold_and_it_validates() {
     use EntryStatus::Created;
     assert_eq!(
         statuses(&report),
-        scaffold([Created, Created, Created, Created])
+        scaffold([Created, Created, Created, Created, Created, Created])
     );
     let kustomization = read(root, ".hyperloop/agents/kustomization.yaml");
     assert!(
@@ -136,7 +139,7 @@ fn existing_user_files_are_left_untouched() {
     use EntryStatus::{Created, Exists};
     assert_eq!(
         statuses(&report),
-        scaffold([Exists, Created, Created, Exists])
+        scaffold([Exists, Created, Created, Created, Exists, Created])
     );
     assert_eq!(read(root, ".hyperloop.yaml"), config);
     assert_eq!(read(root, "specs/auth.md"), "# auth\n");
@@ -178,4 +181,35 @@ fn an_overlay_that_does_not_compose_is_reported_with_the_file_to_fix() {
             .contains(".hyperloop/agents/kustomization.yaml"),
         "{err}"
     );
+}
+
+#[test]
+fn the_scaffolded_process_yaml_is_the_default_pipeline_and_editing_it_changes_the_pipeline() {
+    use hyperloop_coordinator::compose::{CacheDir, compose_project};
+    use hyperloop_shared::project::Project;
+    let dir = support::init_repo();
+    let root = dir.path();
+    init(root, None, None).unwrap();
+    assert!(root.join(".hyperloop/checks").is_dir());
+    let cache = CacheDir::new(root.join("cache"));
+    let compose = || {
+        let (c, _) = compose_project(root, ".hyperloop/agents/", None, &cache).unwrap();
+        Project::from_composition(&c).unwrap().process
+    };
+    let scaffolded = compose();
+    assert!(
+        scaffolded.source.ends_with("<embedded>/base/process.yaml"),
+        "{}",
+        scaffolded.source
+    );
+    // Seed 000's own example, verbatim except its GitHub-only gate.
+    std::fs::write(
+        root.join(".hyperloop/agents/process/process.yaml"),
+        "pipeline:\n  - loop:\n      - agent: implementer\n      - agent: verifier\n  - gate: \
+         pr-require-label\n  - action: merge-pr\n\ngates:\n  pr-require-label:\n    type: label\n",
+    )
+    .unwrap();
+    let edited = compose();
+    assert_ne!(edited.pipeline, scaffolded.pipeline);
+    assert!(edited.gates.contains_key("pr-require-label"), "{edited:?}");
 }

@@ -112,6 +112,27 @@ fn redact(origin: &str) -> String {
     }
 }
 
+/// The GitHub `owner/repo` an `origin` URL points at, for inferring `target.repo` (seed
+/// 001: "default: inferred from git remote"): `git@github.com:o/r.git`,
+/// `ssh://git@github.com/o/r.git`, `https://github.com/o/r(.git)(/)`. Anything else, local
+/// paths and other hosts included, is `None`, so such repositories keep landing locally.
+pub fn github_repo(origin: &str) -> Option<String> {
+    let origin = origin.trim();
+    let (host, path) = split(origin);
+    if !host?.eq_ignore_ascii_case("github.com") {
+        return None;
+    }
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let owner = segments.next()?;
+    let name = segments.next()?;
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    if segments.next().is_some() || owner.is_empty() || name.is_empty() {
+        return None;
+    }
+    Some(format!("{owner}/{name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +212,30 @@ mod tests {
         let a = etcd_prefix("git@github.com:owner/repo.git").unwrap();
         let b = etcd_prefix("git@github.com:owner/repo2.git").unwrap();
         assert!(!b.starts_with(&format!("{a}/")) && a != b);
+    }
+
+    #[test]
+    fn github_origins_name_their_repository_and_others_none() {
+        for origin in [
+            "git@github.com:o/r.git",
+            "git@github.com:o/r",
+            "https://github.com/o/r",
+            "https://github.com/o/r.git",
+            "https://github.com/o/r/",
+            "https://user:token@github.com/o/r.git",
+            "ssh://git@github.com/o/r.git",
+        ] {
+            assert_eq!(github_repo(origin).as_deref(), Some("o/r"), "{origin}");
+        }
+        for origin in [
+            "/tmp/x/origin.git",
+            "file:///tmp/x/origin.git",
+            "../origin.git",
+            "git@gitlab.com:o/r.git",
+            "https://github.com/o",
+            "https://github.com/o/r/tree/main",
+        ] {
+            assert_eq!(github_repo(origin), None, "{origin}");
+        }
     }
 }

@@ -79,7 +79,7 @@ impl Project {
                         }
                     }
                 }
-                Some("Process") => processes.push((value, origin)),
+                Some("Process") => processes.push((value, origin, resource.set_by.clone())),
                 _ => {}
             }
         }
@@ -91,22 +91,53 @@ impl Project {
                 .unwrap_or_default()
                 .to_owned()
         };
-        let (doc, origin) = match processes.len() {
+        let (doc, origin, set_by) = match processes.len() {
             0 => return Err(ProjectError::NoProcess),
             1 => processes.swap_remove(0),
             _ => {
                 let at = processes
                     .iter()
-                    .position(|(v, _)| name_of(v) == DEFAULT_PROCESS)
+                    .position(|(v, _, _)| name_of(v) == DEFAULT_PROCESS)
                     .ok_or_else(|| ProjectError::AmbiguousProcess {
-                        names: processes.iter().map(|(v, _)| name_of(v)).collect(),
+                        names: processes.iter().map(|(v, _, _)| name_of(v)).collect(),
                     })?;
                 processes.swap_remove(at)
             }
         };
-        let process = Process::parse(&doc, &origin, &names)?;
+        let process =
+            Process::parse(&doc, &origin, &names).map_err(|e| attribute_to_patches(e, &set_by))?;
         Ok(Project { agents, process })
     }
+}
+
+/// Names the file each problem came from: a field an overlay patch replaced (typically
+/// `pipeline`) is blamed on that patch, not on the base file it was patched into. When all
+/// problems come from one patch, it becomes the error's source; otherwise each problem is
+/// prefixed with its file.
+fn attribute_to_patches(
+    mut err: ProcessError,
+    set_by: &BTreeMap<String, std::path::PathBuf>,
+) -> ProcessError {
+    let file_of = |at: &str| {
+        let field = at.split(['.', '[']).next().unwrap_or_default();
+        set_by.get(field).map(|p| display_path(p))
+    };
+    let files: Vec<Option<String>> = err.problems.iter().map(|p| file_of(&p.at)).collect();
+    if files.iter().all(|f| f.is_none()) {
+        return err;
+    }
+    if let Some(Some(first)) = files.first()
+        && files.iter().all(|f| f.as_ref() == Some(first))
+    {
+        err.source = format!("{first} (a patch of {})", err.source);
+        return err;
+    }
+    for (problem, file) in err.problems.iter_mut().zip(files) {
+        if let Some(file) = file {
+            problem.at = format!("{file}: {}", problem.at);
+        }
+    }
+    err
 }
 
 /// The embedded base alone, for tests of what runs on it.
@@ -222,5 +253,55 @@ mod tests {
             Project::from_composition(&composition),
             Err(ProjectError::AmbiguousProcess { .. })
         ));
+    }
+
+    #[test]
+    fn a_bad_step_from_a_patch_is_blamed_on_the_patch_not_the_base() {
+        let mut composition = base();
+        let process = composition
+            .resources
+            .iter_mut()
+            .find(|r| r.value["kind"] == "Process")
+            .unwrap();
+        process.value["pipeline"] = serde_json::json!([
+            {"loop": [{"agent": "implementer"}, {"agent": "security-reviewer"}]}
+        ]);
+        process.set_by.insert(
+            "pipeline".into(),
+            "/repo/.hyperloop/agents/process-patch.yaml".into(),
+        );
+        let text = Project::from_composition(&composition)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.starts_with(
+                "invalid process definition in /repo/.hyperloop/agents/process-patch.yaml \
+                 (a patch of <embedded>/base/process.yaml)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pipeline[0].loop[1]: no agent template for role `security-reviewer`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn problems_from_different_files_each_name_their_file() {
+        let mut composition = base();
+        let process = composition
+            .resources
+            .iter_mut()
+            .find(|r| r.value["kind"] == "Process")
+            .unwrap();
+        process.value["pipeline"] = serde_json::json!([{"agent": "nobody"}]);
+        process.value["hooks"] = serde_json::json!({"after_reap": [{"type": "nope"}]});
+        process.set_by.insert("pipeline".into(), "/p.yaml".into());
+        let text = Project::from_composition(&composition)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("in <embedded>/base/process.yaml"), "{text}");
+        assert!(text.contains("\n  /p.yaml: pipeline[0]"), "{text}");
+        assert!(text.contains("\n  hooks"), "{text}");
     }
 }

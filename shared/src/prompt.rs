@@ -27,6 +27,11 @@ use crate::result_file::{self, Expected, RESULT_FILE_PATH, Subject};
 /// source); `base` when absent.
 pub const SOURCE_ANNOTATION: &str = "hyperloop.io/source";
 
+/// Annotations whose text is the agent's persona (seed 001's `ambient.io/persona`, and
+/// hyperloop's own name for it): rendered as a "Persona" section after the prompt. The
+/// first one set wins.
+pub const PERSONA_ANNOTATIONS: [&str; 2] = ["ambient.io/persona", "hyperloop.io/persona"];
+
 /// Annotation naming the layer an agent's `guidelines` came from; `overlay` when absent,
 /// since base agents ship with empty guidelines.
 pub const GUIDELINES_SOURCE_ANNOTATION: &str = "hyperloop.io/guidelines-source";
@@ -151,6 +156,15 @@ impl AgentTemplate {
             .unwrap_or_else(|| "base".to_owned())
     }
 
+    /// The persona annotation's text, if one is set and not blank.
+    pub fn persona(&self) -> Option<&str> {
+        PERSONA_ANNOTATIONS
+            .iter()
+            .find_map(|a| self.annotations.get(*a))
+            .map(String::as_str)
+            .filter(|p| !p.trim().is_empty())
+    }
+
     fn guidelines_source(&self) -> String {
         self.annotations
             .get(GUIDELINES_SOURCE_ANNOTATION)
@@ -206,6 +220,7 @@ pub struct Section {
 #[serde(rename_all = "kebab-case")]
 pub enum SectionKind {
     Prompt,
+    Persona,
     Guidelines,
     Task,
     Spec,
@@ -626,7 +641,8 @@ fn destinations() -> String {
          A mechanical rule (formatting, a forbidden pattern, a required file) is better \
          enforced by a check: an executable script in `{CHECKS_DIR}` that runs from the \
          repository root, exits 0 when the rule holds, and otherwise prints what is wrong and \
-         how to fix it and exits non-zero. The verifier runs every check on every task.\n\n\
+         how to fix it and exits non-zero. hyperloop runs every check after each implementer \
+         and verifier pass; a failing check fails that round with its output.\n\n\
          Change only these two places: not the `prompt` of any agent, not the pipeline, not \
          the code or the specs."
     )
@@ -651,6 +667,14 @@ impl Builder {
                 .trim_end()
                 .to_owned(),
         });
+        if let Some(persona) = template.persona() {
+            b.push(
+                SectionKind::Persona,
+                "Persona",
+                &template.guidelines_source(),
+                fill_placeholders(persona, values),
+            );
+        }
         if !template.guidelines.is_empty() {
             b.push(
                 SectionKind::Guidelines,

@@ -113,3 +113,78 @@ fn a_gate_waits_for_hyperloopctl_approve_and_the_comment_becomes_a_review() {
         "the comment is not a review: {reviews}"
     );
 }
+
+#[test]
+fn without_auto_merge_a_local_merge_waits_for_hyperloopctl_approve() {
+    let config = format!(
+        "max_workers: 1\npoll_interval: 1s\ndashboard:\n  enabled: false\n\
+         merge:\n  auto_merge: false\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n",
+        scripted_agent().display()
+    );
+    // The default pipeline: implement, verify, merge-pr; no gate.
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop.yaml", &config),
+    ]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let coordinator = Command::new(coordinator_bin())
+        .args(["run", "--path"])
+        .arg(&repo.checkout)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("HOME", test_home(repo.dir.path()))
+        .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+        .env_remove("HYPERLOOP_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("coordinator starts");
+
+    // Wait until the merge is announced as waiting for approval.
+    let started = Instant::now();
+    while !repo.events().iter().any(|e| {
+        e["event"] == "gate_checked"
+            && e["gate"]
+                .as_str()
+                .is_some_and(|g| g.contains("hyperloopctl approve task-001"))
+    }) {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the merge never waited: {:?}",
+            repo.events()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Nothing lands while it waits.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !repo.files("main").contains(&"work/task-001.txt".to_owned()),
+        "merged without approval"
+    );
+    let out = hyperloopctl(
+        &server,
+        &["approve", "task-001", "--comment", "merge it, M-9"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    exits_ok(coordinator, LIMIT);
+    assert!(
+        repo.files("main").contains(&"work/task-001.txt".to_owned()),
+        "{:?}",
+        repo.files("main")
+    );
+    let reviews = repo.state_texts("reviews/").join("\n");
+    assert!(
+        reviews.contains("Approved the merge (`merge-pr`) by an operator: merge it, M-9"),
+        "{reviews}"
+    );
+}

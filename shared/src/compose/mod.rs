@@ -100,6 +100,16 @@ pub enum ComposeError {
     /// Reading a file or fetching a remote base failed.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A setting (`overlay`, `base_ref`) points at something that cannot be composed.
+    #[error("`{key}: {value}` (in .hyperloop.yaml, or its flag/environment variable): {reason}")]
+    Setting {
+        /// The configuration key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong and the fix.
+        reason: String,
+    },
     /// A directory used as a kustomization root has no kustomization file.
     #[error(
         "no kustomization in {dir}: add a kustomization.yaml listing `resources:` (or point at a folder that has one)"
@@ -423,6 +433,10 @@ pub struct Resource {
     pub value: Value,
     /// The file it was loaded from.
     pub origin: PathBuf,
+    /// For each top-level field a patch changed, the file of the last patch that changed it
+    /// (the patch file, or the kustomization of an inline patch), so that errors in e.g. a
+    /// patched `pipeline` name the overlay file rather than the base.
+    pub set_by: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Resource {
@@ -970,6 +984,7 @@ impl Builder<'_> {
                         id: Box::new(want),
                     });
                 };
+                record_fields(&mut acc[idx], doc_fields(doc), origin);
                 apply_smp(acc, idx, doc);
             }
             return Ok(());
@@ -996,12 +1011,15 @@ impl Builder<'_> {
             match body {
                 PatchBody::Smp(docs) => {
                     for doc in docs {
+                        record_fields(&mut acc[idx], doc_fields(doc), origin);
                         if !apply_smp(acc, idx, doc) {
                             break;
                         }
                     }
                 }
                 PatchBody::Json(ops) => {
+                    let fields = ops.iter().filter_map(|op| op.top_field()).collect();
+                    record_fields(&mut acc[idx], fields, origin);
                     patch::apply_json6902(&mut acc[idx].value, ops).map_err(|reason| {
                         ComposeError::Json6902 {
                             patch: origin.clone(),
@@ -1013,6 +1031,35 @@ impl Builder<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The top-level fields a strategic merge patch sets (its identity fields excluded).
+fn doc_fields(doc: &Value) -> Vec<String> {
+    doc.as_object()
+        .map(|o| {
+            o.keys()
+                .filter(|k| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Notes that the patch at `origin` changed `fields` of `resource`.
+fn record_fields(resource: &mut Resource, fields: Vec<String>, origin: &PatchOrigin) {
+    let file = match &origin.path {
+        Some(p) => normalize(
+            &origin
+                .kustomization
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(p),
+        ),
+        None => origin.kustomization.clone(),
+    };
+    for field in fields {
+        resource.set_by.insert(field, file.clone());
     }
 }
 
@@ -1104,6 +1151,7 @@ fn parse_resources(path: &Path, text: &str) -> Result<Vec<Resource>, ComposeErro
         out.push(Resource {
             value: v,
             origin: path.to_owned(),
+            set_by: Default::default(),
         });
     }
     Ok(out)

@@ -79,6 +79,17 @@ pub(crate) struct Op {
     from: Option<String>,
 }
 
+impl Op {
+    /// The top-level field the operation writes (`/pipeline/0/agent` → `pipeline`), if any.
+    pub(crate) fn top_field(&self) -> Option<String> {
+        if self.op == "test" {
+            return None;
+        }
+        let first = self.path.trim_start_matches('/').split('/').next()?;
+        (!first.is_empty()).then(|| first.replace("~1", "/").replace("~0", "~"))
+    }
+}
+
 /// Applies `ops` in order.
 ///
 /// # Errors

@@ -397,3 +397,27 @@ fn patches_need_kind_and_name_and_untargeted_ones_an_exact_id_like_kubectl() {
         "{err}"
     );
 }
+
+#[test]
+fn a_patched_field_records_the_patch_file_that_last_set_it() {
+    let src = Mem::with(&[
+        (
+            "/o/kustomization.yaml",
+            "resources:\n- base.yaml\npatches:\n- path: p.yaml\n- path: ops.yaml\n  target: {kind: Agent, name: a}\n",
+        ),
+        ("/o/base.yaml", &agent("a", "g")),
+        (
+            "/o/p.yaml",
+            "apiVersion: hyperloop.io/v1\nkind: Agent\nmetadata:\n  name: a\nguidelines: patched\n",
+        ),
+        (
+            "/o/ops.yaml",
+            "- op: replace\n  path: /prompt\n  value: q\n",
+        ),
+    ]);
+    let c = compose(&src, Path::new("/o")).unwrap();
+    let a = c.get("Agent", "a").unwrap();
+    assert_eq!(a.set_by["guidelines"], PathBuf::from("/o/p.yaml"));
+    assert_eq!(a.set_by["prompt"], PathBuf::from("/o/ops.yaml"));
+    assert!(!a.set_by.contains_key("metadata"));
+}

@@ -124,16 +124,37 @@ pub struct Config {
     pub agent: AgentConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetConfig {
     /// GitHub `owner/repo`; `None` = land work locally.
     pub repo: Option<String>,
+    /// `target.repo` was not set at all (neither to a repository nor to `null`/`''`), so the
+    /// coordinator infers it from a GitHub `origin` remote ([`crate::origin::github_repo`]).
+    pub repo_from_origin: bool,
     pub base_branch: String,
     /// Relative to the repository root; never contains `..`.
     pub specs_dir: String,
     /// Where workers fetch from and push to; `None` = the coordinator's checkout (single
     /// host) or its `origin` remote (etcd mode, where coordinators do not share a checkout).
     pub clone_url: Option<String>,
+}
+
+/// `repo` is left out while it is still to be inferred and written (`null` = local) once
+/// decided, so the printed configuration loads back to the same value.
+impl Serialize for TargetConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut s = serializer.serialize_struct("TargetConfig", 4)?;
+        if self.repo.is_some() || !self.repo_from_origin {
+            s.serialize_field("repo", &self.repo)?;
+        } else {
+            s.skip_field("repo")?;
+        }
+        s.serialize_field("base_branch", &self.base_branch)?;
+        s.serialize_field("specs_dir", &self.specs_dir)?;
+        s.serialize_field("clone_url", &self.clone_url)?;
+        s.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -424,6 +445,7 @@ impl Default for Config {
             base_ref: None,
             target: TargetConfig {
                 repo: None,
+                repo_from_origin: true,
                 base_branch: "main".to_owned(),
                 specs_dir: "specs".to_owned(),
                 clone_url: None,
@@ -685,11 +707,20 @@ impl Resolver<'_> {
         let relative = "a path inside the repository, like specs (relative, no `..`)";
         let env_name = "an environment variable name like MY_TOKEN";
 
+        // `null` or `''` is an explicit "land locally", unlike leaving the key out.
+        let repo = self.get("target.repo", |input| match input {
+            Input::Yaml(serde_yaml::Value::Null) => Ok(None),
+            Input::Yaml(serde_yaml::Value::String(s)) if s.is_empty() => Ok(None),
+            Input::Text(s) if s.is_empty() => Ok(None),
+            _ => string_where(
+                "owner/repo, like acme/widgets, or null to land locally",
+                is_repo,
+            )(input)
+            .map(Some),
+        });
         let target = TargetConfig {
-            repo: self.get(
-                "target.repo",
-                string_where("owner/repo, like acme/widgets", is_repo),
-            ),
+            repo: repo.clone().flatten(),
+            repo_from_origin: repo.is_none(),
             base_branch: self
                 .get("target.base_branch", string_where(branch, is_branch))
                 .unwrap_or(d.target.base_branch),

@@ -95,6 +95,10 @@ impl RawConfig {
             match (keys::canonical(&path), keys::is_section(&path), value) {
                 (_, true, Value::Mapping(inner)) => self.walk(file, &path, inner, errors),
                 // `key:` with nothing after it (or `~`) means "use the default".
+                // ... except `target.repo: null`, which forces local landing.
+                (Some(canonical), _, Value::Null) if canonical == "target.repo" => {
+                    self.push(canonical, origin(), Input::Yaml(Value::Null));
+                }
                 (Some(_), _, Value::Null) | (None, true, Value::Null) => {}
                 (Some(canonical), _, value) => {
                     self.push(canonical, origin(), Input::Yaml(value.clone()));

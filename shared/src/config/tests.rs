@@ -28,6 +28,10 @@ fn check_with(
 ) {
     let mut expected = Config::default();
     edit(&mut expected);
+    // A repository given is never inferred.
+    if expected.target.repo.is_some() {
+        expected.target.repo_from_origin = false;
+    }
     match load_all(yaml, env, overrides) {
         Ok(actual) => assert_eq!(actual, expected, "for input:\n{yaml}"),
         Err(error) => panic!("for input:\n{yaml}\nunexpected error: {error}"),
@@ -217,6 +221,7 @@ agent:
         c.base_ref = Some("github.com/org/hyperloop//base?ref=v2".into());
         c.target = TargetConfig {
             repo: Some("acme/widgets".into()),
+            repo_from_origin: false,
             base_branch: "trunk".into(),
             specs_dir: "docs/specs".into(),
             clone_url: Some("ssh://git@host/acme/widgets.git".into()),
@@ -294,9 +299,11 @@ agent:
 #[test]
 fn null_values_and_empty_sections_mean_default() {
     check(
-        "repo: ~\nmax_workers:\nmerge:\nnotifications: {type: null}\nagent: {roles: {pm: }}",
+        "max_workers:\nmerge:\nnotifications: {type: null}\nagent: {roles: {pm: }}",
         |_| {},
     );
+    // Except `repo: ~`: an explicit "land locally", not "infer from origin".
+    check("repo: ~\n", |c| c.target.repo_from_origin = false);
 }
 
 #[test]
@@ -477,7 +484,7 @@ fn wrong_types_name_the_key_and_what_to_write() {
         ),
         (
             "repo: widgets",
-            "`repo`: expected owner/repo, like acme/widgets, got \"widgets\"",
+            "`repo`: expected owner/repo, like acme/widgets, or null to land locally, got \"widgets\"",
         ),
         (
             "base_branch: 'my branch'",
@@ -1257,4 +1264,40 @@ fn the_reference_lists_every_key_with_env_var_and_default() {
         vars.len(),
         keys::KEYS.iter().filter(|k| !k.path.contains('*')).count()
     );
+}
+
+#[test]
+fn target_repo_unset_is_inferred_but_null_or_empty_forces_local_landing() {
+    let load = |yaml: &str, repo: Option<&str>| {
+        let overrides = Overrides {
+            repo: repo.map(str::to_owned),
+            ..Overrides::default()
+        };
+        Config::load(yaml, ".hyperloop.yaml", &BTreeMap::new(), &overrides).unwrap()
+    };
+    let unset = load("max_workers: 2\n", None);
+    assert_eq!(
+        (unset.target.repo, unset.target.repo_from_origin),
+        (None, true)
+    );
+    for yaml in [
+        "target:\n  repo: null\n",
+        "target:\n  repo: ''\n",
+        "repo: ~\n",
+    ] {
+        let c = load(yaml, None);
+        assert_eq!(
+            (c.target.repo, c.target.repo_from_origin),
+            (None, false),
+            "{yaml}"
+        );
+    }
+    let flag = load("target:\n  repo: acme/widgets\n", Some(""));
+    assert_eq!(
+        (flag.target.repo, flag.target.repo_from_origin),
+        (None, false)
+    );
+    let set = load("", Some("acme/widgets"));
+    assert_eq!(set.target.repo.as_deref(), Some("acme/widgets"));
+    assert!(!set.target.repo_from_origin);
 }

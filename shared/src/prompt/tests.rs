@@ -602,3 +602,33 @@ fn prompts_serialize_for_the_dashboard() {
     assert_eq!(json["sections"][4]["kind"], "result-file");
     assert_eq!(json["sections"][0]["source"], "base");
 }
+
+#[test]
+fn the_seed_001_persona_annotation_becomes_a_persona_section_after_the_prompt() {
+    let t = AgentTemplate::from_resource(
+        &serde_yaml::from_str(
+            "apiVersion: hyperloop.io/v1\nkind: Agent\nmetadata:\n  name: implementer\n  \
+             annotations:\n    ambient.io/persona: |\n      You work on a Go API service.\n      \
+             Build: make build. Test: make test. Lint: make lint.\nprompt: Go.\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let r = spec_ref();
+    let p = task_prompt(&t, &task_ctx(&r, &[]));
+    let kinds: Vec<SectionKind> = p.sections.iter().map(|s| s.kind).collect();
+    assert_eq!(&kinds[..2], [SectionKind::Prompt, SectionKind::Persona]);
+    assert!(
+        p.text
+            .contains("Go.\n\n## Persona\n\nYou work on a Go API service.\nBuild: make build."),
+        "{}",
+        p.text
+    );
+    // A blank persona adds nothing.
+    let mut blank = template("implementer", "Go.", "");
+    blank
+        .annotations
+        .insert("hyperloop.io/persona".into(), "  \n".into());
+    let p = task_prompt(&blank, &task_ctx(&r, &[]));
+    assert!(!p.sections.iter().any(|s| s.kind == SectionKind::Persona));
+}

@@ -12,6 +12,7 @@ use crate::model::{AttemptId, SpecPath, Task, TaskId, Verdict};
 use crate::pipeline::{GateCheck, Next, Outcome};
 use crate::state::{Assignment, Change};
 
+use super::lifecycle::MERGE_APPROVED;
 use super::{Answer, CommandError, Core, Effect, Held, Op, Stop};
 
 /// How many revoked attempts keep their reason for a push asked after the revocation; a
@@ -369,10 +370,32 @@ impl Core {
             .position
             .as_ref()
             .and_then(|p| self.project.process.pipeline.next_at(p).ok());
+        if let Some(Next::RunAction { action, .. }) = &waiting
+            && !self.settings.forge
+            && self.merge_needs_approval(&task, action)
+        {
+            let text = if comment.trim().is_empty() {
+                format!("{MERGE_APPROVED} (`{action}`) by an operator.")
+            } else {
+                format!("{MERGE_APPROVED} (`{action}`) by an operator: {comment}")
+            };
+            self.add_review(&task, "human", Verdict::Pass, text);
+            self.event(
+                Some(id),
+                EventKind::GateCleared {
+                    gate: action.clone(),
+                    by: "hyperloopctl approve".to_owned(),
+                },
+            );
+            self.wake = true;
+            return self
+                .task_or_not_found(id)
+                .map(|t| Answer::Task(Box::new(t)));
+        }
         let Some(Next::WaitAtGate { gate: at, .. }) = waiting else {
             return Err(CommandError::FailedPrecondition(format!(
-                "{id} is not waiting at a gate (status {}); only a task at a gate can be \
-                 approved",
+                "{id} is not waiting at a gate or an unapproved merge (status {}); only those \
+                 can be approved",
                 task.status
             )));
         };

@@ -5,6 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::event::{EventKind, SpecChange as SpecChangeEvent};
+
+/// How an operator's approval of a merge starts its review (`hyperloopctl approve` of a task
+/// whose `pr-merge` waits because `merge.auto_merge` is false).
+pub(super) const MERGE_APPROVED: &str = "Approved the merge";
 use crate::gaps::{self, Coverage};
 use crate::intake;
 use crate::landing::{LandRequest, Landed, WorkRef};
@@ -555,7 +559,11 @@ impl Core {
                     self.after_persist
                         .push(Effect::Forge(ForgeAsk::Advance(task.id)));
                 }
+                Next::RunAction { action, .. } if self.merge_needs_approval(&task, &action) => {
+                    self.announce_merge_wait(task.id, &action);
+                }
                 Next::RunAction { action, .. } => {
+                    self.merges_waiting.remove(&task.id);
                     advanced += 1;
                     self.run_action(task, &action);
                 }
@@ -633,6 +641,37 @@ impl Core {
             }
             Ok(GateStatus::Waiting { .. }) | Err(_) => {}
         }
+    }
+
+    /// Says once per task that its merge waits for an operator, and how to give it.
+    fn announce_merge_wait(&mut self, id: TaskId, action: &str) {
+        if !self.merges_waiting.insert(id) {
+            return;
+        }
+        self.event(
+            Some(id),
+            EventKind::GateChecked {
+                gate: format!(
+                    "{action} (merge.auto_merge is false: run `hyperloopctl approve {id}` to \
+                     merge)"
+                ),
+                cleared: false,
+            },
+        );
+    }
+
+    /// Without GitHub, `merge.auto_merge: false` makes a `pr-merge` action wait until an
+    /// operator approves the merge for the task's current round.
+    pub(super) fn merge_needs_approval(&self, task: &Task, action: &str) -> bool {
+        !self.settings.config.merge.auto_merge
+            && self.project.process.actions.get(action) == Some(&ActionKind::PrMerge)
+            && !self.state.reviews.get(&task.id).is_some_and(|reviews| {
+                reviews.iter().any(|r| {
+                    r.round == task.round
+                        && r.role == "human"
+                        && r.detail.starts_with(MERGE_APPROVED)
+                })
+            })
     }
 
     fn run_action(&mut self, task: Task, action: &str) {

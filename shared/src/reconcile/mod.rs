@@ -437,6 +437,9 @@ pub struct Core {
     /// Tasks whose gate check is running, and when each waiting gate is checked next.
     gates_checking: BTreeSet<TaskId>,
     gates_next: BTreeMap<TaskId, u64>,
+    /// Tasks whose merge waits for `hyperloopctl approve` (`merge.auto_merge: false`
+    /// without GitHub), announced once each.
+    merges_waiting: BTreeSet<TaskId>,
     /// Counts progress toward convergence; `max_cycles` bounds the cycles in a row without.
     progress: u64,
     progress_seen: u64,
@@ -479,6 +482,7 @@ impl Core {
             next_retry: None,
             gates_checking: BTreeSet::new(),
             gates_next: BTreeMap::new(),
+            merges_waiting: BTreeSet::new(),
             progress: 0,
             progress_seen: 0,
             stalled_cycles: 0,

@@ -6,6 +6,7 @@
 //! push) are reported as failed steps with [`FailureCause::Workspace`], never as panics,
 //! and nothing is ever a silent pass.
 
+mod checks;
 mod plan;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use crate::runtime::claude;
 use crate::shim::{Confinement, step_writable};
 use crate::workspace::{self, Checkout, CheckoutRequest, Workspace};
 
+pub use checks::{CHECKED_ROLES, CHECKS_DIR};
 pub(crate) use plan::StepPlan;
 pub use plan::{IMPROVEMENT_TASK_ID, INTAKE_TASK_ID, InvalidAssign};
 
@@ -309,6 +311,14 @@ async fn run_in_worktree(
             &extra,
         )
     });
+    // Checks run later with what the agent ran with.
+    let check_launch = checks::CheckLaunch {
+        env: env.clone(),
+        cwd: worktree.clone(),
+        shim: ctx.confinement.shim.clone(),
+        confine: confine.clone(),
+    };
+    let agent_started = Instant::now();
     let launch = Launch {
         program: runtime.program().to_owned(),
         args: runtime.args(),
@@ -424,10 +434,85 @@ async fn run_in_worktree(
         (None, Ok(bytes)) => {
             let outcome = evaluate_bytes(bytes.as_deref(), &plan.expected);
             apply_outcome(report, outcome);
+            if report.verdict == Verdict::Pass
+                && CHECKED_ROLES.contains(&plan.expected.role.as_str())
+            {
+                let checked = Checked {
+                    launch: &check_launch,
+                    checkout,
+                    tmp: &tmp,
+                    sink: &sink,
+                    started: agent_started,
+                };
+                run_checks(plan, &checked, ctx, report).await;
+            }
         }
     }
 
     finish_branch(plan, checkout, ended, ctx, report).await;
+}
+
+/// What the checks run with and where.
+#[derive(Clone, Copy)]
+struct Checked<'a> {
+    launch: &'a checks::CheckLaunch,
+    checkout: &'a Checkout,
+    tmp: &'a Path,
+    sink: &'a ProgressSink,
+    started: Instant,
+}
+
+/// Runs the repository's checks after a pass, within what is left of the step's time, and
+/// turns the pass into a failed round when one fails.
+async fn run_checks(
+    plan: &StepPlan,
+    checked: &Checked<'_>,
+    ctx: &StepContext,
+    report: &mut StepReport,
+) {
+    let Checked {
+        launch,
+        checkout,
+        tmp,
+        sink,
+        started,
+    } = *checked;
+    let found = checks::discover(&launch.cwd);
+    if found.is_empty() {
+        return;
+    }
+    if let Err(e) = tokio::fs::create_dir_all(tmp).await {
+        return report.fail(
+            FailureCause::Workspace,
+            format!(
+                "The worker could not create the checks' temp dir {}: {e}",
+                tmp.display()
+            ),
+        );
+    }
+    // At least a minute, so an agent that used its whole budget still gets its work checked.
+    let limit = plan
+        .timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(60));
+    let failed = checks::run(&found, launch, sink, limit, &ctx.cancel).await;
+    let _ = tokio::fs::remove_dir_all(tmp).await;
+    if let Err(e) = ctx.workspace.reseal(checkout).await {
+        return report.fail(
+            FailureCause::Workspace,
+            format!(
+                "The worker could not restore the worktree's git pointers after the checks: \
+                 {e}; nothing of this step is pushed"
+            ),
+        );
+    }
+    if let Some((cause, finding)) = failed {
+        let summary = std::mem::take(&mut report.detail);
+        report.fail(
+            cause,
+            format!("{finding}\n\nThe agent's own report said:\n\n{summary}"),
+        );
+    }
 }
 
 /// Turns an accepted or rejected result file into the report.
