@@ -525,7 +525,7 @@ fn line(seq: u64, text: &str) -> LogLine {
 }
 
 #[test]
-fn logs_follow_prints_lines_pushed_after_it_connected() {
+fn logs_follow_prints_lines_pushed_after_it_connected_and_exits_0_when_that_step_ends() {
     let h = serve(Options::default());
     h.logs
         .started("task-001", 11, "0/agent:implementer@ab", "implementer");
@@ -561,9 +561,23 @@ fn logs_follow_prints_lines_pushed_after_it_connected() {
     assert!(next().contains("2 line(s) dropped"));
     assert_eq!(next(), "[implementer attempt-11] later");
     assert_eq!(next(), "[implementer attempt-11] finished");
-    assert_eq!(next(), "[verifier attempt-12] next attempt");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // The followed step ended: the next attempt is not waited for.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still following"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(rx.recv_timeout(Duration::from_secs(1)).is_err());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("the step ended"), "{stderr}");
     drop(h.runtime);
 }
 
