@@ -61,3 +61,50 @@ pub fn scripted_log(log: impl AsRef<std::path::Path>) -> [(&'static str, std::ff
         ("HYPERLOOP_AGENT_WRITABLE", writable),
     ]
 }
+
+/// Waits for `child` up to `limit` (then kills it), reading its piped stderr meanwhile so a
+/// chatty run never blocks on a full pipe; returns the exit code and the stderr.
+pub fn wait_with_limit(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (code, reader.join().unwrap_or_default())
+}
+
+/// Pids the scripted agent wrote to `<log>.pids`.
+pub fn logged_pids(log: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(format!("{}.pids", log.display()))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie does not: it holds nothing and runs nothing).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    })
+}

@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, test_home};
+use hyperloop_tests::{alive, logged_pids, wait_with_limit};
 
 #[test]
 fn a_coordinator_whose_listen_address_is_busy_exits_2_naming_the_address_and_the_flag() {
@@ -108,34 +109,6 @@ fn run_command(repo: &TestRepo) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     cmd
-}
-
-/// Waits for `child` up to `limit` (then kills it), reading its stderr meanwhile so a
-/// chatty run never blocks on a full pipe; returns the exit code and the stderr.
-fn wait_with_limit(
-    mut child: std::process::Child,
-    limit: std::time::Duration,
-) -> (Option<i32>, String) {
-    use std::io::Read;
-    let mut pipe = child.stderr.take().expect("stderr piped");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    });
-    let started = std::time::Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    (code, reader.join().unwrap_or_default())
 }
 
 #[test]
@@ -337,25 +310,6 @@ fn a_confined_agent_can_move_neither_main_nor_the_state_ref_nor_read_credentials
     )
     .unwrap();
     assert!(!mirror_config.contains("hooksPath"), "{mirror_config}");
-}
-
-/// Pids the scripted agent wrote to `<log>.pids`.
-fn logged_pids(log: &std::path::Path) -> Vec<i32> {
-    std::fs::read_to_string(format!("{}.pids", log.display()))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-/// Whether `pid` is a live process (a zombie is dead: it holds nothing and runs nothing).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next());
-        !matches!(state, Some('Z' | 'X') | None)
-    })
 }
 
 /// Waits up to `limit` for every pid to be gone; returns those still alive.

@@ -41,34 +41,7 @@ fn run(repo: &TestRepo, env: &[(&str, &str)]) -> (Option<i32>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("coordinator starts");
-    wait_with_limit(child, LIMIT)
-}
-
-/// Waits for `child` up to `limit`, reading its stderr meanwhile (a full pipe would block it).
-fn wait_with_limit(
-    mut child: std::process::Child,
-    limit: std::time::Duration,
-) -> (Option<i32>, String) {
-    use std::io::Read;
-    let mut pipe = child.stderr.take().expect("stderr piped");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    });
-    let started = std::time::Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    (code, reader.join().unwrap_or_default())
+    hyperloop_tests::wait_with_limit(child, LIMIT)
 }
 
 #[test]

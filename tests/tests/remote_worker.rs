@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hyperloop_tests::free_port;
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent, test_home};
+use hyperloop_tests::{alive, free_port, logged_pids};
 
 const SPEC_A: &str = "# A\n\nThe repository records work for A.\n";
 const SPEC_B: &str = "# B\n\nThe repository records work for B.\n";
@@ -211,25 +211,6 @@ fn a_worker_with_a_wrong_token_is_refused_and_no_token_is_printed() {
         "",
         "a refused worker must not run steps"
     );
-}
-
-/// Pids the scripted agent wrote to `<log>.pids`.
-fn logged_pids(log: &Path) -> Vec<i32> {
-    std::fs::read_to_string(format!("{}.pids", log.display()))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next());
-        !matches!(state, Some('Z' | 'X') | None)
-    })
 }
 
 #[test]
