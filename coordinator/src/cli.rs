@@ -123,22 +123,16 @@ pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
         Err(exit) => return exit,
     };
     let mut settings = settings;
-    let inferred = settings::infer_repo(root, &mut settings.config);
+    let inferred = settings::infer(root, &mut settings.config);
     let config = &settings.config;
     let project = match Project::from_composition(&composition) {
         Ok(p) => p,
         Err(e) => return Exit::usage(e.to_string()),
     };
-    let specs = match specs::list(root, &config.target.specs_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            return Exit {
-                code: code::RUNTIME,
-                stdout: String::new(),
-                stderr: format!("error: {e}\n"),
-            };
-        }
-    };
+    // The specs a run works on: those committed on the base branch. Where a run could not
+    // read them, the dry run shows everything else and fails with the run's error.
+    let survey = specs::Survey::take(root, &config.target.base_branch, &config.target.specs_dir);
+    let specs = survey.as_ref().map_or(&[][..], |s| &s.committed[..]);
 
     let mut out = String::new();
     let _ = writeln!(out, "# hyperloop dry run: nothing is changed\n");
@@ -167,6 +161,7 @@ pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
             "pull requests on {repo} into {}{}",
             config.target.base_branch,
             inferred
+                .repo
                 .as_ref()
                 .map_or(String::new(), |(_, origin)| format!(
                     " (target.repo inferred from origin {origin}; `target.repo: null` or \
@@ -207,19 +202,36 @@ pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
 
     let _ = writeln!(
         out,
-        "## Specs ({} under {}/)\n",
+        "## Specs ({} under {}/ on {})\n",
         specs.len(),
-        config.target.specs_dir
+        config.target.specs_dir,
+        config.target.base_branch
     );
-    for spec in &specs {
+    for spec in specs {
         let _ = writeln!(out, "- {spec}");
     }
+    match &survey {
+        Ok(survey) => {
+            for skipped in &survey.skipped {
+                let _ = writeln!(out, "- skipped: {skipped}");
+            }
+            if let Some(note) = survey.uncommitted_note() {
+                let _ = writeln!(out, "\nNot worked on: {note}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "A run would stop here: {e}");
+        }
+    }
     let _ = writeln!(out, "\n## Plan\n");
-    if specs.is_empty() {
+    if survey.is_err() {
+        let _ = writeln!(out, "None: a run cannot read the specs (above).");
+    } else if specs.is_empty() {
         let _ = writeln!(
             out,
-            "No specs under {}/: there is nothing to reconcile. Write a spec first.",
-            config.target.specs_dir
+            "No specs under {}/ on {}: there is nothing to reconcile. Write a spec and \
+             commit it first.",
+            config.target.specs_dir, config.target.base_branch
         );
     } else {
         let _ = writeln!(
@@ -231,10 +243,23 @@ pub fn dry_run(root: &Path, config_file: Option<&Path>, overrides: &Overrides) -
         );
     }
     let mut stderr = String::new();
+    for note in inferred.notes() {
+        let _ = writeln!(stderr, "note: {note}");
+    }
     for warning in &composition.warnings {
         let _ = writeln!(stderr, "warning: {warning}");
     }
-    Exit::ok(out, stderr)
+    match survey {
+        Ok(_) => Exit::ok(out, stderr),
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            Exit {
+                code: code::RUNTIME,
+                stdout: out,
+                stderr,
+            }
+        }
+    }
 }
 
 fn pipeline_tree(out: &mut String, steps: &[Step], depth: usize, process: &Process) {
@@ -292,13 +317,15 @@ pub fn reconcile(
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let display = crate::progress::Display::new(terminal);
     init_tracing(&config, &display);
-    if let Some((repo, origin)) = settings::infer_repo(root, &mut config) {
-        tracing::info!(
-            repo = %repo,
-            origin = %origin,
-            "target.repo inferred from the GitHub origin remote: landing through pull \
-             requests; set `target.repo: null` or pass `--repo ''` to merge locally instead"
-        );
+    for note in settings::infer(root, &mut config).notes() {
+        tracing::info!("{note}");
+    }
+    // Named before anything runs: a spec left uncommitted is otherwise silently not seen.
+    if let Ok(survey) =
+        specs::Survey::take(root, &config.target.base_branch, &config.target.specs_dir)
+        && let Some(note) = survey.uncommitted_note()
+    {
+        tracing::warn!("{note}");
     }
     // JSON logs are for machines: no progress text mixed into them.
     let show_progress =
@@ -401,15 +428,15 @@ fn init_tracing(
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let style = match config.observability.log_format {
-        LogFormat::Json => crate::logfmt::Style::Json,
+        LogFormat::Json => hyperloop_worker::logfmt::Style::Json,
         // Colour only for a person at a terminal: never escape codes in a file or pipe.
-        LogFormat::Console => crate::logfmt::Style::Console {
+        LogFormat::Console => hyperloop_worker::logfmt::Style::Console {
             colour: display.terminal() && std::env::var_os("NO_COLOR").is_none(),
         },
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .event_format(crate::logfmt::Format(style))
+        .event_format(hyperloop_worker::logfmt::Format(style))
         // Through the display, so log lines appear above the live progress block.
         .with_writer(display.log_writer())
         .try_init();

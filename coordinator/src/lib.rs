@@ -16,7 +16,8 @@
 //! - [`lock`]: one coordinator per repository.
 //! - [`logs`]: recent agent output per task, for `hyperloopctl logs`.
 //! - [`progress`]: live progress and the final summary `run`/`watch` show a person.
-//! - [`logfmt`]: the coordinator's own log lines (console `key=value` or flat JSON).
+//! - log lines: `hyperloop_worker::logfmt` (console `key=value` or flat JSON), shared with
+//!   the worker binary.
 //! - [`ports`] and [`adapters`]: the traits the loop uses and their implementations.
 //! - [`tls`]: TLS for the gRPC endpoint and for `hyperloopctl --server`.
 //! - [`specs`]: finds the spec files of a working tree (for `--dry-run`).
@@ -32,7 +33,6 @@ pub mod forge_driver;
 pub mod grpc;
 pub mod init;
 pub mod lock;
-pub mod logfmt;
 pub mod logs;
 pub mod ports;
 pub mod progress;

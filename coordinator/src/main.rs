@@ -66,9 +66,16 @@ struct ComposeArgs {
 struct RunArgs {
     #[command(flatten)]
     repo: RepoArgs,
-    /// Land work through pull requests on this GitHub repository.
+    /// Land work through pull requests on this GitHub repository ('' lands locally).
     #[arg(long = "repo", value_name = "OWNER/REPO")]
     repo_slug: Option<String>,
+    /// Branch specs are read from and work lands on (default: main, or the checkout's
+    /// branch when there is no main).
+    #[arg(long, value_name = "NAME")]
+    base_branch: Option<String>,
+    /// Log lines as `console` (timestamp [level] event key=value) or flat `json` objects.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
     /// Show what would be done and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -122,6 +129,8 @@ impl RunArgs {
     fn overrides(&self) -> Overrides {
         Overrides {
             repo: self.repo_slug.clone(),
+            base_branch: self.base_branch.clone(),
+            log_format: self.log_format.clone(),
             max_workers: self.max_workers,
             local_workers: self.local_workers,
             listen: self.listen.clone(),

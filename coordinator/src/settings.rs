@@ -52,22 +52,81 @@ pub fn load(
     Ok(Settings { config, file })
 }
 
-/// Fills `target.repo` from a GitHub `origin` remote when the setting was left out (seed
-/// 001: "default: inferred from git remote"). Returns the inferred repository and the origin
-/// URL it came from, for the caller to say so; `None` when nothing was inferred (the setting
-/// was given, even as `null`/`''`, or origin is not on GitHub: local landing).
-pub fn infer_repo(
-    root: &Path,
-    config: &mut hyperloop_shared::config::Config,
-) -> Option<(String, String)> {
-    if !config.target.repo_from_origin || config.target.repo.is_some() {
+/// What the coordinator decided from the checkout for settings that were left out, for the
+/// caller to say so.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Inferred {
+    /// `target.repo` and the `origin` URL it came from.
+    pub repo: Option<(String, String)>,
+    /// `target.base_branch` when it is not the default `main`.
+    pub base_branch: Option<String>,
+}
+
+impl Inferred {
+    /// One line per decision, naming the key that overrides it.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some((repo, origin)) = &self.repo {
+            notes.push(format!(
+                "target.repo inferred as {repo} from the GitHub origin remote {origin}: landing \
+                 through pull requests; set `target.repo: null` or pass `--repo ''` to merge \
+                 locally instead"
+            ));
+        }
+        if let Some(branch) = &self.base_branch {
+            notes.push(format!(
+                "target.base_branch is `{branch}`, the branch this checkout is on, because the \
+                 repository has no `main`; set `target.base_branch` (or --base-branch) to choose \
+                 another"
+            ));
+        }
+        notes
+    }
+}
+
+/// Fills the settings that default from the checkout when they were left out: `target.repo`
+/// from a GitHub `origin` remote (seed 001: "default: inferred from git remote"), and
+/// `target.base_branch` from the checked-out branch when the repository has no `main` (a
+/// `master` repository works without a configuration file). Afterwards both are decided.
+pub fn infer(root: &Path, config: &mut Config) -> Inferred {
+    let repo = git2::Repository::open(root).ok();
+    let mut inferred = Inferred::default();
+    if config.target.repo_from_origin && config.target.repo.is_none() {
+        inferred.repo = repo.as_ref().and_then(|repo| {
+            let origin = repo.find_remote("origin").ok()?.url().ok()?.to_owned();
+            Some((hyperloop_shared::origin::github_repo(&origin)?, origin))
+        });
+        config
+            .target
+            .repo
+            .clone_from(&inferred.repo.as_ref().map(|(r, _)| r.clone()));
+    }
+    if config.target.base_branch_from_checkout {
+        inferred.base_branch = repo
+            .as_ref()
+            .and_then(|repo| checkout_branch_without(repo, &config.target.base_branch));
+        if let Some(branch) = &inferred.base_branch {
+            config.target.base_branch.clone_from(branch);
+        }
+        config.target.base_branch_from_checkout = false;
+    }
+    inferred
+}
+
+/// The branch HEAD is on, when the repository has no `default` branch and HEAD is a born
+/// branch (a detached or unborn HEAD leaves the default, which then fails naming it).
+fn checkout_branch_without(repo: &git2::Repository, default: &str) -> Option<String> {
+    if repo
+        .find_reference(&format!("refs/heads/{default}"))
+        .is_ok()
+    {
         return None;
     }
-    let repo = git2::Repository::open(root).ok()?;
-    let origin = repo.find_remote("origin").ok()?.url().ok()?.to_owned();
-    let inferred = hyperloop_shared::origin::github_repo(&origin)?;
-    config.target.repo = Some(inferred.clone());
-    Some((inferred, origin))
+    let head = repo.head().ok()?;
+    if !head.is_branch() {
+        return None;
+    }
+    head.shorthand().ok().map(str::to_owned)
 }
 
 /// The validator reads only `HYPERLOOP_*` variables and the one `join_token_env` names (which

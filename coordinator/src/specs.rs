@@ -1,7 +1,15 @@
-//! Finding the spec files of a repository on disk.
+//! Finding the spec files of a repository on disk, and telling the user which of them a run
+//! will not see: the coordinator works on the specs committed on the base branch, never on
+//! the working tree.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+
+use hyperloop_shared::specs::{SkippedSpec, SpecChange};
+
+use crate::adapters::git::GitSpecSource;
+use crate::ports::spec_source::SpecSource as _;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: cannot list specs: {source}; check `target.specs_dir` in .hyperloop.yaml", dir.display())]
@@ -29,6 +37,95 @@ pub fn list(root: &Path, specs_dir: &str) -> Result<Vec<String>, ListError> {
     }
     found.sort();
     Ok(found)
+}
+
+/// The specs a run works on (committed on the base branch) next to the working tree's.
+#[derive(Debug, Default)]
+pub struct Survey {
+    pub base_branch: String,
+    /// Spec paths at the tip of the base branch, sorted.
+    pub committed: Vec<String>,
+    /// Entries under the specs directory that are not used as specs.
+    pub skipped: Vec<SkippedSpec>,
+    /// Working-tree spec files the base branch does not hold as they are: (path, is new).
+    pub uncommitted: Vec<(String, bool)>,
+}
+
+impl Survey {
+    /// Reads the base branch's specs and compares the working tree's with them.
+    ///
+    /// # Errors
+    /// The repository or its base branch cannot be read, or the specs directory cannot be
+    /// listed; the message names what to fix.
+    pub fn take(root: &Path, base_branch: &str, specs_dir: &str) -> Result<Self, String> {
+        let source =
+            GitSpecSource::open(root, base_branch, specs_dir).map_err(|e| e.to_string())?;
+        let scan = source.changes(None).map_err(|e| e.to_string())?;
+        let committed: BTreeMap<String, String> = scan
+            .changes
+            .into_iter()
+            .filter_map(|change| match change {
+                SpecChange::Added { path, blob } => Some((path.to_string(), blob.0)),
+                SpecChange::Modified { .. } | SpecChange::Deleted { .. } => None,
+            })
+            .collect();
+        let mut uncommitted = Vec::new();
+        for path in list(root, specs_dir).map_err(|e| e.to_string())? {
+            let on_disk = git2::Oid::hash_file(git2::ObjectType::Blob, root.join(&path))
+                .map(|id| id.to_string())
+                .ok();
+            match committed.get(&path) {
+                None => uncommitted.push((path, true)),
+                Some(blob) if on_disk.as_ref() != Some(blob) => uncommitted.push((path, false)),
+                Some(_) => {}
+            }
+        }
+        Ok(Self {
+            base_branch: base_branch.to_owned(),
+            committed: committed.into_keys().collect(),
+            skipped: scan.skipped,
+            uncommitted,
+        })
+    }
+
+    /// What to tell the user about specs a run will not see, with the command that fixes it.
+    pub fn uncommitted_note(&self) -> Option<String> {
+        if self.uncommitted.is_empty() {
+            return None;
+        }
+        let named: Vec<String> = self
+            .uncommitted
+            .iter()
+            .map(|(path, new)| format!("{path} ({})", if *new { "new" } else { "changed" }))
+            .collect();
+        let paths: Vec<String> = self
+            .uncommitted
+            .iter()
+            .map(|(p, _)| shell_word(p))
+            .collect();
+        Some(format!(
+            "{} spec file(s) in the working tree are not committed on `{}`, and hyperloop works \
+             only on committed specs: {}; commit them on `{}` to have them worked on: git add \
+             {} && git commit -m 'Update specs'",
+            named.len(),
+            self.base_branch,
+            named.join(", "),
+            self.base_branch,
+            paths.join(" "),
+        ))
+    }
+}
+
+/// `path` as one word for a POSIX shell, quoted only when it needs to be.
+fn shell_word(path: &str) -> String {
+    if path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._/-+@%,:".contains(c))
+    {
+        path.to_owned()
+    } else {
+        format!("'{}'", path.replace('\'', r"'\''"))
+    }
 }
 
 fn walk(dir: &Path, rel: &str, found: &mut Vec<String>) -> io::Result<()> {

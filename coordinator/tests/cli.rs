@@ -34,9 +34,48 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+fn git(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+}
+
+/// A git repository on `main` with one empty commit.
+fn empty_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(
+        dir.path(),
+        &["commit", "-q", "--allow-empty", "-m", "Empty"],
+    );
+    dir
+}
+
+/// A fresh repository on `branch` holding a copy of the quickstart example, committed, as
+/// the quickstart's demo makes one.
+fn quickstart_repo(branch: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-R")
+        .arg(quickstart().join("."))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    git(dir.path(), &["init", "-q", "-b", branch]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "Quickstart"]);
+    dir
+}
+
 #[test]
 fn dry_run_on_the_quickstart_example_validates_and_changes_nothing() {
-    let out = dry_run(quickstart());
+    let repo = quickstart_repo("main");
+    let out = dry_run(repo.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     for expected in [
@@ -46,13 +85,89 @@ fn dry_run_on_the_quickstart_example_validates_and_changes_nothing() {
         "- loop\n  - agent implementer\n  - agent verifier\n- action merge-pr (pr-merge)",
         "### verifier",
         "This project is plain POSIX shell.",
-        "- specs/cli/farewell.md\n- specs/greeting.md",
+        "## Specs (2 under specs/ on main)\n\n- specs/cli/farewell.md\n- specs/greeting.md",
     ] {
         assert!(
             stdout.contains(expected),
             "missing {expected:?} in:\n{stdout}"
         );
     }
+    assert!(!stdout.contains("Not worked on"), "{stdout}");
+}
+
+#[test]
+fn dry_run_lists_only_committed_specs_and_names_uncommitted_ones_with_the_command_to_commit_them() {
+    let repo = quickstart_repo("main");
+    std::fs::write(repo.path().join("specs/new spec.md"), "# New\n").unwrap();
+    std::fs::write(repo.path().join("specs/greeting.md"), "# Changed\n").unwrap();
+    let out = dry_run(repo.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("- specs/cli/farewell.md\n- specs/greeting.md\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("- specs/new spec.md"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "2 spec file(s) in the working tree are not committed on `main`, and hyperloop \
+             works only on committed specs: specs/greeting.md (changed), specs/new spec.md \
+             (new); commit them on `main` to have them worked on: git add specs/greeting.md \
+             'specs/new spec.md' && git commit -m 'Update specs'"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_repository_on_master_without_main_is_read_from_master_and_says_so() {
+    let repo = quickstart_repo("master");
+    let config = repo.path().join(".hyperloop.yaml");
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text_of.replace("  base_branch: main\n", "")).unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "No base branch"]);
+    let out = dry_run(repo.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("landing:       local merges into master"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  base_branch: master\n"), "{stdout}");
+    assert!(stdout.contains("(2 under specs/ on master)"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains(
+            "note: target.base_branch is `master`, the branch this checkout is on, because the \
+             repository has no `main`"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    // A base branch that is written down is used as written, and a missing one is an error.
+    let out = coordinator()
+        .args(["run", "--dry-run", "--base-branch", "main", "--path"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("branch main does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn dry_run_outside_a_git_repository_fails_as_a_run_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dry_run(dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("is not a usable git repository") && stderr.contains("git checkout"),
+        "{stderr}"
+    );
+    assert!(text(&out.stdout).contains("A run would stop here"));
 }
 
 #[test]
@@ -131,7 +246,7 @@ fn malformed_configuration_exits_2_naming_file_and_key() {
 
 #[test]
 fn turning_on_a_feature_that_does_not_exist_yet_exits_2_naming_key_and_fix() {
-    let repo = tempfile::tempdir().unwrap();
+    let repo = empty_repo();
     let config = repo.path().join(".hyperloop.yaml");
     std::fs::write(
         &config,

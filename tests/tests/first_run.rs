@@ -117,3 +117,58 @@ fn an_implementer_that_passes_without_committing_fails_its_round_and_the_next_ro
         "{events:?}"
     );
 }
+
+#[test]
+fn a_master_repository_lands_on_master_and_a_spec_left_uncommitted_is_named_at_start_and_not_worked_on()
+ {
+    let repo = repo();
+    hyperloop_tests::repo::git(&repo.checkout, &["branch", "-q", "-m", "main", "master"]);
+    std::fs::write(
+        repo.checkout.join("specs/c.md"),
+        "# C\n\nNot committed yet.\n",
+    )
+    .unwrap();
+
+    // The dry run and the run agree: only the committed spec is worked on.
+    let dry = Command::new(coordinator_bin())
+        .args(["run", "--dry-run", "--path"])
+        .arg(&repo.checkout)
+        .env_remove("HYPERLOOP_PATH")
+        .output()
+        .expect("dry run");
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(0), "{plan}");
+    assert!(
+        plan.contains("## Specs (1 under specs/ on master)\n\n- specs/b.md\n"),
+        "{plan}"
+    );
+
+    let home = repo.dir.path().join("fresh-home");
+    let log = repo.dir.path().join("steps.log");
+    let out = run(&repo, &home, &log, "normal");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("target.base_branch is `master`, the branch this checkout is on"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "1 spec file(s) in the working tree are not committed on `master`, and hyperloop \
+             works only on committed specs: specs/c.md (new); commit them on `master` to have \
+             them worked on: git add specs/c.md && git commit -m 'Update specs'"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        repo.files("master")
+            .contains(&"work/task-001.txt".to_owned())
+    );
+    let asked: Vec<serde_json::Value> = repo
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "intake_run")
+        .flat_map(|e| e["changed_specs"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(asked, [serde_json::json!("specs/b.md")]);
+}

@@ -26,8 +26,14 @@ fn repo_with(agent_extra: &str) -> TestRepo {
 
 /// `run` on `repo` with stderr piped (not a terminal), to its end.
 fn run(repo: &TestRepo, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    run_with(repo, env, &[])
+}
+
+fn run_with(repo: &TestRepo, env: &[(&str, &str)], flags: &[&str]) -> (Option<i32>, String) {
     let child = Command::new(coordinator_bin())
-        .args(["run", "--path"])
+        .args(["run"])
+        .args(flags)
+        .arg("--path")
         .arg(&repo.checkout)
         .args(["--listen", "127.0.0.1:0"])
         .env("HOME", test_home(repo.dir.path()))
@@ -99,9 +105,10 @@ fn a_piped_console_log_has_flat_key_value_lines_without_debug_dumps_or_ansi_esca
 }
 
 #[test]
-fn json_logs_are_flat_objects_with_event_task_id_role_verdict_and_duration_s() {
+fn json_logs_chosen_with_log_format_are_flat_objects_with_event_task_id_role_verdict_and_duration_s()
+ {
     let repo = repo();
-    let (code, stderr) = run(&repo, &[("HYPERLOOP_OBSERVABILITY_LOG_FORMAT", "json")]);
+    let (code, stderr) = run_with(&repo, &[], &["--log-format", "json"]);
     assert_eq!(code, Some(0), "{stderr}");
     let objects: Vec<serde_json::Value> = stderr
         .lines()

@@ -29,6 +29,7 @@ mod error;
 pub mod fence;
 mod git;
 pub mod link;
+pub mod logfmt;
 pub mod options;
 mod process;
 pub mod progress;

@@ -67,8 +67,17 @@ struct Cli {
     /// Name to verify the coordinator's certificate against (default: the URL's host).
     #[arg(long, env = "HYPERLOOP_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
+    /// Log lines as `console` (timestamp [level] event key=value) or flat `json` objects.
+    #[arg(long, env = "HYPERLOOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Console)]
+    log_format: LogFormat,
     #[command(flatten)]
     confinement: hyperloop_worker::shim::ConfinementArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Console,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -81,7 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -157,12 +166,23 @@ async fn run(
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the default level.
-fn init_tracing() {
+/// Logs go to stderr in the coordinator's line format; `RUST_LOG` overrides the default
+/// level.
+fn init_tracing(format: LogFormat) {
+    use hyperloop_worker::logfmt::{Format, Style};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let style = match format {
+        LogFormat::Json => Style::Json,
+        // Colour only for a person at a terminal: never escape codes in a file or pipe.
+        LogFormat::Console => Style::Console {
+            colour: std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        },
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .event_format(Format(style))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -102,3 +102,44 @@ fn bad_flags_exit_2_naming_the_flag() {
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn the_worker_logs_console_lines_and_with_log_format_json_flat_objects_like_the_coordinator() {
+    let work = tempfile::tempdir().unwrap();
+    let run = |format: &str| {
+        let out = worker()
+            .args(["--join", &unreachable_url(), "--connect-timeout", "1s"])
+            .args(["--log-format", format, "--work-dir"])
+            .arg(work.path())
+            .env_remove("HYPERLOOP_LOG_FORMAT")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let console = run("console");
+    let retry = console
+        .lines()
+        .find(|l| l.contains("cannot connect; retrying with backoff"))
+        .unwrap_or_else(|| panic!("{console}"));
+    // `2026-04-15T14:23:01Z [warning  ] event key=value`, no colour in a pipe.
+    assert!(retry.contains("Z [warning  ] "), "{retry}");
+    assert!(retry.contains(" coordinator=http://127.0.0.1:"), "{retry}");
+    assert!(!console.contains('\x1b'), "{console}");
+    let json = run("json");
+    let object: serde_json::Value = json
+        .lines()
+        .find(|l| l.starts_with('{') && l.contains("retrying"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(object["level"], "warning");
+    assert_eq!(object["event"], "cannot connect; retrying with backoff");
+    assert!(object["coordinator"].is_string(), "{object}");
+    let bad = worker()
+        .args(["--join", &unreachable_url(), "--log-format", "yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("--log-format"), "{}", stderr(&bad));
+}

@@ -807,7 +807,7 @@ impl Replier {
 
 /// Every stored event, in the log too, its typed fields flat (see `logfmt`).
 fn log_events(events: &[Event]) {
-    use crate::logfmt::flatten_event;
+    use hyperloop_worker::logfmt::flatten_event;
     for e in events {
         let name = e.kind.name();
         let task = e.task.map(|t| t.to_string());

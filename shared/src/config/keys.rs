@@ -45,7 +45,8 @@ pub const KEYS: &[Key] = &[
     flat(
         "target.base_branch",
         "base_branch",
-        "branch that work is merged into",
+        "branch specs are read from and work is merged into; unset and no `main` in the \
+         repository = the branch the checkout is on",
     ),
     key(
         "target.specs_dir",

@@ -132,6 +132,9 @@ pub struct TargetConfig {
     /// coordinator infers it from a GitHub `origin` remote ([`crate::origin::github_repo`]).
     pub repo_from_origin: bool,
     pub base_branch: String,
+    /// `target.base_branch` was not set, so a repository without `main` may use the branch
+    /// its checkout is on instead (decided by the coordinator, which can read the checkout).
+    pub base_branch_from_checkout: bool,
     /// Relative to the repository root; never contains `..`.
     pub specs_dir: String,
     /// Where workers fetch from and push to; `None` = the coordinator's checkout (single
@@ -139,8 +142,9 @@ pub struct TargetConfig {
     pub clone_url: Option<String>,
 }
 
-/// `repo` is left out while it is still to be inferred and written (`null` = local) once
-/// decided, so the printed configuration loads back to the same value.
+/// `repo` and `base_branch` are left out while they are still to be inferred and written
+/// (`repo: null` = local) once decided, so the printed configuration loads back to the same
+/// value.
 impl Serialize for TargetConfig {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
@@ -150,7 +154,11 @@ impl Serialize for TargetConfig {
         } else {
             s.skip_field("repo")?;
         }
-        s.serialize_field("base_branch", &self.base_branch)?;
+        if self.base_branch_from_checkout {
+            s.skip_field("base_branch")?;
+        } else {
+            s.serialize_field("base_branch", &self.base_branch)?;
+        }
         s.serialize_field("specs_dir", &self.specs_dir)?;
         s.serialize_field("clone_url", &self.clone_url)?;
         s.end()
@@ -430,6 +438,8 @@ pub struct Overrides {
     pub allow_command_gates: bool,
     /// `--admin-token TOKEN`
     pub admin_token: Option<String>,
+    /// `--log-format console|json`
+    pub log_format: Option<String>,
     /// `--no-confine`
     pub no_confine: bool,
     /// `--agent-writable PATH[:PATH...]`
@@ -446,6 +456,7 @@ impl Default for Config {
             target: TargetConfig {
                 repo: None,
                 repo_from_origin: true,
+                base_branch_from_checkout: true,
                 base_branch: "main".to_owned(),
                 specs_dir: "specs".to_owned(),
                 clone_url: None,
@@ -602,7 +613,10 @@ pub struct KeyDoc {
 
 /// Every key with its environment variable, default and help, in table order.
 pub fn reference() -> Vec<KeyDoc> {
-    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    let mut config = Config::default();
+    // The default as written; the help says when the checkout's branch replaces it.
+    config.target.base_branch_from_checkout = false;
+    let defaults = serde_json::to_value(config).unwrap_or_default();
     keys::KEYS
         .iter()
         .map(|key| {
@@ -718,12 +732,12 @@ impl Resolver<'_> {
             )(input)
             .map(Some),
         });
+        let base_branch = self.get("target.base_branch", string_where(branch, is_branch));
         let target = TargetConfig {
             repo: repo.clone().flatten(),
             repo_from_origin: repo.is_none(),
-            base_branch: self
-                .get("target.base_branch", string_where(branch, is_branch))
-                .unwrap_or(d.target.base_branch),
+            base_branch_from_checkout: base_branch.is_none(),
+            base_branch: base_branch.unwrap_or(d.target.base_branch),
             specs_dir: self
                 .get(
                     "target.specs_dir",

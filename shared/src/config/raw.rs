@@ -177,6 +177,11 @@ impl RawConfig {
         );
         cli("--overlay", "overlay", text(&overrides.overlay));
         cli("--base-ref", "base_ref", text(&overrides.base_ref));
+        cli(
+            "--log-format",
+            "observability.log_format",
+            text(&overrides.log_format),
+        );
     }
 }
 

@@ -32,6 +32,10 @@ fn check_with(
     if expected.target.repo.is_some() {
         expected.target.repo_from_origin = false;
     }
+    // Likewise a base branch given is never taken from the checkout.
+    if expected.target.base_branch != Config::default().target.base_branch {
+        expected.target.base_branch_from_checkout = false;
+    }
     match load_all(yaml, env, overrides) {
         Ok(actual) => assert_eq!(actual, expected, "for input:\n{yaml}"),
         Err(error) => panic!("for input:\n{yaml}\nunexpected error: {error}"),
@@ -127,7 +131,9 @@ notifications:
   type: github-comment                  # github-comment | null (default: null)
 ";
     check(yaml, |c| {
-        c.notifications.kind = NotificationKind::GithubComment
+        c.notifications.kind = NotificationKind::GithubComment;
+        // The seed spells out `base_branch: main`: never taken from the checkout.
+        c.target.base_branch_from_checkout = false;
     });
 }
 
@@ -165,6 +171,7 @@ observability:
     check(yaml, |c| {
         c.base_ref = Some("github.com/jsell-rh/hyperloop//base?ref=v1.0.0".into());
         c.target.repo = Some("owner/repo".into());
+        c.target.base_branch_from_checkout = false;
     });
 }
 
@@ -223,6 +230,7 @@ agent:
             repo: Some("acme/widgets".into()),
             repo_from_origin: false,
             base_branch: "trunk".into(),
+            base_branch_from_checkout: false,
             specs_dir: "docs/specs".into(),
             clone_url: Some("ssh://git@host/acme/widgets.git".into()),
         };
@@ -844,6 +852,7 @@ fn command_line_overrides_apply_and_are_validated() {
         tls_client_ca: Some("ca.pem".into()),
         allow_command_gates: true,
         admin_token: Some("op-secret".into()),
+        log_format: Some("json".into()),
         no_confine: true,
         agent_writable: vec!["/cache".into()],
     };
@@ -869,6 +878,7 @@ fn command_line_overrides_apply_and_are_validated() {
         c.admin_token = Some(Secret::new("op-secret"));
         c.agents_unconfined = true;
         c.agent_writable = vec!["/cache".into()];
+        c.observability.log_format = LogFormat::Json;
     });
     check_errors_with(
         "",
@@ -1167,7 +1177,9 @@ agent:
 
 #[test]
 fn dry_run_output_uses_the_nested_layout() {
-    let text = serde_yaml::to_string(&Config::default()).expect("serializable");
+    let mut config = Config::default();
+    config.target.base_branch_from_checkout = false; // decided, as dry run prints it
+    let text = serde_yaml::to_string(&config).expect("serializable");
     for line in [
         "overlay: .hyperloop/agents/",
         "  base_branch: main",

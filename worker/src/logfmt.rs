@@ -1,4 +1,4 @@
-//! The coordinator's log lines, as the product documents show them:
+//! hyperloop's log lines (coordinator and worker), as the product documents show them:
 //!
 //! ```text
 //! 2026-04-15T14:23:01Z [info     ] result_reaped        duration_s=142.3 role=verifier task_id=task-003 verdict=pass
