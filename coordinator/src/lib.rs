@@ -14,13 +14,15 @@
 //!   git bases (with a local cache) through the pure resolver in `hyperloop_shared::compose`.
 //! - [`init`]: scaffolds a repository for hyperloop.
 //! - [`lock`]: one coordinator per repository.
+//! - [`discovery`]: the endpoint record `hyperloopctl` finds a repository's coordinator by,
+//!   and the check that it acts only on its own repository.
 //! - [`logs`]: recent agent output per task, for `hyperloopctl logs`.
 //! - [`progress`]: live progress and the final summary `run`/`watch` show a person.
 //! - log lines: `hyperloop_worker::logfmt` (console `key=value` or flat JSON), shared with
 //!   the worker binary.
 //! - [`ports`] and [`adapters`]: the traits the loop uses and their implementations.
 //! - [`tls`]: TLS for the gRPC endpoint and for `hyperloopctl --server`.
-//! - [`specs`]: finds the spec files of a working tree (for `--dry-run`).
+//! - [`specs`]: the specs a run works on, and those of the working tree it will not see.
 
 pub mod adapters;
 pub mod admin;
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod compose;
 pub mod control;
 pub mod ctl;
+pub mod discovery;
 pub mod dispatch;
 pub mod forge_driver;
 pub mod grpc;

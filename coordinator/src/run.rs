@@ -6,6 +6,7 @@
 //! the same code as a remote worker's gRPC stream ([`crate::grpc`]), which is served on
 //! `config.listen` for the life of the run.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use crate::adapters::git_store::GitStore;
 use crate::adapters::github::{GitHubConfig, GitHubForge};
 use crate::compose::{CacheDir, ProjectLoadError, compose_project};
 use crate::control::{Command, LeaderView, Live};
+use crate::discovery::{self, Gatekeeper};
 use crate::dispatch::Registry;
 use crate::forge_driver;
 use crate::grpc::{self, Admission, Farewell, Route, relay};
@@ -120,6 +122,8 @@ pub async fn run_observed(
     let repo = git2::Repository::open(&root)
         .map_err(|_| StartError::NotARepository(root.display().to_string()))?;
     let git_dir = repo.path().to_path_buf();
+    let repository = discovery::Repository::discover(&root)
+        .ok_or_else(|| StartError::NotARepository(root.display().to_string()))?;
     let origin = repo
         .find_remote("origin")
         .ok()
@@ -144,6 +148,7 @@ pub async fn run_observed(
     let tls = crate::tls::server_tls(&config.tls).map_err(|e| StartError::Usage(e.to_string()))?;
     let place = Place {
         git_dir,
+        repository,
         root,
         origin,
         tls,
@@ -160,6 +165,8 @@ pub async fn run_observed(
 struct Place {
     root: PathBuf,
     git_dir: PathBuf,
+    /// The repository as `hyperloopctl` identifies it.
+    repository: discovery::Repository,
     /// The checkout's `origin` URL.
     origin: Option<String>,
     tls: Option<tonic::transport::ServerTlsConfig>,
@@ -174,14 +181,18 @@ struct Endpoint {
     logs: Arc<LogHub>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// The endpoint record `hyperloopctl` finds; removed when the endpoint goes.
+    _published: Option<discovery::Published>,
 }
 
 impl Endpoint {
     /// Binds `config.listen` and serves the worker and admin services there; an address in
-    /// use is a usage error (exit 2).
+    /// use is a usage error (exit 2), except the default address on a single host, where
+    /// another repository's coordinator may hold it: then any free loopback port is taken.
+    /// Records the endpoint for `hyperloopctl` in the repository's git directory.
     async fn start<S: StateStore>(
         config: &Config,
-        tls: Option<tonic::transport::ServerTlsConfig>,
+        place: &Place,
         store: Arc<S>,
         coordinator_id: String,
     ) -> Result<Self, StartError> {
@@ -197,26 +208,27 @@ impl Endpoint {
         let logs = Arc::new(LogHub::new());
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        match grpc::bind(config.listen).await {
-            Ok(listener) => {
-                tracing::info!(listen = %config.listen, tls = tls.is_some(), "serving workers and hyperloopctl");
-                let routes = tonic::service::Routes::new(grpc::worker_service(
-                    Admission::with_token(config.join_token.clone()),
-                    route_rx,
-                ))
-                .add_service(crate::admin::service(
-                    store,
-                    live_rx,
-                    Some(commands_tx),
-                    logs.clone(),
-                    Arc::new(config.clone()),
-                ));
-                let serving = grpc::serve(listener, tls, routes, stop.clone());
-                tasks.spawn(async move {
-                    if let Err(e) = serving.await {
-                        tracing::error!(error = %crate::tls::error_chain(&e), "the gRPC endpoint failed");
-                    }
-                });
+        let single_host = config.etcd.endpoints.is_empty();
+        let listener = match grpc::bind(config.listen).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && config.listen_defaulted
+                    && single_host =>
+            {
+                let any = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+                let listener = grpc::bind(any).await.map_err(|e| {
+                    StartError::Usage(format!("cannot listen on any loopback port: {e}"))
+                })?;
+                tracing::info!(
+                    "the default address {} is in use (perhaps by the coordinator of another \
+                     repository), so this coordinator listens on {} instead; hyperloopctl finds \
+                     it from inside the repository, and `listen:` or --listen fixes an address",
+                    config.listen,
+                    listener
+                        .local_addr()
+                        .map_or_else(|_| "?".to_owned(), |a| a.to_string())
+                );
+                listener
             }
             Err(e) => {
                 // Fatal even on a single host: a second coordinator left without an endpoint
@@ -228,7 +240,44 @@ impl Endpoint {
                     config.listen
                 )));
             }
-        }
+            Ok(listener) => listener,
+        };
+        let bound = listener.local_addr().unwrap_or(config.listen);
+        tracing::info!(listen = %bound, tls = place.tls.is_some(), "serving workers and hyperloopctl");
+        let gatekeeper = Gatekeeper {
+            serves: place.repository.clone(),
+            shared_by_origin: !single_host,
+        };
+        let routes = tonic::service::Routes::new(grpc::worker_service(
+            Admission::with_token(config.join_token.clone()),
+            route_rx,
+        ))
+        .add_service(crate::admin::service(
+            store,
+            live_rx,
+            Some(commands_tx),
+            logs.clone(),
+            Arc::new(config.clone()),
+            gatekeeper,
+        ));
+        let serving = grpc::serve(listener, place.tls.clone(), routes, stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %crate::tls::error_chain(&e), "the gRPC endpoint failed");
+            }
+        });
+        let url = local_url(bound, place.tls.is_some());
+        let published = match discovery::publish(&place.repository.git_dir, &url) {
+            Ok(published) => Some(published),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot record this coordinator's endpoint in the repository's git \
+                     directory; hyperloopctl needs --server {url} here"
+                );
+                None
+            }
+        };
         Ok(Endpoint {
             route,
             live,
@@ -236,6 +285,7 @@ impl Endpoint {
             logs,
             stop,
             tasks,
+            _published: published,
         })
     }
 
@@ -281,6 +331,17 @@ impl Endpoint {
     }
 }
 
+/// The URL `hyperloopctl` on this host reaches the endpoint bound at `bound` by.
+fn local_url(bound: SocketAddr, tls: bool) -> String {
+    let ip = match bound.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, bound.port()))
+}
+
 async fn single_host<C>(
     mut place: Place,
     config: Config,
@@ -297,7 +358,7 @@ where
         .map_err(|e| StartError::Setup(e.to_string()))?;
     let endpoint = Endpoint::start(
         &config,
-        place.tls,
+        &place,
         Arc::new(store.clone()),
         SINGLE_HOST.to_owned(),
     )
@@ -405,13 +466,8 @@ where
     let store = EtcdStore::new(endpoints, &prefix, journal);
     let election = EtcdElection::new(endpoints, &prefix).with_ttl(config.etcd.lease_ttl);
     let base = config.target.base_branch.clone();
-    let endpoint = Endpoint::start(
-        &config,
-        place.tls.clone(),
-        Arc::new(store.clone()),
-        advertise.clone(),
-    )
-    .await?;
+    let endpoint =
+        Endpoint::start(&config, &place, Arc::new(store.clone()), advertise.clone()).await?;
     if let Some(observe) = place.observer.take() {
         observe(endpoint.live.subscribe());
     }

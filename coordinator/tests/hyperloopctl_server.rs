@@ -17,6 +17,7 @@ use hyperloop_coordinator::compose::{CacheDir, compose_project};
 use hyperloop_coordinator::control::{
     AttemptView, Command as LoopCommand, CommandError, LeaderView, Live, WorkerView,
 };
+use hyperloop_coordinator::discovery::{Gatekeeper, Repository};
 use hyperloop_coordinator::logs::LogHub;
 use hyperloop_coordinator::ports::state_store::{Change, Revision, StateStore};
 use hyperloop_coordinator::tls::server_tls;
@@ -232,12 +233,22 @@ fn serve(options: Options) -> Harness {
         }
     });
     let logs = Arc::new(LogHub::new());
+    // hyperloopctl runs in this crate's directory: serve the repository it stands in.
+    let here = std::env::current_dir().unwrap();
+    let gatekeeper = Gatekeeper {
+        serves: Repository::discover(&here).unwrap_or(Repository {
+            git_dir: here,
+            origin: None,
+        }),
+        shared_by_origin: false,
+    };
     let service = admin::service(
         store,
         live_rx,
         Some(tx),
         Arc::clone(&logs),
         Arc::new(config),
+        gatekeeper,
     );
     let tls = server_tls(&options.tls).unwrap();
     let listener = runtime

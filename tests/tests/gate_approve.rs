@@ -13,10 +13,12 @@ use hyperloop_tests::repo::{
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn hyperloopctl(server: &str, args: &[&str]) -> std::process::Output {
+/// `hyperloopctl ARGS` standing in `checkout`: it finds the repository's coordinator itself.
+fn hyperloopctl(checkout: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(coordinator_bin().with_file_name("hyperloopctl"))
-        .args(["--server", server])
         .args(args)
+        .current_dir(checkout)
+        .env_remove("HYPERLOOP_SERVER")
         .env_remove("HYPERLOOP_PATH")
         .output()
         .expect("hyperloopctl runs")
@@ -45,7 +47,6 @@ fn a_gate_waits_for_hyperloopctl_approve_and_the_comment_becomes_a_review() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let server = format!("http://127.0.0.1:{port}");
     let coordinator = Command::new(coordinator_bin())
         .args(["run", "--path"])
         .arg(&repo.checkout)
@@ -65,7 +66,7 @@ fn a_gate_waits_for_hyperloopctl_approve_and_the_comment_becomes_a_review() {
     let mut refusals = Vec::new();
     loop {
         let out = hyperloopctl(
-            &server,
+            &repo.checkout,
             &["approve", "task-001", "--comment", "ship it, A-OK-5Z"],
         );
         if out.status.success() {
@@ -131,7 +132,6 @@ fn without_auto_merge_a_local_merge_waits_for_hyperloopctl_approve() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let server = format!("http://127.0.0.1:{port}");
     let coordinator = Command::new(coordinator_bin())
         .args(["run", "--path"])
         .arg(&repo.checkout)
@@ -167,7 +167,7 @@ fn without_auto_merge_a_local_merge_waits_for_hyperloopctl_approve() {
         "merged without approval"
     );
     let out = hyperloopctl(
-        &server,
+        &repo.checkout,
         &["approve", "task-001", "--comment", "merge it, M-9"],
     );
     assert!(

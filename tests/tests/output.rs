@@ -153,11 +153,16 @@ fn serve(repo: &TestRepo, env: &[(&str, &str)]) -> (std::process::Child, String)
 
 /// `hyperloopctl logs task-001 -f`, started once the coordinator answers; waited for up to
 /// `limit`. Returns its exit code, stdout and stderr.
-fn follow_task_001(server: &str, limit: std::time::Duration) -> (Option<i32>, String, String) {
+fn follow_task_001(
+    repo: &TestRepo,
+    server: &str,
+    limit: std::time::Duration,
+) -> (Option<i32>, String, String) {
     let started = std::time::Instant::now();
     loop {
         let child = Command::new(coordinator_bin().with_file_name("hyperloopctl"))
             .args(["--server", server, "logs", "task-001", "-f"])
+            .current_dir(&repo.checkout)
             .env_remove("HYPERLOOP_PATH")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -197,7 +202,7 @@ fn wait_output(
 fn hyperloopctl_logs_f_exits_0_when_the_followed_step_ends() {
     let repo = repo();
     let (mut coordinator, server) = serve(&repo, &[("SCRIPTED_DELAY", "2")]);
-    let (code, stdout, stderr) = follow_task_001(&server, LIMIT);
+    let (code, stdout, stderr) = follow_task_001(&repo, &server, LIMIT);
     let _ = coordinator.kill();
     let _ = coordinator.wait();
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -216,7 +221,7 @@ fn hyperloopctl_logs_f_exits_1_saying_so_when_the_coordinator_goes_away() {
         let _ = coordinator.wait();
     });
     let started = std::time::Instant::now();
-    let (code, stdout, stderr) = follow_task_001(&server, LIMIT);
+    let (code, stdout, stderr) = follow_task_001(&repo, &server, LIMIT);
     killer.join().expect("killer");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(30),

@@ -23,11 +23,13 @@ use hyperloop_shared::model::{SpecPath, TaskId, TaskStatus};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use self::convert::{attempt_to_wire, event_to_wire, timestamp, worker_to_wire};
 use crate::control::{Command, CommandError, Live};
 use crate::ctl::view::{LiveWorkers, Snapshot, WaitKind};
+use crate::discovery::Gatekeeper;
 use crate::logs::LogHub;
 use crate::ports::state_store::{State, StateStore, StoreError};
 
@@ -58,22 +60,25 @@ pub struct Admin<S> {
 
 /// The tonic service to add next to `WorkerService`. `commands` is `None` where no loop runs
 /// (then every mutation is refused as on a standby); `config` says which labels each agent
-/// role requires of a worker (to explain waits).
+/// role requires of a worker (to explain waits); `gatekeeper` turns away a `hyperloopctl`
+/// that stands in another repository.
 pub fn service<S: StateStore>(
     store: Arc<S>,
     live: watch::Receiver<Arc<Live>>,
     commands: Option<mpsc::Sender<Command>>,
     logs: Arc<LogHub>,
     config: Arc<Config>,
-) -> AdminServiceServer<Admin<S>> {
-    AdminServiceServer::new(Admin {
+    gatekeeper: Gatekeeper,
+) -> InterceptedService<AdminServiceServer<Admin<S>>, Gatekeeper> {
+    let server = AdminServiceServer::new(Admin {
         store,
         live,
         commands,
         logs,
         config,
     })
-    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
+    InterceptedService::new(server, gatekeeper)
 }
 
 /// `value` if it is at most `max` bytes, else INVALID_ARGUMENT naming the field and the limit.

@@ -1,9 +1,10 @@
 //! `hyperloopctl`: the operator's CLI. Parses the command line and hands over to
 //! `hyperloop_coordinator::ctl`.
 //!
-//! With `--server URL` every command goes to a coordinator's admin API; with `--path` (the
-//! default) the read-only ones read the embedded state and the live ones (workers, logs,
-//! approve, cancel, drain) exit 2 saying to pass `--server`.
+//! Inside a repository whose coordinator is running (it records its address in the git
+//! directory) and with `--server URL`, every command goes to a coordinator's admin API;
+//! otherwise the read-only ones read the embedded state of `--path` and the live ones
+//! (workers, logs, approve, cancel, drain) exit 2 saying a coordinator is needed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,21 +13,24 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hyperloop_coordinator::cli::Exit;
 use hyperloop_coordinator::ctl::remote::{self, Remote};
 use hyperloop_coordinator::ctl::{self, Command as Read, DEFAULT_EVENT_LIMIT, Format, Target};
+use hyperloop_coordinator::discovery;
 use hyperloop_coordinator::tls::ClientTls;
 
 /// Inspect hyperloop: tasks, specs, events and why work is waiting.
 ///
-/// With --path DIR (the default: the current directory) it reads the repository's embedded
-/// state directly; no coordinator needs to be running. With --server URL it asks a running
-/// coordinator, which also shows workers and logs and takes approve, cancel and drain.
+/// Inside a repository (--path, default: the current directory) it asks the coordinator
+/// running for that repository, found without configuration; with none running it reads the
+/// repository's embedded state directly. --server URL asks the coordinator at that address.
+/// A coordinator also shows workers and logs and takes approve, cancel and drain, and it
+/// refuses a hyperloopctl that stands in a different repository.
 #[derive(Debug, Parser)]
 #[command(name = "hyperloopctl", version, about, long_about)]
 struct Cli {
-    /// The repository whose embedded state to read (its root).
+    /// The repository to inspect: its running coordinator, else its embedded state.
     #[arg(long, env = "HYPERLOOP_PATH", default_value = ".", global = true)]
     path: PathBuf,
-    /// A running coordinator's gRPC address (http(s)://HOST:PORT); any coordinator answers
-    /// reads, the leader answers the rest.
+    /// A coordinator's gRPC address (http(s)://HOST:PORT), instead of the one running for
+    /// --path; any coordinator answers reads, the leader answers the rest.
     #[arg(long, env = "HYPERLOOP_SERVER", value_name = "URL", global = true)]
     server: Option<String>,
     /// CA certificate (PEM) that signed the coordinator's certificate (https).
@@ -229,15 +233,23 @@ fn dispatch(cli: Cli) -> Exit {
         cert: cli.tls_cert,
         key: cli.tls_key,
     };
-    match (plan, &cli.server) {
+    // Without --server, the coordinator running for the repository hyperloopctl stands in.
+    let server = cli
+        .server
+        .clone()
+        .or_else(|| discovery::find(&cli.path).map(|record| record.url));
+    let repository = discovery::Repository::discover(&cli.path);
+    let token = cli.token.as_deref();
+    match (plan, &server) {
         (Plan::Live(_, command), Some(server)) => {
-            remote::run(server, &tls, cli.token.as_deref(), cli.output, command)
+            remote::run(server, &tls, token, repository, cli.output, command)
         }
         (Plan::Live(what, _), None) => ctl::needs_server(what),
         (Plan::Read(command), Some(server)) => remote::run(
             server,
             &tls,
-            cli.token.as_deref(),
+            token,
+            repository,
             cli.output,
             Remote::Read(command),
         ),

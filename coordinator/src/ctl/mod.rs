@@ -165,9 +165,11 @@ pub fn run(target: &Target, format: Format, command: &Command) -> Exit {
 /// The answer for a live-only command run with `--path`.
 pub fn needs_server(what: &str) -> Exit {
     Exit::usage(format!(
-        "{what} needs a running coordinator: pass --server URL (or HYPERLOOP_SERVER) with its \
-         address; only status, get specs|tasks|events and describe task|spec work from the \
-         embedded state with --path"
+        "{what} needs a running coordinator, and none is running for this repository (a \
+         running coordinator records its address in .git/hyperloop/endpoint.json): start one \
+         with `hyperloop-coordinator watch`, or pass --server URL (or HYPERLOOP_SERVER) with \
+         its address; only status, get specs|tasks|events and describe task|spec work from \
+         the embedded state"
     ))
 }
 

@@ -9,6 +9,8 @@ use hyperloop_shared::event::Event;
 use hyperloop_shared::model::{Review, Task, TaskId};
 use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
+
+use crate::discovery::Repository;
 use tonic::transport::Channel;
 
 use super::table::{Table, age};
@@ -48,15 +50,17 @@ pub enum Remote {
 
 /// Runs `command` against the coordinator at `server`; `token` is the operator token that
 /// commands need on a coordinator that is not on loopback.
+/// `repository` is the one hyperloopctl stands in, which the coordinator checks it serves.
 pub fn run(
     server: &str,
     tls: &ClientTls,
     token: Option<&str>,
+    repository: Option<Repository>,
     format: Format,
     command: Remote,
 ) -> Exit {
-    let bearer = match token.map(|t| format!("Bearer {t}").parse()).transpose() {
-        Ok(value) => Bearer(value),
+    let stamp = match token.map(|t| format!("Bearer {t}").parse()).transpose() {
+        Ok(bearer) => Stamp { bearer, repository },
         Err(_) => {
             return Exit::usage(
                 "--token holds characters a request header cannot carry; use the token as \
@@ -78,7 +82,7 @@ pub fn run(
             Err(e @ crate::tls::ConnectError::Settings(_)) => return Exit::usage(e.to_string()),
             Err(e) => return runtime_error(e.to_string()),
         };
-        let client = AdminServiceClient::with_interceptor(channel, bearer);
+        let client = AdminServiceClient::with_interceptor(channel, stamp);
         match execute(server, client, format, command).await {
             Ok(exit) | Err(exit) => exit,
         }
@@ -319,21 +323,28 @@ fn render_worker(w: &WorkerView, now: u64) -> String {
     out
 }
 
-type Client = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+type Client = AdminServiceClient<InterceptedService<Channel, Stamp>>;
 
-/// Adds the operator token (`--token`) to every request.
+/// Adds the operator token (`--token`) and the repository hyperloopctl stands in to every
+/// request.
 #[derive(Clone)]
-struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+struct Stamp {
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    repository: Option<Repository>,
+}
 
-impl tonic::service::Interceptor for Bearer {
+impl tonic::service::Interceptor for Stamp {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
+        if let Some(value) = &self.bearer {
             request
                 .metadata_mut()
                 .insert(crate::admin::AUTHORIZATION, value.clone());
+        }
+        if let Some(repository) = &self.repository {
+            repository.stamp(request.metadata_mut());
         }
         Ok(request)
     }

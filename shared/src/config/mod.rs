@@ -92,6 +92,10 @@ pub struct Config {
     pub branch_prefix: String,
     /// The coordinator's gRPC endpoint.
     pub listen: SocketAddr,
+    /// `listen` was not set anywhere: a single-host coordinator may take another loopback
+    /// port when the default one is in use (another repository's coordinator on this host).
+    #[serde(skip)]
+    pub listen_defaulted: bool,
     /// The URL others reach that endpoint at (the leader announces it to standbys, which
     /// send workers there); `None` = derived from `listen`.
     pub advertise: Option<String>,
@@ -481,6 +485,7 @@ impl Default for Config {
             max_spec_bytes: 256 * 1024,
             branch_prefix: "hyperloop/".to_owned(),
             listen: loopback(7070),
+            listen_defaulted: true,
             advertise: None,
             tls: TlsConfig::default(),
             join_token_env: "HYPERLOOP_JOIN_TOKEN".to_owned(),
@@ -780,7 +785,8 @@ impl Resolver<'_> {
             .or_else(|| env.get(&join_token_env).cloned())
             .filter(|token| !token.is_empty())
             .map(Secret);
-        let listen = self.get("listen", socket_addr).unwrap_or(d.listen);
+        let listen_set = self.get("listen", socket_addr);
+        let listen = listen_set.unwrap_or(d.listen);
         if !listen.ip().is_loopback() && join_token.is_none() {
             self.errors.push(ConfigError::ListenWithoutToken {
                 addr: listen.to_string(),
@@ -835,6 +841,7 @@ impl Resolver<'_> {
                 )
                 .unwrap_or(d.branch_prefix),
             listen,
+            listen_defaulted: listen_set.is_none(),
             advertise: self.get(
                 "advertise",
                 string_where("a URL like https://coordinator-1:7070", is_http_url),

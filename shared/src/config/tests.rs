@@ -32,6 +32,10 @@ fn check_with(
     if expected.target.repo.is_some() {
         expected.target.repo_from_origin = false;
     }
+    // An address given is never moved.
+    if expected.listen != Config::default().listen {
+        expected.listen_defaulted = false;
+    }
     // Likewise a base branch given is never taken from the checkout.
     if expected.target.base_branch != Config::default().target.base_branch {
         expected.target.base_branch_from_checkout = false;
