@@ -266,7 +266,15 @@ fn pipeline_tree(out: &mut String, steps: &[Step], depth: usize, process: &Proce
     let indent = "  ".repeat(depth);
     for step in steps {
         let _ = match step {
-            Step::Agent(role) => writeln!(out, "{indent}- agent {role}"),
+            Step::Agent(role) => match process.checks.get(role) {
+                Some(names) if names.is_empty() => {
+                    writeln!(out, "{indent}- agent {role} (checks: none)")
+                }
+                Some(names) => {
+                    writeln!(out, "{indent}- agent {role} (checks: {})", names.join(", "))
+                }
+                None => writeln!(out, "{indent}- agent {role}"),
+            },
             Step::Gate(name) => {
                 let kind = process.gates.get(name).map_or("?", |g| g.kind.type_name());
                 writeln!(out, "{indent}- gate {name} ({kind})")

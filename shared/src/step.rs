@@ -30,6 +30,9 @@ pub struct StepOrder {
     pub runtime: RuntimeSettings,
     /// Wall-clock deadline (ms since the epoch) after which the attempt is given up.
     pub deadline_ms: u64,
+    /// The checks the process names for this role (`checks:`), run in order after a pass;
+    /// `None` = the default (every check, for implementers and verifiers).
+    pub checks: Option<Vec<String>>,
 }
 
 /// How the worker runs the agent.

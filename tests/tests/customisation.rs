@@ -503,6 +503,22 @@ fi
 echo \"checked $HYPERLOOP_ROLE $HYPERLOOP_ROUND\" >> \"$SCRIPTED_LOG\"
 ";
 
+/// Sets the execute bit of `files` in the project's history (as `git add` of an executable
+/// records it) and brings the project's checkout up to date.
+fn make_executable(tmp: &Path, project: &Path, files: &[&str]) {
+    let src = tmp.join("src");
+    for file in files {
+        git(&src, &["update-index", "--chmod=+x", file]);
+    }
+    git(&src, &["commit", "-qm", "checks are executable"]);
+    let origin = tmp.join("origin.git");
+    git(
+        &src,
+        &["push", "-q", origin.to_str().expect("utf-8"), "main"],
+    );
+    git(project, &["pull", "-q"]);
+}
+
 #[test]
 fn a_failing_check_fails_the_round_with_its_output_and_a_passing_one_lets_the_task_land() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -514,23 +530,7 @@ fn a_failing_check_fails_the_round_with_its_output_and_a_passing_one_lets_the_ta
             (".hyperloop/checks/.gitkeep", ""),
         ],
     );
-    // The execute bit must be in the commit, as `git add` of an executable records it.
-    let src = tmp.path().join("src");
-    git(
-        &src,
-        &["update-index", "--chmod=+x", ".hyperloop/checks/rule"],
-    );
-    git(&src, &["commit", "-qm", "rule is executable"]);
-    git(
-        &src,
-        &[
-            "push",
-            "-q",
-            tmp.path().join("origin.git").to_str().expect("utf-8"),
-            "main",
-        ],
-    );
-    git(&p, &["pull", "-q"]);
+    make_executable(tmp.path(), &p, &[".hyperloop/checks/rule"]);
     let log = tmp.path().join("steps.log");
     let out = run_to_end(&p, &log, &[]);
     let (code, _, err) = text(&out);
@@ -549,5 +549,69 @@ fn a_failing_check_fails_the_round_with_its_output_and_a_passing_one_lets_the_ta
             && reviews.contains("CHECK-FAIL-4X: work files need a round stamp")
             && reviews.contains("stderr line of the check"),
         "the finding carries the check's output: {reviews}"
+    );
+}
+
+/// Seed 000's process file with `checks:` naming, per role, the checks to run.
+const PROCESS_NAMING_CHECKS: &str = "apiVersion: hyperloop.io/v1
+kind: Process
+metadata:
+  name: default
+pipeline:
+  - loop:
+      - agent: implementer
+      - agent: verifier
+  - action: merge-pr
+checks:
+  implementer: [rule]
+  verifier: []
+";
+
+#[test]
+fn a_process_naming_checks_runs_exactly_those_for_each_role() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = scripted_project(
+        tmp.path(),
+        "overlay: .hyperloop/agents/\n",
+        &[
+            (
+                ".hyperloop/agents/process/process.yaml",
+                PROCESS_NAMING_CHECKS,
+            ),
+            (".hyperloop/checks/rule", CHECK_RULE),
+            (
+                ".hyperloop/checks/never",
+                "#!/bin/sh\necho NEVER-RUN-7Q\nexit 1\n",
+            ),
+        ],
+    );
+    make_executable(
+        tmp.path(),
+        &p,
+        &[".hyperloop/checks/rule", ".hyperloop/checks/never"],
+    );
+    let (code, plan, err) = text(&coordinator(&p, &["run", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        plan.contains("- agent implementer (checks: rule)")
+            && plan.contains("- agent verifier (checks: none)"),
+        "{plan}"
+    );
+    let log = tmp.path().join("steps.log");
+    let out = run_to_end(&p, &log, &[]);
+    let (code, _, err) = text(&out);
+    assert_eq!(code, 0, "{err}");
+    let steps = std::fs::read_to_string(&log).unwrap_or_default();
+    // `rule` overruled round 0's implementer; the verifier, named with no checks, ran none.
+    assert!(!steps.contains("verifier task-001 0"), "{steps}");
+    // Later implementer passes were checked, and passed the check.
+    assert!(steps.contains("checked implementer "), "{steps}");
+    assert!(!steps.contains("checked verifier"), "{steps}");
+    let reviews =
+        hyperloop_tests::repo::git(&p, &["log", "-p", "refs/hyperloop/state", "--format="]);
+    assert!(reviews.contains("CHECK-FAIL-4X"), "{reviews}");
+    assert!(
+        !reviews.contains("NEVER-RUN-7Q"),
+        "`never` is not named: {reviews}"
     );
 }

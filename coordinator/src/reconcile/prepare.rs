@@ -287,6 +287,7 @@ impl<P: SpecSource> Preparer<'_, P> {
             deadline_ms: self
                 .now_ms
                 .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            checks: core.project().process.checks.get(role).cloned(),
         }
     }
 }

@@ -257,6 +257,9 @@ pub struct Process {
     /// Declared actions plus the built-ins `merge-pr` and `mark-pr-ready`.
     pub actions: BTreeMap<String, ActionKind>,
     pub hooks: Hooks,
+    /// `checks:`: for an agent role, exactly the checks (`.hyperloop/checks/<name>`) run
+    /// after it reports pass, in order; roles not listed get the default.
+    pub checks: BTreeMap<String, Vec<String>>,
 }
 
 /// A gate definition from `gates:`.

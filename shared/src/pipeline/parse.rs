@@ -26,6 +26,7 @@ const TOP_KEYS: &[&str] = &[
     "gates",
     "actions",
     "hooks",
+    "checks",
 ];
 const STEP_KEYS: &[&str] = &["agent", "role", "gate", "action", "loop"];
 const GATE_KEYS: &[&str] = &["type", "label", "require", "reviewers", "run", "timeout"];
@@ -163,6 +164,22 @@ pub enum ProblemKind {
     },
     #[error("missing `type`; set one of: {}", .expected.join(", "))]
     MissingType { expected: &'static [&'static str] },
+    #[error(
+        "no agent step of the pipeline has role `{role}`; {}name checks for a role the \
+         pipeline runs ({})",
+        did_you_mean(.suggestion),
+        .roles.join(", ")
+    )]
+    ChecksForUnknownRole {
+        role: String,
+        suggestion: Option<String>,
+        roles: Vec<String>,
+    },
+    #[error(
+        "`{name}` is not a check name; name an executable file directly in \
+         .hyperloop/checks/ (no `/`, not starting with `.`), e.g. `lint`"
+    )]
+    InvalidCheckName { name: String },
     #[error("unknown gate type `{found}`; {}use one of: {}", did_you_mean(.suggestion), GATE_TYPES.join(", "))]
     UnknownGateType {
         found: String,
@@ -368,6 +385,7 @@ fn parse_process<S: AsRef<str>>(doc: &Value, agents: &[S], p: &mut Problems) -> 
 
     let agents: BTreeSet<&str> = agents.iter().map(AsRef::as_ref).collect();
     check_references(&steps, &mut Vec::new(), &gates, &actions, &agents, p);
+    let checks = parse_checks(map.get("checks"), &steps, p);
 
     Some(Process {
         name: name?,
@@ -376,6 +394,7 @@ fn parse_process<S: AsRef<str>>(doc: &Value, agents: &[S], p: &mut Problems) -> 
         gates,
         actions,
         hooks,
+        checks,
     })
 }
 
@@ -915,6 +934,81 @@ fn parse_hooks(v: Option<&Value>, p: &mut Problems) -> Hooks {
     hooks
 }
 
+/// `checks: {ROLE: [NAME, ...]}`: the checks run after an agent of that role reports pass,
+/// in order, instead of the default (every executable in `.hyperloop/checks/` after an
+/// implementer or verifier). Roles must be agent steps of the pipeline.
+fn parse_checks(
+    v: Option<&Value>,
+    steps: &[Step],
+    p: &mut Problems,
+) -> BTreeMap<String, Vec<String>> {
+    let mut checks = BTreeMap::new();
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return checks;
+    };
+    let Some(map) = v.as_mapping() else {
+        p.push(
+            "checks",
+            ProblemKind::WrongType {
+                expected: "a mapping from agent role to check names, e.g. `implementer: [lint]`",
+            },
+        );
+        return checks;
+    };
+    let mut roles = BTreeSet::new();
+    for_each_agent(steps, &mut |role| {
+        roles.insert(role.to_owned());
+    });
+    for (role, names) in map {
+        let role = key_text(role);
+        let at = join("checks", &role);
+        if !roles.contains(&role) {
+            p.push(
+                at.clone(),
+                ProblemKind::ChecksForUnknownRole {
+                    suggestion: closest(&role, roles.iter().map(String::as_str)),
+                    role: role.clone(),
+                    roles: roles.iter().cloned().collect(),
+                },
+            );
+        }
+        let listed = names.as_sequence().map(|seq| {
+            seq.iter()
+                .map(|n| n.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+        });
+        let Some(Some(listed)) = listed else {
+            p.push(
+                at,
+                ProblemKind::WrongType {
+                    expected: "a list of check names, e.g. `[lint, unit-tests]` (`[]` for none)",
+                },
+            );
+            continue;
+        };
+        for name in &listed {
+            if name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']) {
+                p.push(
+                    at.clone(),
+                    ProblemKind::InvalidCheckName { name: name.clone() },
+                );
+            }
+        }
+        checks.insert(role, listed);
+    }
+    checks
+}
+
+fn for_each_agent<'a>(steps: &'a [Step], f: &mut impl FnMut(&'a str)) {
+    for step in steps {
+        match step {
+            Step::Agent(role) => f(role),
+            Step::Loop(children) => for_each_agent(children, f),
+            Step::Gate(_) | Step::Action(_) => {}
+        }
+    }
+}
+
 /// The candidate closest to `word` by edit distance (with transpositions), if it is close
 /// enough to be a plausible typo.
 pub(crate) fn closest<'a>(
@@ -1176,6 +1270,36 @@ hooks:
         for (body, expected) in cases {
             check_err(body, expected);
         }
+    }
+
+    #[test]
+    fn checks_name_per_role_the_checks_to_run_and_bad_ones_name_the_fix() {
+        let p = parse(
+            "pipeline:\n  - loop: [{agent: implementer}, {agent: security-reviewer}]\n\
+             checks:\n  implementer: [lint, unit-tests]\n  security-reviewer: []\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            p.checks,
+            BTreeMap::from([
+                (
+                    "implementer".to_owned(),
+                    vec!["lint".to_owned(), "unit-tests".to_owned()]
+                ),
+                ("security-reviewer".to_owned(), Vec::new()),
+            ])
+        );
+        check_err(
+            "pipeline: [{agent: implementer}]\n\
+             checks: {implementor: [lint], implementer: [../x, .hidden], verifier: lint}\n",
+            &[
+                "checks.implementor: no agent step of the pipeline has role `implementor`; did you mean `implementer`? name checks for a role the pipeline runs (implementer)",
+                "checks.implementer: `../x` is not a check name; name an executable file directly in .hyperloop/checks/ (no `/`, not starting with `.`), e.g. `lint`",
+                "checks.implementer: `.hidden` is not a check name; name an executable file directly in .hyperloop/checks/ (no `/`, not starting with `.`), e.g. `lint`",
+                "checks.verifier: no agent step of the pipeline has role `verifier`; name checks for a role the pipeline runs (implementer)",
+                "checks.verifier: expected a list of check names, e.g. `[lint, unit-tests]` (`[]` for none)",
+            ],
+        );
     }
 
     #[test]

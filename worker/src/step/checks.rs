@@ -33,7 +33,6 @@ const OUTPUT_TAIL_LINES: usize = 40;
 /// The executables in `worktree`'s checks folder, sorted by name. Hidden files (`.gitkeep`)
 /// and files without an execute bit are not checks.
 pub fn discover(worktree: &Path) -> Vec<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
     let mut checks: Vec<PathBuf> = std::fs::read_dir(worktree.join(CHECKS_DIR))
         .into_iter()
         .flatten()
@@ -42,12 +41,37 @@ pub fn discover(worktree: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             !p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                && std::fs::metadata(p)
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                && is_executable(p)
         })
         .collect();
     checks.sort();
     checks
+}
+
+/// The checks the process names (`checks:` for `role`), in the order given; a name that is
+/// not an executable file in the checks folder fails the round with a finding saying so.
+pub fn named(worktree: &Path, names: &[String], role: &str) -> Result<Vec<PathBuf>, String> {
+    names
+        .iter()
+        .map(|name| {
+            let path = worktree.join(CHECKS_DIR).join(name);
+            if is_executable(&path) {
+                Ok(path)
+            } else {
+                Err(format!(
+                    "The agent reported pass, but check `{name}`, which the process runs after \
+                     every `{role}` (`checks:`), is not an executable file at \
+                     {CHECKS_DIR}/{name}; this round fails. Add it and make it executable \
+                     (chmod +x), or remove it from `checks:` in the process definition."
+                ))
+            }
+        })
+        .collect()
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// How a process is launched for a check: everything but the program as for the agent.
@@ -171,6 +195,36 @@ impl OutputParser for Collect {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn named_checks_come_in_the_order_given_and_a_missing_one_is_a_finding() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let checks = dir.path().join(CHECKS_DIR);
+        std::fs::create_dir_all(&checks).unwrap();
+        for name in ["a", "b", "plain"] {
+            std::fs::write(checks.join(name), "#!/bin/sh\n").unwrap();
+        }
+        for name in ["a", "b"] {
+            std::fs::set_permissions(checks.join(name), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            named(dir.path(), &names(&["b", "a"]), "implementer").unwrap(),
+            [checks.join("b"), checks.join("a")]
+        );
+        for missing in ["gone", "plain"] {
+            let finding = named(dir.path(), &names(&["a", missing]), "reviewer").unwrap_err();
+            assert!(
+                finding.contains(&format!(
+                    "check `{missing}`, which the process runs after every `reviewer` \
+                     (`checks:`), is not an executable file at .hyperloop/checks/{missing}"
+                )),
+                "{finding}"
+            );
+        }
+    }
 
     #[test]
     fn only_visible_executable_files_are_checks_in_name_order() {

@@ -435,7 +435,7 @@ async fn run_in_worktree(
             let outcome = evaluate_bytes(bytes.as_deref(), &plan.expected);
             apply_outcome(report, outcome);
             if report.verdict == Verdict::Pass
-                && CHECKED_ROLES.contains(&plan.expected.role.as_str())
+                && (plan.checks.is_some() || CHECKED_ROLES.contains(&plan.expected.role.as_str()))
             {
                 let checked = Checked {
                     launch: &check_launch,
@@ -477,7 +477,19 @@ async fn run_checks(
         sink,
         started,
     } = *checked;
-    let found = checks::discover(&launch.cwd);
+    let found = match &plan.checks {
+        None => checks::discover(&launch.cwd),
+        Some(names) => match checks::named(&launch.cwd, names, &plan.expected.role) {
+            Ok(found) => found,
+            Err(finding) => {
+                let summary = std::mem::take(&mut report.detail);
+                return report.fail(
+                    FailureCause::Unspecified,
+                    format!("{finding}\n\nThe agent's own report said:\n\n{summary}"),
+                );
+            }
+        },
+    };
     if found.is_empty() {
         return;
     }

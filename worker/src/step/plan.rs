@@ -85,6 +85,8 @@ pub(crate) struct StepPlan {
     pub extra_env: HashMap<String, String>,
     /// Who the agent commits as if git in its worktree has no identity.
     pub git_identity: GitIdentity,
+    /// The checks the process names for this step (`None`: the default set).
+    pub checks: Option<Vec<String>>,
 }
 
 impl StepPlan {
@@ -179,6 +181,18 @@ impl StepPlan {
         if let Some(deadline) = assign.deadline.and_then(|d| SystemTime::try_from(d).ok()) {
             timeout = timeout.min(deadline.duration_since(now).unwrap_or(Duration::ZERO));
         }
+        let checks = assign.checks.as_ref().map(|list| list.names.clone());
+        // A name is a file directly in the checks folder: it cannot point anywhere else.
+        if let Some(bad) = checks
+            .iter()
+            .flatten()
+            .find(|name| name.is_empty() || name.starts_with('.') || name.contains(['/', '\0']))
+        {
+            return Err(InvalidAssign::new(
+                "checks",
+                format!("{bad:?} is not the name of a file in .hyperloop/checks/"),
+            ));
+        }
         let spec_ref = assign
             .spec_ref
             .as_ref()
@@ -207,6 +221,7 @@ impl StepPlan {
                     email: id.email.clone(),
                 })
                 .unwrap_or_default(),
+            checks,
         })
     }
 }
@@ -292,6 +307,16 @@ mod tests {
         );
         check(|a| a.runtime.as_mut().unwrap().kind = 99, "runtime.kind");
         check(|a| a.runtime = None, "runtime");
+        for name in ["../../bin/sh", ".x", ""] {
+            check(
+                |a| {
+                    a.checks = Some(hyperloop_proto::v1::CheckList {
+                        names: vec![name.to_owned()],
+                    });
+                },
+                "checks",
+            );
+        }
     }
 
     #[test]

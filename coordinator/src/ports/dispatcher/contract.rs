@@ -40,6 +40,7 @@ pub fn order(attempt: AttemptId) -> StepOrder {
             git_identity: Default::default(),
         },
         deadline_ms: 0,
+        checks: None,
     }
 }
 
