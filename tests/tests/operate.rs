@@ -267,7 +267,11 @@ impl Site {
         let mut cmd = self.command(coordinator_bin().with_file_name("hyperloopctl"), &name);
         // Its stdout separately: the JSON a test parses.
         let stdout = std::fs::File::create(self.file(&format!("{name}.out"))).expect("out file");
-        cmd.args(["--server", &self.url]).args(tls).args(args);
+        // Standing in the repository, as an operator does: the coordinator serves only that.
+        cmd.args(["--server", &self.url])
+            .args(tls)
+            .args(args)
+            .current_dir(&self.repo.checkout);
         cmd.stdout(stdout);
         let child = cmd.spawn().expect("hyperloopctl starts");
         let status = self.await_exit(child, &format!("hyperloopctl {}", args.join(" ")));
@@ -694,6 +698,7 @@ fn status_lists_the_worker_and_logs_follow_a_running_step() {
 fn follow_logs(site: &Site, task: &str, expected: &str) -> String {
     let mut cmd = site.command(coordinator_bin().with_file_name("hyperloopctl"), "logs");
     cmd.args(["--server", &site.url, "logs", task, "-f"])
+        .current_dir(&site.repo.checkout)
         .stdout(Stdio::piped());
     let mut child = cmd.spawn().expect("hyperloopctl logs starts");
     let stdout = child.stdout.take().expect("stdout");

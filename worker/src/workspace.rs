@@ -715,12 +715,25 @@ async fn read_gitdir(worktree: &Path) -> Option<PathBuf> {
 
 /// Writes `text` to `path`, replacing a symlink rather than following it.
 async fn write_replacing(path: &Path, text: String) -> std::io::Result<()> {
-    match tokio::fs::remove_file(path).await {
+    // A fresh file renamed over the old entry: whatever the agent left there (a symlink
+    // included) is replaced, never written through, and git in another step's `worktree add`
+    // (which reads every worktree's admin files) never sees the file missing or empty.
+    let mut fresh = path.as_os_str().to_owned();
+    fresh.push(".hyperloop-new");
+    let fresh = PathBuf::from(fresh);
+    match tokio::fs::remove_file(&fresh).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    tokio::fs::write(path, text).await
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&fresh)
+        .await?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, text.as_bytes()).await?;
+    drop(file);
+    tokio::fs::rename(&fresh, path).await
 }
 
 /// Pushes `branch` to `url`, overwriting only the commit we started from

@@ -1173,8 +1173,11 @@ agent:
         load_all(yaml, &[], &Overrides::default()).expect("valid"),
     ] {
         let text = serde_yaml::to_string(&config).expect("serializable");
-        let reloaded = load_all(&text, &[], &Overrides::default())
+        let mut reloaded = load_all(&text, &[], &Overrides::default())
             .unwrap_or_else(|e| panic!("{e}\nin:\n{text}"));
+        // The printed form spells the default address out, which then counts as chosen.
+        assert_eq!(reloaded.listen, config.listen);
+        reloaded.listen_defaulted = config.listen_defaulted;
         assert_eq!(reloaded, config, "round trip of:\n{text}");
     }
 }

@@ -1443,7 +1443,7 @@ hooks:
             [
                 "kind: this resource is `kind: Agent`; a process definition needs `kind: Process`",
                 "apiVersion: unsupported apiVersion `hyperloop.io/v2`; use `apiVersion: hyperloop.io/v1`",
-                "pipline: unknown key `pipline`; did you mean `pipeline`? allowed keys here: apiVersion, kind, metadata, name, pipeline, gates, actions, hooks",
+                "pipline: unknown key `pipline`; did you mean `pipeline`? allowed keys here: apiVersion, kind, metadata, name, pipeline, gates, actions, hooks, checks",
                 "metadata.name: the process has no name; set `metadata: {name: default}`",
                 "pipeline: the pipeline has no steps; add at least one, e.g. `pipeline: [{loop: [{agent: implementer}, {agent: verifier}]}, {action: merge-pr}]`",
             ]
