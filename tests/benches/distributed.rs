@@ -30,9 +30,12 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use hyperloop_coordinator::adapters::etcd_store::EtcdStore;
 use hyperloop_coordinator::ports::state_store::StateStore;
+use hyperloop_etcd::etcdserverpb::{
+    Compare, PutRequest, RequestOp, TxnRequest, compare::CompareResult,
+};
+use hyperloop_etcd::{Client, Options};
 use hyperloop_proto::PROTOCOL_VERSION;
 use hyperloop_proto::v1::{
     self, coordinator_message::Body as Tell, worker_message::Body,
@@ -236,34 +239,33 @@ fn proposals_committed(endpoint: &str) -> u64 {
 
 /// Serial round trips of a fenced put, and their rate.
 async fn raw_txns(endpoint: &str) -> (Vec<Duration>, f64) {
-    let mut client = Client::connect([endpoint], None)
-        .await
-        .expect("etcd client");
+    let client = Client::connect(&[endpoint], &Options::default()).expect("etcd client");
     let fence = client
-        .put("/bench-raw/fence", "leader", None)
+        .put(PutRequest::new("/bench-raw/fence", "leader"))
         .await
         .expect("fence put")
-        .header()
+        .header
         .expect("header")
-        .revision();
+        .revision;
     let value = "x".repeat(RECORD_BYTES);
     let mut rtt = Vec::with_capacity(RAW_TXNS);
     let started = Instant::now();
     for i in 0..RAW_TXNS {
         let t = Instant::now();
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
+        let txn = TxnRequest {
+            compare: vec![Compare::create_revision(
                 "/bench-raw/fence",
-                CompareOp::Equal,
+                CompareResult::Equal,
                 fence,
-            )])
-            .and_then(vec![TxnOp::put(
+            )],
+            success: vec![RequestOp::put(
                 format!("/bench-raw/rec/{:03}", i % 100),
                 value.clone(),
-                None,
-            )]);
+            )],
+            failure: vec![],
+        };
         let resp = client.txn(txn).await.expect("txn");
-        assert!(resp.succeeded(), "the fence compare holds");
+        assert!(resp.succeeded, "the fence compare holds");
         rtt.push(t.elapsed());
     }
     let rate = RAW_TXNS as f64 / started.elapsed().as_secs_f64();

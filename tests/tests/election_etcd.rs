@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::Client;
 use hyperloop_coordinator::adapters::etcd_election::EtcdElection;
 use hyperloop_coordinator::adapters::etcd_store::EtcdStore;
 use hyperloop_coordinator::ports::election::contract::Harness;
 use hyperloop_coordinator::ports::election::{Election, ElectionError, Leadership};
 use hyperloop_coordinator::ports::state_store::contract;
 use hyperloop_coordinator::ports::state_store::{Change, Revision, StateStore};
+use hyperloop_etcd::{Client, Options};
 use hyperloop_tests::etcd::{Etcd, EtcdCluster};
 
 /// etcd's minimum lease TTL with its default heartbeat (it raises 1 s to 2 s).
@@ -45,8 +45,8 @@ impl Harness for Backing {
             .fence
             .as_ref()
             .expect("etcd leadership is fenced");
-        let mut client = Client::connect([&self.etcd.endpoint], None).await.unwrap();
-        let lease = client.get(fence.key.clone(), None).await.unwrap().kvs()[0].lease();
+        let client = Client::connect(&[&self.etcd.endpoint], &Options::default()).unwrap();
+        let lease = client.get(fence.key.clone()).await.unwrap().unwrap().lease;
         client.lease_revoke(lease).await.unwrap();
         true
     }

@@ -4,10 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use hyperloop_coordinator::adapters::etcd_store::{EtcdStore, Fence};
 use hyperloop_coordinator::ports::state_store::contract::{self, Corruption, Harness};
 use hyperloop_coordinator::ports::state_store::{Change, Revision, StateStore, StoreError};
+use hyperloop_etcd::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare::CompareResult,
+};
+use hyperloop_etcd::{Client, Options, prefix_end};
 use hyperloop_shared::model::TaskId;
 use hyperloop_tests::etcd::{Etcd, EtcdCluster};
 
@@ -48,13 +51,14 @@ fn with_client<T: Send + 'static>(
             .enable_all()
             .build()
             .unwrap()
-            .block_on(async move {
-                let client = Client::connect([endpoint], None).await.unwrap();
-                f(client).await
-            })
+            .block_on(async move { f(connect(&endpoint)).await })
     })
     .join()
     .unwrap()
+}
+
+fn connect(endpoint: &str) -> Client {
+    Client::connect(&[endpoint], &Options::default()).unwrap()
 }
 
 impl Harness for Backing {
@@ -74,8 +78,8 @@ impl Harness for Backing {
             Corruption::UnknownKey => format!("{}/tasks/notes.txt", self.prefix),
         };
         let put = key.clone();
-        with_client(&self.etcd.endpoint, async move |mut client| {
-            client.put(put, "{not json", None).await.unwrap();
+        with_client(&self.etcd.endpoint, async move |client| {
+            client.put(PutRequest::new(put, "{not json")).await.unwrap();
         });
         Some(key)
     }
@@ -221,15 +225,14 @@ async fn trimming_keeps_the_newest_events_across_big_batches() {
         .collect();
     assert_eq!(seqs, (1_301..=2_500).collect::<Vec<_>>());
     assert_eq!(store.events(1_999, 2).await.unwrap()[0].seq, 2_000);
-    let count = with_client(&backing.etcd.endpoint, async |mut client| {
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_count_only();
-        client
-            .get("/hyperloop/events/", Some(options))
-            .await
-            .unwrap()
-            .count()
+    let count = with_client(&backing.etcd.endpoint, async |client| {
+        let events = RangeRequest {
+            key: b"/hyperloop/events/".to_vec(),
+            range_end: prefix_end(b"/hyperloop/events/"),
+            count_only: true,
+            ..RangeRequest::default()
+        };
+        client.range(events).await.unwrap().count
     });
     assert_eq!(count, 1_200, "trimmed events are deleted, not hidden");
 }
@@ -238,16 +241,16 @@ async fn trimming_keeps_the_newest_events_across_big_batches() {
 async fn a_deposed_leaders_fenced_apply_fails_and_writes_nothing() {
     let backing = Backing::new(10);
     let endpoint = backing.etcd.endpoint.clone();
-    let mut client = Client::connect([endpoint], None).await.unwrap();
-    let lease = client.lease_grant(30, None).await.unwrap().id();
-    let mut elected = client
+    let client = connect(&endpoint);
+    let lease = client.lease_grant(30).await.unwrap().id;
+    let elected = client
         .campaign("/hyperloop-election", "coordinator-a", lease)
         .await
         .unwrap();
-    let leader = elected.take_leader().unwrap();
+    let leader = elected.leader.unwrap();
     let fence = Fence {
-        key: leader.key().to_vec(),
-        create_revision: leader.rev(),
+        key: leader.key,
+        create_revision: leader.rev,
     };
     let store = backing.open().with_fence(fence);
     store
@@ -257,7 +260,7 @@ async fn a_deposed_leaders_fenced_apply_fails_and_writes_nothing() {
 
     // Another coordinator takes over: this one's lease is gone, and with it its key.
     client.lease_revoke(lease).await.unwrap();
-    let lease_b = client.lease_grant(30, None).await.unwrap().id();
+    let lease_b = client.lease_grant(30).await.unwrap().id;
     client
         .campaign("/hyperloop-election", "coordinator-b", lease_b)
         .await
@@ -293,14 +296,14 @@ async fn a_write_behind_the_stores_back_is_a_conflict_not_a_lost_update() {
     store.apply(Revision(0), vec![]).await.unwrap(); // caches the revision record
     // Another program rewrites the revision record with the same content.
     let key = store.key("revision");
-    with_client(&backing.etcd.endpoint, async move |mut client| {
-        let value = client.get(key.as_str(), None).await.unwrap().kvs()[0]
-            .value()
-            .to_vec();
-        let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Greater, 0)])
-            .and_then([TxnOp::put(key.as_str(), value, None)]);
-        assert!(client.txn(txn).await.unwrap().succeeded());
+    with_client(&backing.etcd.endpoint, async move |client| {
+        let value = client.get(key.as_str()).await.unwrap().unwrap().value;
+        let txn = TxnRequest {
+            compare: vec![Compare::version(key.as_str(), CompareResult::Greater, 0)],
+            success: vec![RequestOp::put(key.as_str(), value)],
+            failure: vec![],
+        };
+        assert!(client.txn(txn).await.unwrap().succeeded);
     });
     let err = store.apply(Revision(1), vec![]).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");

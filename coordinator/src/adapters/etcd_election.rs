@@ -20,10 +20,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, LeaseClient, LeaseKeepAliveStream, LeaseKeeper,
-    SortOrder, SortTarget, WatchOptions,
-};
+use hyperloop_etcd::etcdserverpb::{RangeRequest, WatchCreateRequest, range_request};
+use hyperloop_etcd::mvccpb::event::EventType;
+use hyperloop_etcd::{Client, Error, LeaseKeepAlive, Options, prefix_end};
 use tokio::sync::OnceCell;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +42,6 @@ const MARGIN_DIVISOR: u32 = 6;
 #[derive(Clone)]
 pub struct EtcdElection {
     endpoints: Arc<[String]>,
-    options: ConnectOptions,
     client: Arc<OnceCell<Client>>,
     /// `<prefix>/election`; candidates' keys are `<name>/<lease id>`.
     name: Arc<str>,
@@ -64,20 +62,8 @@ impl EtcdElection {
     /// A candidate over `endpoints` in the election under `<prefix>/election` (`prefix` as
     /// the state store's). It connects on first use.
     pub fn new(endpoints: &[String], prefix: &str) -> Self {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            // A member cut off from its cluster must not renew leases or keep watches.
-            .with_require_leader(true);
-        Self::with_options(endpoints, options, prefix)
-    }
-
-    /// Like [`EtcdElection::new`] with the caller's connect options (TLS, user). They must
-    /// not set a request timeout (`with_timeout`): a campaign waits for as long as another
-    /// candidate leads. Short calls are bounded here.
-    pub fn with_options(endpoints: &[String], options: ConnectOptions, prefix: &str) -> Self {
         Self {
             endpoints: endpoints.into(),
-            options,
             client: Arc::new(OnceCell::new()),
             name: Prefix::new(prefix).key(layout::ELECTION).into(),
             ttl: DEFAULT_TTL,
@@ -98,15 +84,24 @@ impl EtcdElection {
 
     async fn client(&self) -> Result<Client, ElectionError> {
         self.client
-            .get_or_try_init(|| {
-                Client::connect(self.endpoints.as_ref(), Some(self.options.clone()))
+            .get_or_try_init(|| async {
+                let options = Options {
+                    connect_timeout: Some(CONNECT_TIMEOUT),
+                    // None: a campaign waits for as long as another candidate leads. Short
+                    // calls are bounded here.
+                    request_timeout: None,
+                    // A member cut off from its cluster must not renew leases or keep
+                    // watches.
+                    require_leader: true,
+                };
+                Client::connect(&self.endpoints[..], &options)
             })
             .await
             .cloned()
             .map_err(|e| self.error("connect", &e))
     }
 
-    fn error(&self, operation: &'static str, error: &etcd_client::Error) -> ElectionError {
+    fn error(&self, operation: &'static str, error: &Error) -> ElectionError {
         classify(&self.endpoints, operation, error)
     }
 
@@ -125,16 +120,16 @@ impl Election for EtcdElection {
             .unwrap_or(i64::MAX)
             .max(1);
         let granted_at = Instant::now();
-        let grant = timeout(REQUEST_TIMEOUT, client.lease_client().grant(ttl_secs, None))
+        let grant = timeout(REQUEST_TIMEOUT, client.lease_grant(ttl_secs))
             .await
             .map_err(|_| self.timed_out("lease grant"))?
             .map_err(|e| self.error("lease grant", &e))?;
-        let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(0));
-        let lease = grant.id();
+        let ttl = Duration::from_secs(u64::try_from(grant.ttl).unwrap_or(0));
+        let lease = grant.id;
 
         let (lost, step_down) = (CancellationToken::new(), CancellationToken::new());
         let session = tokio::spawn(keep_alive(
-            client.lease_client(),
+            client.clone(),
             lease,
             ttl,
             granted_at + ttl,
@@ -145,9 +140,8 @@ impl Election for EtcdElection {
         // the lease, and with it this candidate's key).
         let unwon = step_down.clone().drop_guard();
 
-        let mut election = client.election_client();
         let won = tokio::select! {
-            won = election.campaign(self.name.as_bytes(), value, lease) => {
+            won = client.campaign(self.name.as_bytes(), value, lease) => {
                 won.map_err(|e| self.error("campaign", &e))?
             }
             () = lost.cancelled() => {
@@ -162,7 +156,7 @@ impl Election for EtcdElection {
                 });
             }
         };
-        let key = won.leader().map(|l| (l.key().to_vec(), l.rev()));
+        let key = won.leader.map(|l| (l.key, l.rev));
         let Some((key, create_revision)) = key else {
             return Err(ElectionError::Backend {
                 operation: "campaign",
@@ -192,22 +186,22 @@ impl Election for EtcdElection {
     async fn leader(&self) -> Result<Option<LeaderInfo>, ElectionError> {
         let client = self.client().await?;
         // What etcd's `Leader` call does, without its "no leader" error: the oldest key.
-        let options = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1);
-        let response = timeout(
-            REQUEST_TIMEOUT,
-            client
-                .kv_client()
-                .get(format!("{}/", self.name), Some(options)),
-        )
-        .await
-        .map_err(|_| self.timed_out("leader lookup"))?
-        .map_err(|e| self.error("leader lookup", &e))?;
-        Ok(response.kvs().first().map(|kv| LeaderInfo {
-            value: String::from_utf8_lossy(kv.value()).into_owned(),
-            term: u64::try_from(kv.create_revision()).unwrap_or(0),
+        let candidates = format!("{}/", self.name);
+        let oldest = RangeRequest {
+            range_end: prefix_end(candidates.as_bytes()),
+            key: candidates.into_bytes(),
+            sort_target: range_request::SortTarget::Create.into(),
+            sort_order: range_request::SortOrder::Ascend.into(),
+            limit: 1,
+            ..RangeRequest::default()
+        };
+        let response = timeout(REQUEST_TIMEOUT, client.range(oldest))
+            .await
+            .map_err(|_| self.timed_out("leader lookup"))?
+            .map_err(|e| self.error("leader lookup", &e))?;
+        Ok(response.kvs.first().map(|kv| LeaderInfo {
+            value: String::from_utf8_lossy(&kv.value).into_owned(),
+            term: u64::try_from(kv.create_revision).unwrap_or(0),
         }))
     }
 }
@@ -215,7 +209,7 @@ impl Election for EtcdElection {
 /// Keeps `lease` alive until `step_down` or `lost`, then revokes it. Fires `lost` when the
 /// lease is gone or may expire before the next renewal could land.
 async fn keep_alive(
-    mut leases: LeaseClient,
+    client: Client,
     lease: i64,
     ttl: Duration,
     mut valid_until: Instant,
@@ -224,13 +218,13 @@ async fn keep_alive(
 ) {
     let every = ttl / 3;
     let margin = ttl / MARGIN_DIVISOR;
-    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut stream: Option<LeaseKeepAlive> = None;
     loop {
         let sent = Instant::now();
         let renewed = tokio::select! {
             () = step_down.cancelled() => break,
             () = lost.cancelled() => break,
-            renewed = timeout(every, renew(&mut leases, lease, ttl, &mut stream)) => renewed,
+            renewed = timeout(every, renew(&client, lease, &mut stream)) => renewed,
         };
         match renewed {
             Ok(Ok(Some(left))) => valid_until = sent + left,
@@ -260,7 +254,7 @@ async fn keep_alive(
     }
     lost.cancel();
     // Best effort: a lease that cannot be revoked expires within its TTL anyway.
-    if let Ok(Err(e)) = timeout(REQUEST_TIMEOUT, leases.revoke(lease)).await
+    if let Ok(Err(e)) = timeout(REQUEST_TIMEOUT, client.lease_revoke(lease)).await
         && !e.to_string().contains("lease not found")
     {
         tracing::debug!(lease, error = %e, "revoking the election lease");
@@ -269,33 +263,20 @@ async fn keep_alive(
 
 /// One keep-alive round trip: `Some(remaining TTL)`, or `None` if the lease is gone.
 async fn renew(
-    leases: &mut LeaseClient,
+    client: &Client,
     lease: i64,
-    ttl: Duration,
-    stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-) -> Result<Option<Duration>, etcd_client::Error> {
-    let Some((keeper, responses)) = stream else {
-        // Opening the stream sends a first keep-alive and checks its answer.
-        return match leases.keep_alive(lease).await {
-            Ok((keeper, responses)) => {
-                *stream = Some((keeper, responses));
-                // etcd renewed it to its full TTL (the first answer is checked, not returned).
-                Ok(Some(ttl))
-            }
-            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(None),
-            Err(e) => Err(e),
-        };
+    stream: &mut Option<LeaseKeepAlive>,
+) -> Result<Option<Duration>, Error> {
+    let left = match stream {
+        Some(keeper) => keeper.renew().await?,
+        None => {
+            // Opening the stream renews once.
+            let (keeper, left) = client.lease_keep_alive(lease).await?;
+            *stream = Some(keeper);
+            left
+        }
     };
-    keeper.keep_alive().await?;
-    match responses.message().await? {
-        Some(answer) if answer.ttl() > 0 => Ok(Some(Duration::from_secs(
-            u64::try_from(answer.ttl()).unwrap_or(0),
-        ))),
-        Some(_) => Ok(None),
-        None => Err(etcd_client::Error::LeaseKeepAliveError(
-            "the keep-alive stream ended".into(),
-        )),
-    }
+    Ok(left.map(|secs| Duration::from_secs(u64::try_from(secs).unwrap_or(0))))
 }
 
 /// Fires `lost` when the leader key is deleted (lease expired or revoked, or removed by
@@ -328,18 +309,22 @@ async fn watch_once(
     client: &Client,
     key: &[u8],
     created: i64,
-) -> Result<Option<&'static str>, etcd_client::Error> {
-    let options = WatchOptions::new().with_start_revision(created);
-    let mut stream = client.watch_client().watch(key, Some(options)).await?;
-    while let Some(response) = stream.message().await? {
-        if response.canceled() {
+) -> Result<Option<&'static str>, Error> {
+    let request = WatchCreateRequest {
+        key: key.to_vec(),
+        start_revision: created,
+        ..WatchCreateRequest::default()
+    };
+    let mut watch = client.watch(request).await?;
+    while let Some(response) = watch.next().await? {
+        if response.canceled {
             // Compacted past the key's creation: whether it still exists is unknowable here.
             return Ok(Some("etcd cancelled the watch of the leader key"));
         }
         if response
-            .events()
+            .events
             .iter()
-            .any(|e| e.event_type() == EventType::Delete)
+            .any(|e| e.r#type() == EventType::Delete)
         {
             return Ok(Some("the leader key was deleted"));
         }
@@ -347,15 +332,11 @@ async fn watch_once(
     Ok(None)
 }
 
-fn classify(
-    endpoints: &[String],
-    operation: &'static str,
-    error: &etcd_client::Error,
-) -> ElectionError {
+fn classify(endpoints: &[String], operation: &'static str, error: &Error) -> ElectionError {
     use tonic::Code;
     let unreachable = match error {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => status.code() == Code::Unavailable,
+        Error::Unreachable { .. } => true,
+        Error::Status(status) => status.code() == Code::Unavailable,
         _ => false,
     };
     if unreachable {
@@ -364,7 +345,7 @@ fn classify(
             reason: format!("{operation}: {error}"),
         };
     }
-    if let etcd_client::Error::GRpcStatus(status) = error
+    if let Error::Status(status) = error
         && matches!(
             status.code(),
             Code::Unauthenticated | Code::PermissionDenied

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// What a leader's state-store writes are made conditional on: its election key and that
-/// key's create revision (what `etcd_client::LeaderKey` carries). When the leadership ends,
+/// key's create revision (the leader key etcd's election service answers a campaign with).
+/// When the leadership ends,
 /// the key is deleted (create revision 0) or re-created by the next leader (a new create
 /// revision), so every later fenced write of the deposed leader fails.
 #[derive(Debug, Clone, PartialEq, Eq)]

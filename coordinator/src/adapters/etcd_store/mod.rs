@@ -33,10 +33,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
-    TxnOp, TxnOpResponse,
+use hyperloop_etcd::etcdserverpb::{
+    Compare, RangeRequest, RequestOp, TxnRequest, compare::CompareResult, response_op,
 };
+use hyperloop_etcd::mvccpb::KeyValue;
+use hyperloop_etcd::{Client, Options};
 use hyperloop_shared::event::Event;
 use hyperloop_shared::model::TaskId;
 use serde::Serialize;
@@ -70,7 +71,6 @@ const PAGE_SIZE: i64 = 500;
 #[derive(Clone)]
 pub struct EtcdStore {
     endpoints: Arc<[String]>,
-    options: ConnectOptions,
     /// Connected on first use, so a store can be built without awaiting (and outside a
     /// runtime); the connection then belongs to the runtime of that first use.
     client: Arc<OnceCell<Client>>,
@@ -105,22 +105,8 @@ impl EtcdStore {
     /// connects on first use; a connection failure then surfaces as a transient
     /// [`StoreError::Backend`] from that call.
     pub fn new(endpoints: &[String], prefix: &str, journal_limit: usize) -> Self {
-        let options = ConnectOptions::new()
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_connect_timeout(CONNECT_TIMEOUT);
-        Self::with_options(endpoints, options, prefix, journal_limit)
-    }
-
-    /// Like [`EtcdStore::new`] with the caller's connect options (TLS, user, keep-alive).
-    pub fn with_options(
-        endpoints: &[String],
-        options: ConnectOptions,
-        prefix: &str,
-        journal_limit: usize,
-    ) -> Self {
         Self {
             endpoints: endpoints.into(),
-            options,
             client: Arc::new(OnceCell::new()),
             prefix: Arc::new(Prefix::new(prefix)),
             journal_limit,
@@ -144,15 +130,18 @@ impl EtcdStore {
         self.prefix.key(name)
     }
 
-    async fn kv(&self) -> Result<KvClient, StoreError> {
-        let client = self
-            .client
-            .get_or_try_init(|| {
-                Client::connect(self.endpoints.as_ref(), Some(self.options.clone()))
+    async fn kv(&self) -> Result<&Client, StoreError> {
+        self.client
+            .get_or_try_init(|| async {
+                let options = Options {
+                    connect_timeout: Some(CONNECT_TIMEOUT),
+                    request_timeout: Some(REQUEST_TIMEOUT),
+                    require_leader: false,
+                };
+                Client::connect(&self.endpoints[..], &options)
             })
             .await
-            .map_err(|e| backend("connect", &e))?;
-        Ok(client.kv_client())
+            .map_err(|e| backend("connect", &e))
     }
 
     fn cache(&self) -> MutexGuard<'_, Option<Cached>> {
@@ -172,18 +161,18 @@ impl EtcdStore {
     }
 
     /// The `revision` record, from the cache if it is at `expected`, else from etcd.
-    async fn current(&self, kv: &mut KvClient, expected: Revision) -> Result<Cached, StoreError> {
+    async fn current(&self, kv: &Client, expected: Revision) -> Result<Cached, StoreError> {
         if let Some(cached) = *self.cache()
             && cached.record.revision == expected
         {
             return Ok(cached);
         }
         let key = self.key(layout::REVISION);
-        let response = kv
-            .get(key.as_str(), None)
+        let pair = kv
+            .get(key)
             .await
             .map_err(|e| backend("read the revision", &e))?;
-        let cached = self.revision_from(response.kvs().first())?;
+        let cached = self.revision_from(pair.as_ref())?;
         self.remember(cached);
         Ok(cached)
     }
@@ -195,8 +184,8 @@ impl EtcdStore {
                 mod_revision: 0,
             },
             Some(kv) => Cached {
-                record: decode(&self.key(layout::REVISION), kv.value())?,
-                mod_revision: kv.mod_revision(),
+                record: decode(&self.key(layout::REVISION), &kv.value)?,
+                mod_revision: kv.mod_revision,
             },
         })
     }
@@ -205,7 +194,7 @@ impl EtcdStore {
     /// page by page. Returns the pairs and that revision.
     async fn range(
         &self,
-        kv: &mut KvClient,
+        kv: &Client,
         start: String,
         end: &str,
         at: Option<i64>,
@@ -216,25 +205,24 @@ impl EtcdStore {
         let mut from = start.into_bytes();
         while out.len() < limit {
             let page = PAGE_SIZE.min(i64::try_from(limit - out.len()).unwrap_or(i64::MAX));
-            let mut options = GetOptions::new().with_range(end).with_limit(page);
-            if let Some(revision) = at {
-                options = options.with_revision(revision);
-            }
-            let mut response = kv
-                .get(from.clone(), Some(options))
-                .await
-                .map_err(|e| backend("read", &e))?;
+            let request = RangeRequest {
+                key: from.clone(),
+                range_end: end.into(),
+                limit: page,
+                revision: at.unwrap_or(0),
+                ..RangeRequest::default()
+            };
+            let response = kv.range(request).await.map_err(|e| backend("read", &e))?;
             if at.is_none() {
-                at = response.header().map(|h| h.revision());
+                at = response.header.map(|h| h.revision);
             }
-            let more = response.more();
-            let kvs = response.take_kvs();
+            let kvs = response.kvs;
             let Some(last) = kvs.last() else { break };
             // The next page starts right after the last key.
-            from = last.key().to_vec();
+            from = last.key.clone();
             from.push(0);
             out.extend(kvs);
-            if !more {
+            if !response.more {
                 break;
             }
         }
@@ -244,13 +232,13 @@ impl EtcdStore {
 
 impl StateStore for EtcdStore {
     async fn load(&self) -> Result<State, StoreError> {
-        let mut kv = self.kv().await?;
+        let kv = self.kv().await?;
         // Everything but the election and the journal (which sort next to each other), in
         // two ranges at one etcd revision: a consistent snapshot even when it takes several
         // pages.
         let (mut kvs, at) = self
             .range(
-                &mut kv,
+                kv,
                 self.key(""),
                 &self.key(&layout::election_start()),
                 None,
@@ -259,7 +247,7 @@ impl StateStore for EtcdStore {
             .await?;
         let (rest, _) = self
             .range(
-                &mut kv,
+                kv,
                 self.key(&layout::events_end()),
                 &self.prefix.end(),
                 Some(at),
@@ -273,7 +261,7 @@ impl StateStore for EtcdStore {
         for pair in &kvs {
             let key = key_of(pair)?;
             let name = self.prefix.name(key).unwrap_or(key);
-            let value = pair.value();
+            let value = &pair.value;
             match layout::classify(name) {
                 Some(Record::Revision) => revision = Some(self.revision_from(Some(pair))?),
                 Some(Record::Meta) => state.meta = decode::<Meta>(key, value)?,
@@ -329,8 +317,8 @@ impl StateStore for EtcdStore {
         expected: Revision,
         changes: Vec<Change>,
     ) -> Result<(Revision, Vec<Event>), StoreError> {
-        let mut kv = self.kv().await?;
-        let current = self.current(&mut kv, expected).await?;
+        let kv = self.kv().await?;
+        let current = self.current(kv, expected).await?;
         if current.record.revision != expected {
             return Err(StoreError::Conflict {
                 expected,
@@ -343,42 +331,42 @@ impl StateStore for EtcdStore {
         let revision_key = self.key(layout::REVISION);
         let mut compares = vec![Compare::mod_revision(
             revision_key.as_str(),
-            CompareOp::Equal,
+            CompareResult::Equal,
             current.mod_revision,
         )];
-        let mut otherwise = vec![TxnOp::get(revision_key.as_str(), None)];
+        let mut otherwise = vec![RequestOp::get(revision_key.as_str())];
         if let Some(fence) = &self.fence {
             compares.push(Compare::create_revision(
                 fence.key.clone(),
-                CompareOp::Equal,
+                CompareResult::Equal,
                 fence.create_revision,
             ));
-            otherwise.push(TxnOp::get(fence.key.clone(), None));
+            otherwise.push(RequestOp::get(fence.key.clone()));
         }
-        let mut ops: Vec<TxnOp> = Vec::with_capacity(plan.writes.len() + 2);
+        let mut ops: Vec<RequestOp> = Vec::with_capacity(plan.writes.len() + 2);
         for (name, value) in &plan.writes {
             let key = self.key(name);
             ops.push(match value {
-                Some(value) => TxnOp::put(key, value.clone(), None),
-                None => TxnOp::delete(key, None),
+                Some(value) => RequestOp::put(key, value.clone()),
+                None => RequestOp::delete_range(key, ""),
             });
         }
         if let Some(first_kept) = plan.trim_below {
-            ops.push(TxnOp::delete(
+            ops.push(RequestOp::delete_range(
                 self.key(layout::EVENTS),
-                Some(DeleteOptions::new().with_range(self.key(&layout::event(first_kept)))),
+                self.key(&layout::event(first_kept)),
             ));
         }
-        ops.push(TxnOp::put(
-            revision_key.as_str(),
-            encode(&plan.record)?,
-            None,
-        ));
+        ops.push(RequestOp::put(revision_key.as_str(), encode(&plan.record)?));
 
-        let txn = Txn::new().when(compares).and_then(ops).or_else(otherwise);
+        let txn = TxnRequest {
+            compare: compares,
+            success: ops,
+            failure: otherwise,
+        };
         let response = kv.txn(txn).await.map_err(|e| backend("apply", &e))?;
-        if response.succeeded() {
-            let mod_revision = response.header().map_or(0, |h| h.revision());
+        if response.succeeded {
+            let mod_revision = response.header.map_or(0, |h| h.revision);
             self.remember(Cached {
                 record: plan.record,
                 mod_revision,
@@ -387,8 +375,8 @@ impl StateStore for EtcdStore {
         }
 
         // Refused: say why from what the else branch read.
-        let mut reads = response.op_responses().into_iter().map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        let mut reads = response.responses.into_iter().map(|op| match op.response {
+            Some(response_op::Response::ResponseRange(read)) => read.kvs.into_iter().next(),
             _ => None,
         });
         let found = self.revision_from(reads.next().flatten().as_ref())?;
@@ -411,7 +399,7 @@ impl StateStore for EtcdStore {
                     .into_owned()),
                 holder.map_or_else(
                     || "is gone".to_owned(),
-                    |kv| format!("was re-created at revision {}", kv.create_revision())
+                    |kv| format!("was re-created at revision {}", kv.create_revision)
                 ),
                 fence.map_or(0, |f| f.create_revision),
             ),
@@ -426,10 +414,10 @@ impl StateStore for EtcdStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut kv = self.kv().await?;
+        let kv = self.kv().await?;
         let (kvs, _) = self
             .range(
-                &mut kv,
+                kv,
                 self.key(&layout::event(first)),
                 &self.key(&layout::events_end()),
                 None,
@@ -443,7 +431,7 @@ impl StateStore for EtcdStore {
                 let Some(Record::Event(seq)) = layout::classify(name) else {
                     return Err(corrupt(key, "no record of this store's layout lives here"));
                 };
-                let event: Event = decode(key, pair.value())?;
+                let event: Event = decode(key, &pair.value)?;
                 if event.seq != seq {
                     return Err(corrupt(key, format!("holds event {}", event.seq)));
                 }
@@ -526,8 +514,8 @@ fn plan(
 }
 
 fn key_of(pair: &KeyValue) -> Result<&str, StoreError> {
-    pair.key_str()
-        .map_err(|_| corrupt(&String::from_utf8_lossy(pair.key()), "the key is not UTF-8"))
+    std::str::from_utf8(&pair.key)
+        .map_err(|_| corrupt(&String::from_utf8_lossy(&pair.key), "the key is not UTF-8"))
 }
 
 fn same_task(key: &str, under: TaskId, holds: TaskId) -> Result<(), StoreError> {
@@ -559,11 +547,12 @@ fn corrupt(key: &str, reason: impl Into<String>) -> StoreError {
 
 /// Whether a retry can fix `error`: an unreachable or overloaded member, a leader election
 /// in progress, a timeout.
-pub(crate) fn is_transient(error: &etcd_client::Error) -> bool {
+pub(crate) fn is_transient(error: &hyperloop_etcd::Error) -> bool {
+    use hyperloop_etcd::Error;
     use tonic::Code;
     match error {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => matches!(
+        Error::Unreachable { .. } | Error::StreamEnded(_) => true,
+        Error::Status(status) => matches!(
             status.code(),
             Code::Unavailable
                 | Code::DeadlineExceeded
@@ -572,15 +561,15 @@ pub(crate) fn is_transient(error: &etcd_client::Error) -> bool {
                 | Code::ResourceExhausted
                 | Code::Unknown
         ),
-        _ => false,
+        Error::NoEndpoints | Error::InvalidEndpoint { .. } => false,
     }
 }
 
 /// Maps an etcd client error; what a retry can fix (an unreachable or overloaded member, a
 /// leader election in progress, a timeout) is transient.
-fn backend(operation: &'static str, error: &etcd_client::Error) -> StoreError {
+fn backend(operation: &'static str, error: &hyperloop_etcd::Error) -> StoreError {
     let (transient, hint) = match error {
-        etcd_client::Error::GRpcStatus(status) => {
+        hyperloop_etcd::Error::Status(status) => {
             let message = status.message();
             if message.contains("too many operations in txn request") {
                 (
@@ -677,10 +666,10 @@ mod tests {
     fn an_oversized_txn_names_the_etcd_flag() {
         let status =
             tonic::Status::invalid_argument("etcdserver: too many operations in txn request");
-        let err = backend("apply", &etcd_client::Error::GRpcStatus(status));
+        let err = backend("apply", &hyperloop_etcd::Error::Status(status));
         assert!(!err.is_transient());
         assert!(err.to_string().contains("--max-txn-ops"), "{err}");
         let status = tonic::Status::unavailable("etcdserver: leader changed");
-        assert!(backend("apply", &etcd_client::Error::GRpcStatus(status)).is_transient());
+        assert!(backend("apply", &hyperloop_etcd::Error::Status(status)).is_transient());
     }
 }
