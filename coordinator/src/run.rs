@@ -26,6 +26,7 @@ use crate::adapters::etcd_store::EtcdStore;
 use crate::adapters::git::{GitLander, GitSpecSource};
 use crate::adapters::git_store::GitStore;
 use crate::adapters::github::{GitHubConfig, GitHubForge};
+use crate::adapters::webhook::Webhooks;
 use crate::compose::{CacheDir, ProjectLoadError, compose_project};
 use crate::control::{Command, LeaderView, Live};
 use crate::discovery::{self, Gatekeeper};
@@ -37,6 +38,7 @@ use crate::logs::LogHub;
 use crate::ports::election::Election;
 use crate::ports::forge::Forge;
 use crate::ports::lander::Lander;
+use crate::ports::notifier::{Fanout, Nobody, Notifier};
 use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::StateStore;
 use crate::reconcile::{Clock, Context, GitHub, Halt, Links, Mode, Reconciler, RunError};
@@ -183,6 +185,9 @@ struct Endpoint {
     tasks: JoinSet<()>,
     /// The endpoint record `hyperloopctl` finds; removed when the endpoint goes.
     _published: Option<discovery::Published>,
+    /// Where stored events go (webhooks), one for the whole process: every term's loop
+    /// hands its events to the same queues.
+    notifier: Arc<dyn Notifier>,
 }
 
 impl Endpoint {
@@ -286,6 +291,7 @@ impl Endpoint {
             stop,
             tasks,
             _published: published,
+            notifier: notifier(config, &place.root),
         })
     }
 
@@ -301,8 +307,7 @@ impl Endpoint {
             logs: self.logs.clone(),
             deposed,
             github,
-            // No notification channel exists yet (config refuses Matrix and OTLP until then).
-            notifier: Arc::new(crate::ports::notifier::Nobody),
+            notifier: self.notifier.clone(),
             gates,
         }
     }
@@ -323,12 +328,30 @@ impl Endpoint {
             leader: None,
             term: 0,
         });
+        self.notifier.drain(NOTIFY_GRACE).await;
         self.stop.cancel();
         let _ = tokio::time::timeout(WORKER_STOP_GRACE, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
     }
+}
+
+/// How long a stopping coordinator gives notification sinks to deliver what is queued.
+const NOTIFY_GRACE: Duration = Duration::from_secs(3);
+
+/// The notification sinks `config` names (`notifications.webhooks`), or nobody.
+fn notifier(config: &Config, root: &Path) -> Arc<dyn Notifier> {
+    let hooks = &config.notifications.webhooks;
+    if hooks.is_empty() {
+        return Arc::new(Nobody);
+    }
+    let repository = config
+        .target
+        .repo
+        .clone()
+        .unwrap_or_else(|| root.display().to_string());
+    Arc::new(Fanout(vec![Box::new(Webhooks::start(hooks, &repository))]))
 }
 
 /// The URL `hyperloopctl` on this host reaches the endpoint bound at `bound` by.

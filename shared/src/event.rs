@@ -179,7 +179,58 @@ pub enum SpecChange {
     Deleted,
 }
 
+/// Who a notification sink (chat room, webhook) tells about an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// What a person acts on or wants to know: results, completions, failures, merges, a
+    /// gate waiting for a human, a halt.
+    Always,
+    /// Progress detail: dispatches, cycles, intake runs, new tasks, workers coming and going.
+    Verbose,
+    /// Never sent: bookkeeping and phase transitions (the next event says what matters).
+    Never,
+}
+
 impl EventKind {
+    /// Whom notification sinks tell about this event.
+    pub fn audience(&self) -> Audience {
+        match self {
+            EventKind::CoordinatorHalted { .. }
+            | EventKind::TaskCompleted { .. }
+            | EventKind::TaskFailed { .. }
+            | EventKind::TaskCancelled { .. }
+            | EventKind::SpecFailed { .. }
+            | EventKind::ResultReaped { .. }
+            | EventKind::SpawnFailed { .. }
+            | EventKind::ProcessImproved { .. }
+            | EventKind::GateChecked { cleared: false, .. }
+            | EventKind::GateCleared { .. }
+            | EventKind::PrCreated { .. }
+            | EventKind::Merged { .. }
+            | EventKind::RebaseConflict { .. }
+            | EventKind::OrphanFound { .. }
+            | EventKind::WorkerLost { .. } => Audience::Always,
+            EventKind::CoordinatorStarted { .. }
+            | EventKind::LeaderElected { .. }
+            | EventKind::CycleCompleted { .. }
+            | EventKind::Recovery { .. }
+            | EventKind::SpecChanged { .. }
+            | EventKind::IntakeRun { .. }
+            | EventKind::TaskCreated { .. }
+            | EventKind::TaskLoopedBack { .. }
+            | EventKind::TaskReset { .. }
+            | EventKind::SpecRetried { .. }
+            | EventKind::StepDispatched { .. }
+            | EventKind::BranchPushed { .. }
+            | EventKind::PrReady { .. }
+            | EventKind::PrLabelled { .. }
+            | EventKind::WorkerJoined { .. } => Audience::Verbose,
+            EventKind::TaskAdvanced { .. }
+            | EventKind::PromptComposed { .. }
+            | EventKind::GateChecked { cleared: true, .. } => Audience::Never,
+        }
+    }
+
     /// The snake_case name used in logs and filters.
     pub fn name(&self) -> &'static str {
         match self {

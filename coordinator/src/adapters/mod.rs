@@ -35,3 +35,4 @@ pub mod memory_lander;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory_specs;
 pub mod memory_store;
+pub mod webhook;

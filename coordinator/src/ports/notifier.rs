@@ -12,11 +12,21 @@
 #[cfg(any(test, feature = "testing"))]
 use std::sync::{Arc, Mutex};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
 use hyperloop_shared::event::Event;
 
 pub trait Notifier: Send + Sync + 'static {
     /// Takes a batch of stored events, oldest first.
     fn notify(&self, events: &[Event]);
+
+    /// At shutdown: delivers what is still queued, for at most `within`; takes no more.
+    fn drain(&self, within: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let _ = within;
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Notifies nobody: the default until a notification channel is configured.
@@ -25,6 +35,25 @@ pub struct Nobody;
 
 impl Notifier for Nobody {
     fn notify(&self, _: &[Event]) {}
+}
+
+/// Hands every batch to each of several notifiers (`notifications` can list several sinks).
+pub struct Fanout(pub Vec<Box<dyn Notifier>>);
+
+impl Notifier for Fanout {
+    fn notify(&self, events: &[Event]) {
+        for sink in &self.0 {
+            sink.notify(events);
+        }
+    }
+
+    fn drain(&self, within: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            for sink in &self.0 {
+                sink.drain(within).await;
+            }
+        })
+    }
 }
 
 /// Keeps every event it was given, for tests.

@@ -160,6 +160,18 @@ pub const KEYS: &[Key] = &[
         "notifications.type",
         "how humans are told a gate waits: github-comment | null",
     ),
+    key(
+        "notifications.webhooks.*.url",
+        "URL every event is POSTed to as JSON (one webhook per name)",
+    ),
+    key(
+        "notifications.webhooks.*.secret_env",
+        "environment variable holding the webhook's HMAC-SHA256 signing secret",
+    ),
+    key(
+        "notifications.webhooks.*.verbose",
+        "also send spawns, cycles and intake runs, not only what a person acts on",
+    ),
     key("observability.log_format", "log output: console | json"),
     key(
         "observability.log_level",

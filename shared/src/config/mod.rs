@@ -230,6 +230,21 @@ pub struct TlsConfig {
 pub struct NotificationsConfig {
     #[serde(rename = "type")]
     pub kind: NotificationKind,
+    /// `notifications.webhooks.<name>`: endpoints every event is POSTed to.
+    pub webhooks: BTreeMap<String, WebhookConfig>,
+}
+
+/// One webhook sink.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// The environment variable holding the signing secret.
+    pub secret_env: Option<String>,
+    /// Its value, read at load time. Never serialized.
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+    /// Also spawns, cycles and intake runs (otherwise only what a person acts on).
+    pub verbose: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -502,6 +517,7 @@ impl Default for Config {
             github: GithubConfig::default(),
             notifications: NotificationsConfig {
                 kind: NotificationKind::None,
+                webhooks: BTreeMap::new(),
             },
             observability: ObservabilityConfig {
                 log_format: LogFormat::Console,
@@ -894,11 +910,83 @@ impl Resolver<'_> {
                         ]),
                     )
                     .unwrap_or(d.notifications.kind),
+                webhooks: self.webhooks(env),
             },
             observability: self.observability(d.observability),
             dashboard: self.dashboard(d.dashboard),
             agent: self.agent(d.agent),
         }
+    }
+
+    /// `notifications.webhooks.<name>.*`. A `secret_env` must name a variable that is set:
+    /// a webhook configured to be signed is never sent unsigned.
+    fn webhooks(&mut self, env: &BTreeMap<String, String>) -> BTreeMap<String, WebhookConfig> {
+        use parse::*;
+        let mut hooks = BTreeMap::new();
+        for name in self.raw.names_under("notifications.webhooks") {
+            let at = format!("notifications.webhooks.{name}");
+            let origin = Origin::File {
+                file: self.file.to_owned(),
+                key: at.clone(),
+            };
+            if !is_role_name(&name) {
+                self.errors.push(ConfigError::InvalidValue {
+                    at: origin.clone(),
+                    expected: "a webhook name made of letters, digits, `-` and `_`".to_owned(),
+                    found: format!("{name:?}"),
+                });
+            }
+            let url = self.get(
+                &format!("{at}.url"),
+                string_where(
+                    "a URL like https://hooks.example.com/hyperloop",
+                    is_http_url,
+                ),
+            );
+            let secret_env = self.get(
+                &format!("{at}.secret_env"),
+                string_where("an environment variable name like MY_SECRET", is_env_name),
+            );
+            let secret = secret_env
+                .as_ref()
+                .and_then(|var| env.get(var))
+                .filter(|v| !v.is_empty())
+                .map(|v| Secret(v.clone()));
+            if let (Some(var), None) = (&secret_env, &secret) {
+                self.errors.push(ConfigError::InvalidValue {
+                    at: Origin::File {
+                        file: self.file.to_owned(),
+                        key: format!("{at}.secret_env"),
+                    },
+                    expected: format!(
+                        "the name of a set environment variable (export {var} with the signing \
+                         secret, or remove `secret_env` to send unsigned)"
+                    ),
+                    found: format!("{var}, which is not set"),
+                });
+            }
+            let Some(url) = url else {
+                if !self.raw.values.contains_key(&format!("{at}.url")) {
+                    self.errors.push(ConfigError::MissingKey {
+                        file: self.file.to_owned(),
+                        key: format!("{at}.url"),
+                        needed_for: "for every webhook",
+                    });
+                }
+                continue;
+            };
+            let verbose = self.get(&format!("{at}.verbose"), boolean).unwrap_or(false);
+            hooks.insert(
+                name,
+                WebhookConfig {
+                    url,
+                    secret_env,
+                    secret,
+                    verbose,
+                },
+            );
+        }
+        hooks
     }
 
     /// `observability.*`. The `matrix` and `otel` sections are still typed and checked, ready

@@ -1208,8 +1208,12 @@ fn dry_run_output_uses_the_nested_layout() {
 fn the_resolver_reads_every_key_in_the_table() {
     let mut raw = RawConfig::default();
     let mut errors = Vec::new();
-    raw.read_file("agent: {roles: {r: {model: m}}}", FILE, &mut errors)
-        .expect("valid");
+    raw.read_file(
+        "agent: {roles: {r: {model: m}}}\nnotifications: {webhooks: {r: {url: 'http://x'}}}",
+        FILE,
+        &mut errors,
+    )
+    .expect("valid");
     let mut resolver = Resolver {
         raw: &raw,
         file: FILE,
@@ -1319,4 +1323,64 @@ fn target_repo_unset_is_inferred_but_null_or_empty_forces_local_landing() {
     let set = load("", Some("acme/widgets"));
     assert_eq!(set.target.repo.as_deref(), Some("acme/widgets"));
     assert!(!set.target.repo_from_origin);
+}
+
+#[test]
+fn webhooks_are_named_sinks_with_a_url_and_a_secret_read_from_the_environment() {
+    let yaml = "notifications:
+  type: github-comment
+  webhooks:
+    ops: {url: 'https://hooks.example.com/h', secret_env: OPS_HOOK_SECRET, verbose: true}
+    audit: {url: 'http://127.0.0.1:9/audit'}
+";
+    let config = load_all(
+        yaml,
+        &[("OPS_HOOK_SECRET", "s3cr3t-hook")],
+        &Overrides::default(),
+    )
+    .expect("valid");
+    let ops = &config.notifications.webhooks["ops"];
+    assert_eq!(ops.url, "https://hooks.example.com/h");
+    assert_eq!(ops.secret.as_ref().map(Secret::expose), Some("s3cr3t-hook"));
+    assert!(ops.verbose);
+    let audit = &config.notifications.webhooks["audit"];
+    assert!(audit.secret.is_none() && !audit.verbose);
+    // The secret never appears in the printed configuration.
+    let printed = serde_yaml::to_string(&config).unwrap();
+    assert!(printed.contains("secret_env: OPS_HOOK_SECRET") && !printed.contains("s3cr3t-hook"));
+
+    let error = load_all(yaml, &[], &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(
+            "`notifications.webhooks.ops.secret_env`: expected the name of a set \
+             environment variable (export OPS_HOOK_SECRET with the signing secret, or remove \
+             `secret_env` to send unsigned), got OPS_HOOK_SECRET, which is not set"
+        ),
+        "{error}"
+    );
+    let error = load_all(
+        "notifications: {webhooks: {ops: {verbose: true}}}",
+        &[],
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("`notifications.webhooks.ops.url` is required"),
+        "{error}"
+    );
+    let error = load_all(
+        "notifications: {webhooks: {ops: {url: 'ftp://x', sekret_env: X}}}",
+        &[],
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("notifications.webhooks.ops.url"), "{error}");
+    assert!(
+        error.contains("did you mean `notifications.webhooks.ops.secret_env`?"),
+        "{error}"
+    );
 }
