@@ -335,7 +335,8 @@ pub async fn serve(
     routes: tonic::service::Routes,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/1.1 too, for `GET /metrics` (gRPC clients speak HTTP/2 regardless).
+    let mut builder = tonic::transport::Server::builder().accept_http1(true);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

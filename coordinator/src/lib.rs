@@ -16,6 +16,7 @@
 //! - [`lock`]: one coordinator per repository.
 //! - [`discovery`]: the endpoint record `hyperloopctl` finds a repository's coordinator by,
 //!   and the check that it acts only on its own repository.
+//! - [`metrics`]: Prometheus `/metrics` from the journal and the live view.
 //! - [`logs`]: recent agent output per task, for `hyperloopctl logs`.
 //! - [`progress`]: live progress and the final summary `run`/`watch` show a person.
 //! - log lines: `hyperloop_worker::logfmt` (console `key=value` or flat JSON), shared with
@@ -37,6 +38,7 @@ pub mod grpc;
 pub mod init;
 pub mod lock;
 pub mod logs;
+pub mod metrics;
 pub mod ports;
 pub mod progress;
 pub mod reconcile;

@@ -35,6 +35,7 @@ use crate::forge_driver;
 use crate::grpc::{self, Admission, Farewell, Route, relay};
 use crate::lock::CoordinatorLock;
 use crate::logs::LogHub;
+use crate::metrics::{self, Metrics};
 use crate::ports::election::Election;
 use crate::ports::forge::Forge;
 use crate::ports::lander::Lander;
@@ -253,7 +254,7 @@ impl Endpoint {
             serves: place.repository.clone(),
             shared_by_origin: !single_host,
         };
-        let routes = tonic::service::Routes::new(grpc::worker_service(
+        let mut routes = tonic::service::Routes::new(grpc::worker_service(
             Admission::with_token(config.join_token.clone()),
             route_rx,
         ))
@@ -265,6 +266,12 @@ impl Endpoint {
             Arc::new(config.clone()),
             gatekeeper,
         ));
+        let metrics = Arc::new(Metrics::default());
+        let scraped = metrics::served(bound, config.observability.prometheus);
+        if scraped {
+            routes = metrics_route(routes, metrics.clone(), live.subscribe());
+            tracing::info!(listen = %bound, "serving Prometheus metrics at /metrics");
+        }
         let serving = grpc::serve(listener, place.tls.clone(), routes, stop.clone());
         tasks.spawn(async move {
             if let Err(e) = serving.await {
@@ -291,7 +298,7 @@ impl Endpoint {
             stop,
             tasks,
             _published: published,
-            notifier: notifier(config, &place.root),
+            notifier: notifier(config, &place.root, scraped.then_some(metrics)),
         })
     }
 
@@ -340,18 +347,46 @@ impl Endpoint {
 /// How long a stopping coordinator gives notification sinks to deliver what is queued.
 const NOTIFY_GRACE: Duration = Duration::from_secs(3);
 
-/// The notification sinks `config` names (`notifications.webhooks`), or nobody.
-fn notifier(config: &Config, root: &Path) -> Arc<dyn Notifier> {
+/// Where stored events go: the metrics when they are scraped, and the notification sinks
+/// `config` names (`notifications.webhooks`).
+fn notifier(config: &Config, root: &Path, metrics: Option<Arc<Metrics>>) -> Arc<dyn Notifier> {
+    let mut sinks: Vec<Box<dyn Notifier>> = Vec::new();
+    if let Some(metrics) = metrics {
+        sinks.push(Box::new(metrics));
+    }
     let hooks = &config.notifications.webhooks;
-    if hooks.is_empty() {
+    if !hooks.is_empty() {
+        let repository = config
+            .target
+            .repo
+            .clone()
+            .unwrap_or_else(|| root.display().to_string());
+        sinks.push(Box::new(Webhooks::start(hooks, &repository)));
+    }
+    if sinks.is_empty() {
         return Arc::new(Nobody);
     }
-    let repository = config
-        .target
-        .repo
-        .clone()
-        .unwrap_or_else(|| root.display().to_string());
-    Arc::new(Fanout(vec![Box::new(Webhooks::start(hooks, &repository))]))
+    Arc::new(Fanout(sinks))
+}
+
+/// `GET /metrics` next to the gRPC services (plain HTTP/1.1 on the same address).
+fn metrics_route(
+    routes: tonic::service::Routes,
+    metrics: Arc<Metrics>,
+    live: watch::Receiver<Arc<Live>>,
+) -> tonic::service::Routes {
+    let handler = move || {
+        let text = metrics.render(&live.borrow());
+        std::future::ready((
+            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        ))
+    };
+    tonic::service::Routes::from(
+        routes
+            .into_axum_router()
+            .route("/metrics", axum::routing::get(handler)),
+    )
 }
 
 /// The URL `hyperloopctl` on this host reaches the endpoint bound at `bound` by.

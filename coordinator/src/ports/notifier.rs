@@ -37,6 +37,17 @@ impl Notifier for Nobody {
     fn notify(&self, _: &[Event]) {}
 }
 
+/// A shared notifier (one that is also read elsewhere, like the metrics) notifies as itself.
+impl<N: Notifier> Notifier for std::sync::Arc<N> {
+    fn notify(&self, events: &[Event]) {
+        (**self).notify(events);
+    }
+
+    fn drain(&self, within: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        (**self).drain(within)
+    }
+}
+
 /// Hands every batch to each of several notifiers (`notifications` can list several sinks).
 pub struct Fanout(pub Vec<Box<dyn Notifier>>);
 

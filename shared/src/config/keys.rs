@@ -178,6 +178,10 @@ pub const KEYS: &[Key] = &[
         "least severe level logged: debug | info | warning | error",
     ),
     key(
+        "observability.prometheus",
+        "serve Prometheus /metrics on the coordinator's address: true | false; unset = only on loopback",
+    ),
+    key(
         "observability.matrix.homeserver",
         "Matrix homeserver URL; enables Matrix notifications (not implemented yet: refused)",
     ),

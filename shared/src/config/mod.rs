@@ -267,6 +267,9 @@ impl Serialize for NotificationKind {
 pub struct ObservabilityConfig {
     pub log_format: LogFormat,
     pub log_level: LogLevel,
+    /// `observability.prometheus`: serve `/metrics` on the coordinator's listen address.
+    /// Unset = only when that address is loopback.
+    pub prometheus: Option<bool>,
     /// `None` = Matrix notifications off (no `observability.matrix` keys given). Always
     /// `None` in a loaded config: nothing sends Matrix notifications yet, so [`Config::load`]
     /// refuses the section ([`ConfigError::NotImplemented`]).
@@ -522,6 +525,7 @@ impl Default for Config {
             observability: ObservabilityConfig {
                 log_format: LogFormat::Console,
                 log_level: LogLevel::Info,
+                prometheus: None,
                 matrix: None,
                 otel: None,
             },
@@ -1061,6 +1065,7 @@ impl Resolver<'_> {
                     ]),
                 )
                 .unwrap_or(d.log_level),
+            prometheus: self.get("observability.prometheus", boolean),
             matrix,
             otel,
         }

@@ -270,6 +270,7 @@ agent:
         c.observability = ObservabilityConfig {
             log_format: LogFormat::Json,
             log_level: LogLevel::Warning,
+            prometheus: None,
             matrix: None,
             otel: None,
         };
