@@ -26,6 +26,7 @@ use crate::adapters::etcd_store::EtcdStore;
 use crate::adapters::git::{GitLander, GitSpecSource};
 use crate::adapters::git_store::GitStore;
 use crate::adapters::github::{GitHubConfig, GitHubForge};
+use crate::adapters::matrix;
 use crate::compose::{CacheDir, ProjectLoadError, compose_project};
 use crate::control::{Command, LeaderView, Live};
 use crate::discovery::{self, Gatekeeper};
@@ -37,6 +38,7 @@ use crate::logs::LogHub;
 use crate::ports::election::Election;
 use crate::ports::forge::Forge;
 use crate::ports::lander::Lander;
+use crate::ports::notifier::{Nobody, Notifier};
 use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::StateStore;
 use crate::reconcile::{Clock, Context, GitHub, Halt, Links, Mode, Reconciler, RunError};
@@ -173,6 +175,38 @@ struct Place {
     observer: Option<LiveObserver>,
 }
 
+/// The Matrix notifier when `observability.matrix` is set (its sender runs in `tasks` until
+/// `stop`), otherwise nobody.
+fn notifier(
+    config: &Config,
+    place: &Place,
+    stop: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<Arc<dyn Notifier>, StartError> {
+    let Some(matrix) = &config.observability.matrix else {
+        return Ok(Arc::new(Nobody));
+    };
+    let repo_name = place
+        .root
+        .file_name()
+        .map_or_else(|| "repo".to_owned(), |n| n.to_string_lossy().into_owned());
+    let settings = matrix::Settings::resolve(matrix, &repo_name).map_err(StartError::Usage)?;
+    let (notifier, sender) = matrix::start(
+        settings,
+        &place.root,
+        &place.repository.git_dir,
+        stop.clone(),
+    )
+    .map_err(|e| {
+        StartError::Setup(format!(
+            "cannot git-ignore {} through info/exclude: {e}",
+            matrix::STATE_FILE
+        ))
+    })?;
+    tasks.spawn(sender);
+    Ok(Arc::new(notifier))
+}
+
 /// The gRPC endpoint (workers and hyperloopctl) for the life of the process.
 struct Endpoint {
     route: watch::Sender<Route>,
@@ -181,6 +215,9 @@ struct Endpoint {
     logs: Arc<LogHub>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// Where stored events go (Matrix when configured); lives as long as the endpoint, so its
+    /// sender outlasts leadership terms and sends what is queued when the endpoint stops.
+    notifier: Arc<dyn Notifier>,
     /// The endpoint record `hyperloopctl` finds; removed when the endpoint goes.
     _published: Option<discovery::Published>,
 }
@@ -266,6 +303,7 @@ impl Endpoint {
                 tracing::error!(error = %crate::tls::error_chain(&e), "the gRPC endpoint failed");
             }
         });
+        let notifier = notifier(config, place, &stop, &mut tasks)?;
         let url = local_url(bound, place.tls.is_some());
         let published = match discovery::publish(&place.repository.git_dir, &url) {
             Ok(published) => Some(published),
@@ -285,6 +323,7 @@ impl Endpoint {
             logs,
             stop,
             tasks,
+            notifier,
             _published: published,
         })
     }
@@ -301,8 +340,7 @@ impl Endpoint {
             logs: self.logs.clone(),
             deposed,
             github,
-            // No notification channel exists yet (config refuses Matrix and OTLP until then).
-            notifier: Arc::new(crate::ports::notifier::Nobody),
+            notifier: self.notifier.clone(),
             gates,
         }
     }
