@@ -927,7 +927,10 @@ impl Resolver<'_> {
             .has_section("observability.matrix")
             .then_some(matrix);
         if let Some(matrix) = &matrix {
-            self.require("observability.matrix.homeserver", "for Matrix notifications");
+            self.require(
+                "observability.matrix.homeserver",
+                "for Matrix notifications",
+            );
             if matrix.registration_token_env.is_none() && matrix.token_env.is_none() {
                 self.require(
                     "observability.matrix.registration_token_env",
