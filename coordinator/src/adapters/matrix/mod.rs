@@ -2,7 +2,7 @@
 //! one thread under a root message for the task.
 //!
 //! `notify` only filters and enqueues into a bounded queue (what does not fit is dropped,
-//! counted and logged); a background task sets the bot up and sends, retrying with
+//! counted and logged at the 1st, 2nd, 4th… drop); a background task sets the bot up and sends, retrying with
 //! exponential backoff, so a slow or dead homeserver never slows the loop.
 //!
 //! Setup, once per repository: with a registration token the bot registers itself
@@ -122,12 +122,15 @@ impl Notifier for MatrixNotifier {
             if let Err(mpsc::error::TrySendError::Full(event)) = self.queue.try_send(event.clone())
             {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(
-                    seq = event.seq,
-                    event = event.kind.name(),
-                    dropped,
-                    "the Matrix queue is full (homeserver slow or down); event not sent"
-                );
+                // The 1st, 2nd, 4th, 8th… drop: an outage is visible without flooding the log.
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        seq = event.seq,
+                        event = event.kind.name(),
+                        dropped,
+                        "the Matrix queue is full (homeserver slow or down); events not sent"
+                    );
+                }
             }
         }
     }
@@ -446,9 +449,67 @@ fn random_password() -> Result<String, MatrixError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use hyperloop_shared::event::EventKind;
+
+    fn settings() -> Settings {
+        Settings {
+            homeserver: "http://127.0.0.1:9".into(),
+            registration_token: Some("t".into()),
+            access_token: None,
+            bot_username: "bot".into(),
+            room_id: None,
+            room_name: "room".into(),
+            invite_user: None,
+            verbose: false,
+        }
+    }
+
+    fn event(seq: u64, kind: EventKind) -> Event {
+        Event {
+            seq,
+            at_ms: 0,
+            task: Some(TaskId(1)),
+            kind,
+        }
+    }
+
+    #[tokio::test]
+    async fn notify_never_waits_it_queues_what_is_wanted_and_counts_what_does_not_fit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let git_dir = dir.path().join(".git");
+        // The sender is never run: nothing drains the queue.
+        let (notifier, _sender) =
+            start(settings(), dir.path(), &git_dir, CancellationToken::new()).expect("start");
+        let noise: Vec<Event> = (1..=3000)
+            .map(|seq| {
+                event(
+                    seq,
+                    EventKind::PromptComposed {
+                        role: "r".into(),
+                        round: 0,
+                        bytes: 1,
+                    },
+                )
+            })
+            .collect();
+        notifier.notify(&noise);
+        assert_eq!(notifier.dropped.load(Ordering::Relaxed), 0);
+        let wanted: Vec<Event> = (1..=3000)
+            .map(|seq| event(seq, EventKind::TaskCompleted { rounds: 1 }))
+            .collect();
+        let started = std::time::Instant::now();
+        notifier.notify(&wanted);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            notifier.dropped.load(Ordering::Relaxed),
+            3000 - QUEUE as u64
+        );
+    }
+
     #[test]
     fn the_default_bot_name_is_a_valid_matrix_user_name() {
-        assert_eq!(super::default_bot_name("My Repo!"), "hyperloop-my-repo-");
-        assert_eq!(super::default_bot_name("widgets"), "hyperloop-widgets");
+        assert_eq!(default_bot_name("My Repo!"), "hyperloop-my-repo-");
+        assert_eq!(default_bot_name("widgets"), "hyperloop-widgets");
     }
 }
