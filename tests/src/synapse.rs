@@ -250,6 +250,33 @@ impl Synapse {
         reply["body"].clone()
     }
 
+    /// A new ordinary user `@name:localhost` (made through the admin API) and an access
+    /// token for it.
+    pub fn user(&self, name: &str) -> (String, String) {
+        let user_id = format!("@{name}:localhost");
+        let password = format!("{name}-password");
+        let reply = self.request(
+            "PUT",
+            &format!("/_synapse/admin/v2/users/{}", user_id.replace(':', "%3A")),
+            Some(&self.admin_token),
+            Some(json!({"password": password})),
+        );
+        assert_eq!(reply["status"], 201, "create {user_id}: {reply}");
+        let login = self.request(
+            "POST",
+            "/_matrix/client/v3/login",
+            None,
+            Some(json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": name},
+                "password": password,
+            })),
+        );
+        assert_eq!(login["status"], 200, "log in {user_id}: {login}");
+        let token = login["body"]["access_token"].as_str().expect("token");
+        (user_id, token.to_owned())
+    }
+
     /// Every `m.room.message` in `room`, oldest first (through the admin API, so the admin
     /// need not be a member).
     pub fn messages(&self, room: &str) -> Vec<Value> {

@@ -1,7 +1,8 @@
 //! Matrix notifications against a real Synapse homeserver (`hyperloop_tests::synapse`), with
 //! the real coordinator binary and the scripted agent: the bot registers itself and creates a
 //! room once, each task's messages form one thread, `verbose` adds spawns, a second run sends
-//! nothing twice, and a homeserver that dies mid-run costs the run nothing.
+//! nothing twice, an existing account and room work without registering, and a homeserver
+//! that dies mid-run costs the run nothing.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,7 +40,8 @@ fn repo(matrix: Option<(&Synapse, bool)>) -> TestRepo {
     ])
 }
 
-/// Runs the coordinator to its end (exit 0 required); `during` is called every few
+/// Runs the coordinator to its end (exit 0 required), with `token` in both
+/// MATRIX_REGISTRATION_TOKEN and MATRIX_ACCESS_TOKEN; `during` is called every few
 /// milliseconds while it runs. Returns stderr and how long the run took.
 fn run(
     repo: &TestRepo,
@@ -60,6 +62,7 @@ fn run(
         .stderr(Stdio::piped());
     if let Some(token) = token {
         command.env("MATRIX_REGISTRATION_TOKEN", token);
+        command.env("MATRIX_ACCESS_TOKEN", token);
     }
     let started = Instant::now();
     let mut child = command.spawn().expect("coordinator starts");
@@ -265,6 +268,41 @@ fn a_second_run_reuses_the_saved_bot_and_room_and_sends_no_event_twice() {
     all.sort_unstable();
     all.dedup();
     assert_eq!(all.len(), count, "a message was sent twice: {all:#?}");
+}
+
+#[test]
+fn an_existing_account_and_room_are_used_without_registering() {
+    let synapse = Synapse::start();
+    let (user, token) = synapse.user("operator-bot");
+    let room = synapse.request(
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        Some(&token),
+        Some(serde_json::json!({"name": "ops"})),
+    );
+    let room = room["body"]["room_id"].as_str().expect("room").to_owned();
+    let matrix = format!(
+        "observability:\n  matrix:\n    homeserver: {}\n    token_env: MATRIX_ACCESS_TOKEN\n    \
+         room_id: '{room}'\n",
+        synapse.url
+    );
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop.yaml", &format!("{}{matrix}", config(None))),
+    ]);
+    let (stderr, _) = run(&repo, Some(&token), |_| {});
+    assert!(stderr.contains(&room), "{stderr}");
+    assert!(!stderr.contains(&token), "{stderr}");
+    let messages = synapse.messages(&room);
+    assert!(messages.iter().all(|m| m["sender"] == user.as_str()));
+    let thread = bodies(&task_thread(&messages, "task-001"));
+    assert!(
+        thread.iter().any(|b| b.contains("completed")),
+        "{thread:#?}"
+    );
+    // Nobody registered: the token was never used, and the server has the admin and the bot.
+    let users = synapse.admin("GET", "/_synapse/admin/v2/users", None);
+    assert_eq!(users["total"], 2, "{users:#}");
 }
 
 fn has_thread(repo: &TestRepo) -> bool {
