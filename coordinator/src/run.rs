@@ -26,6 +26,7 @@ use crate::adapters::etcd_store::EtcdStore;
 use crate::adapters::git::{GitLander, GitSpecSource};
 use crate::adapters::git_store::GitStore;
 use crate::adapters::github::{GitHubConfig, GitHubForge};
+use crate::adapters::matrix;
 use crate::adapters::webhook::Webhooks;
 use crate::compose::{CacheDir, ProjectLoadError, compose_project};
 use crate::control::{Command, LeaderView, Live};
@@ -176,6 +177,62 @@ struct Place {
     observer: Option<LiveObserver>,
 }
 
+/// What the notifier is built with besides the configuration.
+struct Sinks<'a> {
+    /// The metrics, when they are scraped.
+    metrics: Option<Arc<Metrics>>,
+    /// Ends background senders with the endpoint.
+    stop: &'a CancellationToken,
+    tasks: &'a mut JoinSet<()>,
+}
+
+/// Where stored events go: the metrics when they are scraped, Matrix when
+/// `observability.matrix` is set, and every `notifications.webhooks` entry; nobody otherwise.
+fn notifier(
+    config: &Config,
+    place: &Place,
+    sinks: Sinks<'_>,
+) -> Result<Arc<dyn Notifier>, StartError> {
+    let mut all: Vec<Box<dyn Notifier>> = Vec::new();
+    if let Some(metrics) = sinks.metrics {
+        all.push(Box::new(metrics));
+    }
+    if let Some(matrix) = &config.observability.matrix {
+        let repo_name = place
+            .root
+            .file_name()
+            .map_or_else(|| "repo".to_owned(), |n| n.to_string_lossy().into_owned());
+        let settings = matrix::Settings::resolve(matrix, &repo_name).map_err(StartError::Usage)?;
+        let (notifier, sender) = matrix::start(
+            settings,
+            &place.root,
+            &place.repository.git_dir,
+            sinks.stop.clone(),
+        )
+        .map_err(|e| {
+            StartError::Setup(format!(
+                "cannot git-ignore {} through info/exclude: {e}",
+                matrix::STATE_FILE
+            ))
+        })?;
+        sinks.tasks.spawn(sender);
+        all.push(Box::new(notifier));
+    }
+    let hooks = &config.notifications.webhooks;
+    if !hooks.is_empty() {
+        let repository = config
+            .target
+            .repo
+            .clone()
+            .unwrap_or_else(|| place.root.display().to_string());
+        all.push(Box::new(Webhooks::start(hooks, &repository)));
+    }
+    Ok(match all.len() {
+        0 => Arc::new(Nobody),
+        _ => Arc::new(Fanout(all)),
+    })
+}
+
 /// The gRPC endpoint (workers and hyperloopctl) for the life of the process.
 struct Endpoint {
     route: watch::Sender<Route>,
@@ -184,11 +241,11 @@ struct Endpoint {
     logs: Arc<LogHub>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// Where stored events go (metrics, Matrix, webhooks); lives as long as the endpoint, so
+    /// its senders outlast leadership terms and send what is queued when the endpoint stops.
+    notifier: Arc<dyn Notifier>,
     /// The endpoint record `hyperloopctl` finds; removed when the endpoint goes.
     _published: Option<discovery::Published>,
-    /// Where stored events go (webhooks), one for the whole process: every term's loop
-    /// hands its events to the same queues.
-    notifier: Arc<dyn Notifier>,
 }
 
 impl Endpoint {
@@ -278,6 +335,12 @@ impl Endpoint {
                 tracing::error!(error = %crate::tls::error_chain(&e), "the gRPC endpoint failed");
             }
         });
+        let sinks = Sinks {
+            metrics: scraped.then_some(metrics),
+            stop: &stop,
+            tasks: &mut tasks,
+        };
+        let notifier = notifier(config, place, sinks)?;
         let url = local_url(bound, place.tls.is_some());
         let published = match discovery::publish(&place.repository.git_dir, &url) {
             Ok(published) => Some(published),
@@ -297,8 +360,8 @@ impl Endpoint {
             logs,
             stop,
             tasks,
+            notifier,
             _published: published,
-            notifier: notifier(config, &place.root, scraped.then_some(metrics)),
         })
     }
 
@@ -346,28 +409,6 @@ impl Endpoint {
 
 /// How long a stopping coordinator gives notification sinks to deliver what is queued.
 const NOTIFY_GRACE: Duration = Duration::from_secs(3);
-
-/// Where stored events go: the metrics when they are scraped, and the notification sinks
-/// `config` names (`notifications.webhooks`).
-fn notifier(config: &Config, root: &Path, metrics: Option<Arc<Metrics>>) -> Arc<dyn Notifier> {
-    let mut sinks: Vec<Box<dyn Notifier>> = Vec::new();
-    if let Some(metrics) = metrics {
-        sinks.push(Box::new(metrics));
-    }
-    let hooks = &config.notifications.webhooks;
-    if !hooks.is_empty() {
-        let repository = config
-            .target
-            .repo
-            .clone()
-            .unwrap_or_else(|| root.display().to_string());
-        sinks.push(Box::new(Webhooks::start(hooks, &repository)));
-    }
-    if sinks.is_empty() {
-        return Arc::new(Nobody);
-    }
-    Arc::new(Fanout(sinks))
-}
 
 /// `GET /metrics` next to the gRPC services (plain HTTP/1.1 on the same address).
 fn metrics_route(

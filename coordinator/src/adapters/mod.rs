@@ -12,6 +12,8 @@
 //! - [`git_store`]: the embedded `StateStore`, records on `refs/hyperloop/state` in the
 //!   repository itself.
 //! - [`local_election`]: the `Election` of a single host: leader at once.
+//! - [`matrix`]: the `Notifier` that posts high-signal events to a Matrix room, a thread
+//!   per task.
 //! - [`memory_store`]: a `StateStore` in a map, for tests of the reconcile loop.
 //! - [`memory_specs`], [`memory_lander`], [`memory_dispatcher`] and [`memory_gates`]: a
 //!   `SpecSource`, a `Lander`, a `Dispatcher` and a `GateEvaluator` in memory, so tests drive
@@ -26,6 +28,7 @@ pub mod git;
 pub mod git_store;
 pub mod github;
 pub mod local_election;
+pub mod matrix;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory_dispatcher;
 #[cfg(any(test, feature = "testing"))]

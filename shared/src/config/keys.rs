@@ -183,31 +183,31 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "observability.matrix.homeserver",
-        "Matrix homeserver URL; enables Matrix notifications (not implemented yet: refused)",
+        "Matrix homeserver URL; enables Matrix notifications",
     ),
     key(
         "observability.matrix.registration_token_env",
-        "env var with a registration token (not implemented yet)",
+        "env var with a registration token: the bot registers itself and creates a room",
     ),
     key(
         "observability.matrix.bot_username",
-        "bot user name; unset = hyperloop-<repo name> (not implemented yet)",
+        "bot user name; unset = hyperloop-<repo name>",
     ),
     key(
         "observability.matrix.room_id",
-        "room to post in; unset = create one (not implemented yet)",
+        "room to post in; unset = create one",
     ),
     key(
         "observability.matrix.token_env",
-        "env var with an existing bot access token (not implemented yet)",
+        "env var with an existing bot access token",
     ),
     key(
         "observability.matrix.verbose",
-        "also send low-signal events (spawns, cycles, intake) (not implemented yet)",
+        "also send low-signal events (spawns, cycles, intake)",
     ),
     key(
         "observability.matrix.invite_user",
-        "user invited to a room hyperloop creates (not implemented yet)",
+        "user invited to a room hyperloop creates",
     ),
     key(
         "observability.otel.endpoint",

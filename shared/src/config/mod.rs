@@ -17,8 +17,7 @@
 //! the loader uses. Precedence: defaults < file < environment < [`Overrides`].
 //!
 //! A few keys name features this version does not have: the web dashboard (`dashboard.enabled`,
-//! `dashboard.listen`), Matrix notifications (`observability.matrix.*`) and OpenTelemetry
-//! export (`observability.otel.*`). They stay in the key table, so a typo near them still gets
+//! `dashboard.listen`) and OpenTelemetry export (`observability.otel.*`). They stay in the key table, so a typo near them still gets
 //! a suggestion, but asking for the feature is refused ([`ConfigError::NotImplemented`]) rather
 //! than silently doing nothing; defaults and `dashboard.enabled: false` load.
 //!
@@ -270,9 +269,8 @@ pub struct ObservabilityConfig {
     /// `observability.prometheus`: serve `/metrics` on the coordinator's listen address.
     /// Unset = only when that address is loopback.
     pub prometheus: Option<bool>,
-    /// `None` = Matrix notifications off (no `observability.matrix` keys given). Always
-    /// `None` in a loaded config: nothing sends Matrix notifications yet, so [`Config::load`]
-    /// refuses the section ([`ConfigError::NotImplemented`]).
+    /// `None` = Matrix notifications off (no `observability.matrix` keys given). When given,
+    /// `homeserver` and a credential (`registration_token_env` or `token_env`) are required.
     pub matrix: Option<MatrixConfig>,
     /// `None` = no OpenTelemetry export (no `observability.otel` keys given). Always `None`
     /// in a loaded config: nothing exports yet, so [`Config::load`] refuses the section.
@@ -993,8 +991,8 @@ impl Resolver<'_> {
         hooks
     }
 
-    /// `observability.*`. The `matrix` and `otel` sections are still typed and checked, ready
-    /// for when their features exist, but nothing acts on them yet, so giving either is refused.
+    /// `observability.*`. The `otel` section is typed and checked, ready for when its feature
+    /// exists, but nothing acts on it yet, so giving it is refused.
     fn observability(&mut self, d: ObservabilityConfig) -> ObservabilityConfig {
         use parse::*;
         let env_name = || string_where("an environment variable name like MY_TOKEN", is_env_name);
@@ -1020,12 +1018,19 @@ impl Resolver<'_> {
             .raw
             .has_section("observability.matrix")
             .then_some(matrix);
-        self.refuse_section(
-            "observability.matrix",
-            "observability.matrix.homeserver",
-            "Matrix notifications",
-            "remove the `observability.matrix` settings",
-        );
+        if let Some(matrix) = &matrix {
+            self.require(
+                "observability.matrix.homeserver",
+                "for Matrix notifications",
+            );
+            if matrix.registration_token_env.is_none() && matrix.token_env.is_none() {
+                self.require(
+                    "observability.matrix.registration_token_env",
+                    "for Matrix notifications, unless `observability.matrix.token_env` names \
+                     an existing bot's access token",
+                );
+            }
+        }
 
         let endpoint = self.get(
             "observability.otel.endpoint",

@@ -141,8 +141,7 @@ notifications:
     });
 }
 
-/// The seed's `observability.matrix` section is left out: Matrix notifications are refused
-/// until they exist (see `a_matrix_section_is_refused_until_matrix_notifications_exist`).
+/// The seed's `observability.matrix` section is checked in `the_seeds_matrix_sections_load`.
 #[test]
 fn the_nested_layout_from_the_seed_loads() {
     let yaml = r#"
@@ -179,8 +178,8 @@ observability:
     });
 }
 
-/// Every key but those of features that do not exist yet (`observability.matrix`,
-/// `observability.otel`, and the dashboard, which may only be spelled out as off).
+/// Every key but those of features that do not exist yet (`observability.otel`, and the
+/// dashboard, which may only be spelled out as off).
 #[test]
 fn every_key_of_an_implemented_feature_can_be_set() {
     let yaml = r#"
@@ -975,8 +974,6 @@ fn check_refused(cases: &[(&str, &[&str])]) {
 }
 
 const NO_DASHBOARD: &str = "this version of hyperloop does not implement the web dashboard yet";
-const NO_MATRIX: &str = "this version of hyperloop does not implement Matrix notifications yet; \
-                         remove the `observability.matrix` settings";
 const NO_OTEL: &str = "this version of hyperloop does not implement OpenTelemetry export yet; \
                        remove the `observability.otel` settings";
 
@@ -1029,47 +1026,61 @@ fn a_dashboard_address_is_refused_unless_the_dashboard_is_spelled_out_as_off() {
 }
 
 #[test]
-fn a_matrix_section_is_refused_until_matrix_notifications_exist() {
-    let at = |key: &str| format!("`observability.matrix.{key}`: {NO_MATRIX}");
+fn the_seeds_matrix_sections_load() {
+    let seed = "observability:\n  matrix:\n    homeserver: https://matrix.example.com\n    \
+                registration_token_env: MATRIX_REGISTRATION_TOKEN\n    verbose: false\n";
+    check(seed, |c| {
+        c.observability.matrix = Some(MatrixConfig {
+            homeserver: "https://matrix.example.com".into(),
+            registration_token_env: Some("MATRIX_REGISTRATION_TOKEN".into()),
+            bot_username: None,
+            room_id: None,
+            token_env: None,
+            verbose: false,
+            invite_user: None,
+        });
+    });
+    let manual = "observability: {matrix: {homeserver: 'https://m.org', token_env: T, \
+                  room_id: '!r:m.org', verbose: true, invite_user: '@me:m.org', bot_username: hl}}";
+    check(manual, |c| {
+        c.observability.matrix = Some(MatrixConfig {
+            homeserver: "https://m.org".into(),
+            registration_token_env: None,
+            bot_username: Some("hl".into()),
+            room_id: Some("!r:m.org".into()),
+            token_env: Some("T".into()),
+            verbose: true,
+            invite_user: Some("@me:m.org".into()),
+        });
+    });
+}
+
+#[test]
+fn a_matrix_section_needs_a_homeserver_and_a_credential() {
+    let credential = "`observability.matrix.registration_token_env` is required for Matrix \
+                      notifications, unless `observability.matrix.token_env` names an existing \
+                      bot's access token";
+    let homeserver = "`observability.matrix.homeserver` is required for Matrix notifications";
     check_refused(&[
-        // The seed's section.
-        (
-            "observability:\n  matrix:\n    homeserver: https://matrix.example.com\n    \
-             registration_token_env: MATRIX_REGISTRATION_TOKEN\n    verbose: false\n",
-            &[&at("homeserver")],
-        ),
-        (
-            "observability: {matrix: {homeserver: 'https://m.org', token_env: T, room_id: r}}",
-            &[&at("homeserver")],
-        ),
-        // Without a homeserver, the first key given is named.
         (
             "observability: {matrix: {room_id: '!r:m.org', token_env: T}}",
-            &[&at("room_id")],
+            &[homeserver],
         ),
         (
             "observability: {matrix: {verbose: false}}",
-            &[&at("verbose")],
+            &[homeserver, credential],
         ),
-        // A malformed value is still reported, so nothing is hidden.
         (
-            "observability: {matrix: {homeserver: matrix.org}}",
-            &[
-                "`observability.matrix.homeserver`: expected a URL like \
-                 https://matrix.example.com, got \"matrix.org\"",
-                &at("homeserver"),
-            ],
+            "observability: {matrix: {homeserver: 'https://m.org'}}",
+            &[credential],
+        ),
+        // A malformed value is reported alone, not as missing on top.
+        (
+            "observability: {matrix: {homeserver: matrix.org, token_env: T}}",
+            &["`observability.matrix.homeserver`: expected a URL like \
+               https://matrix.example.com, got \"matrix.org\""],
         ),
     ]);
-    check_errors_with(
-        "",
-        &[("HYPERLOOP_OBSERVABILITY_MATRIX_HOMESERVER", "https://m.org")],
-        &Overrides::default(),
-        &[&format!(
-            "environment variable HYPERLOOP_OBSERVABILITY_MATRIX_HOMESERVER \
-             (`observability.matrix.homeserver`): {NO_MATRIX}"
-        )],
-    );
 }
 
 #[test]
