@@ -305,6 +305,21 @@ fn an_existing_account_and_room_are_used_without_registering() {
     assert_eq!(users["total"], 2, "{users:#}");
 }
 
+#[test]
+fn a_rejected_registration_token_turns_notifications_off_and_the_run_still_converges() {
+    let synapse = Synapse::start();
+    let repo = repo(Some((&synapse, false)));
+    let (stderr, _) = run(&repo, Some("wrong-registration-token"), |_| {});
+    assert!(
+        stderr.contains("Matrix notifications are off for this run"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-registration-token"), "{stderr}");
+    assert!(repo.files("main").contains(&"work/task-001.txt".to_owned()));
+    let users = synapse.admin("GET", "/_synapse/admin/v2/users", None);
+    assert_eq!(users["total"], 1, "{users:#}");
+}
+
 fn has_thread(repo: &TestRepo) -> bool {
     std::fs::read_to_string(repo.checkout.join(STATE_FILE))
         .ok()
