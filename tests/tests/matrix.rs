@@ -1,8 +1,9 @@
 //! Matrix notifications against a real Synapse homeserver (`hyperloop_tests::synapse`), with
 //! the real coordinator binary and the scripted agent: the bot registers itself and creates a
 //! room once, each task's messages form one thread, `verbose` adds spawns, a second run sends
-//! nothing twice, an existing account and room work without registering, and a homeserver
-//! that dies mid-run costs the run nothing.
+//! nothing twice, an existing account and room work without registering, a merge waiting for
+//! a human is posted with the command that clears it, and a homeserver that dies mid-run costs
+//! the run nothing.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -303,6 +304,73 @@ fn an_existing_account_and_room_are_used_without_registering() {
     // Nobody registered: the token was never used, and the server has the admin and the bot.
     let users = synapse.admin("GET", "/_synapse/admin/v2/users", None);
     assert_eq!(users["total"], 2, "{users:#}");
+}
+
+#[test]
+fn a_rejected_registration_token_turns_notifications_off_and_the_run_still_converges() {
+    let synapse = Synapse::start();
+    let repo = repo(Some((&synapse, false)));
+    let (stderr, _) = run(&repo, Some("wrong-registration-token"), |_| {});
+    assert!(
+        stderr.contains("Matrix notifications are off for this run"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-registration-token"), "{stderr}");
+    assert!(repo.files("main").contains(&"work/task-001.txt".to_owned()));
+    let users = synapse.admin("GET", "/_synapse/admin/v2/users", None);
+    assert_eq!(users["total"], 1, "{users:#}");
+}
+
+#[test]
+fn a_merge_waiting_for_a_human_is_posted_with_the_command_that_clears_it() {
+    let synapse = Synapse::start();
+    let config = config(Some((&synapse, false))).replace(
+        "max_task_rounds: 3\n",
+        "max_task_rounds: 3\nmerge:\n  auto_merge: false\n",
+    );
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop.yaml", &config),
+    ]);
+    let mut approved = false;
+    let mut last_look = Instant::now();
+    let (stderr, _) = run(&repo, Some(&synapse.registration_token), |repo| {
+        if approved || last_look.elapsed() < Duration::from_millis(300) {
+            return;
+        }
+        last_look = Instant::now();
+        let Ok(text) = std::fs::read_to_string(repo.checkout.join(STATE_FILE)) else {
+            return;
+        };
+        let state: Value = serde_json::from_str(&text).unwrap_or_default();
+        let Some(room) = state["room_id"].as_str() else {
+            return;
+        };
+        // Approve as the message says, only once it is in the room.
+        let waiting = synapse
+            .messages(room)
+            .iter()
+            .any(|m| thread(m).is_some() && body(m).contains("`hyperloopctl approve task-001`"));
+        if waiting {
+            let out = Command::new(coordinator_bin().with_file_name("hyperloopctl"))
+                .args(["approve", "task-001"])
+                .current_dir(&repo.checkout)
+                .env_remove("HYPERLOOP_SERVER")
+                .env_remove("HYPERLOOP_PATH")
+                .output()
+                .expect("hyperloopctl runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            approved = true;
+        }
+    });
+    assert!(approved, "no waiting message was posted:\n{stderr}");
+    let messages = synapse.messages(state(&repo)["room_id"].as_str().expect("room"));
+    let thread = bodies(&task_thread(&messages, "task-001"));
+    assert!(thread.iter().any(|b| b.contains("merged")), "{thread:#?}");
 }
 
 fn has_thread(repo: &TestRepo) -> bool {

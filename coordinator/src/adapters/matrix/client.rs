@@ -151,6 +151,13 @@ impl Client {
             if status.is_success() {
                 return session_from(&reply);
             }
+            if let Some(errcode) = reply["errcode"].as_str() {
+                // A stage was rejected (an invalid or used-up registration token).
+                return Err(MatrixError::Refused {
+                    status: status.as_u16(),
+                    message: format!("{errcode} {}", reply["error"].as_str().unwrap_or("")),
+                });
+            }
         }
         Err(MatrixError::Refused {
             status: 401,
