@@ -4,7 +4,7 @@
 //!
 //! The batch processor owns a bounded queue (2048 spans) drained by its own thread: ending a
 //! span only enqueues it, a full queue drops spans, and a collector that is down or slow only
-//! costs that thread its export timeouts. [`Telemetry::shutdown`] flushes what is queued, for
+//! costs that thread its export timeouts (a failed batch is dropped, not retried). [`Telemetry::shutdown`] flushes what is queued, for
 //! at most [`SHUTDOWN_TIMEOUT`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{RetryPolicy, WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -66,6 +66,9 @@ impl Telemetry {
             .with_tonic()
             .with_endpoint(settings.endpoint.clone())
             .with_timeout(EXPORT_TIMEOUT)
+            // A failed batch is dropped, not retried with backoff: the next batch tries again,
+            // and a dead collector does not hold up the flush at shutdown.
+            .with_retry_policy(RetryPolicy::disabled())
             .build()
             .map_err(|e| ExportError {
                 endpoint: settings.endpoint.clone(),
