@@ -358,6 +358,8 @@ pub fn reconcile(
     for note in settings::infer(root, &mut config).notes() {
         tracing::info!("{note}");
     }
+    // The run span names the repository as inferred from `origin`, when it was.
+    let repository = config.target.repo.clone().unwrap_or(repository);
     // Named before anything runs: a spec left uncommitted is otherwise silently not seen.
     if let Ok(survey) =
         specs::Survey::take(root, &config.target.base_branch, &config.target.specs_dir)

@@ -182,6 +182,8 @@ async fn a_scripted_run_exports_spans_that_nest_run_cycle_task_and_step() {
     assert_eq!(runs.len(), 1, "one run span");
     let run = runs[0];
     assert!(run.parent_span_id.is_empty(), "the run span is a root");
+    assert_eq!(attr(run, "coordinator_id"), "single-host");
+    assert!(!attr(run, "repository").is_empty());
     let steps = spans.named("step");
     assert!(
         steps.len() >= 3,
