@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use hyperloop_shared::config::Overrides;
 use hyperloop_shared::pipeline::{HookKind, Process, Step};
 use hyperloop_shared::project::Project;
+use hyperloop_worker::otel::{ExportError, ExportSettings, Telemetry};
 
 use crate::compose::{CacheDir, Composition, CompositionSource, compose_project, render};
 use crate::init::InitError;
@@ -324,10 +325,41 @@ pub fn reconcile(
     let mut config = settings.config;
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let display = crate::progress::Display::new(terminal);
-    init_tracing(&config, &display);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return runtime_error(format!("cannot start the async runtime: {e}")),
+    };
+    let repository = config
+        .target
+        .repo
+        .clone()
+        .unwrap_or_else(|| root.display().to_string());
+    let coordinator_id = crate::run::coordinator_id(&config);
+    let export = config
+        .observability
+        .otel
+        .as_ref()
+        .map(|otel| ExportSettings {
+            endpoint: otel.endpoint.clone(),
+            service_name: otel.service_name.clone(),
+            attributes: vec![
+                ("hyperloop.repository", repository.clone()),
+                ("hyperloop.coordinator.id", coordinator_id.clone()),
+            ],
+        });
+    // The exporter's gRPC channel lives on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match init_tracing(&config, &display, export.as_ref()) {
+            Ok(telemetry) => telemetry,
+            Err(e) => return Exit::usage(e.to_string()),
+        }
+    };
     for note in settings::infer(root, &mut config).notes() {
         tracing::info!("{note}");
     }
+    // The run span names the repository as inferred from `origin`, when it was.
+    let repository = config.target.repo.clone().unwrap_or(repository);
     // Named before anything runs: a spec left uncommitted is otherwise silently not seen.
     if let Ok(survey) =
         specs::Survey::take(root, &config.target.base_branch, &config.target.specs_dir)
@@ -338,10 +370,6 @@ pub fn reconcile(
     // JSON logs are for machines: no progress text mixed into them.
     let show_progress =
         config.observability.log_format == hyperloop_shared::config::LogFormat::Console;
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => return runtime_error(format!("cannot start the async runtime: {e}")),
-    };
     let max_cycles = config.max_cycles;
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -360,11 +388,20 @@ pub fn reconcile(
                 }
             })
         };
-        let outcome = crate::run::run_observed(root, config, mode, shutdown, Some(observer)).await;
+        let run =
+            tracing::info_span!("run", repository = %repository, coordinator_id = %coordinator_id);
+        let outcome = tracing::Instrument::instrument(
+            crate::run::run_observed(root, config, mode, shutdown, Some(observer)),
+            run,
+        )
+        .await;
         stop.cancel();
         let _ = follower.await;
         outcome
     });
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match outcome {
         Ok(Halt::Converged { complete, failed }) => Exit::ok(
@@ -421,11 +458,16 @@ fn runtime_error(message: String) -> Exit {
 
 /// Logs go to stderr, as console lines or JSON, at the configured level. `RUST_LOG`, when
 /// set, wins (for debugging one module).
+/// Logs through the display; with `export`, spans also go to an OpenTelemetry collector.
 fn init_tracing(
     config: &hyperloop_shared::config::Config,
     display: &std::sync::Arc<crate::progress::Display>,
-) {
+    export: Option<&ExportSettings>,
+) -> Result<Option<Telemetry>, ExportError> {
     use hyperloop_shared::config::{LogFormat, LogLevel};
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let level = match config.observability.log_level {
         LogLevel::Trace => "trace",
         LogLevel::Debug => "debug",
@@ -442,10 +484,21 @@ fn init_tracing(
             colour: display.terminal() && std::env::var_os("NO_COLOR").is_none(),
         },
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .event_format(hyperloop_worker::logfmt::Format(style))
         // Through the display, so log lines appear above the live progress block.
         .with_writer(display.log_writer())
+        .with_filter(filter);
+    let (telemetry, spans) = match export {
+        Some(settings) => {
+            let (telemetry, layer) = Telemetry::start(settings)?;
+            (Some(telemetry), Some(layer))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
         .try_init();
+    Ok(telemetry)
 }

@@ -165,6 +165,22 @@ pub async fn run_observed(
     }
 }
 
+/// This coordinator's id: `single-host` without etcd, else the address it campaigns with
+/// (`advertise`, or its listen address).
+pub fn coordinator_id(config: &Config) -> String {
+    if config.etcd.endpoints.is_empty() {
+        return SINGLE_HOST.to_owned();
+    }
+    config.advertise.clone().unwrap_or_else(|| {
+        let scheme = if config.tls.cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", config.listen)
+    })
+}
+
 /// Where this coordinator runs.
 struct Place {
     root: PathBuf,
@@ -555,10 +571,7 @@ where
         None => hyperloop_shared::origin::etcd_prefix(&origin)
             .map_err(|e| StartError::Usage(e.to_string()))?,
     };
-    let advertise = config.advertise.clone().unwrap_or_else(|| {
-        let scheme = if place.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}", config.listen)
-    });
+    let advertise = coordinator_id(&config);
     let repo_url = config.target.clone_url.clone().unwrap_or(origin);
     let endpoints = &config.etcd.endpoints;
     let journal = config.dashboard.events_limit as usize;

@@ -250,7 +250,7 @@ fn turning_on_a_feature_that_does_not_exist_yet_exits_2_naming_key_and_fix() {
     let config = repo.path().join(".hyperloop.yaml");
     std::fs::write(
         &config,
-        "dashboard:\n  enabled: true\nobservability:\n  otel:\n    endpoint: http://localhost:4317\n",
+        "dashboard:\n  enabled: true\nobservability:\n  otel:\n    protocol: http\n",
     )
     .unwrap();
     let out = dry_run(repo.path());
@@ -259,8 +259,9 @@ fn turning_on_a_feature_that_does_not_exist_yet_exits_2_naming_key_and_fix() {
     for expected in [
         ".hyperloop.yaml: `dashboard.enabled`: this version of hyperloop does not implement the \
          web dashboard yet; set it to false or remove it",
-        ".hyperloop.yaml: `observability.otel.endpoint`: this version of hyperloop does not \
-         implement OpenTelemetry export yet; remove the `observability.otel` settings",
+        ".hyperloop.yaml: `observability.otel.protocol`: this version of hyperloop does not \
+         implement OTLP over HTTP yet; use `protocol: grpc` and the collector's gRPC port \
+         (usually 4317)",
     ] {
         assert!(
             stderr.contains(expected),

@@ -376,7 +376,7 @@ impl From<hyperloop_shared::step::StepOrder> for v1::Assign {
                 }),
             }),
             deadline: Some(prost_types::Timestamp::from(deadline)),
-            trace_context: Default::default(),
+            trace_context: order.trace_context.into_iter().collect(),
             checks: order.checks.map(|names| v1::CheckList { names }),
         }
     }

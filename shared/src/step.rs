@@ -3,6 +3,7 @@
 //! convert to and from these in the `proto` crate, so nothing past the coordinator's
 //! transport sees a protobuf type.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::AgentProgram;
@@ -33,6 +34,9 @@ pub struct StepOrder {
     /// The checks the process names for this role (`checks:`), run in order after a pass;
     /// `None` = the default (every check, for implementers and verifiers).
     pub checks: Option<Vec<String>>,
+    /// W3C trace context (`traceparent`, `tracestate`) of the coordinator's span for this
+    /// step, so the worker's spans and the agent join its trace; empty without trace export.
+    pub trace_context: BTreeMap<String, String>,
 }
 
 /// How the worker runs the agent.

@@ -31,6 +31,7 @@ mod git;
 pub mod link;
 pub mod logfmt;
 pub mod options;
+pub mod otel;
 mod process;
 pub mod progress;
 mod runtime;

@@ -70,6 +70,14 @@ struct Cli {
     /// Log lines as `console` (timestamp [level] event key=value) or flat `json` objects.
     #[arg(long, env = "HYPERLOOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Console)]
     log_format: LogFormat,
+    /// Export this worker's trace spans over OTLP/gRPC to this collector, e.g.
+    /// `http://localhost:4317`; each step's span joins the coordinator's trace. Unset: no
+    /// export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otel_endpoint: Option<String>,
+    /// The `service.name` of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "hyperloop-worker")]
+    otel_service_name: String,
     #[command(flatten)]
     confinement: hyperloop_worker::shim::ConfinementArgs,
 }
@@ -90,12 +98,31 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("hyperloop-worker: cannot start the async runtime: {e}");
             return ExitCode::from(RUNTIME);
+        }
+    };
+    let export = cli
+        .otel_endpoint
+        .as_ref()
+        .filter(|endpoint| !endpoint.is_empty())
+        .map(|endpoint| hyperloop_worker::otel::ExportSettings {
+            endpoint: endpoint.clone(),
+            service_name: cli.otel_service_name.clone(),
+            attributes: vec![("hyperloop.worker.name", options.name.clone())],
+        });
+    // The exporter's gRPC channel lives on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match init_tracing(cli.log_format, export.as_ref()) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("hyperloop-worker: {e}");
+                return ExitCode::from(USAGE);
+            }
         }
     };
     let outcome = runtime.block_on(async {
@@ -106,6 +133,9 @@ fn main() -> ExitCode {
         ));
         run(config, options, shutdown).await
     });
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     runtime.shutdown_timeout(Duration::from_secs(2));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,9 +197,15 @@ async fn run(
 }
 
 /// Logs go to stderr in the coordinator's line format; `RUST_LOG` overrides the default
-/// level.
-fn init_tracing(format: LogFormat) {
+/// level. With `export`, spans also go to an OpenTelemetry collector.
+fn init_tracing(
+    format: LogFormat,
+    export: Option<&hyperloop_worker::otel::ExportSettings>,
+) -> Result<Option<hyperloop_worker::otel::Telemetry>, hyperloop_worker::otel::ExportError> {
     use hyperloop_worker::logfmt::{Format, Style};
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let style = match format {
@@ -180,11 +216,22 @@ fn init_tracing(format: LogFormat) {
                 && std::env::var_os("NO_COLOR").is_none(),
         },
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .event_format(Format(style))
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let (telemetry, spans) = match export {
+        Some(settings) => {
+            let (telemetry, layer) = hyperloop_worker::otel::Telemetry::start(settings)?;
+            (Some(telemetry), Some(layer))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
         .try_init();
+    Ok(telemetry)
 }
 
 fn options(cli: &Cli) -> Result<WorkerOptions, String> {

@@ -188,6 +188,10 @@ pub struct Reconciler<S, P, L, C, D> {
     wake_at: Option<u64>,
     /// A halt the core asked for.
     halt: Option<Halt>,
+    /// Cycles run so far (the `cycle` span's number).
+    cycles: u64,
+    /// The `task` span of each dispatched attempt, open until the core forgets the attempt.
+    spans: BTreeMap<AttemptId, tracing::Span>,
 }
 
 impl<S, P, L, C, D> Reconciler<S, P, L, C, D>
@@ -250,6 +254,8 @@ where
             gate_replies: mpsc::channel(GATE_REPLIES),
             wake_at: None,
             halt: None,
+            cycles: 0,
+            spans: BTreeMap::new(),
         };
         r.carry_out(effects).await?;
         Ok(r)
@@ -346,8 +352,15 @@ where
         Ok(halt)
     }
 
-    /// One pass of the core's cycle, with the specs and workers as they are now.
+    /// One pass of the core's cycle, with the specs and workers as they are now, in a `cycle`
+    /// span: the steps it dispatches get their `task` spans under it.
     async fn cycle(&mut self) -> Result<(), RunError> {
+        self.cycles += 1;
+        let span = tracing::info_span!("cycle", cycle = self.cycles);
+        tracing::Instrument::instrument(self.decide(), span).await
+    }
+
+    async fn decide(&mut self) -> Result<(), RunError> {
         if self
             .last_sync
             .is_none_or(|at| at.elapsed() >= self.ctx.config.poll_interval)
@@ -412,7 +425,12 @@ where
                 reason,
                 grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
             },
-            Inbound::Result { worker, report } => Input::Result { worker, report },
+            Inbound::Result { worker, report } => {
+                if let Some(span) = self.spans.get(&report.attempt) {
+                    span.record("verdict", format!("{:?}", report.verdict).to_lowercase());
+                }
+                Input::Result { worker, report }
+            }
             Inbound::PushAsked { worker, attempt } => Input::PushAsked { worker, attempt },
             Inbound::Declined {
                 worker,
@@ -599,7 +617,21 @@ where
                         prepared.push(Input::SpecUnusable { path, reason });
                     }
                     let outcome = match prepared_order {
-                        Ok(step) => {
+                        Ok(mut step) => {
+                            // Open until the core forgets the attempt; the worker's `step` span
+                            // joins it through the trace context sent with the step.
+                            let span = tracing::info_span!(
+                                "task",
+                                task_id = %step.subject,
+                                role = %step.role,
+                                round = step.round,
+                                step = %step.step,
+                                attempt = order.attempt.0,
+                                worker = %order.worker,
+                                verdict = tracing::field::Empty,
+                            );
+                            step.trace_context = hyperloop_worker::otel::context_of(&span);
+                            self.spans.insert(order.attempt, span);
                             let bytes = step.prompt.len() as u64;
                             self.attempts.insert(
                                 order.attempt,
@@ -622,6 +654,7 @@ where
                         Err(e) => Err(e.to_string()),
                     };
                     if let Err(reason) = &outcome {
+                        self.spans.remove(&order.attempt);
                         tracing::warn!(attempt = %order.attempt, %reason, "step not dispatched; it will be planned again");
                     }
                     prepared.push(Input::Dispatched {
@@ -631,6 +664,7 @@ where
                 }
                 Effect::Forget(attempt) => {
                     self.attempts.remove(&attempt);
+                    self.spans.remove(&attempt);
                     self.logs.finished(attempt.0);
                 }
                 Effect::Land { request, action } => self.git.queue(GitOp::Land { request, action }),

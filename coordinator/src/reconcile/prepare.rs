@@ -1,6 +1,7 @@
 //! Turning a planned [`Order`] into the [`StepOrder`] a worker runs: the composed prompt
 //! (which needs spec text, read from the spec source) and the runtime settings.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hyperloop_shared::config::Config;
@@ -288,6 +289,8 @@ impl<P: SpecSource> Preparer<'_, P> {
                 .now_ms
                 .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
             checks: core.project().process.checks.get(role).cloned(),
+            // Filled in by the loop from the step's span as it dispatches it.
+            trace_context: BTreeMap::new(),
         }
     }
 }

@@ -211,11 +211,17 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "observability.otel.endpoint",
-        "OTLP endpoint URL; enables OpenTelemetry export (not implemented yet: refused)",
+        "OTLP/gRPC endpoint URL for trace export; any otel key turns export on \
+         (unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, then \
+         http://localhost:4317)",
     ),
     key(
         "observability.otel.service_name",
-        "service.name reported to OpenTelemetry (not implemented yet)",
+        "service.name reported to OpenTelemetry (unset: OTEL_SERVICE_NAME, then hyperloop)",
+    ),
+    key(
+        "observability.otel.protocol",
+        "OTLP transport: grpc (http is not implemented yet: refused)",
     ),
     key(
         "dashboard.enabled",

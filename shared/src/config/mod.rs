@@ -17,7 +17,8 @@
 //! the loader uses. Precedence: defaults < file < environment < [`Overrides`].
 //!
 //! A few keys name features this version does not have: the web dashboard (`dashboard.enabled`,
-//! `dashboard.listen`) and OpenTelemetry export (`observability.otel.*`). They stay in the key table, so a typo near them still gets
+//! `dashboard.listen`) and OTLP over HTTP (`observability.otel.protocol: http`). They stay in
+//! the key table, so a typo near them still gets
 //! a suggestion, but asking for the feature is refused ([`ConfigError::NotImplemented`]) rather
 //! than silently doing nothing; defaults and `dashboard.enabled: false` load.
 //!
@@ -272,8 +273,8 @@ pub struct ObservabilityConfig {
     /// `None` = Matrix notifications off (no `observability.matrix` keys given). When given,
     /// `homeserver` and a credential (`registration_token_env` or `token_env`) are required.
     pub matrix: Option<MatrixConfig>,
-    /// `None` = no OpenTelemetry export (no `observability.otel` keys given). Always `None`
-    /// in a loaded config: nothing exports yet, so [`Config::load`] refuses the section.
+    /// `None` = no OpenTelemetry export (no `observability.otel` keys given). Otherwise the
+    /// coordinator exports its trace spans over OTLP/gRPC.
     pub otel: Option<OtelConfig>,
 }
 
@@ -549,8 +550,10 @@ impl Default for Config {
     }
 }
 
-/// Defaults that only apply once their section is present.
+/// Defaults that only apply once their section is present (the endpoint is OTLP/gRPC's
+/// standard default).
 const OTEL_SERVICE_NAME: &str = "hyperloop";
+const OTEL_ENDPOINT: &str = "http://localhost:4317";
 
 impl Config {
     /// Builds the configuration from `.hyperloop.yaml` text (empty = all defaults), the
@@ -914,7 +917,7 @@ impl Resolver<'_> {
                     .unwrap_or(d.notifications.kind),
                 webhooks: self.webhooks(env),
             },
-            observability: self.observability(d.observability),
+            observability: self.observability(d.observability, env),
             dashboard: self.dashboard(d.dashboard),
             agent: self.agent(d.agent),
         }
@@ -968,13 +971,7 @@ impl Resolver<'_> {
                 });
             }
             let Some(url) = url else {
-                if !self.raw.values.contains_key(&format!("{at}.url")) {
-                    self.errors.push(ConfigError::MissingKey {
-                        file: self.file.to_owned(),
-                        key: format!("{at}.url"),
-                        needed_for: "for every webhook",
-                    });
-                }
+                self.require(&format!("{at}.url"), "for every webhook");
                 continue;
             };
             let verbose = self.get(&format!("{at}.verbose"), boolean).unwrap_or(false);
@@ -991,9 +988,14 @@ impl Resolver<'_> {
         hooks
     }
 
-    /// `observability.*`. The `otel` section is typed and checked, ready for when its feature
-    /// exists, but nothing acts on it yet, so giving it is refused.
-    fn observability(&mut self, d: ObservabilityConfig) -> ObservabilityConfig {
+    /// `observability.*`. Any `otel` key turns trace export on; `env` supplies
+    /// the standard `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` and `OTEL_SERVICE_NAME` when the
+    /// file and `HYPERLOOP_*` variables leave the endpoint or service name out.
+    fn observability(
+        &mut self,
+        d: ObservabilityConfig,
+        env: &BTreeMap<String, String>,
+    ) -> ObservabilityConfig {
         use parse::*;
         let env_name = || string_where("an environment variable name like MY_TOKEN", is_env_name);
         let url = "a URL like https://matrix.example.com";
@@ -1036,19 +1038,37 @@ impl Resolver<'_> {
             "observability.otel.endpoint",
             string_where("a URL like http://localhost:4317", is_http_url),
         );
-        let otel = OtelConfig {
-            endpoint: endpoint.unwrap_or_default(),
-            service_name: self
-                .get("observability.otel.service_name", string)
-                .unwrap_or_else(|| OTEL_SERVICE_NAME.to_owned()),
-        };
-        let otel = self.raw.has_section("observability.otel").then_some(otel);
-        self.refuse_section(
-            "observability.otel",
-            "observability.otel.endpoint",
-            "OpenTelemetry export",
-            "remove the `observability.otel` settings",
+        let service_name = self.get("observability.otel.service_name", string);
+        // Only OTLP/gRPC is exported; `http` (OTLP/HTTP protobuf) is a clear refusal.
+        let protocol = self.get(
+            "observability.otel.protocol",
+            choice(&[
+                ("grpc", "grpc"),
+                ("http", "http"),
+                ("http/protobuf", "http"),
+            ]),
         );
+        if protocol == Some("http") {
+            self.refuse(
+                "observability.otel.protocol",
+                |input| choice(&[("http", ()), ("http/protobuf", ())])(input).is_ok(),
+                "OTLP over HTTP",
+                "use `protocol: grpc` and the collector's gRPC port (usually 4317)",
+            );
+        }
+        let otel = self.raw.has_section("observability.otel").then(|| {
+            // The standard OpenTelemetry variables fill in what the file leaves out.
+            let standard = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+            OtelConfig {
+                endpoint: endpoint
+                    .or_else(|| standard("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+                    .or_else(|| standard("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                    .unwrap_or_else(|| OTEL_ENDPOINT.to_owned()),
+                service_name: service_name
+                    .or_else(|| standard("OTEL_SERVICE_NAME"))
+                    .unwrap_or_else(|| OTEL_SERVICE_NAME.to_owned()),
+            }
+        });
 
         ObservabilityConfig {
             log_format: self
@@ -1128,30 +1148,6 @@ impl Resolver<'_> {
                 fix,
             });
         }
-    }
-
-    /// Refuses a section, if any key in it was given, whose presence turns on a feature that
-    /// does not exist yet: once, naming the key that turns it on when given, else the first
-    /// key given in it.
-    fn refuse_section(
-        &mut self,
-        section: &str,
-        enabling_key: &str,
-        feature: &'static str,
-        fix: &'static str,
-    ) {
-        let prefix = format!("{section}.");
-        let key = if self.raw.values.contains_key(enabling_key) {
-            enabling_key.to_owned()
-        } else {
-            let first = self.raw.values.keys().find(|k| k.starts_with(&prefix));
-            match first {
-                Some(key) => key.clone(),
-                None => return,
-            }
-        };
-        // Any value asks for the feature: the section's presence turns it on.
-        self.refuse(&key, |_| true, feature, fix);
     }
 
     /// Reports `key` as missing unless some value was given for it (an invalid value has

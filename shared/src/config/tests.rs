@@ -178,7 +178,7 @@ observability:
     });
 }
 
-/// Every key but those of features that do not exist yet (`observability.otel`, and the
+/// Every key but those of features that do not exist yet (the
 /// dashboard, which may only be spelled out as off).
 #[test]
 fn every_key_of_an_implemented_feature_can_be_set() {
@@ -205,6 +205,7 @@ notifications: {type: github-comment}
 observability:
   log_format: json
   log_level: warning
+  otel: {endpoint: "http://collector:4317", service_name: hl-test, protocol: grpc}
 dashboard: {enabled: false, listen: "0.0.0.0:8080", events_limit: 50}
 agent:
   runtime: command
@@ -271,7 +272,7 @@ agent:
             log_level: LogLevel::Warning,
             prometheus: None,
             matrix: None,
-            otel: None,
+            otel: otel("http://collector:4317", "hl-test"),
         };
         c.dashboard = DashboardConfig {
             enabled: false,
@@ -974,8 +975,6 @@ fn check_refused(cases: &[(&str, &[&str])]) {
 }
 
 const NO_DASHBOARD: &str = "this version of hyperloop does not implement the web dashboard yet";
-const NO_OTEL: &str = "this version of hyperloop does not implement OpenTelemetry export yet; \
-                       remove the `observability.otel` settings";
 
 #[test]
 fn turning_the_dashboard_on_is_refused_until_the_dashboard_exists() {
@@ -1083,31 +1082,79 @@ fn a_matrix_section_needs_a_homeserver_and_a_credential() {
     ]);
 }
 
+fn otel(endpoint: &str, service_name: &str) -> Option<OtelConfig> {
+    Some(OtelConfig {
+        endpoint: endpoint.to_owned(),
+        service_name: service_name.to_owned(),
+    })
+}
+
 #[test]
-fn an_otel_section_is_refused_until_opentelemetry_export_exists() {
-    let at = |key: &str| format!("`observability.otel.{key}`: {NO_OTEL}");
-    check_refused(&[
-        (
-            "observability: {otel: {endpoint: 'https://otel:4318'}}",
-            &[&at("endpoint")],
-        ),
-        (
-            "observability: {otel: {endpoint: 'http://o:4317', service_name: hl}}",
-            &[&at("endpoint")],
-        ),
-        (
-            "observability: {otel: {service_name: hyperloop}}",
-            &[&at("service_name")],
-        ),
-    ]);
-    check_errors_with(
+fn an_otel_section_turns_trace_export_on() {
+    check(
+        "observability: {otel: {endpoint: 'http://o:4317', service_name: hl, protocol: grpc}}",
+        |c| c.observability.otel = otel("http://o:4317", "hl"),
+    );
+    check("observability: {otel: {service_name: hl}}", |c| {
+        c.observability.otel = otel("http://localhost:4317", "hl");
+    });
+    check_with(
         "",
         &[("HYPERLOOP_OBSERVABILITY_OTEL_ENDPOINT", "http://otel:4317")],
         &Overrides::default(),
-        &[&format!(
-            "environment variable HYPERLOOP_OBSERVABILITY_OTEL_ENDPOINT \
-             (`observability.otel.endpoint`): {NO_OTEL}"
-        )],
+        |c| c.observability.otel = otel("http://otel:4317", "hyperloop"),
+    );
+}
+
+#[test]
+fn the_standard_otel_variables_fill_in_what_the_config_leaves_out() {
+    let standard = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4317"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+        ("OTEL_SERVICE_NAME", "from-env"),
+    ];
+    // The traces-specific variable wins over the general one.
+    check_with(
+        "observability: {otel: {protocol: grpc}}",
+        &standard,
+        &Overrides::default(),
+        |c| c.observability.otel = otel("http://traces:4317", "from-env"),
+    );
+    check_with(
+        "observability: {otel: {protocol: grpc}}",
+        &standard[..1],
+        &Overrides::default(),
+        |c| c.observability.otel = otel("http://general:4317", "hyperloop"),
+    );
+    // What the config says wins.
+    check_with(
+        "observability: {otel: {endpoint: 'http://mine:4317', service_name: mine}}",
+        &standard,
+        &Overrides::default(),
+        |c| c.observability.otel = otel("http://mine:4317", "mine"),
+    );
+    // On their own the standard variables turn nothing on.
+    check_with("", &standard, &Overrides::default(), |_| {});
+}
+
+#[test]
+fn otlp_over_http_is_refused_and_other_protocols_are_wrong() {
+    check_refused(&[(
+        "observability: {otel: {endpoint: 'http://o:4318', protocol: http}}",
+        &[
+            "`observability.otel.protocol`: this version of hyperloop does not implement \
+           OTLP over HTTP yet; use `protocol: grpc` and the collector's gRPC port (usually 4317)",
+        ],
+    )]);
+    let error = load_all(
+        "observability: {otel: {protocol: thrift}}",
+        &[],
+        &Overrides::default(),
+    )
+    .expect_err("an unknown protocol");
+    assert!(
+        error.to_string().contains("observability.otel.protocol"),
+        "{error}"
     );
 }
 

@@ -170,7 +170,22 @@ impl StepReport {
 /// Runs one step. Never panics on bad input or git/process failures: every problem is a
 /// failed [`StepReport`] naming its cause. The worktree is removed before this returns,
 /// whatever happened.
+///
+/// Runs in a `step` span that continues the coordinator's trace from `assign.trace_context`.
 pub async fn run_step(assign: &Assign, ctx: &StepContext) -> StepReport {
+    let span = tracing::info_span!(
+        "step",
+        task_id = %assign.task_id,
+        role = %assign.role,
+        round = assign.round,
+        step = %assign.step_path,
+        attempt = assign.attempt_id,
+    );
+    crate::otel::continue_from(&span, &assign.trace_context);
+    tracing::Instrument::instrument(run_step_in_span(assign, ctx), span).await
+}
+
+async fn run_step_in_span(assign: &Assign, ctx: &StepContext) -> StepReport {
     let started = Instant::now();
     let mut report = StepReport::new(assign);
     let plan = match StepPlan::from_assign(assign, ctx.default_timeout, SystemTime::now()) {
@@ -270,6 +285,17 @@ async fn run_in_worktree(
         &ctx.pass_env,
         &plan.extra_env,
         &context,
+    );
+    // The agent joins the trace under this step's span, or under the coordinator's when this
+    // worker exports nothing itself.
+    let mut trace = crate::otel::context_of(&tracing::Span::current());
+    if trace.is_empty() {
+        trace = plan.trace_context.clone();
+    }
+    env.extend(
+        crate::otel::agent_env(&trace)
+            .into_iter()
+            .map(|(name, value)| (OsString::from(name), OsString::from(value))),
     );
     let tmp = ctx.workspace.tmp_path(plan.attempt_id);
     if let Err(e) = tokio::fs::create_dir_all(&tmp).await {

@@ -1,6 +1,6 @@
 //! [`StepPlan`]: an `Assign` checked and turned into what the worker executes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -87,6 +87,8 @@ pub(crate) struct StepPlan {
     pub git_identity: GitIdentity,
     /// The checks the process names for this step (`None`: the default set).
     pub checks: Option<Vec<String>>,
+    /// The coordinator's W3C trace context for this step (`traceparent`, `tracestate`).
+    pub trace_context: BTreeMap<String, String>,
 }
 
 impl StepPlan {
@@ -222,6 +224,11 @@ impl StepPlan {
                 })
                 .unwrap_or_default(),
             checks,
+            trace_context: assign
+                .trace_context
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 }

@@ -41,6 +41,7 @@ pub fn order(attempt: AttemptId) -> StepOrder {
         },
         deadline_ms: 0,
         checks: None,
+        trace_context: Default::default(),
     }
 }
 
