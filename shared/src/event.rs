@@ -191,11 +191,29 @@ pub enum Audience {
     Never,
 }
 
+impl Audience {
+    /// Whether a sink that is `verbose` (or not) is told.
+    pub fn reaches(self, verbose: bool) -> bool {
+        match self {
+            Audience::Always => true,
+            Audience::Verbose => verbose,
+            Audience::Never => false,
+        }
+    }
+}
+
 impl EventKind {
     /// Whom notification sinks tell about this event.
     pub fn audience(&self) -> Audience {
         match self {
+            // Arriving at a gate step is when a person may be needed; other moves are noise.
+            EventKind::TaskAdvanced { to_step, .. } if to_step.starts_with("gate: ") => {
+                Audience::Always
+            }
             EventKind::CoordinatorHalted { .. }
+            | EventKind::TaskCreated { .. }
+            | EventKind::TaskLoopedBack { .. }
+            | EventKind::TaskReset { .. }
             | EventKind::TaskCompleted { .. }
             | EventKind::TaskFailed { .. }
             | EventKind::TaskCancelled { .. }
@@ -216,9 +234,6 @@ impl EventKind {
             | EventKind::Recovery { .. }
             | EventKind::SpecChanged { .. }
             | EventKind::IntakeRun { .. }
-            | EventKind::TaskCreated { .. }
-            | EventKind::TaskLoopedBack { .. }
-            | EventKind::TaskReset { .. }
             | EventKind::SpecRetried { .. }
             | EventKind::StepDispatched { .. }
             | EventKind::BranchPushed { .. }
@@ -273,6 +288,29 @@ impl EventKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sinks_hear_of_a_gate_arrival_always_of_dispatches_when_verbose_and_of_other_moves_never() {
+        let advanced = |to: &str| EventKind::TaskAdvanced {
+            from_step: "agent: verifier".into(),
+            to_step: to.into(),
+        };
+        assert_eq!(advanced("gate: lgtm").audience(), Audience::Always);
+        assert_eq!(advanced("action: merge-pr").audience(), Audience::Never);
+        let dispatched = EventKind::StepDispatched {
+            step: "0".into(),
+            role: "implementer".into(),
+            round: 0,
+            attempt: 1,
+            worker: "w".into(),
+        };
+        assert!(dispatched.audience().reaches(true) && !dispatched.audience().reaches(false));
+        let halted = EventKind::CoordinatorHalted {
+            reason: "converged".into(),
+            exit_code: 0,
+        };
+        assert!(halted.audience().reaches(false));
+    }
 
     #[test]
     fn events_serialize_flat_with_their_name_as_the_tag() {

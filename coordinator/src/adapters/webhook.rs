@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use hyperloop_shared::config::WebhookConfig;
-use hyperloop_shared::event::{Audience, Event};
+use hyperloop_shared::event::Event;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
@@ -94,11 +94,7 @@ impl Notifier for Webhooks {
         let sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
         for sink in sinks.iter() {
             for event in events {
-                let wanted = match event.kind.audience() {
-                    Audience::Always => true,
-                    Audience::Verbose => sink.verbose,
-                    Audience::Never => false,
-                };
+                let wanted = event.kind.audience().reaches(sink.verbose);
                 if wanted && sink.queue.try_send(event.clone()).is_err() {
                     let dropped = sink.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     // Said at 1, 2, 4, 8, ... drops: visible without flooding the log.

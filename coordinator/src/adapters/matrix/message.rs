@@ -45,44 +45,10 @@ pub fn render(event: &Event, verbose: bool) -> Option<Message> {
     Some(Message { place, body })
 }
 
-/// Whether `kind` is sent at all; cheap, so the notifier filters before queueing.
+/// Whether `kind` is sent at all (the core's [`EventKind::audience`], which every
+/// notification sink shares); cheap, so the notifier filters before queueing.
 pub fn wanted(kind: &EventKind, verbose: bool) -> bool {
-    match kind {
-        EventKind::CoordinatorHalted { .. }
-        | EventKind::TaskCreated { .. }
-        | EventKind::TaskLoopedBack { .. }
-        | EventKind::TaskCompleted { .. }
-        | EventKind::TaskFailed { .. }
-        | EventKind::TaskReset { .. }
-        | EventKind::TaskCancelled { .. }
-        | EventKind::SpecFailed { .. }
-        | EventKind::SpawnFailed { .. }
-        | EventKind::ResultReaped { .. }
-        | EventKind::ProcessImproved { .. }
-        | EventKind::GateCleared { .. }
-        | EventKind::PrCreated { .. }
-        | EventKind::Merged { .. }
-        | EventKind::RebaseConflict { .. }
-        | EventKind::WorkerLost { .. } => true,
-        // Only the once-per-task announcement that a merge waits for an operator is emitted
-        // as an uncleared check; arriving at a gate step is a transition, sent only for gates.
-        EventKind::GateChecked { cleared, .. } => !cleared,
-        EventKind::TaskAdvanced { to_step, .. } => to_step.starts_with("gate: "),
-        EventKind::StepDispatched { .. }
-        | EventKind::CycleCompleted { .. }
-        | EventKind::IntakeRun { .. } => verbose,
-        EventKind::CoordinatorStarted { .. }
-        | EventKind::LeaderElected { .. }
-        | EventKind::Recovery { .. }
-        | EventKind::OrphanFound { .. }
-        | EventKind::SpecChanged { .. }
-        | EventKind::SpecRetried { .. }
-        | EventKind::PromptComposed { .. }
-        | EventKind::BranchPushed { .. }
-        | EventKind::PrLabelled { .. }
-        | EventKind::PrReady { .. }
-        | EventKind::WorkerJoined { .. } => false,
-    }
+    kind.audience().reaches(verbose)
 }
 
 /// The root message of a task whose creation was not seen (created before notifications
