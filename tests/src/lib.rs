@@ -66,8 +66,17 @@ pub fn scripted_log(log: impl AsRef<std::path::Path>) -> [(&'static str, std::ff
 /// Waits for `child` up to `limit` (then kills it), reading its piped stderr meanwhile so a
 /// chatty run never blocks on a full pipe; returns the exit code and the stderr.
 pub fn wait_with_limit(
+    child: std::process::Child,
+    limit: std::time::Duration,
+) -> (Option<i32>, String) {
+    wait_with_limit_during(child, limit, || {})
+}
+
+/// [`wait_with_limit`], calling `during` between polls (to act on the run while it goes).
+pub fn wait_with_limit_during(
     mut child: std::process::Child,
     limit: std::time::Duration,
+    mut during: impl FnMut(),
 ) -> (Option<i32>, String) {
     use std::io::Read;
     let mut pipe = child.stderr.take().expect("stderr piped");
@@ -86,7 +95,8 @@ pub fn wait_with_limit(
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        during();
+        std::thread::sleep(std::time::Duration::from_millis(20));
     };
     (code, reader.join().unwrap_or_default())
 }

@@ -66,31 +66,11 @@ fn run(
         command.env("MATRIX_ACCESS_TOKEN", token);
     }
     let started = Instant::now();
-    let mut child = command.spawn().expect("coordinator starts");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "coordinator did not finish within {RUN_TIMEOUT:?}:\n{}",
-                reader.join().unwrap_or_default()
-            );
-        }
-        during(repo);
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let child = command.spawn().expect("coordinator starts");
+    let (code, stderr) =
+        hyperloop_tests::wait_with_limit_during(child, RUN_TIMEOUT, || during(repo));
     let took = started.elapsed();
-    let stderr = reader.join().unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(code, Some(0), "within {RUN_TIMEOUT:?}: {stderr}");
     (stderr, took)
 }
 
