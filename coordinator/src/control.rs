@@ -71,6 +71,8 @@ pub struct Live {
     pub cycle: u64,
     pub last_cycle_at_ms: u64,
     pub converged: bool,
+    /// Tasks ready for an agent step that wait for a free worker slot.
+    pub queued: usize,
     /// The composition the loop works with (to explain why tasks wait); `None` on a standby
     /// that has not composed yet.
     pub project: Option<Arc<Project>>,

@@ -40,7 +40,7 @@ use crate::metrics::{self, Metrics};
 use crate::ports::election::Election;
 use crate::ports::forge::Forge;
 use crate::ports::lander::Lander;
-use crate::ports::notifier::{Fanout, Nobody, Notifier};
+use crate::ports::notifier::{Fanout, Notifier};
 use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::StateStore;
 use crate::reconcile::{Clock, Context, GitHub, Halt, Links, Mode, Reconciler, RunError};
@@ -195,24 +195,20 @@ struct Place {
 
 /// What the notifier is built with besides the configuration.
 struct Sinks<'a> {
-    /// The metrics, when they are scraped.
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
     /// Ends background senders with the endpoint.
     stop: &'a CancellationToken,
     tasks: &'a mut JoinSet<()>,
 }
 
-/// Where stored events go: the metrics when they are scraped, Matrix when
-/// `observability.matrix` is set, and every `notifications.webhooks` entry; nobody otherwise.
+/// Where stored events go: the metrics, Matrix when `observability.matrix` is set, and every
+/// `notifications.webhooks` entry.
 fn notifier(
     config: &Config,
     place: &Place,
     sinks: Sinks<'_>,
 ) -> Result<Arc<dyn Notifier>, StartError> {
-    let mut all: Vec<Box<dyn Notifier>> = Vec::new();
-    if let Some(metrics) = sinks.metrics {
-        all.push(Box::new(metrics));
-    }
+    let mut all: Vec<Box<dyn Notifier>> = vec![Box::new(sinks.metrics)];
     if let Some(matrix) = &config.observability.matrix {
         let repo_name = place
             .root
@@ -243,10 +239,7 @@ fn notifier(
             .unwrap_or_else(|| place.root.display().to_string());
         all.push(Box::new(Webhooks::start(hooks, &repository)));
     }
-    Ok(match all.len() {
-        0 => Arc::new(Nobody),
-        _ => Arc::new(Fanout(all)),
-    })
+    Ok(Arc::new(Fanout(all)))
 }
 
 /// The gRPC endpoint (workers and hyperloopctl) for the life of the process.
@@ -260,6 +253,8 @@ struct Endpoint {
     /// Where stored events go (metrics, Matrix, webhooks); lives as long as the endpoint, so
     /// its senders outlast leadership terms and send what is queued when the endpoint stops.
     notifier: Arc<dyn Notifier>,
+    /// Also takes the loop's timings.
+    metrics: Arc<Metrics>,
     /// The endpoint record `hyperloopctl` finds; removed when the endpoint goes.
     _published: Option<discovery::Published>,
 }
@@ -339,9 +334,11 @@ impl Endpoint {
             Arc::new(config.clone()),
             gatekeeper,
         ));
+        // Always kept (a few counters): scraped at /metrics, pushed by OpenTelemetry export
+        // when that is set up (otherwise the global meter is a no-op), or both.
         let metrics = Arc::new(Metrics::default());
-        let scraped = metrics::served(bound, config.observability.prometheus);
-        if scraped {
+        metrics.export(live.subscribe());
+        if metrics::served(bound, config.observability.prometheus) {
             routes = metrics_route(routes, metrics.clone(), live.subscribe());
             tracing::info!(listen = %bound, "serving Prometheus metrics at /metrics");
         }
@@ -352,7 +349,7 @@ impl Endpoint {
             }
         });
         let sinks = Sinks {
-            metrics: scraped.then_some(metrics),
+            metrics: metrics.clone(),
             stop: &stop,
             tasks: &mut tasks,
         };
@@ -377,6 +374,7 @@ impl Endpoint {
             stop,
             tasks,
             notifier,
+            metrics,
             _published: published,
         })
     }
@@ -395,6 +393,7 @@ impl Endpoint {
             github,
             notifier: self.notifier.clone(),
             gates,
+            metrics: Some(self.metrics.clone()),
         }
     }
 

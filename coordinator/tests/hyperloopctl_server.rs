@@ -168,6 +168,7 @@ fn serve(options: Options) -> Harness {
         cycle: 7,
         last_cycle_at_ms: 1,
         converged: false,
+        queued: 0,
         project: Some(Arc::new(project())),
         tasks: Vec::new(),
     };

@@ -410,6 +410,12 @@ impl From<v1::StepResult> for hyperloop_shared::step::StepReport {
             branch: nonempty(result.branch),
             head_commit: nonempty(result.head_commit),
             new_commits: result.new_commits,
+            usage: hyperloop_shared::step::Usage {
+                turns: result.turns,
+                cost_usd: result.cost_usd,
+                tokens: result.tokens.map(Into::into).unwrap_or_default(),
+            }
+            .sanitized(),
             duration: result
                 .duration
                 .and_then(|d| std::time::Duration::try_from(d).ok())
@@ -481,6 +487,28 @@ impl TryFrom<v1::PushAnswer> for hyperloop_shared::step::PushAnswer {
             }
         };
         Ok(hyperloop_shared::step::PushAnswer { attempt, grant })
+    }
+}
+
+impl From<hyperloop_shared::step::Tokens> for v1::TokenUsage {
+    fn from(t: hyperloop_shared::step::Tokens) -> Self {
+        v1::TokenUsage {
+            input: t.input,
+            output: t.output,
+            cache_read: t.cache_read,
+            cache_write: t.cache_write,
+        }
+    }
+}
+
+impl From<v1::TokenUsage> for hyperloop_shared::step::Tokens {
+    fn from(t: v1::TokenUsage) -> Self {
+        hyperloop_shared::step::Tokens {
+            input: t.input,
+            output: t.output,
+            cache_read: t.cache_read,
+            cache_write: t.cache_write,
+        }
     }
 }
 

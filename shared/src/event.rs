@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{SpecRef, TaskId, Verdict};
+use crate::step::Usage;
 
 /// One journal entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +121,9 @@ pub enum EventKind {
         worker: String,
         verdict: Verdict,
         duration_ms: u64,
+        /// Turns, cost and tokens as the runtime reported them.
+        #[serde(default, skip_serializing_if = "Usage::is_zero")]
+        usage: Usage,
     },
     ProcessImproved {
         verdict: Verdict,
@@ -155,6 +159,9 @@ pub enum EventKind {
         into: String,
         commit: String,
         strategy: String,
+        /// From asking to land to landed, when this coordinator saw both.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
     },
     RebaseConflict {
         branch: String,

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::AgentProgram;
 use crate::model::{AttemptId, Proposal, SpecRef, Verdict};
 
@@ -86,8 +88,59 @@ pub struct StepReport {
     /// The step made commits and the worker pushed them (the branch moved).
     pub new_commits: bool,
     pub duration: Duration,
+    /// What the step used, as the runtime reported it.
+    pub usage: Usage,
     /// The PM's proposals (intake only).
     pub proposals: Vec<Proposal>,
+}
+
+/// What a step used, as its runtime reported it; zero where the runtime says nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    pub turns: u32,
+    pub cost_usd: f64,
+    pub tokens: Tokens,
+}
+
+/// Model tokens of a session, by kind (prompt caching bills reads and writes apart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+impl Usage {
+    pub fn is_zero(&self) -> bool {
+        *self == Usage::default()
+    }
+
+    /// The usage with a cost that cannot be real (negative, NaN, infinite: a runtime's
+    /// output is not trusted) counted as unknown.
+    #[must_use]
+    pub fn sanitized(self) -> Usage {
+        let cost_usd = if self.cost_usd.is_finite() && self.cost_usd >= 0.0 {
+            self.cost_usd
+        } else {
+            0.0
+        };
+        Usage { cost_usd, ..self }
+    }
+}
+
+impl Tokens {
+    /// Each kind with its metric label.
+    pub fn by_kind(&self) -> [(&'static str, u64); 4] {
+        [
+            ("input", self.input),
+            ("output", self.output),
+            ("cache_read", self.cache_read),
+            ("cache_write", self.cache_write),
+        ]
+    }
 }
 
 impl StepReport {

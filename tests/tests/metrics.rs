@@ -133,6 +133,28 @@ fn metrics_count_steps_by_role_and_verdict_and_show_tasks_and_workers() {
         value(&body, "hyperloop_events_total{event=\"merged\"}") >= Some(2.0),
         "{body}"
     );
+    // The loop's timings: every landing, and every step's dispatch round trip.
+    assert!(
+        value(&body, "hyperloop_landing_duration_seconds_count") >= Some(2.0),
+        "{body}"
+    );
+    let dispatched: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("hyperloop_steps_started_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    let timed = value(&body, "hyperloop_dispatch_latency_seconds_count").unwrap_or(0.0);
+    assert!(timed >= 1.0 && timed <= dispatched, "{body}");
+    assert!(
+        value(&body, "hyperloop_intake_runs_total") >= Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "hyperloop_intake_tasks_created_total"),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(value(&body, "hyperloop_steps_queued"), Some(0.0), "{body}");
 }
 
 #[test]

@@ -17,12 +17,8 @@ use tokio::sync::{mpsc, watch};
 /// 1024 × 4 KiB = 4 MiB per step.
 pub const PROGRESS_BUFFER_LINES: usize = 4 * MAX_PROGRESS_LINES;
 
-/// Turns and cost reported so far by the runtime (0 when it does not say).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Usage {
-    pub turns: u32,
-    pub cost_usd: f64,
-}
+/// Turns, cost and tokens reported so far by the runtime (0 when it does not say).
+pub use hyperloop_shared::step::Usage;
 
 /// The writing side, cloned into each output reader of a step.
 #[derive(Debug, Clone)]

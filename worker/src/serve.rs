@@ -742,6 +742,7 @@ async fn forward_progress(
             lines: std::mem::take(&mut batch),
             turns: usage.turns,
             cost_usd: usage.cost_usd,
+            tokens: Some(usage.tokens.into()),
         };
         let msg = WorkerMessage {
             body: Some(worker_message::Body::Progress(progress)),

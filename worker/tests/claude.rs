@@ -66,12 +66,13 @@ async fn a_successful_session_reports_turns_cost_and_the_result_file_verdict() {
     assert_eq!(report.verdict, Verdict::Pass, "{}", report.detail);
     assert_eq!(report.failure_cause, FailureCause::Unspecified);
     assert_eq!(report.detail, "greeting written");
-    assert_eq!(report.turns, 3);
+    assert_eq!(report.usage.turns, 3);
     assert!(
-        (report.cost_usd - 0.0123).abs() < 1e-9,
+        (report.usage.cost_usd - 0.0123).abs() < 1e-9,
         "{}",
-        report.cost_usd
+        report.usage.cost_usd
     );
+    assert_eq!(report.usage.tokens.output, 39, "the session's own total");
 
     let argv = std::fs::read_to_string(fx.path("argv")).unwrap();
     assert_eq!(
@@ -118,7 +119,12 @@ async fn a_successful_session_reports_turns_cost_and_the_result_file_verdict() {
         *stream.usage.borrow(),
         hyperloop_worker::progress::Usage {
             turns: 3,
-            cost_usd: 0.0123
+            cost_usd: 0.0123,
+            tokens: hyperloop_shared::step::Tokens {
+                input: 52,
+                output: 39,
+                ..Default::default()
+            }
         }
     );
 }
@@ -148,7 +154,7 @@ async fn the_turn_limit_is_reported_as_turns_exhausted() {
     let report = run_step(&claude_assign(&fx, 1), &ctx).await;
     assert_eq!(report.failure_cause, FailureCause::TurnsExhausted);
     assert!(report.detail.contains("max_turns 8"), "{}", report.detail);
-    assert_eq!(report.turns, 8);
+    assert_eq!(report.usage.turns, 8);
 }
 
 #[tokio::test]
@@ -164,7 +170,7 @@ async fn the_budget_limit_is_reported_as_budget_exhausted() {
         "{}",
         report.detail
     );
-    assert!((report.cost_usd - 0.51).abs() < 1e-9);
+    assert!((report.usage.cost_usd - 0.51).abs() < 1e-9);
 }
 
 #[tokio::test]

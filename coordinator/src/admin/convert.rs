@@ -166,6 +166,7 @@ pub fn event_to_wire(e: &Event) -> v1::Event {
             worker,
             verdict: v,
             duration_ms,
+            usage,
         } => Kind::ResultReaped(v1::ResultReaped {
             step_path: step,
             role,
@@ -177,7 +178,9 @@ pub fn event_to_wire(e: &Event) -> v1::Event {
             duration: Some(duration_to_wire(std::time::Duration::from_millis(
                 duration_ms,
             ))),
-            cost_usd: 0.0,
+            cost_usd: usage.cost_usd,
+            turns: usage.turns,
+            tokens: Some(usage.tokens.into()),
         }),
         EventKind::ProcessImproved { verdict: v, commit } => {
             Kind::ProcessImproved(v1::ProcessImproved {
@@ -223,12 +226,14 @@ pub fn event_to_wire(e: &Event) -> v1::Event {
             into,
             commit,
             strategy,
+            duration_ms,
         } => Kind::Merged(v1::Merged {
             branch,
             into,
             commit,
             strategy,
             pr: None,
+            duration: duration_ms.map(|ms| duration_to_wire(std::time::Duration::from_millis(ms))),
         }),
         EventKind::RebaseConflict {
             branch,
@@ -357,10 +362,13 @@ pub fn event_from_wire(e: v1::Event) -> Result<Option<Event>, ConversionError> {
                 attempt: k.attempt_id,
                 worker: k.worker,
                 verdict: verdict_of("result_reaped.verdict", k.verdict)?,
-                duration_ms: k
-                    .duration
-                    .and_then(|d| std::time::Duration::try_from(d).ok())
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                duration_ms: duration_millis(k.duration).unwrap_or(0),
+                usage: hyperloop_shared::step::Usage {
+                    turns: k.turns,
+                    cost_usd: k.cost_usd,
+                    tokens: k.tokens.map(Into::into).unwrap_or_default(),
+                }
+                .sanitized(),
             },
             Kind::ProcessImproved(k) => {
                 let (v, commit) = match k.summary.split_once(", commit ") {
@@ -404,6 +412,7 @@ pub fn event_from_wire(e: v1::Event) -> Result<Option<Event>, ConversionError> {
                 into: k.into,
                 commit: k.commit,
                 strategy: k.strategy,
+                duration_ms: duration_millis(k.duration),
             },
             Kind::RebaseConflict(k) => EventKind::RebaseConflict {
                 branch: k.branch,
@@ -493,6 +502,12 @@ pub fn worker_from_wire(w: v1::WorkerInfo) -> WorkerView {
     }
 }
 
+/// A wire duration in whole milliseconds; `None` when absent or negative.
+fn duration_millis(d: Option<prost_types::Duration>) -> Option<u64> {
+    d.and_then(|d| std::time::Duration::try_from(d).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +529,23 @@ mod tests {
                 worker: "w".into(),
                 verdict: Verdict::Fail,
                 duration_ms: 1500,
+                usage: hyperloop_shared::step::Usage {
+                    turns: 3,
+                    cost_usd: 0.5,
+                    tokens: hyperloop_shared::step::Tokens {
+                        input: 10,
+                        output: 2,
+                        cache_read: 1,
+                        cache_write: 0,
+                    },
+                },
+            },
+            EventKind::Merged {
+                branch: "hyperloop/task-001".into(),
+                into: "main".into(),
+                commit: "abc".into(),
+                strategy: "squash".into(),
+                duration_ms: Some(2_500),
             },
             EventKind::ProcessImproved {
                 verdict: Verdict::Pass,

@@ -221,11 +221,20 @@ pub fn summary(kind: &EventKind) -> String {
             worker,
             verdict,
             duration_ms,
+            usage,
             ..
-        } => format!(
-            "{role} round {round}: {verdict} from {worker} (attempt-{attempt}, {})",
-            hyperloop_shared::duration::human(std::time::Duration::from_millis(*duration_ms))
-        ),
+        } => {
+            let took =
+                hyperloop_shared::duration::human(std::time::Duration::from_millis(*duration_ms));
+            let cost = if usage.cost_usd > 0.0 {
+                format!(", ${:.2}", usage.cost_usd)
+            } else {
+                String::new()
+            };
+            format!(
+                "{role} round {round}: {verdict} from {worker} (attempt-{attempt}, {took}{cost})"
+            )
+        }
         EventKind::ProcessImproved { verdict, commit } => match commit {
             Some(c) => format!("{verdict}, commit {}", short_id(c)),
             None => verdict.to_string(),
@@ -255,6 +264,7 @@ pub fn summary(kind: &EventKind) -> String {
             into,
             commit,
             strategy,
+            ..
         } => format!("{branch} into {into} at {} ({strategy})", short_id(commit)),
         EventKind::RebaseConflict {
             branch,

@@ -39,6 +39,7 @@ use crate::adapters::command_gate::CommandGates;
 use crate::compose::ProjectLoadError;
 use crate::control::{AttemptView, Command, CommandError, Live, WorkerView};
 use crate::logs::LogHub;
+use crate::metrics::Metrics;
 use crate::ports::dispatcher::{Dispatcher, Inbound};
 use crate::ports::gate::{GateTarget, evaluate_gate};
 use crate::ports::lander::{LandError, LandOutcome, Lander, PushStatus};
@@ -126,6 +127,8 @@ pub struct Links {
     pub notifier: Arc<dyn Notifier>,
     /// Runs `command` gates on this host when GitHub does not (`--allow-command-gates`).
     pub gates: Option<CommandGates>,
+    /// Takes the loop's timings (dispatch round trips) when metrics are kept.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Links {
@@ -141,6 +144,7 @@ impl Links {
             github: None,
             notifier: Arc::new(Nobody),
             gates: None,
+            metrics: None,
         }
     }
 }
@@ -155,6 +159,8 @@ struct AttemptStatus {
     turns: u32,
     cost_usd: f64,
     deadline_ms: u64,
+    /// When the step was sent, until the worker's first word about it.
+    sent_at: Option<Instant>,
 }
 
 pub struct Reconciler<S, P, L, C, D> {
@@ -181,6 +187,7 @@ pub struct Reconciler<S, P, L, C, D> {
     deposed: CancellationToken,
     github: Option<GitHub>,
     notifier: Arc<dyn Notifier>,
+    metrics: Option<Arc<Metrics>>,
     /// Gate checks run off the loop, answering on a channel.
     gates: Option<Arc<CommandGates>>,
     gate_replies: (mpsc::Sender<GateReply>, mpsc::Receiver<GateReply>),
@@ -250,6 +257,7 @@ where
             deposed: links.deposed,
             github: links.github,
             notifier: links.notifier,
+            metrics: links.metrics,
             gates: links.gates.map(Arc::new),
             gate_replies: mpsc::channel(GATE_REPLIES),
             wake_at: None,
@@ -447,6 +455,9 @@ where
                 lines,
             } => {
                 if let Some(status) = self.attempts.get_mut(&attempt) {
+                    if let (Some(sent), Some(metrics)) = (status.sent_at.take(), &self.metrics) {
+                        metrics.dispatched(sent.elapsed().as_secs_f64());
+                    }
                     status.phase = phase;
                     if let Some((turns, cost_usd)) = usage {
                         status.turns = turns;
@@ -637,6 +648,7 @@ where
                                 order.attempt,
                                 AttemptStatus {
                                     deadline_ms: step.deadline_ms,
+                                    sent_at: Some(Instant::now()),
                                     ..AttemptStatus::default()
                                 },
                             );
@@ -795,6 +807,7 @@ where
             .converged(self.github.as_ref().is_some_and(GitHub::busy));
         let cycle = self.core.state().meta.cycle;
         let last_cycle_at_ms = self.core.last_cycle_at_ms();
+        let queued = self.core.queued();
         let tasks = self
             .core
             .state()
@@ -814,6 +827,7 @@ where
                 cycle,
                 last_cycle_at_ms,
                 converged,
+                queued,
                 project: Some(project),
                 ..(**live).clone()
             });

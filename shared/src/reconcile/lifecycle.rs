@@ -100,6 +100,7 @@ impl Core {
                 worker: worker.to_owned(),
                 verdict: report.verdict,
                 duration_ms: report.duration_ms(),
+                usage: report.usage.sanitized(),
             },
         );
         if report.verdict == Verdict::Fail {
@@ -695,6 +696,7 @@ impl Core {
             delete_branch: merge.delete_branch,
         };
         self.landing.insert(task.id);
+        self.landing_since.entry(task.id).or_insert(self.now);
         self.after_persist.push(Effect::Land {
             request,
             action: action.to_owned(),
@@ -732,6 +734,11 @@ impl Core {
     }
 
     fn task_landed(&mut self, id: TaskId, request: &LandRequest, action: &str, outcome: Landed) {
+        // Conflicts and retries are part of landing; anything else ends it.
+        let since = match outcome {
+            Landed::Conflict { .. } | Landed::RetryLater { .. } => None,
+            Landed::Done { .. } | Landed::Failed { .. } => self.landing_since.remove(&id),
+        };
         if let Landed::Done { commit } = &outcome {
             if self.state.meta.rebase_attempts.remove(&id).is_some() {
                 self.put_meta();
@@ -743,6 +750,7 @@ impl Core {
                     into: self.settings.config.target.base_branch.clone(),
                     commit: commit.0.clone(),
                     strategy: format!("{:?}", request.strategy).to_lowercase(),
+                    duration_ms: since.map(|t| self.now.saturating_sub(t)),
                 },
             );
         }
@@ -891,6 +899,7 @@ impl Core {
                         into,
                         commit,
                         strategy: "by a human".to_owned(),
+                        duration_ms: None,
                     },
                 );
                 self.forge_landed(task, next.as_ref());

@@ -420,6 +420,11 @@ pub struct Core {
     /// Tasks with a landing in flight, and whether process improvements are landing.
     landing: BTreeSet<TaskId>,
     improvements_landing: bool,
+    /// When each task first asked to land (kept across retries and rebases), for the
+    /// landing duration; in memory only, so a landing that spans a restart goes untimed.
+    landing_since: BTreeMap<TaskId, u64>,
+    /// Tasks ready for an agent that waited for a free worker slot at the last spawn.
+    queued: usize,
     /// Failed task results since the last process-improver run.
     improvement_findings: Vec<FailedResult>,
     /// Changes not yet handed out in a [`Effect::Persist`].
@@ -473,6 +478,8 @@ impl Core {
             needs_rebase: BTreeSet::new(),
             landing: BTreeSet::new(),
             improvements_landing: false,
+            landing_since: BTreeMap::new(),
+            queued: 0,
             improvement_findings: Vec::new(),
             changes: Vec::new(),
             deferred: Vec::new(),
@@ -597,6 +604,11 @@ impl Core {
 
     pub fn last_cycle_at_ms(&self) -> u64 {
         self.last_cycle_at_ms
+    }
+
+    /// Tasks ready for an agent that waited for a free worker slot at the last dispatch.
+    pub fn queued(&self) -> usize {
+        self.queued
     }
 
     /// Whether the loop would halt as converged now (`forge_busy`: GitHub calls in flight).

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::decide::{Dispatch, TaskSnapshot, decide};
+use crate::decide::{Dispatch, Idle, TaskSnapshot, decide};
 use crate::event::EventKind;
 use crate::model::{AttemptId, SpecPath, Task, TaskId};
 use crate::pipeline::Next;
@@ -126,7 +126,8 @@ impl Core {
         }
 
         let free = slots.total();
-        let starts = self.decide(free);
+        let (starts, waiting) = self.decide(free);
+        self.queued = waiting;
         for id in starts {
             let Some(mut task) = self.state.tasks.get(&id).cloned() else {
                 continue;
@@ -148,6 +149,7 @@ impl Core {
             };
             // No free worker carries the labels this role needs: it waits, others may go.
             let Some(worker) = slots.take(&self.labels_for(&role)) else {
+                self.queued += 1;
                 continue;
             };
             orders.push(self.order_step(worker, &task, &role));
@@ -158,8 +160,9 @@ impl Core {
         orders
     }
 
-    /// The tasks [`decide`] starts or resumes with `free` slots.
-    fn decide(&self, free: usize) -> Vec<TaskId> {
+    /// The tasks [`decide`] starts or resumes with `free` slots, and how many more wait for
+    /// a free slot.
+    fn decide(&self, free: usize) -> (Vec<TaskId>, usize) {
         let pipeline = &self.project.process.pipeline;
         let tasks: Vec<&Task> = self.state.tasks.values().collect();
         let snapshots: Vec<TaskSnapshot<'_>> = tasks
@@ -170,13 +173,20 @@ impl Core {
                 TaskSnapshot::of(t, pipeline, busy).ok()
             })
             .collect();
-        decide(&snapshots, free)
+        let decisions = decide(&snapshots, free);
+        let waiting = decisions
+            .idle
+            .iter()
+            .filter(|(_, why)| matches!(why, Idle::NoCapacity))
+            .count();
+        let starts = decisions
             .dispatch
             .into_iter()
             .map(|d| match d {
                 Dispatch::Resume { task, .. } | Dispatch::Start { task, .. } => task,
             })
-            .collect()
+            .collect();
+        (starts, waiting)
     }
 
     /// The specs intake should look at now, if intake is due: new or changed specs, or tasks

@@ -80,6 +80,7 @@ fn report(attempt: u64, subject: &str, verdict: Verdict) -> StepReport {
         head_commit: Some("abc".to_owned()),
         new_commits: verdict == Verdict::Pass,
         duration: std::time::Duration::from_millis(144),
+        usage: Default::default(),
         proposals: Vec::new(),
     }
 }
@@ -821,4 +822,120 @@ fn a_verifier_that_passes_without_commits_lets_the_task_land() {
             ),
         ],
     );
+}
+
+/// The journaled event kinds in `effects`.
+fn journaled(effects: &[Effect]) -> Vec<EventKind> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist(changes) => Some(changes),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|c| match c {
+            Change::AppendEvent(e) => Some(e.kind.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_landing_is_timed_from_the_first_ask_through_its_retries() {
+    let mut core = start(Mode::Run, &["a"]);
+    verified(&mut core);
+    let effects = core.on(tick(&[W1]), 7);
+    let Some(Effect::Land { request, action }) = effects
+        .into_iter()
+        .find(|e| matches!(e, Effect::Land { .. }))
+    else {
+        panic!("a landing");
+    };
+    let busy = Landed::RetryLater {
+        reason: "the checkout has uncommitted changes".to_owned(),
+    };
+    core.on(
+        Input::Landed {
+            request: request.clone(),
+            action: action.clone(),
+            outcome: busy,
+        },
+        8,
+    );
+    core.on(tick(&[W1]), 1_008);
+    let done = Landed::Done {
+        commit: CommitId("m1".to_owned()),
+    };
+    core.on(
+        Input::Landed {
+            request,
+            action,
+            outcome: done,
+        },
+        1_200,
+    );
+    let effects = core.on(tick(&[W1]), 1_201);
+    let merged = journaled(&effects)
+        .into_iter()
+        .find_map(|k| match k {
+            EventKind::Merged { duration_ms, .. } => Some(duration_ms),
+            _ => None,
+        })
+        .expect("a merged event");
+    assert_eq!(merged, Some(1_193), "from the ask at 7 to done at 1200");
+}
+
+#[test]
+fn reaped_results_carry_the_reported_usage_and_an_impossible_cost_counts_as_unknown() {
+    let mut core = start(Mode::Run, &["a"]);
+    implementing(&mut core);
+    let mut spent = report(2, "task-001", Verdict::Pass);
+    spent.usage = crate::step::Usage {
+        turns: 7,
+        cost_usd: f64::NAN,
+        tokens: crate::step::Tokens {
+            input: 1_000,
+            output: 200,
+            cache_read: 0,
+            cache_write: 50,
+        },
+    };
+    core.on(result(W1, spent), 4);
+    let effects = core.on(tick(&[W1]), 5);
+    let usage = journaled(&effects)
+        .into_iter()
+        .find_map(|k| match k {
+            EventKind::ResultReaped { usage, .. } => Some(usage),
+            _ => None,
+        })
+        .expect("a reaped result");
+    assert_eq!(usage.turns, 7);
+    assert_eq!(usage.cost_usd, 0.0);
+    assert_eq!(usage.tokens.input, 1_000);
+    assert_eq!(usage.tokens.cache_write, 50);
+}
+
+#[test]
+fn tasks_ready_for_an_agent_without_a_free_slot_are_counted_as_queued() {
+    let mut core = start(Mode::Run, &["a", "b", "c"]);
+    core.on(tick(&[W1]), 1);
+    core.on(intake_result(1, &["a", "b", "c"]), 2);
+    core.on(tick(&[W1]), 3);
+    assert_eq!(core.queued(), 2, "one of three runs on the only slot");
+    core.on(
+        Input::WorkerJoined {
+            worker: W2.to_owned(),
+            capacity: 2,
+            held: Vec::new(),
+        },
+        4,
+    );
+    core.on(
+        Input::Tick(Tick {
+            workers: vec![offer(W1, 1), offer(W2, 2)],
+            forge_busy: false,
+        }),
+        5,
+    );
+    assert_eq!(core.queued(), 0, "a second worker takes the other two");
 }

@@ -3,12 +3,11 @@
 //! The CLI prints one JSON object per line: `system` (subtype `init`, later `api_retry`),
 //! `assistant` (one line per content block; blocks of one model turn share `message.id`),
 //! `user` (tool results) and a final `result` with `is_error`, `subtype`, `num_turns`,
-//! `total_cost_usd` and the closing text. Success is exit 0 AND a `result` line with
+//! `total_cost_usd`, the session's `usage` (tokens) and the closing text. Success is exit 0 AND a `result` line with
 //! `is_error == false`: `subtype` can say "success" after an API error, and SIGTERM ends the
 //! CLI (exit 143) without any `result` line.
 
-use std::collections::BTreeMap;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
@@ -18,6 +17,7 @@ use serde_json::Value;
 use super::{AgentRuntime, OutputParser};
 use crate::env::AllowList;
 use crate::progress::{ProgressSink, Usage, truncate};
+use hyperloop_shared::step::Tokens;
 
 /// Program run for the `claude` runtime when neither the worker options nor
 /// `HYPERLOOP_CLAUDE_BIN` name one.
@@ -90,6 +90,8 @@ pub struct FinalResult {
     pub subtype: String,
     pub num_turns: u32,
     pub total_cost_usd: f64,
+    /// The session's tokens (`usage`), when the line has them.
+    pub tokens: Option<Tokens>,
     /// The session's closing text (or error message).
     pub text: String,
 }
@@ -97,7 +99,8 @@ pub struct FinalResult {
 /// Running state of one session's stream.
 #[derive(Debug, Default)]
 pub struct StreamState {
-    turn_ids: HashSet<String>,
+    /// Each model turn's tokens by message id (its content blocks repeat the same usage).
+    turn_ids: HashMap<String, Tokens>,
     anonymous_turns: u32,
     /// The final `result` line, once seen.
     pub result: Option<FinalResult>,
@@ -119,6 +122,21 @@ impl StreamState {
     /// Cost so far (Claude Code reports it only at the end).
     pub fn cost_usd(&self) -> f64 {
         self.result.as_ref().map_or(0.0, |r| r.total_cost_usd)
+    }
+
+    /// Tokens so far: the session's own total once known, else the sum over turns seen.
+    pub fn tokens(&self) -> Tokens {
+        if let Some(tokens) = self.result.as_ref().and_then(|r| r.tokens) {
+            return tokens;
+        }
+        self.turn_ids
+            .values()
+            .fold(Tokens::default(), |sum, t| Tokens {
+                input: sum.input.saturating_add(t.input),
+                output: sum.output.saturating_add(t.output),
+                cache_read: sum.cache_read.saturating_add(t.cache_read),
+                cache_write: sum.cache_write.saturating_add(t.cache_write),
+            })
     }
 
     /// Parses one stdout line; returns the progress lines it renders to.
@@ -149,7 +167,9 @@ impl StreamState {
                 let message = value.get("message");
                 match message.and_then(|m| m.get("id")).and_then(Value::as_str) {
                     Some(id) => {
-                        self.turn_ids.insert(id.to_owned());
+                        let tokens = message.and_then(|m| m.get("usage")).map(tokens_of);
+                        self.turn_ids
+                            .insert(id.to_owned(), tokens.unwrap_or_default());
                     }
                     None => self.anonymous_turns = self.anonymous_turns.saturating_add(1),
                 }
@@ -177,6 +197,7 @@ impl StreamState {
                         .get("total_cost_usd")
                         .and_then(Value::as_f64)
                         .unwrap_or(0.0),
+                    tokens: value.get("usage").map(tokens_of),
                     text: str_field(&value, "result").to_owned(),
                 };
                 let line = format!(
@@ -278,6 +299,17 @@ impl StreamState {
     }
 }
 
+/// A Messages API `usage` object as tokens; missing or malformed counts are 0.
+fn tokens_of(usage: &Value) -> Tokens {
+    let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+    Tokens {
+        input: count("input_tokens"),
+        output: count("output_tokens"),
+        cache_read: count("cache_read_input_tokens"),
+        cache_write: count("cache_creation_input_tokens"),
+    }
+}
+
 fn str_field<'a>(value: &'a Value, key: &str) -> &'a str {
     value.get(key).and_then(Value::as_str).unwrap_or("")
 }
@@ -368,7 +400,9 @@ impl OutputParser for StreamParser {
         Usage {
             turns: self.state.turns(),
             cost_usd: self.state.cost_usd(),
+            tokens: self.state.tokens(),
         }
+        .sanitized()
     }
 
     fn exit_failure(&self, code: i32) -> Option<(FailureCause, String)> {
@@ -409,6 +443,30 @@ mod tests {
         let state = feed(&[INIT, TEXT, TOOL, TOOL_RESULT, TURN2, &ok]);
         assert_eq!(state.turns(), 3);
         assert!((state.cost_usd() - 0.0123).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tokens_add_up_over_turns_once_each_until_the_result_gives_the_total() {
+        let block = |id: &str, output: u64| {
+            format!(
+                r#"{{"type":"assistant","message":{{"id":"{id}","content":[],"usage":{{"input_tokens":100,"output_tokens":{output},"cache_read_input_tokens":40,"cache_creation_input_tokens":7}}}}}}"#
+            )
+        };
+        // Two blocks of one turn repeat its usage; the later one counts, once.
+        let state = feed(&[&block("m1", 3), &block("m1", 9), &block("m2", 1)]);
+        assert_eq!(
+            state.tokens(),
+            Tokens {
+                input: 200,
+                output: 10,
+                cache_read: 80,
+                cache_write: 14,
+            }
+        );
+        let ok = result(false, "success");
+        let state = feed(&[&block("m1", 3), &ok]);
+        assert_eq!(state.tokens().input, 10, "the result's total wins");
+        assert_eq!(state.tokens().cache_read, 0);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::env::{agent_env, git_identity_env};
 use crate::fence::{Permit, PushFence};
 use crate::process::{self, Ended, Finished, Launch};
-use crate::progress::{ProgressSink, progress_channel};
+use crate::progress::{ProgressSink, Usage, progress_channel};
 use crate::runtime::claude;
 use crate::shim::{Confinement, step_writable};
 use crate::workspace::{self, Checkout, CheckoutRequest, Workspace};
@@ -113,8 +113,8 @@ pub struct StepReport {
     pub new_commits: bool,
     pub branch: String,
     pub duration: Duration,
-    pub cost_usd: f64,
-    pub turns: u32,
+    /// Turns, cost and tokens, as the runtime reported them.
+    pub usage: Usage,
     /// PM proposals (intake steps that passed).
     pub proposals: Vec<Proposal>,
 }
@@ -132,8 +132,7 @@ impl StepReport {
             new_commits: false,
             branch: assign.branch.clone(),
             duration: Duration::ZERO,
-            cost_usd: 0.0,
-            turns: 0,
+            usage: Usage::default(),
             proposals: Vec::new(),
         }
     }
@@ -159,8 +158,9 @@ impl StepReport {
             new_commits: self.new_commits,
             branch: self.branch.clone(),
             duration: Some(duration_to_wire(self.duration)),
-            cost_usd: self.cost_usd,
-            turns: self.turns,
+            cost_usd: self.usage.cost_usd,
+            turns: self.usage.turns,
+            tokens: Some(self.usage.tokens.into()),
             failure_cause: self.failure_cause.into(),
             proposals: self.proposals.iter().cloned().map(Into::into).collect(),
         }
@@ -395,9 +395,7 @@ async fn run_in_worktree(
     for line in &stderr_tail {
         parser.stderr_line(line);
     }
-    let usage = parser.usage();
-    report.turns = usage.turns;
-    report.cost_usd = usage.cost_usd;
+    report.usage = parser.usage();
 
     let agent_failure = match ended {
         Ended::TimedOut(limit) => Some((

@@ -136,6 +136,7 @@ fn text(task: Option<TaskId>, kind: &EventKind) -> Option<String> {
             into,
             commit,
             strategy,
+            ..
         } => {
             let short = commit.get(..12).unwrap_or(commit);
             format!("🚀 {t}merged {branch} into {into} ({strategy}, {short})")
@@ -238,6 +239,7 @@ mod tests {
                     worker: "w".into(),
                     verdict: Verdict::Pass,
                     duration_ms: 142_300,
+                    usage: Default::default(),
                 },
             ),
             false,
@@ -364,6 +366,7 @@ mod tests {
                     into: "main".into(),
                     commit: "0123456789abcdef0123".into(),
                     strategy: "squash".into(),
+                    duration_ms: None,
                 },
                 "🚀 task-002: merged hyperloop/task-002 into main (squash, 0123456789ab)",
             ),
