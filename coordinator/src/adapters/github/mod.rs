@@ -5,9 +5,11 @@
 //! outages come back as transient [`ForgeError`]s (see [`http`]).
 
 mod http;
+mod stats;
 mod wire;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::{Method, StatusCode};
@@ -18,6 +20,7 @@ use serde_json::json;
 
 pub use self::http::RetryPolicy;
 use self::http::{Api, enc};
+pub use self::stats::{ApiSnapshot, ApiStats, RateLimit};
 use crate::ports::forge::{
     CommentMarker, CommentOutcome, EnsuredPr, Feedback, FeedbackKind, Forge, ForgeError,
     GateStatus, MergeOutcome, MergeRequest, MergeableState, PrGate, PrNumber, PrRequest,
@@ -111,6 +114,11 @@ impl GitHubForge {
             owner,
             name,
         })
+    }
+
+    /// The calls this forge made and the rate limit GitHub last reported.
+    pub fn stats(&self) -> Arc<ApiStats> {
+        self.api.stats.clone()
     }
 
     fn repo_path(&self, rest: &str) -> String {
