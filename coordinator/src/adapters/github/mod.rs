@@ -4,6 +4,7 @@
 //! (`markPullRequestReadyForReview`). Polled reads are conditional requests; rate limits and
 //! outages come back as transient [`ForgeError`]s (see [`http`]).
 
+mod comments;
 mod http;
 mod stats;
 mod wire;
@@ -18,6 +19,7 @@ use octocrab::Octocrab;
 use octocrab::service::middleware::retry::RetryConfig;
 use serde_json::json;
 
+pub use self::comments::{GithubComments, PrComments};
 pub use self::http::RetryPolicy;
 use self::http::{Api, enc};
 pub use self::stats::{ApiSnapshot, ApiStats, RateLimit};
@@ -123,20 +125,6 @@ impl GitHubForge {
 
     fn repo_path(&self, rest: &str) -> String {
         format!("/repos/{}/{}{rest}", enc(&self.owner), enc(&self.name))
-    }
-
-    async fn find_pr(&self, head: &str) -> Result<Option<u64>, ForgeError> {
-        let what = format!("list pull requests of branch {head}");
-        let query = format!(
-            "/pulls?head={}&state=all&sort=created&direction=desc",
-            enc(&format!("{}:{head}", self.owner))
-        );
-        let prs: Vec<wire::PullRequest> = self.api.get(&self.repo_path(&query), &what).await?;
-        Ok(prs
-            .into_iter()
-            .filter(|p| p.head.name == head)
-            .map(|p| p.number)
-            .max())
     }
 
     async fn open_pr(&self, request: &PrRequest, draft: bool) -> Result<Option<u64>, ForgeError> {
@@ -402,14 +390,28 @@ impl Forge for GitHubForge {
         Ok(())
     }
 
+    async fn find_pr(&self, head: &str) -> Result<Option<PrNumber>, ForgeError> {
+        let what = format!("list pull requests of branch {head}");
+        let query = format!(
+            "/pulls?head={}&state=all&sort=created&direction=desc",
+            enc(&format!("{}:{head}", self.owner))
+        );
+        let prs: Vec<wire::PullRequest> = self.api.get(&self.repo_path(&query), &what).await?;
+        Ok(prs
+            .into_iter()
+            .filter(|p| p.head.name == head)
+            .map(|p| PrNumber(p.number))
+            .max())
+    }
+
     async fn ensure_pr(&self, request: &PrRequest) -> Result<EnsuredPr, ForgeError> {
         let (number, opened) = match self.find_pr(&request.head).await? {
-            Some(n) => (n, false),
+            Some(n) => (n.0, false),
             None => match self.open_pr(request, request.draft).await? {
                 Some(n) => (n, true),
                 // Opened concurrently (or just before a crash): use that one.
                 None => match self.find_pr(&request.head).await? {
-                    Some(n) => (n, false),
+                    Some(n) => (n.0, false),
                     None => {
                         return Err(ForgeError::Rejected {
                             what: format!("open a pull request for branch {}", request.head),
