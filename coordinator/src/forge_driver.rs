@@ -5,7 +5,8 @@
 //!
 //! Each request is one small, idempotent conversation (look at the pull request, then act),
 //! so a request repeated after a restart or a lost reply does no harm: PRs are found before
-//! they are opened, comments carry markers, labels are set, merges of merged PRs succeed.
+//! they are opened, labels are set, merges of merged PRs succeed. Comments are not made here:
+//! they are notifications ([`crate::adapters::github::GithubComments`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use hyperloop_shared::pipeline::GateDef;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::ports::forge::{
-    CommentMarker, Forge, ForgeError, GateStatus, MergeOutcome, MergeRequest, NEEDS_APPROVAL_LABEL,
-    PrNumber, PrRequest, PrSnapshot, PrState, UpdateOutcome, feedback_finding,
+    Forge, ForgeError, GateStatus, MergeOutcome, MergeRequest, NEEDS_APPROVAL_LABEL, PrNumber,
+    PrRequest, PrSnapshot, PrState, UpdateOutcome, feedback_finding,
 };
 use crate::ports::gate::{GateEvaluator, GateTarget, evaluate_gate};
 
@@ -32,14 +33,13 @@ pub enum ForgeRequest {
         task: TaskId,
         request: PrRequest,
     },
-    /// Check a gate. `notice`, when set, is sent first: the needs-approval label, review
-    /// requests and the comment telling a human what to do (once per gate entry).
+    /// Check a gate. `arrival`, when set, is done first (once per gate entry).
     Gate {
         task: TaskId,
         pr: PrNumber,
         gate: String,
         gates: Arc<BTreeMap<String, GateDef>>,
-        notice: Option<Notice>,
+        arrival: Option<Arrival>,
     },
     MarkReady {
         task: TaskId,
@@ -53,21 +53,13 @@ pub enum ForgeRequest {
         auto: bool,
         delete_branch: Option<String>,
     },
-    /// A comment (once per marker), e.g. that the task failed.
-    Notify {
-        task: TaskId,
-        pr: PrNumber,
-        marker: CommentMarker,
-        body: String,
-    },
 }
 
-/// What a human is told when a task reaches a gate: the needs-approval label always, review
-/// requests when the gate names reviewers, a comment when `notifications.type` says so.
+/// What a pull request gets when its task reaches a gate: the needs-approval label, and
+/// review requests when the gate names reviewers. Part of the gate, not a notification:
+/// branch protection and reviewers' queues go by them.
 #[derive(Debug, Clone)]
-pub struct Notice {
-    pub marker: CommentMarker,
-    pub body: Option<String>,
+pub struct Arrival {
     pub reviewers: Vec<String>,
 }
 
@@ -77,8 +69,7 @@ impl ForgeRequest {
             ForgeRequest::EnsurePr { task, .. }
             | ForgeRequest::Gate { task, .. }
             | ForgeRequest::MarkReady { task, .. }
-            | ForgeRequest::Merge { task, .. }
-            | ForgeRequest::Notify { task, .. } => *task,
+            | ForgeRequest::Merge { task, .. } => *task,
         }
     }
 }
@@ -105,8 +96,8 @@ pub enum ForgeReply {
         task: TaskId,
         gate: String,
         status: GateStatus,
-        /// The notice went out (so the loop stops sending it).
-        notified: bool,
+        /// The arrival was done (so the loop stops sending it).
+        arrived: bool,
     },
     Action {
         task: TaskId,
@@ -122,9 +113,6 @@ pub enum ForgeReply {
         task: TaskId,
         finding: String,
     },
-    Notified {
-        task: TaskId,
-    },
     Failed {
         task: TaskId,
         error: ForgeError,
@@ -139,7 +127,6 @@ impl ForgeReply {
             | ForgeReply::Action { task, .. }
             | ForgeReply::MergedByHuman { task, .. }
             | ForgeReply::Closed { task, .. }
-            | ForgeReply::Notified { task }
             | ForgeReply::Failed { task, .. } => *task,
         }
     }
@@ -192,22 +179,19 @@ async fn handle<F: Forge, G: GateEvaluator>(
             pr,
             gate,
             gates: defs,
-            notice,
+            arrival,
         } => {
             let snapshot = forge.pr_snapshot(pr).await?;
             if let Some(reply) = settled(forge, task, &snapshot).await? {
                 return Ok(reply);
             }
-            let notified = notice.is_some();
-            if let Some(notice) = notice {
+            let arrived = arrival.is_some();
+            if let Some(arrival) = arrival {
                 forge
                     .set_labels(pr, &[NEEDS_APPROVAL_LABEL.to_owned()], &[])
                     .await?;
-                if !notice.reviewers.is_empty() {
-                    forge.request_reviewers(pr, &notice.reviewers).await?;
-                }
-                if let Some(body) = &notice.body {
-                    forge.comment_once(pr, &notice.marker, body).await?;
+                if !arrival.reviewers.is_empty() {
+                    forge.request_reviewers(pr, &arrival.reviewers).await?;
                 }
             }
             let target = GateTarget {
@@ -226,7 +210,7 @@ async fn handle<F: Forge, G: GateEvaluator>(
                 task,
                 gate,
                 status,
-                notified,
+                arrived,
             })
         }
         ForgeRequest::MarkReady { task, pr } => {
@@ -270,15 +254,6 @@ async fn handle<F: Forge, G: GateEvaluator>(
                 }
             }
             Ok(ForgeReply::Action { task, result })
-        }
-        ForgeRequest::Notify {
-            task,
-            pr,
-            marker,
-            body,
-        } => {
-            forge.comment_once(pr, &marker, &body).await?;
-            Ok(ForgeReply::Notified { task })
         }
     }
 }

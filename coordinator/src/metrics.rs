@@ -14,6 +14,7 @@ use hyperloop_shared::model::TaskStatus;
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
 
+use crate::adapters::github::ApiStats;
 use crate::control::Live;
 use crate::ports::notifier::Notifier;
 
@@ -126,7 +127,32 @@ const QUEUED: Family = family(
 );
 const LEADING: Family = family("hyperloop_leading", "1 while this coordinator leads.");
 const CYCLE: Family = family("hyperloop_cycle", "The last completed reconcile cycle.");
-const GAUGES: [Family; 7] = [TASKS, WORKERS, SLOTS, RUNNING, QUEUED, LEADING, CYCLE];
+const GITHUB_CALLS: Family = family(
+    "hyperloop_github_api_calls_total",
+    "GitHub API calls (retries included), by operation (HTTP method or graphql) and status \
+     class.",
+);
+const GITHUB_REMAINING: Family = family(
+    "hyperloop_github_rate_limit_remaining",
+    "GitHub rate limit left in the current window, by resource, as last reported.",
+);
+const GITHUB_LIMIT: Family = family(
+    "hyperloop_github_rate_limit",
+    "GitHub rate limit per window, by resource, as last reported.",
+);
+/// Counters kept elsewhere and read when asked.
+const READ_COUNTERS: [Family; 1] = [GITHUB_CALLS];
+const GAUGES: [Family; 9] = [
+    TASKS,
+    WORKERS,
+    SLOTS,
+    RUNNING,
+    QUEUED,
+    LEADING,
+    CYCLE,
+    GITHUB_REMAINING,
+    GITHUB_LIMIT,
+];
 
 /// Whether `/metrics` is served: as configured, else only on a loopback address (metrics say
 /// what a repository's agents do; who may read them off-host is the operator's choice).
@@ -145,6 +171,8 @@ pub struct Metrics {
     /// The OpenTelemetry histograms, once [`Metrics::export`] ran (counters and gauges are
     /// observed from the registry when the exporter collects; histograms are recorded).
     otel: OnceLock<BTreeMap<&'static str, opentelemetry::metrics::Histogram<f64>>>,
+    /// GitHub mode's API call counts and rate limits.
+    github: Option<Arc<ApiStats>>,
 }
 
 #[derive(Debug, Default)]
@@ -222,6 +250,14 @@ impl Notifier for Metrics {
 }
 
 impl Metrics {
+    /// A registry that also reports `github`'s API calls and rate limits (GitHub mode).
+    pub fn new(github: Option<Arc<ApiStats>>) -> Self {
+        Metrics {
+            github,
+            ..Metrics::default()
+        }
+    }
+
     /// A step's dispatch round trip: from sending it to the worker's first word about it.
     pub fn dispatched(&self, seconds: f64) {
         self.observe(DISPATCH_SECONDS, Vec::new(), seconds);
@@ -277,9 +313,13 @@ impl Metrics {
             }
         }
         drop(s);
-        for f in GAUGES {
-            header(&mut out, f, "gauge");
-            for (labels, value) in gauge(f, live) {
+        let read = READ_COUNTERS
+            .map(|f| (f, "counter"))
+            .into_iter()
+            .chain(GAUGES.map(|f| (f, "gauge")));
+        for (f, kind) in read {
+            header(&mut out, f, kind);
+            for (labels, value) in self.read(f, live) {
                 let _ = writeln!(out, "{}{} {value}", f.name, render_labels(&labels, None));
             }
         }
@@ -321,23 +361,74 @@ impl Metrics {
                 })
                 .build();
         }
+        for f in READ_COUNTERS {
+            let (metrics, live) = (Arc::downgrade(self), live.clone());
+            meter
+                .f64_observable_counter(otel_name(f))
+                .with_description(f.help)
+                .with_callback(move |observer| {
+                    let Some(metrics) = metrics.upgrade() else {
+                        return;
+                    };
+                    for (labels, value) in metrics.read(f, &live.borrow().clone()) {
+                        observer.observe(value, &key_values(&labels));
+                    }
+                })
+                .build();
+        }
         for f in GAUGES {
-            let live = live.clone();
+            let (metrics, live) = (Arc::downgrade(self), live.clone());
             meter
                 .f64_observable_gauge(otel_name(f))
                 .with_description(f.help)
                 .with_callback(move |observer| {
-                    let live = live.borrow().clone();
-                    for (labels, value) in gauge(f, &live) {
+                    let Some(metrics) = metrics.upgrade() else {
+                        return;
+                    };
+                    for (labels, value) in metrics.read(f, &live.borrow().clone()) {
                         observer.observe(value, &key_values(&labels));
                     }
                 })
                 .build();
         }
     }
+
+    /// The series of `f`, one of the families read when asked (gauges, GitHub's counts).
+    fn read(&self, f: Family, live: &Live) -> Vec<(Labels, f64)> {
+        match f {
+            GITHUB_CALLS | GITHUB_REMAINING | GITHUB_LIMIT => {
+                let Some(stats) = &self.github else {
+                    return Vec::new();
+                };
+                let snapshot = stats.snapshot();
+                if f == GITHUB_CALLS {
+                    return snapshot
+                        .calls
+                        .into_iter()
+                        .map(|((op, class), n)| {
+                            (vec![("operation", op), ("status", class)], n as f64)
+                        })
+                        .collect();
+                }
+                snapshot
+                    .rate_limits
+                    .into_iter()
+                    .map(|(resource, limit)| {
+                        let value = if f == GITHUB_LIMIT {
+                            limit.limit
+                        } else {
+                            limit.remaining
+                        };
+                        (vec![("resource", resource)], value as f64)
+                    })
+                    .collect()
+            }
+            _ => gauge(f, live),
+        }
+    }
 }
 
-/// The series of gauge `f` in `live`.
+/// The series of live-view gauge `f`.
 fn gauge(f: Family, live: &Live) -> Vec<(Labels, f64)> {
     let single = |value: f64| vec![(Vec::new(), value)];
     match f {
@@ -547,6 +638,39 @@ mod tests {
                 "hyperloop_steps_queued 4",
                 "hyperloop_events_total{event=\"merged\"} 2",
             ],
+        );
+    }
+
+    #[test]
+    fn github_calls_and_rate_limits_are_read_from_the_forge_stats() {
+        let stats = Arc::new(ApiStats::default());
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("x-ratelimit-limit", "5000"),
+            ("x-ratelimit-remaining", "4990"),
+            ("x-ratelimit-resource", "core"),
+        ] {
+            headers.insert(name, http::HeaderValue::from_static(value));
+        }
+        stats.record("GET", Some((http::StatusCode::OK, &headers)));
+        stats.record("GET", Some((http::StatusCode::OK, &headers)));
+        stats.record("POST", None);
+        let text = Metrics::new(Some(stats)).render(&Live::default());
+        assert_lines(
+            &text,
+            &[
+                "# TYPE hyperloop_github_api_calls_total counter",
+                "hyperloop_github_api_calls_total{operation=\"GET\",status=\"2xx\"} 2",
+                "hyperloop_github_api_calls_total{operation=\"POST\",status=\"error\"} 1",
+                "hyperloop_github_rate_limit_remaining{resource=\"core\"} 4990",
+                "hyperloop_github_rate_limit{resource=\"core\"} 5000",
+            ],
+        );
+        // Landing locally: the families are declared, with no series.
+        let local = Metrics::default().render(&Live::default());
+        assert!(
+            !local.contains("hyperloop_github_api_calls_total{"),
+            "{local}"
         );
     }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyperloop_shared::config::Config;
+use hyperloop_shared::config::{Config, NotificationKind};
 use hyperloop_shared::project::Project;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ use crate::adapters::etcd_election::EtcdElection;
 use crate::adapters::etcd_store::EtcdStore;
 use crate::adapters::git::{GitLander, GitSpecSource};
 use crate::adapters::git_store::GitStore;
-use crate::adapters::github::{GitHubConfig, GitHubForge};
+use crate::adapters::github::{ApiStats, GitHubConfig, GitHubForge, GithubComments};
 use crate::adapters::matrix;
 use crate::adapters::webhook::Webhooks;
 use crate::compose::{CacheDir, ProjectLoadError, compose_project};
@@ -150,6 +150,7 @@ pub async fn run_observed(
         ));
     }
     let tls = crate::tls::server_tls(&config.tls).map_err(|e| StartError::Usage(e.to_string()))?;
+    let forge = github_forge(&config)?;
     let place = Place {
         git_dir,
         repository,
@@ -157,6 +158,7 @@ pub async fn run_observed(
         origin,
         tls,
         observer,
+        forge,
     };
     if config.etcd.endpoints.is_empty() {
         single_host(place, config, mode, compose, shutdown).await
@@ -191,6 +193,9 @@ struct Place {
     origin: Option<String>,
     tls: Option<tonic::transport::ServerTlsConfig>,
     observer: Option<LiveObserver>,
+    /// GitHub mode's forge (`--repo`): one per process, so its conditional-request cache and
+    /// API call counts outlive leadership terms, and the notifiers can comment through it.
+    forge: Option<Arc<GitHubForge>>,
 }
 
 /// What the notifier is built with besides the configuration.
@@ -201,8 +206,9 @@ struct Sinks<'a> {
     tasks: &'a mut JoinSet<()>,
 }
 
-/// Where stored events go: the metrics, Matrix when `observability.matrix` is set, and every
-/// `notifications.webhooks` entry.
+/// Where stored events go: the metrics, Matrix when `observability.matrix` is set, every
+/// `notifications.webhooks` entry, and the task's pull request with
+/// `notifications.type: github-comment` in GitHub mode.
 fn notifier(
     config: &Config,
     place: &Place,
@@ -239,6 +245,18 @@ fn notifier(
             .unwrap_or_else(|| place.root.display().to_string());
         all.push(Box::new(Webhooks::start(hooks, &repository)));
     }
+    if config.notifications.kind == NotificationKind::GithubComment {
+        match &place.forge {
+            Some(forge) => all.push(Box::new(GithubComments::start(
+                forge.clone(),
+                &config.branch_prefix,
+            ))),
+            None => tracing::warn!(
+                "notifications.type is github-comment, but work lands locally (no --repo): \
+                 there are no pull requests to comment on"
+            ),
+        }
+    }
     Ok(Arc::new(Fanout(all)))
 }
 
@@ -250,11 +268,15 @@ struct Endpoint {
     logs: Arc<LogHub>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
-    /// Where stored events go (metrics, Matrix, webhooks); lives as long as the endpoint, so
-    /// its senders outlast leadership terms and send what is queued when the endpoint stops.
+    /// Where stored events go (metrics, Matrix, webhooks, GitHub comments); lives as long as
+    /// the endpoint, so its senders outlast leadership terms and send what is queued when the
+    /// endpoint stops.
     notifier: Arc<dyn Notifier>,
     /// Also takes the loop's timings.
     metrics: Arc<Metrics>,
+    /// GitHub mode's API call counts and rate limit (see [`ApiStats::snapshot`]), for the
+    /// metrics and the shutdown log line.
+    github_stats: Option<Arc<ApiStats>>,
     /// The endpoint record `hyperloopctl` finds; removed when the endpoint goes.
     _published: Option<discovery::Published>,
 }
@@ -336,7 +358,8 @@ impl Endpoint {
         ));
         // Always kept (a few counters): scraped at /metrics, pushed by OpenTelemetry export
         // when that is set up (otherwise the global meter is a no-op), or both.
-        let metrics = Arc::new(Metrics::default());
+        let github_stats = place.forge.as_ref().map(|forge| forge.stats());
+        let metrics = Arc::new(Metrics::new(github_stats.clone()));
         metrics.export(live.subscribe());
         if metrics::served(bound, config.observability.prometheus) {
             routes = metrics_route(routes, metrics.clone(), live.subscribe());
@@ -375,6 +398,7 @@ impl Endpoint {
             tasks,
             notifier,
             metrics,
+            github_stats,
             _published: published,
         })
     }
@@ -414,6 +438,15 @@ impl Endpoint {
             term: 0,
         });
         self.notifier.drain(NOTIFY_GRACE).await;
+        if let Some(stats) = &self.github_stats {
+            let snapshot = stats.snapshot();
+            tracing::info!(
+                calls = snapshot.total_calls(),
+                rate_limit_remaining = ?snapshot.rate_limit_remaining(),
+                rate_limit_limit = ?snapshot.rate_limit_limit(),
+                "GitHub API calls made by this coordinator"
+            );
+        }
         self.stop.cancel();
         let _ = tokio::time::timeout(WORKER_STOP_GRACE, async {
             while self.tasks.join_next().await.is_some() {}
@@ -526,7 +559,7 @@ where
         .config
         .allow_command_gates
         .then(|| CommandGates::new(&place.root));
-    let github = github_mode(&ctx.config, &place.root).await?;
+    let github = github_mode(&ctx.config, &place).await?;
     let links = endpoint.links(term.deposed.clone(), github, gates);
     let halt = lead(
         ctx,
@@ -647,7 +680,7 @@ where
                 break Err(StartError::Setup(e));
             }
         };
-        let github = match github_mode(&config, &place.root).await {
+        let github = match github_mode(&config, &place).await {
             Ok(github) => github,
             Err(e) => {
                 leadership.resign().await;
@@ -696,10 +729,9 @@ where
     halt
 }
 
-/// GitHub mode (`--repo`): the forge, its access checked, and its driver started; `None`
-/// when work lands locally.
-async fn github_mode(config: &Config, root: &Path) -> Result<Option<GitHub>, StartError> {
-    let Some(repo) = config.target.repo.clone() else {
+/// GitHub mode's forge (`--repo`), nothing sent yet; `None` when work lands locally.
+fn github_forge(config: &Config) -> Result<Option<Arc<GitHubForge>>, StartError> {
+    let Some(repo) = config.target.repo.as_deref() else {
         return Ok(None);
     };
     let token = ["GITHUB_TOKEN", "GH_TOKEN"]
@@ -711,9 +743,18 @@ async fn github_mode(config: &Config, root: &Path) -> Result<Option<GitHub>, Sta
                  token that may write pull requests, labels and comments"
             ))
         })?;
-    let mut settings = GitHubConfig::new(&repo, Secret::new(token));
+    let mut settings = GitHubConfig::new(repo, Secret::new(token));
     settings.api_url = config.github.api_url.clone();
     let forge = GitHubForge::new(settings).map_err(|e| StartError::Usage(e.to_string()))?;
+    Ok(Some(Arc::new(forge)))
+}
+
+/// GitHub mode for one leadership term: the forge's access checked and its driver started;
+/// `None` when work lands locally.
+async fn github_mode(config: &Config, place: &Place) -> Result<Option<GitHub>, StartError> {
+    let (Some(repo), Some(forge)) = (config.target.repo.clone(), place.forge.clone()) else {
+        return Ok(None);
+    };
     forge.check_access().await.map_err(|e| {
         if e.is_transient() {
             StartError::Setup(e.to_string())
@@ -723,8 +764,9 @@ async fn github_mode(config: &Config, root: &Path) -> Result<Option<GitHub>, Sta
     })?;
     let (requests, requests_rx) = mpsc::channel(FORGE_QUEUE);
     let (replies_tx, replies) = mpsc::channel(FORGE_QUEUE);
-    let forge = Arc::new(forge);
-    let commands = config.allow_command_gates.then(|| CommandGates::new(root));
+    let commands = config
+        .allow_command_gates
+        .then(|| CommandGates::new(&place.root));
     let gates = Arc::new(crate::adapters::forge_gates::ForgeGates::new(
         forge.clone(),
         commands,

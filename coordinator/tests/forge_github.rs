@@ -847,3 +847,66 @@ async fn update_branch_reports_conflicts_and_missing_branches_are_fine_to_delete
     assert_eq!(put.body["expected_head_sha"], HEAD);
     forge.delete_branch("hyperloop/task-001").await.unwrap();
 }
+
+#[tokio::test]
+async fn every_call_is_counted_with_the_rate_limit_github_reports() {
+    let limits = |remaining: u64, resource: &str| {
+        vec![
+            ("x-ratelimit-limit", "5000".to_owned()),
+            ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-used", (5000 - remaining).to_string()),
+            ("x-ratelimit-reset", "1700000000".to_owned()),
+            ("x-ratelimit-resource", resource.to_owned()),
+        ]
+    };
+    let (_, forge) = serve(move |s, nth| match (s.method.as_str(), s.uri.as_str()) {
+        // A secondary rate limit first: the retry is a call of its own.
+        ("GET", PULL7) if nth == 1 => (
+            StatusCode::FORBIDDEN,
+            [limits(4999, "core"), vec![("retry-after", "0".to_owned())]].concat(),
+            json!({ "message": "You have exceeded a secondary rate limit.", "documentation_url": "https://docs.github.com/rest" }),
+        ),
+        ("GET", PULL7) if nth == 2 => (
+            StatusCode::OK,
+            [limits(4998, "core"), vec![("etag", "\"e1\"".to_owned())]].concat(),
+            pr(PrFields {
+                draft: true,
+                ..Default::default()
+            }),
+        ),
+        ("GET", PULL7) => (StatusCode::NOT_MODIFIED, limits(4998, "core"), Value::Null),
+        ("POST", "/graphql") => (
+            StatusCode::OK,
+            limits(4990, "graphql"),
+            json!({ "data": { "markPullRequestReadyForReview": { "pullRequest": { "isDraft": false } } } }),
+        ),
+        _ => error(StatusCode::NOT_FOUND, "Not Found"),
+    })
+    .await;
+    let stats = forge.stats();
+    assert_eq!(stats.snapshot().total_calls(), 0);
+    forge.pr_snapshot(PrNumber(7)).await.unwrap();
+    forge.mark_ready(PrNumber(7)).await.unwrap(); // a conditional GET, then GraphQL
+    let _ = forge.pr_snapshot(PrNumber(8)).await.unwrap_err();
+
+    let snapshot = stats.snapshot();
+    let calls: Vec<(&str, &str, u64)> = snapshot
+        .calls
+        .iter()
+        .map(|((op, class), n)| (op.as_str(), class.as_str(), *n))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("GET", "2xx", 1),
+            ("GET", "3xx", 1),
+            ("GET", "4xx", 2),
+            ("graphql", "2xx", 1)
+        ]
+    );
+    // The 404 sent no rate-limit headers: the last REST answer that did still stands.
+    assert_eq!(snapshot.rate_limit_remaining(), Some(4998));
+    assert_eq!(snapshot.rate_limit_limit(), Some(5000));
+    assert_eq!(snapshot.core().and_then(|c| c.reset), Some(1_700_000_000));
+    assert_eq!(snapshot.rate_limits["graphql"].remaining, 4990);
+}

@@ -71,6 +71,12 @@ pub enum EventKind {
     TaskAdvanced {
         from_step: String,
         to_step: String,
+        /// The task's round (journals from before it was recorded read 0).
+        #[serde(default)]
+        round: u32,
+        /// Set when the task arrived at a gate: which, and what clears it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gate: Option<GateWait>,
     },
     TaskLoopedBack {
         from_step: String,
@@ -176,6 +182,15 @@ pub enum EventKind {
         worker: String,
         reason: String,
     },
+}
+
+/// A gate a task arrived at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateWait {
+    pub gate: String,
+    /// What lets the task continue, for a person ("add the label `lgtm` to the pull
+    /// request"; see [`crate::gates::clears`]).
+    pub clears: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +316,8 @@ mod tests {
         let advanced = |to: &str| EventKind::TaskAdvanced {
             from_step: "agent: verifier".into(),
             to_step: to.into(),
+            round: 0,
+            gate: None,
         };
         assert_eq!(advanced("gate: lgtm").audience(), Audience::Always);
         assert_eq!(advanced("action: merge-pr").audience(), Audience::Never);
@@ -338,5 +355,21 @@ mod tests {
         assert_eq!(event.kind.name(), "task_looped_back");
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn a_task_advanced_journaled_before_rounds_and_gates_were_recorded_still_reads() {
+        let old = r#"{"seq":4,"at_ms":1,"task":"task-001","event":"task_advanced",
+            "from_step":"agent: verifier","to_step":"gate: lgtm"}"#;
+        let event: Event = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            event.kind,
+            EventKind::TaskAdvanced {
+                from_step: "agent: verifier".into(),
+                to_step: "gate: lgtm".into(),
+                round: 0,
+                gate: None,
+            }
+        );
     }
 }

@@ -82,6 +82,24 @@ pub fn combine(statuses: impl IntoIterator<Item = GateStatus>) -> GateStatus {
     }
 }
 
+/// What lets `task` past a gate of `kind`, for a person: the end of a sentence starting "to
+/// let it continue, ...".
+pub fn clears(kind: &GateKind, task: crate::model::TaskId) -> String {
+    match kind {
+        GateKind::Label { label } => format!("add the label `{label}` to the pull request"),
+        GateKind::PrApproval => {
+            "approve the pull request (a review of its current head)".to_owned()
+        }
+        GateKind::CiStatus => "nothing: it waits for CI to pass on the current head".to_owned(),
+        GateKind::All { require } => format!("clear every one of the gates {}", require.join(", ")),
+        GateKind::Manual => format!("run `hyperloopctl approve {task}`"),
+        GateKind::Command { run, .. } => format!(
+            "nothing: it waits for `{}` to pass on the task's branch",
+            command_line(run)
+        ),
+    }
+}
+
 /// A command gate's `run` as one line for messages, quoted the way a shell would need it
 /// (`sh -c 'make lint'`), so what a human reads is what they can paste.
 pub fn command_line(run: &[String]) -> String {

@@ -224,6 +224,15 @@ async fn secondary_rate_limit_then_success() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn header<'a>(reply: &'a Reply, name: &str) -> &'a str {
+    reply
+        .headers
+        .get(name)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_else(|| panic!("no {name} header: {:?}", reply.headers))
+}
+
+/// Answers carry GitHub's primary rate-limit headers; a 304 does not spend the limit.
 #[tokio::test]
 async fn etag_answers_not_modified() -> anyhow::Result<()> {
     let gh = FakeGitHub::start("acme/widgets")?;
@@ -233,9 +242,15 @@ async fn etag_answers_not_modified() -> anyhow::Result<()> {
     let url = format!("{}/repos/acme/widgets/issues/{n}/labels", gh.base_url());
     let first = call("GET", &url, None, &[]).await?;
     let etag = first.headers["etag"].to_str()?.to_string();
+    assert_eq!(header(&first, "x-ratelimit-limit"), "5000");
+    assert_eq!(header(&first, "x-ratelimit-remaining"), "4998");
+    assert_eq!(header(&first, "x-ratelimit-used"), "2");
+    assert_eq!(header(&first, "x-ratelimit-resource"), "core");
+    assert!(header(&first, "x-ratelimit-reset").parse::<u64>().is_ok());
     let again = call("GET", &url, None, &[("if-none-match", &etag)]).await?;
     assert_eq!(again.status, 304);
     assert_eq!(gh.conditional_hits(), 1);
+    assert_eq!(header(&again, "x-ratelimit-remaining"), "4998");
     gh.add_label(n, "lgtm", "alice");
     let changed = call("GET", &url, None, &[("if-none-match", &etag)]).await?;
     assert_eq!(changed.status, 200);
@@ -260,6 +275,9 @@ async fn graphql_mark_ready_flips_draft() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(r.status, 200, "{}", r.body);
+    // GraphQL has a rate limit of its own.
+    assert_eq!(header(&r, "x-ratelimit-resource"), "graphql");
+    assert_eq!(header(&r, "x-ratelimit-used"), "1");
     assert_eq!(
         r.body["data"]["markPullRequestReadyForReview"]["pullRequest"]["isDraft"],
         false

@@ -225,7 +225,9 @@ fn two_hundred_specs_with_one_retry_per_task_converge_in_one_run_with_default_li
         // reason for an extra round is in their results.
         let mut per_task: std::collections::BTreeMap<&str, u32> = Default::default();
         for e in &loops {
-            *per_task.entry(e["task"].as_str().unwrap_or("?")).or_default() += 1;
+            *per_task
+                .entry(e["task"].as_str().unwrap_or("?"))
+                .or_default() += 1;
         }
         let twice: Vec<&str> = per_task
             .iter()

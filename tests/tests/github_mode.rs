@@ -292,6 +292,93 @@ fn a_restart_at_a_gate_duplicates_no_pr_label_or_comment() {
     assert_eq!(github.violations(), Vec::<String>::new());
 }
 
+/// The comments come from the notifier, from the events the first coordinator stored: a
+/// restarted one, which never saw the pull request opened, finds it by the task's branch to
+/// say there that the task failed, and posts the gate notice no second time.
+#[test]
+fn after_a_restart_the_failure_is_told_on_the_pull_request_the_first_run_opened() {
+    let (repo, github, mut first) = scene(&lgtm_overlay(), "redo");
+    let n = first_pr_at_gate(&mut first, &github, "the gate notice");
+    let _ = first.kill();
+    let _ = first.wait();
+    let restarted_at = github.requests().len();
+
+    let mut second = start(&repo, &github, "redo");
+    let polls = |github: &FakeGitHub| {
+        github
+            .requests()
+            .iter()
+            .filter(|r| r.uri.ends_with(&format!("/pulls/{n}")))
+            .count()
+    };
+    let before = polls(&github);
+    wait_for(
+        "the restarted coordinator to check the gate",
+        &mut second,
+        &github,
+        || polls(&github) > before,
+    );
+    github.close(n);
+    wait_for("the failure comment", &mut second, &github, || {
+        github
+            .comments(n)
+            .iter()
+            .any(|(_, body)| body.contains("task-001 failed"))
+    });
+    let _ = second.kill();
+    let _ = second.wait();
+
+    let comments = github.comments(n);
+    let told = |what: &str| comments.iter().filter(|(_, b)| b.contains(what)).count();
+    assert_eq!(told("waits at gate `lgtm`"), 1, "{comments:?}");
+    assert_eq!(told("task-001 failed"), 1, "{comments:?}");
+    assert!(
+        comments[1].1.contains("goes back to the PM") && comments[1].1.contains(":error:task:"),
+        "{comments:?}"
+    );
+    assert!(
+        github.requests()[restarted_at..]
+            .iter()
+            .any(|r| r.uri.contains("/pulls?head=acme%3Ahyperloop%2Ftask-001")),
+        "the restarted coordinator did not look the pull request up by its branch"
+    );
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
+
+/// Without `notifications.type: github-comment` a gate still labels the pull request, and
+/// nothing comments on it.
+#[test]
+fn without_github_comments_a_gate_labels_but_says_nothing() {
+    let repo = TestRepo::new(&[
+        ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+        (".hyperloop/agents/kustomization.yaml", &lgtm_overlay()),
+    ]);
+    let github = FakeGitHub::start(REPO).expect("fake GitHub");
+    github.set_git_repo(&repo.origin);
+    let config = format!(
+        "max_workers: 1\npoll_interval: 1s\ndashboard:\n  enabled: false\n\
+         github:\n  api_url: {}\n\
+         agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 30s\n",
+        github.base_url(),
+        scripted_agent().display()
+    );
+    let mut coordinator = start_with(&repo, &config, "normal");
+    wait_for("the gate's label", &mut coordinator, &github, || {
+        github.pull_numbers().first().is_some_and(|n| {
+            github
+                .labels(*n)
+                .iter()
+                .any(|l| l == "hyperloop/needs-approval")
+        })
+    });
+    let n = github.pull_numbers()[0];
+    github.add_label(n, "lgtm", "reviewer");
+    exits_ok(coordinator, LIMIT);
+    assert_eq!(github.pull(n)["merged"], true);
+    assert_eq!(github.comments(n), Vec::<(String, String)>::new());
+    assert_eq!(github.violations(), Vec::<String>::new());
+}
+
 /// A human merges the pull request while the task waits at its gate: that counts as landed.
 #[test]
 fn a_pr_merged_by_a_human_completes_the_task() {
@@ -383,7 +470,16 @@ fn an_approval_gate_needs_a_fresh_approval() {
     );
     let (_repo, github, mut coordinator) = scene(&overlay, "normal");
     let n = first_pr_at_gate(&mut coordinator, &github, "the task at its review gate");
-    assert_eq!(github.requested_reviewers(n), vec!["carol".to_owned()]);
+    // The comment is a notification and the review request part of the gate: either may
+    // come first.
+    wait_for("the review request", &mut coordinator, &github, || {
+        github.requested_reviewers(n) == ["carol"]
+    });
+    let notice = &github.comments(n)[0].1;
+    assert!(
+        notice.contains("approve the pull request"),
+        "the notice does not say what clears the gate: {notice}"
+    );
     github.submit_review(
         n,
         "carol",

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use hyperloop_proto::ConversionError;
 use hyperloop_proto::convert::{duration_to_wire, parse_task_id, parse_task_ids};
 use hyperloop_proto::v1::{self, event::Kind};
-use hyperloop_shared::event::{Event, EventKind};
+use hyperloop_shared::event::{Event, EventKind, GateWait};
 use hyperloop_shared::model::{SpecRef, TaskId, Verdict};
 
 use crate::control::{AttemptView, WorkerView};
@@ -111,9 +111,20 @@ pub fn event_to_wire(e: &Event) -> v1::Event {
             spec_ref: Some(spec_ref.into()),
             deps: ids(&deps),
         }),
-        EventKind::TaskAdvanced { from_step, to_step } => {
-            Kind::TaskAdvanced(v1::TaskAdvanced { from_step, to_step })
-        }
+        EventKind::TaskAdvanced {
+            from_step,
+            to_step,
+            round,
+            gate,
+        } => Kind::TaskAdvanced(v1::TaskAdvanced {
+            from_step,
+            to_step,
+            round,
+            gate: gate.map(|g| v1::GateWait {
+                gate: g.gate,
+                clears: g.clears,
+            }),
+        }),
         EventKind::TaskLoopedBack {
             from_step,
             to_step,
@@ -323,6 +334,11 @@ pub fn event_from_wire(e: v1::Event) -> Result<Option<Event>, ConversionError> {
             Kind::TaskAdvanced(k) => EventKind::TaskAdvanced {
                 from_step: k.from_step,
                 to_step: k.to_step,
+                round: k.round,
+                gate: k.gate.map(|g| GateWait {
+                    gate: g.gate,
+                    clears: g.clears,
+                }),
             },
             Kind::TaskLoopedBack(k) => EventKind::TaskLoopedBack {
                 from_step: k.from_step,
@@ -554,6 +570,15 @@ mod tests {
             EventKind::WorkerJoined {
                 worker: "w".into(),
                 capacity: 2,
+            },
+            EventKind::TaskAdvanced {
+                from_step: "agent: verifier".into(),
+                to_step: "gate: lgtm".into(),
+                round: 2,
+                gate: Some(GateWait {
+                    gate: "lgtm".into(),
+                    clears: "add the label `lgtm` to the pull request".into(),
+                }),
             },
         ];
         for kind in kinds {

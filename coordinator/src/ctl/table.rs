@@ -188,10 +188,14 @@ pub fn summary(kind: &EventKind) -> String {
                 format!("{title:?} for {}, after {}", spec_ref.path, ids(deps))
             }
         }
-        EventKind::TaskAdvanced { from_step, to_step } if from_step.is_empty() => {
+        EventKind::TaskAdvanced {
+            from_step, to_step, ..
+        } if from_step.is_empty() => {
             format!("started at {to_step}")
         }
-        EventKind::TaskAdvanced { from_step, to_step } => format!("{from_step} -> {to_step}"),
+        EventKind::TaskAdvanced {
+            from_step, to_step, ..
+        } => format!("{from_step} -> {to_step}"),
         EventKind::TaskLoopedBack {
             from_step,
             to_step,

@@ -407,6 +407,12 @@ pub trait Forge: Send + Sync {
         request: &PrRequest,
     ) -> impl Future<Output = Result<EnsuredPr, ForgeError>> + Send;
 
+    /// The newest pull request whose head is the branch `head` (in any state), if any.
+    fn find_pr(
+        &self,
+        head: &str,
+    ) -> impl Future<Output = Result<Option<PrNumber>, ForgeError>> + Send;
+
     /// The pull request as it is now (conditional request: cheap when nothing changed).
     fn pr_snapshot(
         &self,

@@ -2,6 +2,9 @@
 //! answers change. The asking and answering happen off the loop ([`crate::forge_driver`]);
 //! here every task has at most one request in flight and its own backoff, so GitHub trouble
 //! slows only the tasks that wait on it.
+//!
+//! Telling humans (comments on pull requests) is not the loop's business: notifiers do it
+//! from the stored events.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -9,16 +12,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use hyperloop_shared::config::{Config, NotificationKind};
+use hyperloop_shared::config::Config;
 use hyperloop_shared::model::{Task, TaskId};
 use hyperloop_shared::pipeline::{ActionKind, GateKind, Next};
 use hyperloop_shared::reconcile::{Core, ForgeAsk, ForgeNews};
 use tokio::sync::mpsc;
 
-use crate::forge_driver::{ActionResult, ForgeReply, ForgeRequest, Notice};
-use crate::ports::forge::{
-    CommentMarker, GateStatus, MergeRequest, PrNumber, PrRequest, task_labels,
-};
+use crate::forge_driver::{ActionResult, Arrival, ForgeReply, ForgeRequest};
+use crate::ports::forge::{GateStatus, MergeRequest, PrNumber, PrRequest, task_labels};
 
 /// The loop's side of GitHub mode.
 pub struct GitHub {
@@ -33,9 +34,9 @@ pub struct GitHub {
     not_before: BTreeMap<TaskId, Instant>,
     /// Consecutive transient failures per task, for the backoff.
     failures: BTreeMap<TaskId, u32>,
-    /// Gate notices already sent (by marker); after a restart they are sent once more, and
-    /// the markers keep GitHub from showing them twice.
-    notified: BTreeSet<String>,
+    /// Gate entries (task, gate, round) whose arrival was done; after a restart it is done
+    /// once more, which sets nothing twice.
+    arrived: BTreeSet<(TaskId, String, u32)>,
 }
 
 impl GitHub {
@@ -62,7 +63,7 @@ impl GitHub {
             busy: BTreeSet::new(),
             not_before: BTreeMap::new(),
             failures: BTreeMap::new(),
-            notified: BTreeSet::new(),
+            arrived: BTreeSet::new(),
         }
     }
 
@@ -104,14 +105,13 @@ fn pr_of(task: &Task) -> Option<PrNumber> {
 impl GitHub {
     /// Carries out what the core asks about a task, paced per task.
     pub(super) fn ask(&mut self, ask: &ForgeAsk, core: &Core) {
-        let (ForgeAsk::Pushed(id) | ForgeAsk::Advance(id) | ForgeAsk::Failed(id)) = *ask;
+        let (ForgeAsk::Pushed(id) | ForgeAsk::Advance(id)) = *ask;
         let Some(task) = core.state().tasks.get(&id) else {
             return;
         };
         match ask {
             ForgeAsk::Pushed(_) => self.ensure_pr(task, core),
             ForgeAsk::Advance(_) => self.advance(task, core),
-            ForgeAsk::Failed(_) => self.failed(task, core),
         }
     }
 
@@ -176,10 +176,8 @@ impl GitHub {
                 if def.kind == GateKind::Manual {
                     return; // only `hyperloopctl approve` clears it
                 }
-                let marker = CommentMarker::new(task.id, "gate", &gate, u64::from(task.round));
-                let notice = (!self.notified.contains(marker.as_str())).then(|| Notice {
-                    body: comments(config).then(|| gate_notice(&gate, &def.kind, task)),
-                    marker,
+                let entry = (task.id, gate.clone(), task.round);
+                let arrival = (!self.arrived.contains(&entry)).then(|| Arrival {
                     reviewers: def.reviewers.clone(),
                 });
                 ForgeRequest::Gate {
@@ -187,7 +185,7 @@ impl GitHub {
                     pr,
                     gate,
                     gates: Arc::new(process.gates.clone()),
-                    notice,
+                    arrival,
                 }
             }
             Some(Next::RunAction { action, .. }) => match process.actions.get(&action) {
@@ -216,27 +214,6 @@ impl GitHub {
         self.wait(task.id, config.poll_interval);
     }
 
-    /// A task that failed tells its pull request why (once per failure).
-    fn failed(&mut self, task: &Task, core: &Core) {
-        if !comments(&core.settings().config) {
-            return;
-        }
-        let Some(pr) = pr_of(task) else { return };
-        let marker = CommentMarker::new(task.id, "error", "task", u64::from(task.round));
-        let body = format!(
-            "hyperloop: {} failed: {}\n\nThe gap goes back to the PM with this history; a \
-             new task will take it up.",
-            task.id,
-            task.failure.as_deref().unwrap_or("no reason recorded")
-        );
-        let _ = self.requests.try_send(ForgeRequest::Notify {
-            task: task.id,
-            pr,
-            marker,
-            body,
-        });
-    }
-
     /// What a reply means to the core, after the pacing bookkeeping; `None` when it means
     /// nothing yet (still waiting, a transient failure being backed off).
     pub(super) fn news(&mut self, reply: ForgeReply, core: &Core) -> Option<ForgeNews> {
@@ -256,12 +233,11 @@ impl GitHub {
             ForgeReply::Gate {
                 gate,
                 status,
-                notified,
+                arrived,
                 ..
             } => {
-                if notified {
-                    let marker = CommentMarker::new(id, "gate", &gate, u64::from(round));
-                    self.notified.insert(marker.as_str().to_owned());
+                if arrived {
+                    self.arrived.insert((id, gate.clone(), round));
                 }
                 match status {
                     GateStatus::Cleared => Some(ForgeNews::GateCleared { task: id, gate }),
@@ -288,7 +264,6 @@ impl GitHub {
                 commit: pr.merge_commit_sha.unwrap_or_default(),
             }),
             ForgeReply::Closed { finding, .. } => Some(ForgeNews::Closed { task: id, finding }),
-            ForgeReply::Notified { .. } => None,
             ForgeReply::Failed { error, .. } => {
                 if error.is_transient() {
                     let n = self.failures.entry(id).or_insert(0);
@@ -309,32 +284,6 @@ impl GitHub {
             }
         }
     }
-}
-
-/// Whether humans are told things in pull request comments (`notifications.type`).
-fn comments(config: &Config) -> bool {
-    config.notifications.kind == NotificationKind::GithubComment
-}
-
-/// What a human reads on the pull request when a task reaches a gate.
-fn gate_notice(gate: &str, kind: &GateKind, task: &Task) -> String {
-    let what = match kind {
-        GateKind::Label { label } => format!("add the label `{label}` to this pull request"),
-        GateKind::PrApproval => {
-            "approve this pull request (a review on its current head)".to_owned()
-        }
-        GateKind::CiStatus => "nothing: it waits for CI to pass on the current head".to_owned(),
-        GateKind::All { require } => format!("clear every one of the gates {}", require.join(", ")),
-        GateKind::Manual => "run `hyperloopctl approve` for it".to_owned(),
-        GateKind::Command { run, .. } => format!(
-            "nothing: it waits for `{}` to pass on the task's branch",
-            hyperloop_shared::gates::command_line(run)
-        ),
-    };
-    format!(
-        "hyperloop: {} ({}) waits at gate `{gate}`. To let it continue, {what}.",
-        task.id, task.title
-    )
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::event::{EventKind, SpecChange as SpecChangeEvent};
+use crate::event::{EventKind, GateWait, SpecChange as SpecChangeEvent};
 
 /// How an operator's approval of a merge starts its review (`hyperloopctl approve` of a task
 /// whose `pr-merge` waits because `merge.auto_merge` is false).
@@ -191,13 +191,18 @@ impl Core {
             .unwrap_or_default();
         let id = task.id;
         match &transition.change {
-            StepChange::Advanced { .. } | StepChange::Started => self.event(
-                Some(id),
-                EventKind::TaskAdvanced {
-                    from_step: from,
-                    to_step: to,
-                },
-            ),
+            StepChange::Advanced { .. } | StepChange::Started => {
+                let gate = self.gate_wait(&task);
+                self.event(
+                    Some(id),
+                    EventKind::TaskAdvanced {
+                        from_step: from,
+                        to_step: to,
+                        round: task.round,
+                        gate,
+                    },
+                );
+            }
             StepChange::LoopedBack { .. } => self.event(
                 Some(id),
                 EventKind::TaskLoopedBack {
@@ -221,6 +226,20 @@ impl Core {
         if failed {
             self.fail_dependents(id);
         }
+    }
+
+    /// The gate `task` now waits at, if it does, with what clears it (for the notifiers).
+    fn gate_wait(&self, task: &Task) -> Option<GateWait> {
+        let process = &self.project.process;
+        let next = process.pipeline.next_at(task.position.as_ref()?).ok()?;
+        let Next::WaitAtGate { gate, .. } = next else {
+            return None;
+        };
+        let def = process.gates.get(&gate)?;
+        Some(GateWait {
+            clears: crate::gates::clears(&def.kind, task.id),
+            gate,
+        })
     }
 
     /// Journals a failed task and what follows: failure is feedback (the gap re-enters
@@ -264,9 +283,6 @@ impl Core {
             self.put_meta();
         }
         if stop == Stop::Pipeline {
-            if self.settings.forge && task.pr.is_some() {
-                self.after_persist.push(Effect::Forge(ForgeAsk::Failed(id)));
-            }
             self.count_spec_failure(&task.spec_ref.path, reason);
         }
     }

@@ -204,8 +204,6 @@ pub enum ForgeAsk {
     Pushed(TaskId),
     /// The task waits at a gate or an action: check it or do it.
     Advance(TaskId),
-    /// The task failed: tell its pull request why.
-    Failed(TaskId),
 }
 
 /// Everything that can happen to the loop.

@@ -144,7 +144,14 @@ struct Inner {
     rate_limit_next: usize,
     retry_after_secs: u64,
     conditional_hits: usize,
+    /// Rate-limited calls spent per resource (`core`, `graphql`), as GitHub counts them.
+    spent: HashMap<&'static str, u64>,
 }
+
+/// The primary rate limit of an authenticated user, per resource and hour.
+const RATE_LIMIT: u64 = 5000;
+/// When the fake's rate-limit window resets (seconds since the epoch; far ahead).
+const RATE_LIMIT_RESET: u64 = 4_102_444_800;
 
 type Shared = Arc<Mutex<Inner>>;
 
@@ -468,10 +475,7 @@ async fn handle(State(state): State<Shared>, req: Request<Body>) -> Response<Bod
     };
     let mut resp = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("x-github-request-id", format!("FAKE:{}", s.requests.len()))
-        .header("x-ratelimit-limit", "5000")
-        .header("x-ratelimit-remaining", "4999")
-        .header("x-ratelimit-reset", "4102444800");
+        .header("x-github-request-id", format!("FAKE:{}", s.requests.len()));
     for (k, v) in &headers {
         resp = resp.header(k, v);
     }
@@ -514,7 +518,6 @@ impl Inner {
                 "retry-after",
                 self.retry_after_secs.to_string().parse().expect("header"),
             );
-            out_headers.insert("x-ratelimit-remaining", "4000".parse().expect("header"));
             err(
                 403,
                 "You have exceeded a secondary rate limit. Please wait a few minutes before you \
@@ -543,6 +546,7 @@ impl Inner {
             }
             (_, status, answer) => (status, answer),
         };
+        self.rate_limit_headers(&path, status, &mut out_headers);
         self.requests.push(Recorded {
             at: Instant::now(),
             method: method.to_string(),
@@ -551,6 +555,33 @@ impl Inner {
             body,
         });
         (status, answer, out_headers)
+    }
+
+    /// What GitHub says of its primary rate limit on every answer: a `304 Not Modified` to
+    /// an authenticated client is free, everything else spends one call of its resource.
+    fn rate_limit_headers(&mut self, path: &str, status: u16, out: &mut HeaderMap) {
+        let resource = if path == "/graphql" {
+            "graphql"
+        } else {
+            "core"
+        };
+        let used = self.spent.entry(resource).or_insert(0);
+        if status != 304 {
+            *used += 1;
+        }
+        let values = [
+            ("x-ratelimit-limit", RATE_LIMIT.to_string()),
+            (
+                "x-ratelimit-remaining",
+                RATE_LIMIT.saturating_sub(*used).to_string(),
+            ),
+            ("x-ratelimit-used", used.to_string()),
+            ("x-ratelimit-reset", RATE_LIMIT_RESET.to_string()),
+            ("x-ratelimit-resource", resource.to_owned()),
+        ];
+        for (name, value) in values {
+            out.insert(name, value.parse().expect("header"));
+        }
     }
 
     fn rest(

@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use octocrab::Octocrab;
 use serde::de::DeserializeOwned;
 
+use super::stats::ApiStats;
 use crate::ports::forge::ForgeError;
 
 /// How hard to try before giving a transient error back to the caller.
@@ -71,6 +72,8 @@ pub(crate) struct Api {
     policy: RetryPolicy,
     /// Per GET path and query: the last ETag and body.
     cache: Mutex<HashMap<String, Cached>>,
+    /// Every call sent, and the rate limit GitHub reports.
+    pub stats: Arc<ApiStats>,
     /// `owner/repo`, for messages.
     pub repo: String,
     /// The API base URL, for messages.
@@ -212,6 +215,7 @@ impl Api {
             graphql,
             policy,
             cache: Mutex::new(HashMap::new()),
+            stats: Arc::default(),
             repo,
             api_url,
         }
@@ -225,7 +229,7 @@ impl Api {
         body: Option<&serde_json::Value>,
         what: &str,
     ) -> Result<Reply, ForgeError> {
-        self.send(&self.rest, method, path, body, what).await
+        self.send(false, method, path, body, what).await
     }
 
     /// `GET` that must succeed, decoded.
@@ -280,13 +284,7 @@ impl Api {
         }
         let payload = serde_json::json!({ "query": query, "variables": variables });
         let reply = self
-            .send(
-                &self.graphql,
-                Method::POST,
-                "/graphql",
-                Some(&payload),
-                what,
-            )
+            .send(true, Method::POST, "/graphql", Some(&payload), what)
             .await?
             .ok(self, what)?;
         let response: Response<T> = reply.json(what)?;
@@ -317,14 +315,20 @@ impl Api {
         }
     }
 
+    /// The one place every request goes through: retries, the ETag cache and the counting.
     async fn send(
         &self,
-        client: &Octocrab,
+        graphql: bool,
         method: Method,
         path: &str,
         body: Option<&serde_json::Value>,
         what: &str,
     ) -> Result<Reply, ForgeError> {
+        let (client, operation) = if graphql {
+            (&self.graphql, "graphql")
+        } else {
+            (&self.rest, method.as_str())
+        };
         let idempotent = method != Method::POST;
         let is_get = method == Method::GET;
         let mut attempt = 0u32;
@@ -353,6 +357,7 @@ impl Api {
             let response = match client.execute(request).await {
                 Ok(response) => response,
                 Err(e) => {
+                    self.stats.record(operation, None);
                     if idempotent && !last {
                         tokio::time::sleep(self.backoff(attempt)).await;
                         continue;
@@ -364,6 +369,8 @@ impl Api {
                 }
             };
             let (parts, raw) = response.into_parts();
+            self.stats
+                .record(operation, Some((parts.status, &parts.headers)));
             let bytes = match raw.collect().await {
                 Ok(collected) => collected.to_bytes().to_vec(),
                 Err(e) => {

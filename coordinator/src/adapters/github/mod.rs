@@ -4,10 +4,13 @@
 //! (`markPullRequestReadyForReview`). Polled reads are conditional requests; rate limits and
 //! outages come back as transient [`ForgeError`]s (see [`http`]).
 
+mod comments;
 mod http;
+mod stats;
 mod wire;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::{Method, StatusCode};
@@ -16,8 +19,10 @@ use octocrab::Octocrab;
 use octocrab::service::middleware::retry::RetryConfig;
 use serde_json::json;
 
+pub use self::comments::{GithubComments, PrComments};
 pub use self::http::RetryPolicy;
 use self::http::{Api, enc};
+pub use self::stats::{ApiSnapshot, ApiStats, RateLimit};
 use crate::ports::forge::{
     CommentMarker, CommentOutcome, EnsuredPr, Feedback, FeedbackKind, Forge, ForgeError,
     GateStatus, MergeOutcome, MergeRequest, MergeableState, PrGate, PrNumber, PrRequest,
@@ -113,22 +118,13 @@ impl GitHubForge {
         })
     }
 
-    fn repo_path(&self, rest: &str) -> String {
-        format!("/repos/{}/{}{rest}", enc(&self.owner), enc(&self.name))
+    /// The calls this forge made and the rate limit GitHub last reported.
+    pub fn stats(&self) -> Arc<ApiStats> {
+        self.api.stats.clone()
     }
 
-    async fn find_pr(&self, head: &str) -> Result<Option<u64>, ForgeError> {
-        let what = format!("list pull requests of branch {head}");
-        let query = format!(
-            "/pulls?head={}&state=all&sort=created&direction=desc",
-            enc(&format!("{}:{head}", self.owner))
-        );
-        let prs: Vec<wire::PullRequest> = self.api.get(&self.repo_path(&query), &what).await?;
-        Ok(prs
-            .into_iter()
-            .filter(|p| p.head.name == head)
-            .map(|p| p.number)
-            .max())
+    fn repo_path(&self, rest: &str) -> String {
+        format!("/repos/{}/{}{rest}", enc(&self.owner), enc(&self.name))
     }
 
     async fn open_pr(&self, request: &PrRequest, draft: bool) -> Result<Option<u64>, ForgeError> {
@@ -394,14 +390,28 @@ impl Forge for GitHubForge {
         Ok(())
     }
 
+    async fn find_pr(&self, head: &str) -> Result<Option<PrNumber>, ForgeError> {
+        let what = format!("list pull requests of branch {head}");
+        let query = format!(
+            "/pulls?head={}&state=all&sort=created&direction=desc",
+            enc(&format!("{}:{head}", self.owner))
+        );
+        let prs: Vec<wire::PullRequest> = self.api.get(&self.repo_path(&query), &what).await?;
+        Ok(prs
+            .into_iter()
+            .filter(|p| p.head.name == head)
+            .map(|p| PrNumber(p.number))
+            .max())
+    }
+
     async fn ensure_pr(&self, request: &PrRequest) -> Result<EnsuredPr, ForgeError> {
         let (number, opened) = match self.find_pr(&request.head).await? {
-            Some(n) => (n, false),
+            Some(n) => (n.0, false),
             None => match self.open_pr(request, request.draft).await? {
                 Some(n) => (n, true),
                 // Opened concurrently (or just before a crash): use that one.
                 None => match self.find_pr(&request.head).await? {
-                    Some(n) => (n, false),
+                    Some(n) => (n.0, false),
                     None => {
                         return Err(ForgeError::Rejected {
                             what: format!("open a pull request for branch {}", request.head),

@@ -287,6 +287,8 @@ mod tests {
             EventKind::TaskAdvanced {
                 from_step: "agent: implementer".into(),
                 to_step: "agent: verifier".into(),
+                round: 0,
+                gate: None,
             },
             EventKind::PromptComposed {
                 role: "implementer".into(),
@@ -315,6 +317,8 @@ mod tests {
                 EventKind::TaskAdvanced {
                     from_step: "agent: verifier".into(),
                     to_step: "gate: human-review".into(),
+                    round: 0,
+                    gate: None,
                 },
             ),
             false,
