@@ -40,7 +40,7 @@ use crate::metrics::{self, Metrics};
 use crate::ports::election::Election;
 use crate::ports::forge::Forge;
 use crate::ports::lander::Lander;
-use crate::ports::notifier::{Fanout, Notifier};
+use crate::ports::notifier::{Fanout, Leading, Notifier, journal};
 use crate::ports::spec_source::SpecSource;
 use crate::ports::state_store::StateStore;
 use crate::reconcile::{Clock, Context, GitHub, Halt, Links, Mode, Reconciler, RunError};
@@ -198,9 +198,18 @@ struct Place {
     forge: Option<Arc<GitHubForge>>,
 }
 
+/// Whose events the notifications tell: the repository's name, and where its journal
+/// lives (the same for every host that shares it), so hosts sharing a journal share one
+/// Matrix room and one cursor in it.
+struct Teller {
+    name: String,
+    journal: String,
+}
+
 /// What the notifier is built with besides the configuration.
 struct Sinks<'a> {
     metrics: Arc<Metrics>,
+    teller: &'a Teller,
     /// Ends background senders with the endpoint.
     stop: &'a CancellationToken,
     tasks: &'a mut JoinSet<()>,
@@ -216,11 +225,9 @@ fn notifier(
 ) -> Result<Arc<dyn Notifier>, StartError> {
     let mut all: Vec<Box<dyn Notifier>> = vec![Box::new(sinks.metrics)];
     if let Some(matrix) = &config.observability.matrix {
-        let repo_name = place
-            .root
-            .file_name()
-            .map_or_else(|| "repo".to_owned(), |n| n.to_string_lossy().into_owned());
-        let settings = matrix::Settings::resolve(matrix, &repo_name).map_err(StartError::Usage)?;
+        let teller = sinks.teller;
+        let settings = matrix::Settings::resolve(matrix, &teller.name, &teller.journal)
+            .map_err(StartError::Usage)?;
         let (notifier, sender) = matrix::start(
             settings,
             &place.root,
@@ -291,6 +298,7 @@ impl Endpoint {
         place: &Place,
         store: Arc<S>,
         coordinator_id: String,
+        teller: &Teller,
     ) -> Result<Self, StartError> {
         let (route, route_rx) = watch::channel(Route::Following {
             leader: None,
@@ -373,6 +381,7 @@ impl Endpoint {
         });
         let sinks = Sinks {
             metrics: metrics.clone(),
+            teller,
             stop: &stop,
             tasks: &mut tasks,
         };
@@ -503,11 +512,20 @@ where
     let base = config.target.base_branch.clone();
     let store = GitStore::open(&place.root, config.dashboard.events_limit as usize)
         .map_err(|e| StartError::Setup(e.to_string()))?;
+    let teller = Teller {
+        name: place
+            .root
+            .file_name()
+            .map_or_else(|| "repo".to_owned(), |n| n.to_string_lossy().into_owned()),
+        // The journal is in this checkout's git store.
+        journal: format!("{}:{}", crate::lock::hostname(), place.root.display()),
+    };
     let endpoint = Endpoint::start(
         &config,
         &place,
         Arc::new(store.clone()),
         SINGLE_HOST.to_owned(),
+        &teller,
     )
     .await?;
     if let Some(observe) = place.observer.take() {
@@ -604,14 +622,29 @@ where
             .map_err(|e| StartError::Usage(e.to_string()))?,
     };
     let advertise = coordinator_id(&config);
-    let repo_url = config.target.clone_url.clone().unwrap_or(origin);
+    let repo_url = config
+        .target
+        .clone_url
+        .clone()
+        .unwrap_or_else(|| origin.clone());
     let endpoints = &config.etcd.endpoints;
     let journal = config.dashboard.events_limit as usize;
     let store = EtcdStore::new(endpoints, &prefix, journal);
     let election = EtcdElection::new(endpoints, &prefix).with_ttl(config.etcd.lease_ttl);
     let base = config.target.base_branch.clone();
-    let endpoint =
-        Endpoint::start(&config, &place, Arc::new(store.clone()), advertise.clone()).await?;
+    // Each host has its own checkout (named as it likes): the name comes from the origin.
+    let teller = Teller {
+        name: origin_name(&origin),
+        journal: format!("etcd:{prefix}"),
+    };
+    let endpoint = Endpoint::start(
+        &config,
+        &place,
+        Arc::new(store.clone()),
+        advertise.clone(),
+        &teller,
+    )
+    .await?;
     if let Some(observe) = place.observer.take() {
         observe(endpoint.live.subscribe());
     }
@@ -718,6 +751,9 @@ where
                 leadership.resign().await;
             }
             other => {
+                // Sent while still leading: once resigned, what is queued is the next
+                // leader's to send.
+                endpoint.notifier.drain(NOTIFY_GRACE).await;
                 leadership.resign().await;
                 break other;
             }
@@ -827,6 +863,18 @@ fn follow_leader(election: EtcdElection, endpoint: &Endpoint) -> tokio::task::Jo
     })
 }
 
+/// The repository's name in its origin URL (`git@host:team/widgets.git` → `widgets`).
+fn origin_name(origin: &str) -> String {
+    let trimmed = origin.trim_end_matches('/');
+    let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
+    let name = last.strip_suffix(".git").unwrap_or(last);
+    if name.is_empty() {
+        "repo".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -857,11 +905,16 @@ async fn lead<S, P, L, C>(
     shutdown: &CancellationToken,
 ) -> Result<Halt, StartError>
 where
-    S: StateStore,
+    S: StateStore + Clone,
     P: SpecSource,
     L: Lander,
     C: Fn() -> Result<Project, ProjectLoadError>,
 {
+    // Before the loop stores anything of this term.
+    links.notifier.lead(&Leading {
+        journal: journal(store.clone()),
+        deposed: term.deposed.clone(),
+    });
     let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
     let term_stop = CancellationToken::new();
     let leading = Route::Leading {
@@ -945,4 +998,19 @@ fn attach_local(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_repository_name_comes_from_the_last_part_of_the_origin() {
+        for (origin, name) in [
+            ("git@github.com:team/widgets.git", "widgets"),
+            ("https://github.com/team/widgets/", "widgets"),
+            ("/srv/git/origin.git", "origin"),
+            ("host:widgets", "widgets"),
+        ] {
+            assert_eq!(super::origin_name(origin), name, "{origin}");
+        }
+    }
 }

@@ -57,6 +57,7 @@ print(urllib.request.urlopen(req).read().decode())
 pub struct Synapse {
     child: Option<Child>,
     python: PathBuf,
+    config: PathBuf,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// A registration token (unlimited uses) for bots to register with.
@@ -154,27 +155,18 @@ impl Synapse {
             "synapse --generate-keys failed: {}",
             String::from_utf8_lossy(&keys.stderr)
         );
-        let log = std::fs::File::create(dir.path().join("synapse.log")).expect("log file");
-        let child = Command::new(&python)
-            .args(["-m", "synapse.app.homeserver", "-c"])
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start synapse");
         let url = format!("http://127.0.0.1:{port}");
         let mut synapse = Synapse {
-            child: Some(child),
+            child: None,
             python,
+            config: config_path,
             url,
             registration_token: String::new(),
             admin_user: format!("@{ADMIN}:localhost"),
             admin_token: String::new(),
             _dir: dir,
         };
-        synapse.wait_healthy();
+        synapse.run();
         let made = Command::new(&synapse.python)
             .args([
                 "-c",
@@ -203,6 +195,33 @@ impl Synapse {
         );
         synapse.registration_token = token["token"].as_str().expect("token").to_owned();
         synapse
+    }
+
+    /// Starts the homeserver on its port and data and waits until it serves.
+    fn run(&mut self) {
+        let dir = self._dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("synapse.log"))
+            .expect("log file");
+        let child = Command::new(&self.python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(&self.config)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start synapse");
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    /// Starts a killed homeserver again, with what it had stored (the end of an outage).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "Synapse is still running");
+        self.run();
     }
 
     fn wait_healthy(&mut self) {

@@ -2,13 +2,19 @@
 //! the real coordinator binary and the scripted agent: the bot registers itself and creates a
 //! room once, each task's messages form one thread, `verbose` adds spawns, a second run sends
 //! nothing twice, an existing account and room work without registering, a merge waiting for
-//! a human is posted with the command that clears it, and a homeserver that dies mid-run costs
-//! the run nothing.
+//! a human is posted with the command that clears it, a homeserver that dies mid-run costs
+//! the run nothing, and with two coordinators over etcd every event is sent exactly once
+//! although the leader is killed mid-run.
 
-use std::process::{Command, Stdio};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, scripted_agent};
+use hyperloop_coordinator::adapters::etcd_store::EtcdStore;
+use hyperloop_coordinator::adapters::matrix::{JOURNAL_FIELD, SEQ_FIELD, message};
+use hyperloop_coordinator::ports::state_store::StateStore;
+use hyperloop_tests::etcd::EtcdCluster;
+use hyperloop_tests::repo::{TestRepo, coordinator_bin, git, logged_command, scripted_agent};
 use hyperloop_tests::synapse::Synapse;
 use serde_json::Value;
 
@@ -214,7 +220,6 @@ fn a_second_run_reuses_the_saved_bot_and_room_and_sends_no_event_twice() {
     let second = state(&repo);
     assert_eq!(second["room_id"], first["room_id"]);
     assert_eq!(second["access_token"], first["access_token"]);
-    assert!(second["last_seq"].as_u64() > first["last_seq"].as_u64());
 
     // Registered once: the token was used once, and the server has the admin and the bot.
     let token = synapse.admin(
@@ -231,6 +236,14 @@ fn a_second_run_reuses_the_saved_bot_and_room_and_sends_no_event_twice() {
 
     let messages = synapse.messages(&room);
     assert!(messages.len() > sent_first);
+    // Each event's message carries its journal sequence number, once.
+    let seqs: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| m["content"][SEQ_FIELD].as_u64())
+        .collect();
+    let mut unique = seqs.clone();
+    unique.dedup();
+    assert!(seqs.is_sorted() && unique == seqs, "{seqs:?}");
     // task-001's thread is unchanged by the second run; task-002 has its own.
     let task1 = bodies(&task_thread(&messages, "task-001"));
     let completed = task1.iter().filter(|b| b.contains("completed")).count();
@@ -390,4 +403,269 @@ fn a_homeserver_that_dies_mid_run_costs_the_run_nothing() {
     );
     let status = git(&repo.checkout, &["status", "--porcelain"]);
     assert!(!status.contains("matrix-state"), "{status}");
+}
+
+/// Two coordinators over a real etcd, each in its own checkout, and two workers; the bot
+/// follows the journal in etcd.
+struct Pair {
+    repo: TestRepo,
+    etcd: EtcdCluster,
+    coordinators: Vec<Option<Child>>,
+    workers: Vec<Child>,
+}
+
+const PREFIX: &str = "/hyperloop-matrix-test";
+const JOIN_TOKEN: &str = "matrix-join-token-7Q";
+
+impl Pair {
+    fn new(synapse: &Synapse) -> Pair {
+        let config = format!(
+            "max_workers: 2\npoll_interval: 1s\nmax_task_rounds: 4\n\
+             dashboard:\n  enabled: false\n  events_limit: 100000\n\
+             agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 60s\n\
+             \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_MODE, SCRIPTED_DELAY]\n\
+             observability:\n  matrix:\n    homeserver: {}\n    \
+             registration_token_env: MATRIX_REGISTRATION_TOKEN\n",
+            scripted_agent().display(),
+            synapse.url
+        );
+        let repo = TestRepo::new(&[
+            ("specs/a.md", "# A\n\nThe repository records work for A.\n"),
+            ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
+            (".hyperloop.yaml", &config),
+        ]);
+        git(
+            repo.dir.path(),
+            &["clone", "-q", "origin.git", "checkout-1"],
+        );
+        Pair {
+            repo,
+            etcd: EtcdCluster::start(1),
+            coordinators: Vec::new(),
+            workers: Vec::new(),
+        }
+    }
+
+    fn checkout(&self, i: usize) -> std::path::PathBuf {
+        match i {
+            0 => self.repo.checkout.clone(),
+            _ => self.repo.dir.path().join(format!("checkout-{i}")),
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.repo.dir.path().join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        ["coordinator-0", "coordinator-1", "worker-w1", "worker-w2"]
+            .iter()
+            .map(|name| format!("\n===== {name}\n{}", self.log(name)))
+            .collect()
+    }
+
+    fn command(&self, program: std::path::PathBuf, log: &str) -> Command {
+        let log = self.repo.dir.path().join(format!("{log}.log"));
+        logged_command(&program, self.repo.dir.path(), &log)
+    }
+
+    fn start_coordinator(&mut self, i: usize, port: u16, token: &str) {
+        let mut cmd = self.command(coordinator_bin(), &format!("coordinator-{i}"));
+        cmd.args(["run", "--path"])
+            .arg(self.checkout(i))
+            .args(["--local-workers", "0", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--etcd", &self.etcd.endpoints().join(",")])
+            .args(["--etcd-prefix", PREFIX, "--join-token", JOIN_TOKEN])
+            .env("MATRIX_REGISTRATION_TOKEN", token);
+        self.coordinators
+            .push(Some(cmd.spawn().expect("coordinator starts")));
+    }
+
+    fn start_worker(&mut self, name: &str, join: &str) {
+        let mut cmd = self.command(
+            coordinator_bin().with_file_name("hyperloop-worker"),
+            &format!("worker-{name}"),
+        );
+        cmd.args(["--join", join, "--token", JOIN_TOKEN, "--name", name])
+            .args(["--capacity", "1", "--connect-timeout", "0", "--work-dir"])
+            .arg(self.repo.dir.path().join(format!("work-{name}")))
+            .envs(hyperloop_tests::scripted_log(
+                self.repo.dir.path().join(format!("steps-{name}.log")),
+            ))
+            .env("SCRIPTED_MODE", "normal")
+            .env("SCRIPTED_DELAY", "1");
+        self.workers.push(cmd.spawn().expect("worker starts"));
+    }
+
+    fn wait_for(&self, what: &str, mut done: impl FnMut(&Pair) -> bool) {
+        let started = Instant::now();
+        while !done(self) {
+            assert!(
+                started.elapsed() < RUN_TIMEOUT,
+                "timed out waiting for {what}{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The room, from a checkout's cached Matrix state, once its bot has found one.
+    fn room(&self, i: usize) -> Option<String> {
+        let text = std::fs::read_to_string(self.checkout(i).join(STATE_FILE)).ok()?;
+        let state: Value = serde_json::from_str(&text).ok()?;
+        state["room_id"].as_str().map(str::to_owned)
+    }
+
+    /// The journal in etcd, oldest first.
+    fn events(&self) -> Vec<hyperloop_shared::event::Event> {
+        let store = EtcdStore::new(&self.etcd.endpoints(), PREFIX, 100_000);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(store.events(0, 100_000))
+            .expect("read the journal from etcd")
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for child in self
+            .coordinators
+            .iter_mut()
+            .flatten()
+            .chain(&mut self.workers)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The sequence numbers of the bot's messages in `room`, with how often each was sent.
+fn sent_seqs(synapse: &Synapse, room: &str) -> BTreeMap<u64, usize> {
+    let mut seqs = BTreeMap::new();
+    for message in synapse.messages(room) {
+        if let Some(seq) = message["content"][SEQ_FIELD].as_u64() {
+            assert!(
+                message["content"][JOURNAL_FIELD].is_string(),
+                "a message without its journal: {message:#}"
+            );
+            *seqs.entry(seq).or_insert(0) += 1;
+        }
+    }
+    seqs
+}
+
+#[test]
+fn with_two_coordinators_over_etcd_a_killed_leaders_successor_sends_each_event_exactly_once() {
+    let mut synapse = Synapse::start();
+    let mut pair = Pair::new(&synapse);
+    let ports = [hyperloop_tests::free_port(), hyperloop_tests::free_port()];
+    let token = synapse.registration_token.clone();
+    pair.start_coordinator(0, ports[0], &token);
+    pair.wait_for("coordinator-0 to lead", |p| {
+        p.log("coordinator-0").contains("leading")
+    });
+    pair.start_coordinator(1, ports[1], &token);
+    let join = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{}",
+        ports[0], ports[1]
+    );
+    pair.start_worker("w1", &join);
+    pair.start_worker("w2", &join);
+    // Mid-run: the first results are in the room, more work is to come.
+    pair.wait_for("a result in the room", |p| {
+        p.room(0).is_some_and(|room| {
+            synapse
+                .messages(&room)
+                .iter()
+                .any(|m| body(m).contains("implementer pass"))
+        })
+    });
+    let room = pair.room(0).expect("room");
+    let before_kill = sent_seqs(&synapse, &room);
+    // A Matrix outage, during which the leader journals events it cannot send…
+    synapse.kill();
+    let sent_last = *before_kill.keys().last().expect("a message with its seq");
+    let unsent = |p: &Pair| -> Vec<u64> {
+        p.events()
+            .iter()
+            .filter(|e| e.seq > sent_last && message::render(e, false).is_some())
+            .map(|e| e.seq)
+            .collect()
+    };
+    pair.wait_for("the leader to journal events it cannot send", |p| {
+        !unsent(p).is_empty()
+    });
+    // …then kill -9: what the leader queued is lost with it; its successor must send it.
+    let mut leader = pair.coordinators[0].take().expect("running");
+    let _ = leader.kill();
+    let _ = leader.wait();
+    let left_unsent = unsent(&pair);
+    synapse.restart();
+
+    let mut standby = pair.coordinators[1].take().expect("running");
+    let mut code = None;
+    pair.wait_for("the standby to finish the run", |_| {
+        code = standby.try_wait().expect("wait").map(|s| s.code());
+        code.is_some()
+    });
+    assert_eq!(code, Some(Some(0)), "{}", pair.logs());
+    let standby_log = pair.log("coordinator-1");
+    assert!(standby_log.contains("leading"), "{}", pair.logs());
+
+    // The standby found the bot and the room the leader made: no second registration.
+    assert!(
+        standby_log.contains("logged in as the existing Matrix bot"),
+        "{}",
+        pair.logs()
+    );
+    assert_eq!(pair.room(1).as_deref(), Some(room.as_str()));
+    let token = synapse.admin(
+        "GET",
+        &format!("/_synapse/admin/v1/registration_tokens/{token}"),
+        None,
+    );
+    assert_eq!(token["completed"], 1, "{token:#}");
+
+    // Every journaled event the audience rules send is in the room exactly once.
+    let sent = sent_seqs(&synapse, &room);
+    let expected: Vec<u64> = pair
+        .events()
+        .iter()
+        .filter(|e| message::render(e, false).is_some())
+        .map(|e| e.seq)
+        .collect();
+    let missing: Vec<u64> = expected
+        .iter()
+        .copied()
+        .filter(|seq| !sent.contains_key(seq))
+        .collect();
+    let twice: Vec<(&u64, &usize)> = sent.iter().filter(|(_, n)| **n > 1).collect();
+    let unexpected: Vec<&u64> = sent.keys().filter(|s| !expected.contains(s)).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty() && unexpected.is_empty(),
+        "missing {missing:?}, sent twice {twice:?}, not journaled {unexpected:?}{}",
+        pair.logs()
+    );
+    // What the killed leader journaled but never sent came from its successor.
+    assert!(
+        left_unsent.iter().all(|seq| sent.get(seq) == Some(&1)),
+        "{left_unsent:?} {sent:?}"
+    );
+    let bodies: Vec<String> = synapse
+        .messages(&room)
+        .iter()
+        .map(|m| body(m).to_owned())
+        .collect();
+    assert!(
+        bodies
+            .last()
+            .is_some_and(|b| b.starts_with("hyperloop halted")),
+        "{bodies:#?}"
+    );
 }

@@ -8,6 +8,11 @@
 //!
 //! A notifier must not block the loop: one that talks to the network queues and sends from
 //! its own task, and drops (counting) what it cannot keep up with.
+//!
+//! Each leadership term is announced with [`Notifier::lead`] before its events flow, with a
+//! way to read the journal back ([`Journal`]): a notifier that keeps its own cursor outside
+//! this process (Matrix keeps it in the room) can send what an earlier leader journaled but
+//! did not get out, and must stop sending once the term is deposed.
 
 #[cfg(any(test, feature = "testing"))]
 use std::sync::{Arc, Mutex};
@@ -17,10 +22,44 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use hyperloop_shared::event::Event;
+use tokio_util::sync::CancellationToken;
+
+use crate::ports::state_store::{StateStore, StoreError};
+
+/// Reads the stored journal: `(after, limit)` gives the events with `seq > after`, oldest
+/// first, at most `limit` ([`StateStore::events`]). Read-only: notifiers never write the
+/// store, whose writes are the loop's (conditional on its revision).
+pub type Journal = std::sync::Arc<
+    dyn Fn(u64, usize) -> Pin<Box<dyn Future<Output = Result<Vec<Event>, StoreError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The journal of `store`.
+pub fn journal<S: StateStore + Clone>(store: S) -> Journal {
+    std::sync::Arc::new(move |after, limit| {
+        let store = store.clone();
+        Box::pin(async move { store.events(after, limit).await })
+    })
+}
+
+/// A leadership term as a notifier sees it.
+#[derive(Clone)]
+pub struct Leading {
+    pub journal: Journal,
+    /// Cancelled when the leadership is lost or given up: whatever is still queued is then
+    /// not this coordinator's to send (the next leader sends it from the journal).
+    pub deposed: CancellationToken,
+}
 
 pub trait Notifier: Send + Sync + 'static {
     /// Takes a batch of stored events, oldest first.
     fn notify(&self, events: &[Event]);
+
+    /// A leadership term begins; the events handed over next are stored in its journal.
+    fn lead(&self, term: &Leading) {
+        let _ = term;
+    }
 
     /// At shutdown: delivers what is still queued, for at most `within`; takes no more.
     fn drain(&self, within: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -43,6 +82,10 @@ impl<N: Notifier> Notifier for std::sync::Arc<N> {
         (**self).notify(events);
     }
 
+    fn lead(&self, term: &Leading) {
+        (**self).lead(term);
+    }
+
     fn drain(&self, within: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         (**self).drain(within)
     }
@@ -55,6 +98,12 @@ impl Notifier for Fanout {
     fn notify(&self, events: &[Event]) {
         for sink in &self.0 {
             sink.notify(events);
+        }
+    }
+
+    fn lead(&self, term: &Leading) {
+        for sink in &self.0 {
+            sink.lead(term);
         }
     }
 

@@ -34,6 +34,19 @@ impl MatrixError {
     pub fn is_transient(&self) -> bool {
         !matches!(self, MatrixError::Refused { .. })
     }
+
+    /// Whether the homeserver refused with this Matrix error code (`M_USER_IN_USE`).
+    pub fn is_refusal(&self, errcode: &str) -> bool {
+        matches!(self, MatrixError::Refused { message, .. }
+            if message.split(' ').next() == Some(errcode))
+    }
+}
+
+/// One page of a room's history, newest first.
+pub struct Page {
+    pub messages: Vec<Value>,
+    /// Where the next (older) page starts; `None` at the room's beginning.
+    pub next: Option<String>,
 }
 
 /// A bot logged in to a homeserver.
@@ -165,6 +178,20 @@ impl Client {
         })
     }
 
+    /// Logs in `username` with its password (a new device and access token).
+    pub async fn login(&self, username: &str, password: &str) -> Result<Session, MatrixError> {
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": username},
+            "password": password,
+            "initial_device_display_name": "hyperloop",
+        });
+        let (_, reply) = self
+            .call(Method::POST, "/_matrix/client/v3/login", None, &body)
+            .await?;
+        session_from(&reply)
+    }
+
     /// Who the access token belongs to.
     pub async fn whoami(&self, access_token: &str) -> Result<String, MatrixError> {
         let (_, reply) = self
@@ -178,16 +205,19 @@ impl Client {
         field(&reply, "user_id")
     }
 
-    /// Creates a private room named `name`, inviting `invite`; returns its id.
+    /// Creates a private room named `name` with the alias `#alias:<server>`, inviting
+    /// `invite`; returns its id. An alias already taken is refused with `M_ROOM_IN_USE`.
     pub async fn create_room(
         &self,
         session: &Session,
         name: &str,
+        alias: &str,
         invite: Option<&str>,
     ) -> Result<String, MatrixError> {
         let invite: Vec<&str> = invite.into_iter().collect();
         let body = json!({
             "name": name,
+            "room_alias_name": alias,
             "preset": "private_chat",
             "invite": invite,
         });
@@ -202,6 +232,48 @@ impl Client {
         field(&reply, "room_id")
     }
 
+    /// The room `#alias:server` points to.
+    pub async fn resolve_alias(
+        &self,
+        session: &Session,
+        alias: &str,
+    ) -> Result<String, MatrixError> {
+        let path = format!("/_matrix/client/v3/directory/room/{}", encode(alias));
+        let (_, reply) = self
+            .call(Method::GET, &path, Some(&session.access_token), &json!({}))
+            .await?;
+        field(&reply, "room_id")
+    }
+
+    /// A page of `room`'s messages sent by `sender`, newest first, starting at `from` (the
+    /// newest when `None`).
+    pub async fn messages_back(
+        &self,
+        session: &Session,
+        room: &str,
+        sender: &str,
+        from: Option<&str>,
+    ) -> Result<Page, MatrixError> {
+        let filter = json!({"types": ["m.room.message"], "senders": [sender]}).to_string();
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100&filter={}",
+            encode(room),
+            encode(&filter)
+        );
+        if let Some(from) = from {
+            path.push_str(&format!("&from={}", encode(from)));
+        }
+        let (_, reply) = self
+            .call(Method::GET, &path, Some(&session.access_token), &json!({}))
+            .await?;
+        let messages = reply["chunk"].as_array().cloned().unwrap_or_default();
+        let next = reply["end"]
+            .as_str()
+            .filter(|_| !messages.is_empty())
+            .map(str::to_owned);
+        Ok(Page { messages, next })
+    }
+
     /// Joins `room` (a no-op for a member).
     pub async fn join(&self, session: &Session, room: &str) -> Result<(), MatrixError> {
         let path = format!("/_matrix/client/v3/join/{}", encode(room));
@@ -210,8 +282,9 @@ impl Client {
             .map(drop)
     }
 
-    /// Sends an `m.notice` to `room`, in the thread under `thread_root` if given; returns the
-    /// event id. `txn` makes a retried send idempotent.
+    /// Sends an `m.notice` to `room`, in the thread under `thread_root` if given, with the
+    /// fields of `marks` added to its content; returns the event id. `txn` makes a retried
+    /// send idempotent.
     pub async fn send(
         &self,
         session: &Session,
@@ -219,8 +292,10 @@ impl Client {
         txn: &str,
         body: &str,
         thread_root: Option<&str>,
+        marks: serde_json::Map<String, Value>,
     ) -> Result<String, MatrixError> {
         let mut content = json!({"msgtype": "m.notice", "body": body});
+        content.as_object_mut().expect("an object").extend(marks);
         if let Some(root) = thread_root {
             content["m.relates_to"] = json!({
                 "rel_type": "m.thread",
@@ -276,5 +351,15 @@ mod tests {
     #[test]
     fn room_ids_are_percent_encoded_in_paths() {
         assert_eq!(super::encode("!abc:localhost"), "%21abc%3Alocalhost");
+    }
+
+    #[test]
+    fn a_refusal_is_recognised_by_its_error_code() {
+        let taken = super::MatrixError::Refused {
+            status: 400,
+            message: "M_USER_IN_USE User ID already taken.".into(),
+        };
+        assert!(taken.is_refusal("M_USER_IN_USE"));
+        assert!(!taken.is_refusal("M_ROOM_IN_USE"));
     }
 }

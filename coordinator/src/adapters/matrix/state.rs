@@ -1,6 +1,8 @@
-//! `.hyperloop/matrix-state.json`: the bot's credentials, its room, each task's thread root
-//! and the last event sent, kept across restarts. Git-ignored through the repository's
-//! `info/exclude`, so neither agents nor landings ever commit it.
+//! `.hyperloop/matrix-state.json`: the bot's credentials, its room and each task's thread
+//! root, kept across restarts of this host's coordinator. A cache only: what was sent is read
+//! from the room itself, so another host (with its own checkout) never needs this file.
+//! Git-ignored through the repository's `info/exclude`, so neither agents nor landings ever
+//! commit it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -25,9 +27,6 @@ pub struct MatrixState {
     /// Task id (`task-003`) → the event id of its thread root.
     #[serde(default)]
     pub threads: BTreeMap<String, String>,
-    /// Events up to this sequence number were sent (or deliberately skipped).
-    #[serde(default)]
-    pub last_seq: u64,
 }
 
 pub struct StateFile {
@@ -108,7 +107,6 @@ mod tests {
         let mut state = MatrixState {
             homeserver: "http://h".into(),
             room_id: Some("!r:h".into()),
-            last_seq: 9,
             ..MatrixState::default()
         };
         state.threads.insert("task-001".into(), "$e".into());
