@@ -150,6 +150,10 @@ pub async fn run_observed(
         ));
     }
     let tls = crate::tls::server_tls(&config.tls).map_err(|e| StartError::Usage(e.to_string()))?;
+    // Before asking for a token: a missing remote is the first thing to fix.
+    if let (None, Some(repo), None) = (&config.target.clone_url, &config.target.repo, &origin) {
+        return Err(no_origin_for_github(repo, &root));
+    }
     let forge = github_forge(&config)?;
     let place = Place {
         git_dir,
@@ -548,13 +552,7 @@ where
     let repo_url = match (&config.target.clone_url, &config.target.repo, &place.origin) {
         (Some(url), _, _) => url.clone(),
         (None, Some(_), Some(origin)) => origin.clone(),
-        (None, Some(repo), None) => {
-            return Err(StartError::Usage(format!(
-                "GitHub mode (--repo {repo}) pushes task branches to the checkout's `origin`, \
-                 and {} has none: add it with `git remote add origin URL`",
-                place.root.display()
-            )));
-        }
+        (None, Some(repo), None) => return Err(no_origin_for_github(repo, &place.root)),
         (None, None, _) => place.root.display().to_string(),
     };
     let ctx = Context {
@@ -766,6 +764,14 @@ where
 }
 
 /// GitHub mode's forge (`--repo`), nothing sent yet; `None` when work lands locally.
+fn no_origin_for_github(repo: &str, root: &Path) -> StartError {
+    StartError::Usage(format!(
+        "GitHub mode (--repo {repo}) pushes task branches to the checkout's `origin`, and {} \
+         has none: add it with `git remote add origin URL`",
+        root.display()
+    ))
+}
+
 fn github_forge(config: &Config) -> Result<Option<Arc<GitHubForge>>, StartError> {
     let Some(repo) = config.target.repo.as_deref() else {
         return Ok(None);
