@@ -335,18 +335,18 @@ pub fn reconcile(
         .clone()
         .unwrap_or_else(|| root.display().to_string());
     let coordinator_id = crate::run::coordinator_id(&config);
-    let export = config
-        .observability
-        .otel
-        .as_ref()
-        .map(|otel| ExportSettings {
-            endpoint: otel.endpoint.clone(),
-            service_name: otel.service_name.clone(),
-            attributes: vec![
-                ("hyperloop.repository", repository.clone()),
-                ("hyperloop.coordinator.id", coordinator_id.clone()),
-            ],
-        });
+    let export = match ExportSettings::resolve(
+        config.observability.otel.as_ref(),
+        |name| std::env::var(name).ok(),
+        "hyperloop",
+        vec![
+            ("hyperloop.repository", repository.clone()),
+            ("hyperloop.coordinator.id", coordinator_id.clone()),
+        ],
+    ) {
+        Ok(export) => export,
+        Err(e) => return Exit::usage(e.to_string()),
+    };
     // The exporter's gRPC channel lives on the runtime.
     let telemetry = {
         let _runtime = runtime.enter();

@@ -4,6 +4,7 @@ pub mod etcd;
 pub mod github;
 pub mod model_server;
 pub mod repo;
+pub mod rotel;
 pub mod synapse;
 
 /// A loopback port that was free a moment ago, for a process under test to listen on.

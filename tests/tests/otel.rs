@@ -1,8 +1,11 @@
-//! OpenTelemetry trace export end to end: the real coordinator (and `hyperloop-worker`)
-//! binaries export over OTLP/gRPC to an in-process `fake-opentelemetry-collector`, a real
-//! OTLP receiver. The spans must nest run → cycle → task → step, the worker's step span must
-//! continue the coordinator's trace across processes, and the agent must see `TRACEPARENT`.
+//! OpenTelemetry export end to end: the real coordinator (and `hyperloop-worker`) binaries
+//! export over OTLP/gRPC to an in-process `fake-opentelemetry-collector`, a real OTLP
+//! receiver, and over OTLP/HTTP and gRPC to the Rotel collector (`hyperloop_tests::rotel`).
+//! The spans must nest run → cycle → task → step, the worker's step span must continue the
+//! coordinator's trace across processes, and the agent must see `TRACEPARENT`. Metrics made
+//! from `opentelemetry::global::meter` after `Telemetry::start` must reach the collector.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -10,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent, test_home};
+use hyperloop_tests::rotel::{Rotel, span_names};
 use hyperloop_tests::{free_port, wait_with_limit};
+use hyperloop_worker::otel::{ExportSettings, Telemetry};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const TOKEN: &str = "otel-join-token-4K";
@@ -18,16 +23,22 @@ const TOKEN: &str = "otel-join-token-4K";
 /// A one-spec repository whose agent logs its `TRACEPARENT`; `otel` is the collector's
 /// endpoint, if any.
 fn repo(otel: Option<&str>) -> TestRepo {
+    repo_exporting(
+        otel.map(|endpoint| format!("{{endpoint: \"{endpoint}\", service_name: hl-test}}"))
+            .as_deref(),
+    )
+}
+
+/// Likewise, with `otel` as the whole `observability.otel` mapping.
+fn repo_exporting(otel: Option<&str>) -> TestRepo {
     let mut config = format!(
         "max_workers: 1\npoll_interval: 1s\nmax_task_rounds: 3\n\
          agent:\n  runtime: command\n  command: [\"sh\", \"{}\"]\n  timeout: 20s\n\
          \x20 env_passthrough: [SCRIPTED_LOG, SCRIPTED_TRACE]\n",
         scripted_agent().display()
     );
-    if let Some(endpoint) = otel {
-        config.push_str(&format!(
-            "observability:\n  otel: {{endpoint: \"{endpoint}\", service_name: hl-test}}\n"
-        ));
+    if let Some(otel) = otel {
+        config.push_str(&format!("observability:\n  otel: {otel}\n"));
     }
     TestRepo::new(&[
         ("specs/b.md", "# B\n\nThe repository records work for B.\n"),
@@ -47,7 +58,12 @@ fn env(cmd: &mut Command, repo: &TestRepo, log: &Path) {
         .env_remove("HYPERLOOP_JOIN_TOKEN")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
         .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .env_remove("OTEL_METRIC_EXPORT_INTERVAL")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -322,4 +338,156 @@ async fn a_dead_collector_costs_the_run_about_nothing() {
     let bound = off * 2 + Duration::from_secs(3);
     assert!(dead < bound, "dead endpoint: {dead:?} against {off:?} off");
     assert!(live < bound, "live collector: {live:?} against {off:?} off");
+}
+
+/// Starts export in this process, as the binaries do, with `env` as the environment.
+fn export_in_process(
+    env: &[(&str, &str)],
+) -> (
+    Telemetry,
+    impl tracing_subscriber::Layer<tracing_subscriber::Registry>,
+) {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let settings =
+        ExportSettings::resolve(None, |name| env.get(name).cloned(), "hl-in-process", vec![])
+            .expect("valid settings")
+            .expect("an endpoint turns export on");
+    Telemetry::start(&settings).expect("export starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metric_from_the_global_meter_reaches_the_collector_at_shutdown() {
+    let mut collector = FakeCollectorServer::start()
+        .await
+        .expect("the fake collector starts");
+    let endpoint = collector.endpoint();
+    // The default 10 s interval: only the flush at shutdown can deliver it in time.
+    let (telemetry, _spans) = export_in_process(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    opentelemetry::global::meter("hyperloop")
+        .u64_counter("hyperloop_test_steps")
+        .build()
+        .add(3, &[opentelemetry::KeyValue::new("role", "pm")]);
+    let flushed = Instant::now();
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .expect("shutdown");
+    assert!(
+        flushed.elapsed() < Duration::from_secs(4),
+        "shutdown is bounded"
+    );
+    let exported = collector.exported_metrics(1, Duration::from_secs(5)).await;
+    let metric = exported
+        .iter()
+        .flat_map(|e| &e.metrics)
+        .find(|m| m.name == "hyperloop_test_steps")
+        .unwrap_or_else(|| panic!("the counter was not exported: {exported:?}"));
+    let shown = format!("{:?}", metric.data);
+    assert!(shown.contains("AsInt(3)"), "{shown}");
+    assert!(shown.contains("\"role\""), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_metrics_reach_rotel_over_http_protobuf() {
+    let rotel = tokio::task::spawn_blocking(Rotel::start)
+        .await
+        .expect("rotel");
+    let (telemetry, spans) = export_in_process(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &rotel.http),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+    ]);
+    let subscriber = tracing_subscriber::layer::SubscriberExt::with(
+        tracing_subscriber::Registry::default(),
+        spans,
+    );
+    tracing::subscriber::with_default(subscriber, || {
+        let _span = tracing::info_span!(target: "hyperloop_worker", "over_http").entered();
+    });
+    opentelemetry::global::meter("hyperloop")
+        .u64_counter("hyperloop_test_over_http")
+        .build()
+        .add(1, &[]);
+    // The periodic reader sends the counter on its own, well before shutdown.
+    let rotel = tokio::task::spawn_blocking(move || {
+        let seen = rotel.received(Duration::from_secs(10), |out| {
+            out.contains("hyperloop_test_over_http")
+        });
+        assert!(
+            seen.contains("hyperloop_test_over_http"),
+            "no periodic metric export within 10 s:\n{seen}"
+        );
+        telemetry.shutdown();
+        rotel
+    })
+    .await
+    .expect("metrics");
+    let seen = rotel.received(Duration::from_secs(10), |out| {
+        span_names(out).contains(&"over_http")
+    });
+    assert!(span_names(&seen).contains(&"over_http"), "no span:\n{seen}");
+    assert!(seen.contains("service.name: Str(hl-in-process)"), "{seen}");
+}
+
+/// The smoke test against a real collector: a scripted run whose coordinator exports over
+/// OTLP/HTTP (the repository's `protocol` key) and whose remote worker exports over gRPC (the
+/// standard variable), both to one Rotel.
+#[test]
+fn a_run_exports_to_rotel_over_http_and_grpc() {
+    let rotel = Rotel::start();
+    let repo = repo_exporting(Some(&format!(
+        "{{endpoint: \"{}\", protocol: http, service_name: hl-test}}",
+        rotel.http
+    )));
+    let log = repo.dir.path().join("steps.log");
+    let port = free_port();
+    let coordinator = coordinator(
+        &repo,
+        &log,
+        &[
+            "--local-workers",
+            "0",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--join-token",
+            TOKEN,
+        ],
+    );
+    let mut worker = Command::new(coordinator_bin().with_file_name("hyperloop-worker"));
+    worker
+        .args(["--join", &format!("http://127.0.0.1:{port}")])
+        .args(["--token", TOKEN, "--name", "remote-rotel"])
+        .arg("--work-dir")
+        .arg(repo.dir.path().join("worker"));
+    env(&mut worker, &repo, &log);
+    let worker = worker
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &rotel.grpc)
+        .spawn()
+        .expect("worker starts");
+    let (code, stderr) = wait_with_limit(coordinator, RUN_TIMEOUT);
+    assert_eq!(code, Some(0), "the run did not converge:\n{stderr}");
+    let (code, stderr) = wait_with_limit(worker, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "the worker did not leave cleanly:\n{stderr}");
+
+    let seen = rotel.received(Duration::from_secs(10), |out| {
+        let names = span_names(out);
+        ["run", "cycle", "task", "step"]
+            .iter()
+            .all(|name| names.contains(name))
+    });
+    let names = span_names(&seen);
+    for name in ["run", "cycle", "task", "step"] {
+        assert!(names.contains(&name), "no {name} span in {names:?}");
+    }
+    assert!(
+        seen.contains("service.name: Str(hl-test)"),
+        "the coordinator's spans"
+    );
+    assert!(
+        seen.contains("service.name: Str(hyperloop-worker)"),
+        "the worker's spans"
+    );
+    assert!(seen.contains("hyperloop.worker.name: Str(remote-rotel)"));
 }

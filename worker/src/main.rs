@@ -70,14 +70,21 @@ struct Cli {
     /// Log lines as `console` (timestamp [level] event key=value) or flat `json` objects.
     #[arg(long, env = "HYPERLOOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Console)]
     log_format: LogFormat,
-    /// Export this worker's trace spans over OTLP/gRPC to this collector, e.g.
-    /// `http://localhost:4317`; each step's span joins the coordinator's trace. Unset: no
-    /// export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    /// Export this worker's trace spans and metrics over OTLP to this collector, e.g.
+    /// `http://localhost:4317`; each step's span joins the coordinator's trace. Wins over
+    /// OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT, which also turn export on. Unset and no
+    /// such variable: no export.
+    #[arg(long)]
     otel_endpoint: Option<String>,
-    /// The `service.name` of the exported spans.
-    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "hyperloop-worker")]
-    otel_service_name: String,
+    /// OTLP transport: `grpc` or `http/protobuf` (alias `http`). Unset:
+    /// OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf for an endpoint on port 4318 or ending
+    /// in /v1/traces, else grpc.
+    #[arg(long, value_parser = protocol)]
+    otel_protocol: Option<hyperloop_worker::otel::Protocol>,
+    /// The `service.name` of the exported telemetry. Unset: OTEL_SERVICE_NAME, else
+    /// `service.name` in OTEL_RESOURCE_ATTRIBUTES, else hyperloop-worker.
+    #[arg(long)]
+    otel_service_name: Option<String>,
     #[command(flatten)]
     confinement: hyperloop_worker::shim::ConfinementArgs,
 }
@@ -105,15 +112,24 @@ fn main() -> ExitCode {
             return ExitCode::from(RUNTIME);
         }
     };
-    let export = cli
-        .otel_endpoint
-        .as_ref()
-        .filter(|endpoint| !endpoint.is_empty())
-        .map(|endpoint| hyperloop_worker::otel::ExportSettings {
-            endpoint: endpoint.clone(),
-            service_name: cli.otel_service_name.clone(),
-            attributes: vec![("hyperloop.worker.name", options.name.clone())],
-        });
+    // The flags play the part of the repository's `observability.otel` keys.
+    let requested = hyperloop_shared::config::OtelConfig {
+        endpoint: cli.otel_endpoint.clone().filter(|e| !e.is_empty()),
+        service_name: cli.otel_service_name.clone(),
+        protocol: cli.otel_protocol,
+    };
+    let export = match hyperloop_worker::otel::ExportSettings::resolve(
+        (requested != hyperloop_shared::config::OtelConfig::default()).then_some(&requested),
+        |name| std::env::var(name).ok(),
+        "hyperloop-worker",
+        vec![("hyperloop.worker.name", options.name.clone())],
+    ) {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("hyperloop-worker: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
     // The exporter's gRPC channel lives on the runtime.
     let telemetry = {
         let _runtime = runtime.enter();
@@ -232,6 +248,14 @@ fn init_tracing(
         .with(spans)
         .try_init();
     Ok(telemetry)
+}
+
+fn protocol(given: &str) -> Result<hyperloop_worker::otel::Protocol, String> {
+    match given {
+        "grpc" => Ok(hyperloop_worker::otel::Protocol::Grpc),
+        "http/protobuf" | "http" => Ok(hyperloop_worker::otel::Protocol::HttpProtobuf),
+        _ => Err("write grpc or http/protobuf".to_owned()),
+    }
 }
 
 fn options(cli: &Cli) -> Result<WorkerOptions, String> {

@@ -211,9 +211,9 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "observability.otel.endpoint",
-        "OTLP/gRPC endpoint URL for trace export; any otel key turns export on \
-         (unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, then \
-         http://localhost:4317)",
+        "OTLP endpoint URL for trace and metric export; any otel key turns export on \
+         (unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / _METRICS_ENDPOINT, \
+         OTEL_EXPORTER_OTLP_ENDPOINT, then localhost:4317 for grpc, :4318 for http)",
     ),
     key(
         "observability.otel.service_name",
@@ -221,7 +221,9 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "observability.otel.protocol",
-        "OTLP transport: grpc (http is not implemented yet: refused)",
+        "OTLP transport: grpc or http/protobuf (alias http); unset: \
+         OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf for an endpoint on port 4318 or \
+         ending in /v1/traces, else grpc",
     ),
     key(
         "dashboard.enabled",

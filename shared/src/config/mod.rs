@@ -17,8 +17,7 @@
 //! the loader uses. Precedence: defaults < file < environment < [`Overrides`].
 //!
 //! A few keys name features this version does not have: the web dashboard (`dashboard.enabled`,
-//! `dashboard.listen`) and OTLP over HTTP (`observability.otel.protocol: http`). They stay in
-//! the key table, so a typo near them still gets
+//! `dashboard.listen`). They stay in the key table, so a typo near them still gets
 //! a suggestion, but asking for the feature is refused ([`ConfigError::NotImplemented`]) rather
 //! than silently doing nothing; defaults and `dashboard.enabled: false` load.
 //!
@@ -273,8 +272,9 @@ pub struct ObservabilityConfig {
     /// `None` = Matrix notifications off (no `observability.matrix` keys given). When given,
     /// `homeserver` and a credential (`registration_token_env` or `token_env`) are required.
     pub matrix: Option<MatrixConfig>,
-    /// `None` = no OpenTelemetry export (no `observability.otel` keys given). Otherwise the
-    /// coordinator exports its trace spans over OTLP/gRPC.
+    /// `None` = no `observability.otel` keys given (the standard `OTEL_EXPORTER_OTLP_*`
+    /// variables alone can still turn export on). Otherwise the coordinator exports traces and
+    /// metrics over OTLP.
     pub otel: Option<OtelConfig>,
 }
 
@@ -306,10 +306,23 @@ pub struct MatrixConfig {
     pub invite_user: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The `observability.otel` keys as given: each one set here wins over the standard
+/// `OTEL_*` variable for it; the exporter (`hyperloop_worker::otel`) fills in the rest from the
+/// environment and defaults.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct OtelConfig {
-    pub endpoint: String,
-    pub service_name: String,
+    pub endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub protocol: Option<OtelProtocol>,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OtelProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
 }
 
 /// `dashboard:`. There is no web dashboard yet: [`Config::load`] refuses `enabled: true` and a
@@ -549,11 +562,6 @@ impl Default for Config {
         }
     }
 }
-
-/// Defaults that only apply once their section is present (the endpoint is OTLP/gRPC's
-/// standard default).
-const OTEL_SERVICE_NAME: &str = "hyperloop";
-const OTEL_ENDPOINT: &str = "http://localhost:4317";
 
 impl Config {
     /// Builds the configuration from `.hyperloop.yaml` text (empty = all defaults), the
@@ -917,7 +925,7 @@ impl Resolver<'_> {
                     .unwrap_or(d.notifications.kind),
                 webhooks: self.webhooks(env),
             },
-            observability: self.observability(d.observability, env),
+            observability: self.observability(d.observability),
             dashboard: self.dashboard(d.dashboard),
             agent: self.agent(d.agent),
         }
@@ -988,14 +996,8 @@ impl Resolver<'_> {
         hooks
     }
 
-    /// `observability.*`. Any `otel` key turns trace export on; `env` supplies
-    /// the standard `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` and `OTEL_SERVICE_NAME` when the
-    /// file and `HYPERLOOP_*` variables leave the endpoint or service name out.
-    fn observability(
-        &mut self,
-        d: ObservabilityConfig,
-        env: &BTreeMap<String, String>,
-    ) -> ObservabilityConfig {
+    /// `observability.*`. Any `otel` key turns trace export on.
+    fn observability(&mut self, d: ObservabilityConfig) -> ObservabilityConfig {
         use parse::*;
         let env_name = || string_where("an environment variable name like MY_TOKEN", is_env_name);
         let url = "a URL like https://matrix.example.com";
@@ -1034,41 +1036,22 @@ impl Resolver<'_> {
             }
         }
 
-        let endpoint = self.get(
-            "observability.otel.endpoint",
-            string_where("a URL like http://localhost:4317", is_http_url),
-        );
-        let service_name = self.get("observability.otel.service_name", string);
-        // Only OTLP/gRPC is exported; `http` (OTLP/HTTP protobuf) is a clear refusal.
-        let protocol = self.get(
-            "observability.otel.protocol",
-            choice(&[
-                ("grpc", "grpc"),
-                ("http", "http"),
-                ("http/protobuf", "http"),
-            ]),
-        );
-        if protocol == Some("http") {
-            self.refuse(
+        let otel = OtelConfig {
+            endpoint: self.get(
+                "observability.otel.endpoint",
+                string_where("a URL like http://localhost:4317", is_http_url),
+            ),
+            service_name: self.get("observability.otel.service_name", string),
+            protocol: self.get(
                 "observability.otel.protocol",
-                |input| choice(&[("http", ()), ("http/protobuf", ())])(input).is_ok(),
-                "OTLP over HTTP",
-                "use `protocol: grpc` and the collector's gRPC port (usually 4317)",
-            );
-        }
-        let otel = self.raw.has_section("observability.otel").then(|| {
-            // The standard OpenTelemetry variables fill in what the file leaves out.
-            let standard = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
-            OtelConfig {
-                endpoint: endpoint
-                    .or_else(|| standard("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-                    .or_else(|| standard("OTEL_EXPORTER_OTLP_ENDPOINT"))
-                    .unwrap_or_else(|| OTEL_ENDPOINT.to_owned()),
-                service_name: service_name
-                    .or_else(|| standard("OTEL_SERVICE_NAME"))
-                    .unwrap_or_else(|| OTEL_SERVICE_NAME.to_owned()),
-            }
-        });
+                choice(&[
+                    ("grpc", OtelProtocol::Grpc),
+                    ("http/protobuf", OtelProtocol::HttpProtobuf),
+                    ("http", OtelProtocol::HttpProtobuf),
+                ]),
+            ),
+        };
+        let otel = self.raw.has_section("observability.otel").then_some(otel);
 
         ObservabilityConfig {
             log_format: self

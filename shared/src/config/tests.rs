@@ -272,7 +272,11 @@ agent:
             log_level: LogLevel::Warning,
             prometheus: None,
             matrix: None,
-            otel: otel("http://collector:4317", "hl-test"),
+            otel: Some(OtelConfig {
+                endpoint: Some("http://collector:4317".to_owned()),
+                service_name: Some("hl-test".to_owned()),
+                protocol: Some(OtelProtocol::Grpc),
+            }),
         };
         c.dashboard = DashboardConfig {
             enabled: false,
@@ -1082,80 +1086,68 @@ fn a_matrix_section_needs_a_homeserver_and_a_credential() {
     ]);
 }
 
-fn otel(endpoint: &str, service_name: &str) -> Option<OtelConfig> {
+fn otel(endpoint: Option<&str>, service_name: Option<&str>) -> Option<OtelConfig> {
     Some(OtelConfig {
-        endpoint: endpoint.to_owned(),
-        service_name: service_name.to_owned(),
+        endpoint: endpoint.map(str::to_owned),
+        service_name: service_name.map(str::to_owned),
+        protocol: None,
     })
 }
 
 #[test]
-fn an_otel_section_turns_trace_export_on() {
+fn an_otel_section_turns_export_on_with_only_the_keys_it_gives() {
     check(
-        "observability: {otel: {endpoint: 'http://o:4317', service_name: hl, protocol: grpc}}",
-        |c| c.observability.otel = otel("http://o:4317", "hl"),
+        "observability: {otel: {endpoint: 'http://o:4317', service_name: hl}}",
+        |c| c.observability.otel = otel(Some("http://o:4317"), Some("hl")),
     );
     check("observability: {otel: {service_name: hl}}", |c| {
-        c.observability.otel = otel("http://localhost:4317", "hl");
+        c.observability.otel = otel(None, Some("hl"));
     });
     check_with(
         "",
         &[("HYPERLOOP_OBSERVABILITY_OTEL_ENDPOINT", "http://otel:4317")],
         &Overrides::default(),
-        |c| c.observability.otel = otel("http://otel:4317", "hyperloop"),
+        |c| c.observability.otel = otel(Some("http://otel:4317"), None),
+    );
+    // The standard variables are the exporter's business (hyperloop_worker::otel), not the
+    // config's: on their own they add no otel section.
+    check_with(
+        "",
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4317")],
+        &Overrides::default(),
+        |_| {},
     );
 }
 
 #[test]
-fn the_standard_otel_variables_fill_in_what_the_config_leaves_out() {
-    let standard = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4317"),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
-        ("OTEL_SERVICE_NAME", "from-env"),
-    ];
-    // The traces-specific variable wins over the general one.
-    check_with(
-        "observability: {otel: {protocol: grpc}}",
-        &standard,
-        &Overrides::default(),
-        |c| c.observability.otel = otel("http://traces:4317", "from-env"),
-    );
-    check_with(
-        "observability: {otel: {protocol: grpc}}",
-        &standard[..1],
-        &Overrides::default(),
-        |c| c.observability.otel = otel("http://general:4317", "hyperloop"),
-    );
-    // What the config says wins.
-    check_with(
-        "observability: {otel: {endpoint: 'http://mine:4317', service_name: mine}}",
-        &standard,
-        &Overrides::default(),
-        |c| c.observability.otel = otel("http://mine:4317", "mine"),
-    );
-    // On their own the standard variables turn nothing on.
-    check_with("", &standard, &Overrides::default(), |_| {});
-}
-
-#[test]
-fn otlp_over_http_is_refused_and_other_protocols_are_wrong() {
-    check_refused(&[(
-        "observability: {otel: {endpoint: 'http://o:4318', protocol: http}}",
-        &[
-            "`observability.otel.protocol`: this version of hyperloop does not implement \
-           OTLP over HTTP yet; use `protocol: grpc` and the collector's gRPC port (usually 4317)",
-        ],
-    )]);
-    let error = load_all(
-        "observability: {otel: {protocol: thrift}}",
-        &[],
-        &Overrides::default(),
-    )
-    .expect_err("an unknown protocol");
-    assert!(
-        error.to_string().contains("observability.otel.protocol"),
-        "{error}"
-    );
+fn the_otel_protocol_is_grpc_or_http_protobuf_with_http_as_its_alias() {
+    for (given, protocol) in [
+        ("grpc", OtelProtocol::Grpc),
+        ("http/protobuf", OtelProtocol::HttpProtobuf),
+        ("http", OtelProtocol::HttpProtobuf),
+    ] {
+        check(
+            &format!("observability: {{otel: {{protocol: '{given}'}}}}"),
+            |c| {
+                c.observability.otel = Some(OtelConfig {
+                    protocol: Some(protocol),
+                    ..OtelConfig::default()
+                });
+            },
+        );
+    }
+    for wrong in ["thrift", "http/json"] {
+        let error = load_all(
+            &format!("observability: {{otel: {{protocol: '{wrong}'}}}}"),
+            &[],
+            &Overrides::default(),
+        )
+        .expect_err("an unsupported protocol");
+        assert!(
+            error.to_string().contains("observability.otel.protocol"),
+            "{error}"
+        );
+    }
 }
 
 #[test]
