@@ -21,10 +21,6 @@
 //! `cargo bench -p hyperloop-tests --bench distributed`. It first builds the two binaries in
 //! the bench profile into `target/distributed-bench` (minutes the first time, a no-op after),
 //! so the processes measured are always the current code; the scenarios take ~40 s.
-//!
-//! `cargo bench -p hyperloop-tests --bench distributed -- otel` runs only P1 and P6, with
-//! OpenTelemetry export off and on (OTLP/gRPC to a live Rotel collector, see
-//! `hyperloop_tests::rotel`), alternating, `OTEL_PAIRS` times each.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -63,8 +59,6 @@ const P6_TASKS: usize = 300;
 const FAKE_WORKERS: usize = 2;
 const CAPACITY: u32 = 8;
 const P4_RUNS: usize = 3;
-/// Off/on pairs of the P1 and P6 run in the `otel` comparison.
-const OTEL_PAIRS: usize = 2;
 /// Where the coordinator and worker binaries are (see [`build_binaries`]).
 static BINS: OnceLock<PathBuf> = OnceLock::new();
 /// Bounds every wait: a stuck scenario fails the bench with the logs instead of hanging.
@@ -73,9 +67,6 @@ const WAIT: Duration = Duration::from_secs(90);
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     BINS.set(build_binaries()).expect("set once");
-    if std::env::args().any(|arg| arg == "otel") {
-        return otel_comparison().await;
-    }
     let mut rows = Vec::new();
 
     let etcd = Etcd::start();
@@ -84,7 +75,7 @@ async fn main() {
         "reference: one etcd txn (serial round trip)",
         &rtt,
     ));
-    let (p1, p6) = fake_worker_run(&etcd, None).await;
+    let (p1, p6) = fake_worker_run(&etcd).await;
     rows.push(row_dist(
         "**P1 result sent → next step's Assign received**",
         &p1,
@@ -141,52 +132,6 @@ async fn main() {
         ]);
     }
 
-    println!("\n| what | figure | detail |\n|---|---|---|");
-    for r in rows {
-        println!("| {} |", r.join(" | "));
-    }
-}
-
-/// P1 and P6 with export off and on in the same run, alternating so drift hits both alike.
-async fn otel_comparison() {
-    let collector = hyperloop_tests::rotel::Rotel::start();
-    let etcd = Etcd::start();
-    let (rtt, raw_rate) = raw_txns(&etcd.endpoint).await;
-    let mut rows = vec![row_dist(
-        "reference: one etcd txn (serial round trip)",
-        &rtt,
-    )];
-    rows.push(vec![
-        "reference: raw etcd serial txn throughput".into(),
-        format!("{raw_rate:.0} txn/s"),
-        String::new(),
-    ]);
-    for pair in 1..=OTEL_PAIRS {
-        for (export, endpoint) in [("off", None), ("on", Some(collector.grpc.as_str()))] {
-            let (p1, p6) = fake_worker_run(&etcd, endpoint).await;
-            rows.push(row_dist(
-                &format!("**P1, export {export}, run {pair}**"),
-                &p1,
-            ));
-            rows.push(vec![
-                format!("**P6, export {export}, run {pair}**"),
-                format!("{:.0} steps/s", p6.steps_per_s),
-                format!(
-                    "{:.0} % of raw; {} steps in {:.2} s",
-                    p6.steps_per_s / raw_rate * 100.0,
-                    p6.steps,
-                    p6.elapsed.as_secs_f64()
-                ),
-            ]);
-        }
-    }
-    let exported =
-        hyperloop_tests::rotel::span_names(&collector.received(Duration::from_secs(5), |out| {
-            out.contains("Name           : run")
-        }))
-        .len();
-    assert!(exported > 0, "the collector received no spans");
-    println!("\n{exported} spans reached the collector");
     println!("\n| what | figure | detail |\n|---|---|---|");
     for r in rows {
         println!("| {} |", r.join(" | "));
@@ -637,9 +582,8 @@ struct Throughput {
     writes_per_step: f64,
 }
 
-/// P1 samples and P6 throughput from one coordinator run with the fake workers; with `otel`,
-/// the coordinator exports over OTLP/gRPC to that collector.
-async fn fake_worker_run(etcd: &Etcd, otel: Option<&str>) -> (Vec<Duration>, Throughput) {
+/// P1 samples and P6 throughput from one coordinator run with the fake workers.
+async fn fake_worker_run(etcd: &Etcd) -> (Vec<Duration>, Throughput) {
     // One agent step pair in a loop and nothing else: no merge action (the fake workers push
     // no branch), no process-improver hook (the P1 task fails on purpose).
     let kustomization = "resources:\n- github.com/hyperloop-dev/hyperloop//base?ref=v0.1.0\n\
@@ -647,12 +591,7 @@ async fn fake_worker_run(etcd: &Etcd, otel: Option<&str>) -> (Vec<Duration>, Thr
                          name: default\n";
     let process = "kind: Process\nmetadata:\n  name: default\npipeline:\n- loop:\n  \
                    - agent: implementer\n  - agent: verifier\nhooks:\n  after_reap: []\n";
-    let mut config = config(P1_ROUNDS + 1);
-    if let Some(endpoint) = otel {
-        config.push_str(&format!(
-            "observability:\n  otel: {{endpoint: \"{endpoint}\", protocol: grpc}}\n"
-        ));
-    }
+    let config = config(P1_ROUNDS + 1);
     let mut site = Site::new(
         vec![etcd.endpoint.clone()],
         1,
