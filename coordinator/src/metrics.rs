@@ -344,16 +344,15 @@ impl Metrics {
         if self.otel.set(histograms).is_err() {
             return; // exported already
         }
-        // The provider keeps the callbacks; the instrument handles need not be held.
+        // The provider keeps the callbacks (the instrument handles need not be held), and
+        // they keep the registry: the last export, at shutdown, comes after the endpoint
+        // that made it is gone.
         for f in COUNTERS {
-            let metrics = Arc::downgrade(self);
+            let metrics = Arc::clone(self);
             meter
                 .f64_observable_counter(otel_name(f))
                 .with_description(f.help)
                 .with_callback(move |observer| {
-                    let Some(metrics) = metrics.upgrade() else {
-                        return;
-                    };
                     let s = metrics.store.lock().unwrap_or_else(PoisonError::into_inner);
                     for (labels, value) in s.counters.get(f.name).into_iter().flatten() {
                         observer.observe(*value, &key_values(labels));
@@ -362,14 +361,11 @@ impl Metrics {
                 .build();
         }
         for f in READ_COUNTERS {
-            let (metrics, live) = (Arc::downgrade(self), live.clone());
+            let (metrics, live) = (Arc::clone(self), live.clone());
             meter
                 .f64_observable_counter(otel_name(f))
                 .with_description(f.help)
                 .with_callback(move |observer| {
-                    let Some(metrics) = metrics.upgrade() else {
-                        return;
-                    };
                     for (labels, value) in metrics.read(f, &live.borrow().clone()) {
                         observer.observe(value, &key_values(&labels));
                     }
@@ -377,14 +373,11 @@ impl Metrics {
                 .build();
         }
         for f in GAUGES {
-            let (metrics, live) = (Arc::downgrade(self), live.clone());
+            let (metrics, live) = (Arc::clone(self), live.clone());
             meter
                 .f64_observable_gauge(otel_name(f))
                 .with_description(f.help)
                 .with_callback(move |observer| {
-                    let Some(metrics) = metrics.upgrade() else {
-                        return;
-                    };
                     for (labels, value) in metrics.read(f, &live.borrow().clone()) {
                         observer.observe(value, &key_values(&labels));
                     }

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
+use fake_opentelemetry_collector::{ExportedMetric, ExportedSpan, FakeCollectorServer};
 use hyperloop_tests::repo::{TestRepo, coordinator_bin, scripted_agent, test_home};
 use hyperloop_tests::rotel::{Rotel, span_names};
 use hyperloop_tests::{free_port, wait_with_limit};
@@ -86,11 +86,12 @@ fn converge(repo: &TestRepo, log: &Path) -> Duration {
     started.elapsed()
 }
 
-/// The collector, drained continuously (its channel holds only 64 spans and an undrained
+/// The collector, drained continuously (its channels hold only 64 items and an undrained
 /// one stalls exports).
 struct Collector {
     endpoint: String,
     spans: Arc<Mutex<Vec<ExportedSpan>>>,
+    metrics: Arc<Mutex<Vec<ExportedMetric>>>,
 }
 
 impl Collector {
@@ -100,14 +101,37 @@ impl Collector {
             .expect("the fake collector starts");
         let endpoint = server.endpoint();
         let spans = Arc::new(Mutex::new(Vec::new()));
-        let sink = spans.clone();
+        let metrics = Arc::new(Mutex::new(Vec::new()));
+        let (span_sink, metric_sink) = (spans.clone(), metrics.clone());
         tokio::spawn(async move {
             loop {
                 let batch = server.exported_spans(64, Duration::from_millis(50)).await;
-                sink.lock().expect("spans").extend(batch);
+                span_sink.lock().expect("spans").extend(batch);
+                let batch = server.exported_metrics(64, Duration::from_millis(10)).await;
+                metric_sink.lock().expect("metrics").extend(batch);
             }
         });
-        Collector { endpoint, spans }
+        Collector {
+            endpoint,
+            spans,
+            metrics,
+        }
+    }
+
+    /// The metric exports received once a metric named `name` arrived, or after `limit`.
+    async fn metrics(&self, limit: Duration, name: &str) -> Vec<ExportedMetric> {
+        let started = Instant::now();
+        loop {
+            let exports = self.metrics.lock().expect("metrics").clone();
+            let arrived = exports
+                .iter()
+                .flat_map(|e| &e.metrics)
+                .any(|m| m.name == name);
+            if arrived || started.elapsed() > limit {
+                return exports;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The spans received once `done` holds for them, or after `limit`.
@@ -239,6 +263,53 @@ async fn a_scripted_run_exports_spans_that_nest_run_cycle_task_and_step() {
             .find(|s| &s.span_id == parent)
             .unwrap_or_else(|| panic!("{role} {task}: parent {parent} is no step span"));
         assert_eq!(&attr(step, "role"), role);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_run_exports_the_coordinators_metrics() {
+    let collector = Collector::start().await;
+    let repo = repo(Some(&collector.endpoint));
+    let log = repo.dir.path().join("steps.log");
+    let _repo = tokio::task::spawn_blocking(move || {
+        converge(&repo, &log);
+        repo
+    })
+    .await
+    .expect("run");
+    // The default interval is 10 s: the flush at shutdown delivers them.
+    let exports = collector
+        .metrics(Duration::from_secs(10), "hyperloop_steps_finished")
+        .await;
+    let metrics: Vec<_> = exports.iter().flat_map(|e| &e.metrics).collect();
+    let shown = |name: &str| {
+        let metric = metrics.iter().rfind(|m| m.name == name).unwrap_or_else(|| {
+            let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+            panic!("no {name} among {names:?}")
+        });
+        format!("{:?}", metric.data)
+    };
+    let finished = shown("hyperloop_steps_finished");
+    for role in ["implementer", "verifier"] {
+        assert!(finished.contains(role), "{role}: {finished}");
+    }
+    assert!(finished.contains("\"verdict\""), "{finished}");
+    assert!(
+        shown("hyperloop_steps_started").contains("pm"),
+        "intake counts"
+    );
+    let durations = shown("hyperloop_step_duration_seconds");
+    assert!(durations.contains("Histogram"), "{durations}");
+    assert!(shown("hyperloop_landing_duration_seconds").contains("Histogram"));
+    assert!(shown("hyperloop_dispatch_latency_seconds").contains("Histogram"));
+    assert!(shown("hyperloop_tasks").contains("complete"));
+    for name in [
+        "hyperloop_intake_runs",
+        "hyperloop_events",
+        "hyperloop_workers_connected",
+        "hyperloop_steps_queued",
+    ] {
+        shown(name);
     }
 }
 
