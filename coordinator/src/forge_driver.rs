@@ -78,6 +78,10 @@ impl ForgeRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionResult {
     Done,
+    /// This merge put the work in the base branch, as `commit`.
+    Merged {
+        commit: String,
+    },
     /// Not yet (GitHub still deciding, branch being updated, waiting for a human merge).
     Retry(String),
     /// The branch conflicts with the base: the rebase-resolver's turn.
@@ -245,7 +249,7 @@ async fn handle<F: Forge, G: GateEvaluator>(
                 });
             }
             let result = merge(forge, pr, &snapshot, &request).await?;
-            if result == ActionResult::Done
+            if matches!(result, ActionResult::Done | ActionResult::Merged { .. })
                 && let Some(branch) = delete_branch
             {
                 // The work is in; a branch left behind is only clutter.
@@ -290,7 +294,9 @@ async fn merge<F: Forge>(
         forge.mark_ready(pr).await?;
     }
     Ok(match forge.merge(pr, request).await? {
-        MergeOutcome::Merged { .. } | MergeOutcome::AlreadyMerged { .. } => ActionResult::Done,
+        MergeOutcome::Merged { sha } => ActionResult::Merged { commit: sha },
+        // Merged before (the merge of an earlier attempt, journaled then).
+        MergeOutcome::AlreadyMerged { .. } => ActionResult::Done,
         MergeOutcome::Closed => {
             ActionResult::Retry("the pull request was closed; looking at why".to_owned())
         }

@@ -67,6 +67,9 @@ const WAIT: Duration = Duration::from_secs(90);
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     BINS.set(build_binaries()).expect("set once");
+    if std::env::args().any(|a| a == "otel") {
+        return export_on_and_off().await;
+    }
     let mut rows = Vec::new();
 
     let etcd = Etcd::start();
@@ -75,7 +78,7 @@ async fn main() {
         "reference: one etcd txn (serial round trip)",
         &rtt,
     ));
-    let (p1, p6) = fake_worker_run(&etcd).await;
+    let (p1, p6) = fake_worker_run(&etcd, None).await;
     rows.push(row_dist(
         "**P1 result sent → next step's Assign received**",
         &p1,
@@ -132,10 +135,35 @@ async fn main() {
         ]);
     }
 
+    print_rows(rows);
+}
+
+fn print_rows(rows: Vec<Vec<String>>) {
     println!("\n| what | figure | detail |\n|---|---|---|");
     for r in rows {
         println!("| {} |", r.join(" | "));
     }
+}
+
+/// `cargo bench -p hyperloop-tests --bench distributed -- otel`: P1 and P6 with OpenTelemetry
+/// export off and on (traces and metrics over OTLP/gRPC to a live Rotel collector that
+/// drops what it receives), alternating, each run on a fresh etcd.
+async fn export_on_and_off() {
+    let rotel = hyperloop_tests::rotel::Rotel::blackhole();
+    let mut rows = Vec::new();
+    for (run, export) in [false, true, false, true].into_iter().enumerate() {
+        let etcd = Etcd::start();
+        let endpoint = export.then_some(rotel.grpc.as_str());
+        let (p1, p6) = fake_worker_run(&etcd, endpoint).await;
+        let label = if export { "export on" } else { "export off" };
+        rows.push(row_dist(&format!("P1, {label} (run {})", run + 1), &p1));
+        rows.push(vec![
+            format!("P6, {label} (run {})", run + 1),
+            format!("{:.0} steps/s", p6.steps_per_s),
+            format!("{} steps in {:.2} s", p6.steps, p6.elapsed.as_secs_f64()),
+        ]);
+    }
+    print_rows(rows);
 }
 
 // --- helpers ---------------------------------------------------------------------------
@@ -583,7 +611,8 @@ struct Throughput {
 }
 
 /// P1 samples and P6 throughput from one coordinator run with the fake workers.
-async fn fake_worker_run(etcd: &Etcd) -> (Vec<Duration>, Throughput) {
+/// `otel`: the OTLP/gRPC endpoint the coordinator exports traces and metrics to, if any.
+async fn fake_worker_run(etcd: &Etcd, otel: Option<&str>) -> (Vec<Duration>, Throughput) {
     // One agent step pair in a loop and nothing else: no merge action (the fake workers push
     // no branch), no process-improver hook (the P1 task fails on purpose).
     let kustomization = "resources:\n- github.com/hyperloop-dev/hyperloop//base?ref=v0.1.0\n\
@@ -591,7 +620,12 @@ async fn fake_worker_run(etcd: &Etcd) -> (Vec<Duration>, Throughput) {
                          name: default\n";
     let process = "kind: Process\nmetadata:\n  name: default\npipeline:\n- loop:\n  \
                    - agent: implementer\n  - agent: verifier\nhooks:\n  after_reap: []\n";
-    let config = config(P1_ROUNDS + 1);
+    let mut config = config(P1_ROUNDS + 1);
+    if let Some(endpoint) = otel {
+        config.push_str(&format!(
+            "observability:\n  otel: {{endpoint: \"{endpoint}\", service_name: hl-bench}}\n"
+        ));
+    }
     let mut site = Site::new(
         vec![etcd.endpoint.clone()],
         1,

@@ -55,17 +55,33 @@ fn binary() -> PathBuf {
 }
 
 impl Rotel {
-    /// Starts a collector and waits until both receivers accept connections.
+    /// Starts a collector that prints what it receives, and waits until both receivers
+    /// accept connections.
     pub fn start() -> Rotel {
+        Rotel::launch(true)
+    }
+
+    /// Starts a collector that only receives and drops (for benchmarks: printing every span
+    /// would cost this machine's cores more than the exporter being measured).
+    pub fn blackhole() -> Rotel {
+        Rotel::launch(false)
+    }
+
+    fn launch(print: bool) -> Rotel {
         let dir = tempfile::tempdir().expect("temp dir");
         let (grpc, http) = (free_port(), free_port());
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .arg("start")
             .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
             .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-            .args(["--exporter", "blackhole"])
-            .args(["--debug-log", "traces", "--debug-log", "metrics"])
-            .args(["--debug-log-verbosity", "detailed"])
+            .args(["--exporter", "blackhole"]);
+        if print {
+            command
+                .args(["--debug-log", "traces", "--debug-log", "metrics"])
+                .args(["--debug-log-verbosity", "detailed"]);
+        }
+        let mut child = command
             .arg("--pid-file")
             .arg(dir.path().join("rotel.pid"))
             .arg("--log-file")

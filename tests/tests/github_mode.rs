@@ -176,6 +176,16 @@ fn a_task_becomes_a_draft_pr_waits_for_lgtm_and_is_merged() {
     let message = git(&repo.origin, &["log", "-1", "--format=%B", "main"]);
     assert!(message.contains("Task-Ref: task-001"), "{message}");
     assert!(message.contains("Spec-Ref: specs/b.md@"), "{message}");
+    // The merge is journaled (and so told to every notification sink) with its commit.
+    let merged: Vec<_> = repo
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "merged")
+        .collect();
+    assert_eq!(merged.len(), 1, "{merged:?}");
+    let head = git(&repo.origin, &["rev-parse", "main"]);
+    assert_eq!(merged[0]["commit"], head.trim(), "{merged:?}");
+    assert_eq!(merged[0]["task"], "task-001");
     assert!(
         !stderr.contains("ghp_fake_token_for_tests_9Q"),
         "the token leaked into the logs"

@@ -251,6 +251,7 @@ impl GitHub {
             }
             ForgeReply::Action { result, .. } => match result {
                 ActionResult::Done => Some(ForgeNews::ActionDone { task: id }),
+                ActionResult::Merged { commit } => Some(ForgeNews::Merged { task: id, commit }),
                 ActionResult::Retry(why) => {
                     tracing::info!(task = %id, %why, "GitHub action not done yet");
                     None

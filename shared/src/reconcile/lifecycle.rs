@@ -856,6 +856,7 @@ impl Core {
             | ForgeNews::GateCleared { task, .. }
             | ForgeNews::GateFailed { task, .. }
             | ForgeNews::ActionDone { task }
+            | ForgeNews::Merged { task, .. }
             | ForgeNews::ActionConflict { task }
             | ForgeNews::MergedByHuman { task, .. }
             | ForgeNews::Closed { task, .. }
@@ -902,6 +903,20 @@ impl Core {
                 }
             }
             ForgeNews::ActionDone { .. } => self.forge_landed(task, next.as_ref()),
+            ForgeNews::Merged { commit, .. } => {
+                self.event(
+                    Some(id),
+                    EventKind::Merged {
+                        branch: task.branch.clone().unwrap_or_default(),
+                        into: self.settings.config.target.base_branch.clone(),
+                        commit,
+                        strategy: format!("{:?}", self.settings.config.merge.strategy)
+                            .to_lowercase(),
+                        duration_ms: None,
+                    },
+                );
+                self.forge_landed(task, next.as_ref());
+            }
             ForgeNews::MergedByHuman {
                 branch,
                 into,

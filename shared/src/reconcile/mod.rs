@@ -174,6 +174,11 @@ pub enum ForgeNews {
     ActionDone {
         task: TaskId,
     },
+    /// The merge action merged the pull request now, as `commit`.
+    Merged {
+        task: TaskId,
+        commit: String,
+    },
     /// The merge conflicts with the base branch.
     ActionConflict {
         task: TaskId,
