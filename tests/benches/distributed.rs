@@ -510,13 +510,13 @@ async fn fake_worker(url: String, name: String, journal: Arc<Journal>) {
         .await
         .expect("join")
         .into_inner();
-    let beat = tx.clone();
+    let (beat, beating) = (tx.clone(), name.clone());
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let heartbeat = v1::Heartbeat {
                 protocol_version: PROTOCOL_VERSION,
-                registration: Some(registration(&name)),
+                registration: Some(registration(&beating)),
                 attempts: Vec::new(),
                 draining: false,
             };
@@ -528,7 +528,15 @@ async fn fake_worker(url: String, name: String, journal: Arc<Journal>) {
             }
         }
     });
-    while let Ok(Some(msg)) = inbound.message().await {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(status) => {
+                eprintln!("fake worker {name}: the coordinator ended the stream: {status}");
+                return;
+            }
+        };
         match msg.body {
             Some(Tell::Assign(assign)) => {
                 journal.note(Seen::Assigned, &assign.task_id);
