@@ -428,6 +428,9 @@ pub struct Core {
     landing_since: BTreeMap<TaskId, u64>,
     /// Tasks ready for an agent that waited for a free worker slot at the last spawn.
     queued: usize,
+    /// Worker slots offered at the last tick: more than before is a reason to dispatch, even
+    /// without a join (a worker connected before this term's loop saw it join).
+    offered: u64,
     /// Failed task results since the last process-improver run.
     improvement_findings: Vec<FailedResult>,
     /// Changes not yet handed out in a [`Effect::Persist`].
@@ -483,6 +486,7 @@ impl Core {
             improvements_landing: false,
             landing_since: BTreeMap::new(),
             queued: 0,
+            offered: 0,
             improvement_findings: Vec::new(),
             changes: Vec::new(),
             deferred: Vec::new(),
@@ -622,6 +626,16 @@ impl Core {
     // --- the cycle ----------------------------------------------------------------------
 
     fn tick(&mut self, tick: &Tick) -> Vec<Effect> {
+        let offered: u64 = tick
+            .workers
+            .iter()
+            .filter(|w| !w.draining)
+            .map(|w| u64::from(w.capacity))
+            .sum();
+        if offered > self.offered {
+            self.wake = true;
+        }
+        self.offered = offered;
         let intake_due = self.intake_not_before.is_some_and(|at| self.now >= at);
         if self.next_retry.is_some_and(|at| self.now >= at) {
             self.next_retry = None;

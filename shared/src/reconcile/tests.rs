@@ -939,3 +939,23 @@ fn tasks_ready_for_an_agent_without_a_free_slot_are_counted_as_queued() {
     );
     assert_eq!(core.queued(), 0, "a second worker takes the other two");
 }
+
+#[test]
+fn slots_offered_without_a_join_seen_by_this_loop_still_get_work() {
+    // A worker that connected before this term's loop started: its slots appear in the
+    // offers, and no WorkerJoined input ever comes.
+    let mut core = start(Mode::Run, &["a"]);
+    assert!(
+        summary(&core.on(tick(&[]), 1))
+            .iter()
+            .all(|e| !e.contains("dispatch"))
+    );
+    let effects = core.on(tick(&[W1]), 2);
+    assert!(
+        summary(&effects)
+            .iter()
+            .any(|e| e.starts_with("dispatch pm")),
+        "{:?}",
+        summary(&effects)
+    );
+}
