@@ -35,7 +35,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterExt as _, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
 /// How long one export may take before it is abandoned (the batch is dropped).
@@ -412,12 +412,19 @@ impl Telemetry {
             .build();
         opentelemetry::global::set_meter_provider(metrics.clone());
 
+        // Spans only, and lean ones: log lines are not copied into spans as events, and no
+        // source location, thread or busy/idle timings are kept. The loop opens a few spans
+        // per step on its own thread; each extra field costs every step.
         let layer = tracing_opentelemetry::layer()
             .with_tracer(traces.tracer("hyperloop"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(
                 Targets::new()
                     .with_target("hyperloop_coordinator", tracing::Level::INFO)
-                    .with_target("hyperloop_worker", tracing::Level::INFO),
+                    .with_target("hyperloop_worker", tracing::Level::INFO)
+                    .and(tracing_subscriber::filter::filter_fn(|meta| meta.is_span())),
             );
         Ok((
             Telemetry {
