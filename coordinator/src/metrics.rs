@@ -361,28 +361,32 @@ impl Metrics {
                 .build();
         }
         for f in READ_COUNTERS {
-            let (metrics, live) = (Arc::clone(self), live.clone());
             meter
                 .f64_observable_counter(otel_name(f))
                 .with_description(f.help)
-                .with_callback(move |observer| {
-                    for (labels, value) in metrics.read(f, &live.borrow().clone()) {
-                        observer.observe(value, &key_values(&labels));
-                    }
-                })
+                .with_callback(self.reader(f, &live))
                 .build();
         }
         for f in GAUGES {
-            let (metrics, live) = (Arc::clone(self), live.clone());
             meter
                 .f64_observable_gauge(otel_name(f))
                 .with_description(f.help)
-                .with_callback(move |observer| {
-                    for (labels, value) in metrics.read(f, &live.borrow().clone()) {
-                        observer.observe(value, &key_values(&labels));
-                    }
-                })
+                .with_callback(self.reader(f, &live))
                 .build();
+        }
+    }
+
+    /// An OpenTelemetry callback that observes family `f` as [`Metrics::read`] gives it.
+    fn reader(
+        self: &Arc<Self>,
+        f: Family,
+        live: &watch::Receiver<Arc<Live>>,
+    ) -> impl Fn(&dyn opentelemetry::metrics::AsyncInstrument<f64>) + Send + Sync + 'static {
+        let (metrics, live) = (Arc::clone(self), live.clone());
+        move |observer| {
+            for (labels, value) in metrics.read(f, &live.borrow().clone()) {
+                observer.observe(value, &key_values(&labels));
+            }
         }
     }
 

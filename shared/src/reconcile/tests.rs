@@ -174,18 +174,7 @@ fn check(core: &mut Core, script: Vec<(u64, Input, &[&str])>) {
 
 /// The journaled event names in a batch of effects.
 fn events(effects: &[Effect]) -> Vec<&'static str> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Persist(changes) => Some(changes),
-            _ => None,
-        })
-        .flatten()
-        .filter_map(|c| match c {
-            Change::AppendEvent(e) => Some(e.kind.name()),
-            _ => None,
-        })
-        .collect()
+    journaled(effects).iter().map(EventKind::name).collect()
 }
 
 #[test]
